@@ -1,0 +1,553 @@
+"""Run the CPU ``tritonserver`` shipped in the ``nvidia-pytriton`` wheel (no Docker needed).
+
+The ``nvidia-pytriton==0.7.0`` wheel (installed by ``scripts/bootstrap.sh``) carries a complete
+tritonserver 2.51 binary, its shared libraries (``nvidia_pytriton.libs``), the Python backend and
+Python-backend stubs for CPython 3.8-3.13. This module wires them together (see
+``shared/docs/platform.md``):
+
+* the backend folder holds ``backends/python`` plus the stub of the *running* Python;
+* the server starts with this virtualenv's ``bin`` first on ``PATH`` so the stub imports this
+  venv's packages (numpy<2, onnxruntime, torch), and with ``nvidia_pytriton.libs`` on
+  ``LD_LIBRARY_PATH``;
+* it listens on 127.0.0.1 only.
+
+Torch-free on purpose: importable from thin client/perf environments.
+
+CLI::
+
+    python -m oneranker_build.tritonserver --model-repository DIR \\
+        [--grpc-port 8001 --http-port 8000 --metrics-port 8002 --log-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = [
+    "BOOTSTRAP_HINT",
+    "TritonServer",
+    "find_free_port",
+    "find_tritonserver",
+    "prepare_backend_dir",
+    "pytriton_libs_dir",
+    "main",
+]
+
+BOOTSTRAP_HINT = "run `bash scripts/bootstrap.sh` (installs nvidia-pytriton==0.7.0 --no-deps)"
+_MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+# Health checks go to 127.0.0.1: never through an http_proxy from the environment.
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating the pieces inside the installed wheel
+# ---------------------------------------------------------------------------------------------
+def _pytriton_root() -> Path:
+    """Directory of the installed ``pytriton`` package, found without importing it (its Python
+    API's dependencies are deliberately not installed)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the nvidia-pytriton package is not installed in {sys.prefix}: {BOOTSTRAP_HINT}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _tritonserver_root() -> Path:
+    return _pytriton_root() / "tritonserver"
+
+
+def find_tritonserver() -> Path:
+    """Path of the ``tritonserver`` binary inside the installed nvidia-pytriton wheel."""
+    binary = _tritonserver_root() / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise RuntimeError(f"tritonserver binary not found at {binary}: {BOOTSTRAP_HINT}")
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"tritonserver at {binary} is not executable: {BOOTSTRAP_HINT}")
+    return binary
+
+
+def pytriton_libs_dir() -> Path:
+    """``site-packages/nvidia_pytriton.libs`` (tritonserver's and perf_analyzer's .so files)."""
+    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
+    if not libs.is_dir():
+        raise RuntimeError(f"{libs} not found: {BOOTSTRAP_HINT}")
+    return libs
+
+
+def _stub_for_running_python() -> Path:
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = _tritonserver_root() / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(
+            f"no Python-backend stub for Python {ver} in the nvidia-pytriton wheel ({stub}); "
+            "it ships stubs for CPython 3.8-3.13"
+        )
+    return stub
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_backend_dir(out: Path) -> Path:
+    """Make ``out/python`` = the wheel's ``backends/python`` + the stub of the running Python.
+
+    Returns ``out`` (the value for ``--backend-directory``). Idempotent: an up-to-date folder is
+    left alone; otherwise it is rebuilt beside and swapped in, so concurrent callers never see a
+    half-copied backend.
+    """
+    out = Path(out).resolve()
+    src = _tritonserver_root() / "backends" / "python"
+    if not (src / "libtriton_python.so").is_file():
+        raise RuntimeError(f"Python backend not found at {src}: {BOOTSTRAP_HINT}")
+    stub = _stub_for_running_python()
+    marker_text = (
+        f"src={src}\nstub={stub}\n"
+        f"lib={_file_digest(src / 'libtriton_python.so')}\nstub_sha={_file_digest(stub)}\n"
+    )
+    dest = out / "python"
+    marker = dest / ".oneranker-backend"
+    if marker.is_file() and marker.read_text() == marker_text and (
+        dest / "triton_python_backend_stub"
+    ).is_file():
+        return out
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".python-", dir=out))
+    try:
+        staged = tmp / "python"
+        shutil.copytree(src, staged, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, staged / "triton_python_backend_stub")
+        (staged / "triton_python_backend_stub").chmod(0o755)
+        (staged / ".oneranker-backend").write_text(marker_text)
+        old = None
+        if dest.exists():
+            old = out / f".old-python-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(dest, old)
+        os.replace(staged, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def find_free_port(exclude: Sequence[int] = ()) -> int:
+    """A TCP port free on 127.0.0.1 right now (the usual small race applies)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise RuntimeError("could not find a free TCP port")
+
+
+def _tail(path: Path | None, n: int = 60) -> str:
+    if path is None or not Path(path).exists():
+        return "(no log)"
+    with open(path, "r", errors="replace") as f:
+        return "".join(deque(f, maxlen=n))
+
+
+# Error lines that every CPU-only start prints: not the reason anything failed.
+_HARMLESS = ("CudaDriverHelper", "unable to create stream", "NVML", "DCGM", "CUDA driver version")
+
+
+def _error_lines(path: Path | None, limit: int = 15, width: int = 600) -> list[str]:
+    """glog error lines (``E1125 ...``) and stub failures from the log, harmless CPU noise out."""
+    if path is None or not Path(path).exists():
+        return []
+    found: list[str] = []
+    with open(path, "r", errors="replace") as f:
+        for line in f:
+            if (line[:1] == "E" and line[1:5].isdigit()) or "Failed to initialize" in line:
+                if not any(h in line for h in _HARMLESS):
+                    line = line.rstrip("\n")
+                    found.append(line if len(line) <= width else line[:width] + " ...")
+    return found[-limit:]
+
+
+def _failure_report(path: Path | None, n: int = 60) -> str:
+    errors = _error_lines(path)
+    head = ("errors in the log:\n" + "\n".join(errors) + "\n") if errors else ""
+    return f"{head}last {n} lines of {path}:\n{_tail(path, n)}"
+
+
+def _prepend(value: str, existing: str | None) -> str:
+    return value if not existing else f"{value}{os.pathsep}{existing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+class TritonServer:
+    """A ``tritonserver`` child process; usable as a context manager (start + wait_ready / stop).
+
+    Ports given as 0 are picked free at ``start()``. Everything the server prints (stdout and
+    stderr, including the Python stubs' output) goes to ``log_file`` (a temporary file when
+    None).
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike,
+        *,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        log_file: str | os.PathLike | None = None,
+        model_control_mode: str = "none",
+        load_models: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        backend_dir: str | os.PathLike | None = None,
+        log_verbose: int = 0,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        if model_control_mode not in _MODEL_CONTROL_MODES:
+            raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
+        self.model_repository = Path(model_repository).resolve()
+        self._req_ports = (int(grpc_port), int(http_port), int(metrics_port))
+        self.grpc_port, self.http_port, self.metrics_port = self._req_ports
+        self.log_file = Path(log_file).resolve() if log_file is not None else None
+        self.model_control_mode = model_control_mode
+        self.load_models = list(load_models)
+        self.extra_args = list(extra_args)
+        self.env_overrides = dict(env or {})
+        self.backend_dir = Path(backend_dir).resolve() if backend_dir is not None else None
+        self.log_verbose = int(log_verbose)
+        self.ready_timeout = float(ready_timeout)
+        self.process: subprocess.Popen | None = None
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._log_handle = None
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        return _tail(self.log_file, n)
+
+    def failure_report(self, n: int = 60) -> str:
+        """Error lines of the log (harmless CPU-only noise left out) + its last ``n`` lines."""
+        return _failure_report(self.log_file, n)
+
+    # -- command line and environment ------------------------------------------------------------
+    def build_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub embeds CPython and finds its packages through the first python on PATH: put
+        # this interpreter's (venv) bin dir first. Do not resolve symlinks: that would leave
+        # the venv.
+        env["PATH"] = _prepend(os.path.dirname(os.path.abspath(sys.executable)), env.get("PATH"))
+        ld = [str(pytriton_libs_dir())]
+        # The stub links libpython3.X.so.1.0: prefer the one of the interpreter the venv was made
+        # from (pyenv builds ship it) over whatever the system has.
+        libdir = sysconfig.get_config_var("LIBDIR")
+        ldlib = sysconfig.get_config_var("LDLIBRARY")
+        if libdir and ldlib and (Path(libdir) / ldlib).exists():
+            ld.append(libdir)
+        env["LD_LIBRARY_PATH"] = _prepend(os.pathsep.join(ld), env.get("LD_LIBRARY_PATH"))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.pop("PYTHONHOME", None)
+        env.update(self.env_overrides)
+        return env
+
+    def build_command(self) -> list[str]:
+        assert self.backend_dir is not None
+        cmd = [
+            str(find_tritonserver()),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.backend_dir}",
+            f"--model-control-mode={self.model_control_mode}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        cmd += [f"--load-model={m}" for m in self.load_models]
+        cmd += self.extra_args
+        return cmd
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "TritonServer":
+        if self.is_running():
+            raise RuntimeError(f"tritonserver already running (pid {self.pid})")
+        if not self.model_repository.is_dir():
+            raise RuntimeError(f"model repository {self.model_repository} is not a directory")
+        if (self.backend_dir is None or self.log_file is None) and self._tmpdir is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="oneranker-triton-")
+        if self.backend_dir is None:
+            self.backend_dir = Path(self._tmpdir.name) / "backends"
+        prepare_backend_dir(self.backend_dir)
+        if self.log_file is None:
+            self.log_file = Path(self._tmpdir.name) / "tritonserver.log"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+
+        used: list[int] = [p for p in self._req_ports if p]
+        ports = []
+        for p in self._req_ports:
+            if not p:
+                p = find_free_port(exclude=used)
+                used.append(p)
+            ports.append(p)
+        self.grpc_port, self.http_port, self.metrics_port = ports
+
+        cmd = self.build_command()
+        self._log_handle = open(self.log_file, "ab", buffering=0)
+        self._log_handle.write(f"# {' '.join(cmd)}\n".encode())
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            env=self.build_env(),
+            cwd=str(self.model_repository),
+            # Own process group: a terminal's Ctrl-C does not hit it directly (we stop it
+            # gracefully), and a final SIGKILL can take the stub processes along.
+            start_new_session=True,
+        )
+        return self
+
+    def _check_alive(self, what: str) -> None:
+        assert self.process is not None
+        rc = self.process.poll()
+        if rc is not None:
+            raise RuntimeError(
+                f"tritonserver exited with code {rc} while waiting for {what}; "
+                f"{self.failure_report(60)}"
+            )
+
+    def _get(self, path: str, timeout: float = 2.0) -> int:
+        url = f"http://{self.http_url}{path}"
+        try:
+            with _NO_PROXY_OPENER.open(url, timeout=timeout) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            return -1
+
+    def _wait(self, path: str, what: str, timeout: float) -> None:
+        if self.process is None:
+            raise RuntimeError("tritonserver not started")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive(what)
+            if self._get(path) == 200:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"tritonserver not {what} after {timeout:.0f} s (pid {self.pid}); "
+                    f"{self.failure_report(60)}"
+                )
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float | None = None) -> "TritonServer":
+        """Poll ``/v2/health/ready``; RuntimeError (with the log tail) if the process dies."""
+        self._wait("/v2/health/ready", "ready", self.ready_timeout if timeout is None else timeout)
+        return self
+
+    def wait_model_ready(
+        self, name: str, timeout: float | None = None, version: str | int | None = None
+    ) -> "TritonServer":
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
+        self._wait(
+            f"{path}/ready",
+            f"ready to serve model {name!r}",
+            self.ready_timeout if timeout is None else timeout,
+        )
+        return self
+
+    def is_live(self) -> bool:
+        return self.is_running() and self._get("/v2/health/live") == 200
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL (whole process group) after ``timeout`` s. Returns exit code."""
+        proc = self.process
+        rc = None
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    try:  # the group holds the Python-backend stubs too
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        proc.kill()
+                    proc.wait(timeout=10)
+            rc = proc.returncode
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        return rc
+
+    def close(self) -> None:
+        """stop() and delete the temporary folder (temporary backend copy and log, if any)."""
+        self.stop()
+        if self._tmpdir is not None:
+            tmp = self._tmpdir.name
+            if self.backend_dir is not None and str(self.backend_dir).startswith(tmp):
+                self.backend_dir = None
+            if self.log_file is not None and str(self.log_file).startswith(tmp):
+                self.log_file = None
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else f"stopped rc={self.returncode}"
+        return f"TritonServer(pid={self.pid}, grpc={self.grpc_url}, http={self.http_url}, {state})"
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m oneranker_build.tritonserver",
+        description="Run the CPU tritonserver from the nvidia-pytriton wheel in the foreground.",
+    )
+    ap.add_argument("--model-repository", required=True, type=Path)
+    ap.add_argument("--grpc-port", type=int, default=8001, help="0 = pick a free port")
+    ap.add_argument("--http-port", type=int, default=8000, help="0 = pick a free port")
+    ap.add_argument("--metrics-port", type=int, default=8002, help="0 = pick a free port")
+    ap.add_argument("--log-file", type=Path, default=None,
+                    help="server log (default: a new file in the temp dir, printed at start)")
+    ap.add_argument("--model-control-mode", choices=_MODEL_CONTROL_MODES, default="none")
+    ap.add_argument("--load-model", action="append", default=[],
+                    help="model to load at start-up (explicit mode); repeatable")
+    ap.add_argument("--backend-dir", type=Path, default=None,
+                    help="where to prepare the Python backend (default: temporary)")
+    ap.add_argument("--log-verbose", type=int, default=0)
+    ap.add_argument("--ready-timeout", type=float, default=120.0)
+    ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
+    args = ap.parse_args(argv)
+
+    stop_event = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum, _frame):
+        received.append(signum)
+        stop_event.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    log_file = args.log_file
+    if log_file is None:
+        fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+        os.close(fd)
+        log_file = Path(name)
+
+    server = TritonServer(
+        args.model_repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        log_file=log_file,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        extra_args=args.extra,
+        backend_dir=args.backend_dir,
+        log_verbose=args.log_verbose,
+        ready_timeout=args.ready_timeout,
+    )
+    try:
+        server.start()
+        print(f"tritonserver pid {server.pid}, log {server.log_file}", flush=True)
+        deadline = time.monotonic() + args.ready_timeout
+        while not stop_event.is_set():
+            server._check_alive("ready")
+            if server._get("/v2/health/ready") == 200:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"tritonserver not ready after {args.ready_timeout:.0f} s; "
+                    f"{server.failure_report(60)}"
+                )
+            stop_event.wait(0.1)
+        if stop_event.is_set():
+            print("interrupted before ready; stopping", flush=True)
+            return 130
+        print(f"ready  grpc={server.grpc_url}  http={server.http_url}  "
+              f"metrics={server.metrics_url}", flush=True)
+        while not stop_event.wait(0.5):
+            if not server.is_running():
+                print(f"tritonserver exited with code {server.returncode}; "
+                      f"{server.failure_report(60)}", file=sys.stderr, flush=True)
+                return 1
+        print(f"signal {received[0]}: stopping tritonserver", flush=True)
+        rc = server.stop()
+        print(f"tritonserver stopped (exit code {rc})", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        server.close()  # the log file is kept: it is not inside the temporary folder
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Configuration dataclasses: one source of truth for data, tokenizer, model, training and serving.
+
+Every decision the paper (arXiv 2603.02999) leaves open is a field here, with its resolution in the
+comment beside it (`paper-notes.md` §4 numbers in brackets, e.g. [#8]). Presets: `small` (the
+2-core CPU default) and `paper` (the published sizes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# Action codes of behaviour tokens. 0 is padding. Order = the funnel order of the task tokens.
+ACTION_PAD = 0
+ACTION_CONTENT_VIEW = 1  # X token: organic content consumed
+ACTION_IMPRESSION = 2  # I token: ad shown
+ACTION_CLICK = 3  # I token: ad clicked
+ACTION_CONVERSION = 4  # I token: ad converted
+NUM_ACTIONS = 5
+AD_ACTIONS = (ACTION_IMPRESSION, ACTION_CLICK, ACTION_CONVERSION)
+
+
+class ConfigError(ValueError):
+    """A config field has an invalid value; the message names the field."""
+
+
+@dataclass
+class DataConfig:
+    """Synthetic ad marketplace (ground truth known). See `oneranker.data.synthetic`."""
+
+    source: str = "synthetic"  # synthetic | movielens100k | tafeng | csv
+    seed: int = 0
+    num_users: int = 1200
+    num_ads: int = 600
+    num_contents: int = 400
+    num_advertisers: int = 40
+    num_categories: int = 12
+    latent_dim: int = 16
+    interests_per_user: int = 3  # latent multi-interest vectors per user
+    num_profile_features: int = 3  # U tokens: age bucket, gender, region
+    profile_cardinality: int = 8  # values per profile feature
+    num_context_features: int = 1  # C tokens: hour-of-day bucket of the request
+    context_cardinality: int = 24
+    sessions_per_user: tuple[int, int] = (6, 14)  # min/max ad sessions in a user's log
+    impressions_per_session: int = 4
+    contents_per_session: tuple[int, int] = (0, 3)
+    max_history: int = 128  # longest history kept per sample (most recent events)
+    # Training samples per user: cut points at the user's positive ad events, excluding the last
+    # two (validation, test: leave-last-out).
+    max_train_samples_per_user: int = 4
+    # Future window (events) that feeds the MTP heads of one sample; never crosses into the
+    # validation/test targets.
+    mtp_future_window: int = 24
+    num_eval_candidates: int = 30  # paper protocol: target + 29 sampled candidates [#21]
+    num_train_candidates: int = 30  # [#12] the DC analysis in the paper uses 30
+    csv_path: str = ""  # source=csv: interaction file (CSV/TSV/Parquet)
+
+
+@dataclass
+class TokenizerConfig:
+    """RQ-KMeans semantic IDs [#1] and fake-item centroids [#7]."""
+
+    num_levels: int = 3  # residual levels; one collision-suffix level is appended
+    codebook_size: int = 16  # codes per residual level (paper scale: 256-8192)
+    embedding_dim: int = 24  # item embeddings: truncated SVD of the PPMI item co-occurrence matrix
+    kmeans_iters: int = 25
+    num_fake_items: int = 32  # k = 32 centroids, paper value
+    max_collisions: int = 16  # size of the suffix level; the build fails if exceeded
+    seed: int = 0
+
+    @property
+    def sid_depth(self) -> int:
+        return self.num_levels + 1
+
+    @property
+    def max_codes(self) -> int:
+        return max(self.codebook_size, self.max_collisions)
+
+
+@dataclass
+class ModelConfig:
+    """The OneRanker network: Step 1 G-Decoder, Step 2 heterogeneous decoder, Step 3 R-Decoder."""
+
+    d_model: int = 64  # paper: 128
+    num_heads: int = 2  # attention heads in all three steps
+    g_layers: int = 2  # Step 1 HSTU layers (paper: 4)
+    h_layers: int = 2  # Step 2 heterogeneous decoder layers (paper: 2)
+    r_layers: int = 1  # Step 3 R-Decoder layers (paper: 1)
+    max_history: int = 128  # paper: 2048
+    num_interest_tokens: int = 6  # paper: 6, one MTP head each
+    num_value_tokens: int = 2  # paper: 2, bagged (logit average) [#5]
+    num_fake_items: int = 32  # paper: 32
+    d_task: int = 64  # task-semantic channel width
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    position_buckets: int = 64  # relative position bias buckets (clamped distance)
+    time_buckets: int = 32  # relative time bias: floor(log1p(dt_seconds) * time_bucket_scale)
+    time_bucket_scale: float = 2.0
+    # [#9] target-aware channel: "sum_vectors" = MLP([h_T; h_F]) -> R^k summed over fake tokens;
+    # "scalar" = MLP -> R per fake token, stacked to R^k.
+    target_channel: str = "sum_vectors"
+    # [#16] Step-3 K/V = concat_seq(H1, H2) + learned segment embedding, projected once in the
+    # generator ("KV pass-through"); the ranker never sees the raw history.
+    # [#15] T_r attends only to itself; each candidate attends to T_r and itself.
+    # Ablation switches (paper Tables 2 and 3):
+    use_dc_loss: bool = True  # False: "w/o L_DC"
+    use_h2_in_kv: bool = True  # False: "w/o Step-2 token injection into S3 K/V"
+    use_generation: bool = True  # False: "Step-3 ranker only" (no MTP loss, no Step-2 in KV)
+    use_ranker: bool = True  # False: "OneRanker S2" (Step 2 only, no ranker, no BPR, no DC)
+    use_fake_items: bool = True  # False: "S2 w/o Target" (no fake tokens, no target channel)
+    use_task_decoupling: bool = True  # False: "w/o MDA": one shared task token feeds every head
+    cross_attention_first: bool = True  # False: "w/o CA-Pri": self-attention first
+    use_hetero_mask: bool = True  # False: "w/o H-Mask": full attention inside [T; F]
+
+    @property
+    def num_task_tokens(self) -> int:
+        return self.num_interest_tokens + self.num_value_tokens
+
+    @property
+    def num_step2_tokens(self) -> int:
+        return (self.num_task_tokens if self.use_task_decoupling else 1) + (
+            self.num_fake_items if self.use_fake_items else 0
+        )
+
+
+@dataclass
+class LossConfig:
+    """L = alpha*L_MTP + beta*L_rank + gamma*L_DC [#17, #18, #19]."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.1
+    tau: float = 1.0  # temperature of the ranker soft label softmax(s / tau)
+    dc_warmup_fraction: float = 0.1  # gamma = 0 for the first 10% of steps [#18]
+    # [#19] BPR pairs: every ordered pair (a, b) of the candidate set with value_a > value_b.
+    # The logged target's value is its realized value lifted above every sampled candidate
+    # (observed engagement beats counterfactual expected value); sampled candidates carry the
+    # ground-truth expected eCPM (synthetic) or 0 (real data without values).
+    bpr_weight_by_gap: bool = False
+    # Head supervision, 8 task tokens in funnel order [#5]:
+    #   0,1 impression: 1st / 2nd ad impression at or after the cut
+    #   2,3 click: 1st / 2nd clicked ad        4,5 conversion: 1st / 2nd converted ad
+    #   6,7 value: an ad clicked or converted in the future window, sampled with probability
+    #       proportional to its eCPM (value-weighted sampling [#6]), independent draws = bagging.
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    eval_every: int = 0  # 0: evaluate at the end only
+    num_threads: int = 2  # torch intra-op threads (2-core machines)
+    log_every: int = 25
+
+
+@dataclass
+class ServeConfig:
+    """Inference knobs shared by the reference path and the Triton orchestrator."""
+
+    top_k: int = 10
+    num_candidates: int = 64
+    beam_width: int = 16
+    max_top_k: int = 256
+    max_num_candidates: int = 1024
+    max_beam_width: int = 256
+    length_buckets: tuple[int, ...] = (16, 32, 64, 128)  # history padded up to one of these
+    max_batch_size: int = 8
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "small"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        checks = [
+            ("model.d_model", self.model.d_model % self.model.num_heads == 0,
+             "must be divisible by model.num_heads"),
+            ("model.target_channel", self.model.target_channel in ("sum_vectors", "scalar"),
+             "must be 'sum_vectors' or 'scalar'"),
+            ("model.max_history", self.model.max_history >= 1, "must be >= 1"),
+            ("serve.length_buckets", tuple(sorted(self.serve.length_buckets)) == tuple(self.serve.length_buckets)
+             and self.serve.length_buckets[-1] == self.model.max_history,
+             "must be increasing and end at model.max_history"),
+            ("model.num_fake_items", self.model.num_fake_items == self.tokenizer.num_fake_items,
+             "must equal tokenizer.num_fake_items"),
+            ("model.use_generation/use_ranker", self.model.use_generation or self.model.use_ranker,
+             "at least one of generation and ranking must be enabled"),
+            ("tokenizer.codebook_size", self.tokenizer.codebook_size >= 2, "must be >= 2"),
+            ("loss.tau", self.loss.tau > 0, "must be > 0"),
+            ("train.steps", self.train.steps >= 1, "must be >= 1"),
+            ("data.num_train_candidates", self.data.num_train_candidates >= 2, "must be >= 2"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"config field {name} {msg}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ExperimentConfig":
+        return _from_dict(cls, raw, prefix="")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _from_dict(kind, raw: dict[str, Any], prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config field {prefix or '<root>'} must be a mapping")
+    known = {f.name: f for f in fields(kind)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown config field {prefix}{key}")
+        default = getattr(kind(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_dict(type(default), value, prefix=f"{prefix}{key}.")
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return kind(**kwargs)
+
+
+def preset(name: str) -> ExperimentConfig:
+    """Named presets: `small` (CPU default, trains in minutes on 2 cores) and `paper`."""
+    if name == "small":
+        return ExperimentConfig(name="small").validate()
+    if name == "tiny":  # test-suite size
+        cfg = ExperimentConfig(name="tiny")
+        cfg.data.num_users, cfg.data.num_ads, cfg.data.num_contents = 300, 200, 100
+        cfg.data.max_history = cfg.model.max_history = 64
+        cfg.serve.length_buckets = (16, 32, 64)
+        cfg.model.d_model = cfg.model.d_task = 32
+        cfg.train.steps, cfg.train.batch_size = 120, 32
+        cfg.tokenizer.codebook_size = 8
+        return cfg.validate()
+    if name == "paper":
+        cfg = ExperimentConfig(name="paper")
+        cfg.model.d_model = cfg.model.d_task = 128
+        cfg.model.num_heads = 4
+        cfg.model.g_layers, cfg.model.h_layers, cfg.model.r_layers = 4, 2, 1
+        cfg.model.max_history = cfg.data.max_history = 2048
+        cfg.serve.length_buckets = (128, 256, 512, 1024, 2048)
+        cfg.serve.num_candidates, cfg.serve.beam_width = 256, 64
+        cfg.tokenizer.codebook_size = 256
+        cfg.data.num_users, cfg.data.num_ads, cfg.data.num_contents = 20000, 20000, 10000
+        cfg.data.sessions_per_user = (40, 400)
+        return cfg.validate()
+    raise ConfigError(f"unknown preset {name!r}: choose small, tiny or paper")
+
+
+PRESETS = ("small", "tiny", "paper")

@@ -1,0 +1,85 @@
+"""Reference inference in pure PyTorch: the oracle the served system must match.
+
+`load_reference(run_dir)` -> a `serving.Recommender` whose runner calls the PyTorch module
+directly (`TorchRunner`): recommend(request) -> top-k items with value scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_run
+from .pipeline import item_tables
+from .selection import GenerationTables
+from .serving import Recommender
+
+
+class TorchRunner:
+    """EngineRunner over the PyTorch module; the KV stays a torch tensor between the stages."""
+
+    def __init__(self, model, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def generate(self, inputs):
+        t = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
+        enc = self.model.encode_user(t["user_features"], t["hist_sids"], t["hist_actions"], t["hist_dt"], t["hist_len"])
+        return enc.level_logits.float().cpu().numpy(), enc.kv
+
+    @torch.no_grad()
+    def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
+        dev = self.device
+        hist_len = torch.from_numpy(np.asarray(hist_len)).to(dev)
+        kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
+        scores = self.model.rank(kv, kv_valid, torch.from_numpy(cand_sids).to(dev),
+                                 torch.from_numpy(cand_attrs).to(dev), torch.from_numpy(cand_bid).to(dev))
+        return scores.float().cpu().numpy()
+
+
+def generation_tables(model, sids) -> GenerationTables:
+    with torch.no_grad():
+        transitions = model.transition_tables().float().cpu().numpy()
+    return GenerationTables(
+        transitions=transitions,
+        trie_children=[np.asarray(t) for t in sids.trie_children],
+        num_interest_heads=model.cfg.num_interest_tokens,
+        num_value_heads=model.cfg.num_value_tokens,
+    )
+
+
+def tables_from_run(run_dir: Path, sids):
+    """Item tables stored with the run (catalogue attributes travel with the checkpoint)."""
+    from .features import ItemTables
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(Path(run_dir) / "item_tables.safetensors"))
+    return ItemTables(**arrays)
+
+
+def build_recommender(model, sids, tables, cfg, runner=None) -> Recommender:
+    return Recommender(
+        runner or TorchRunner(model),
+        tables,
+        generation_tables(model, sids),
+        cfg.serve,
+        feature_cardinality=model.feature_cardinality,
+        num_user_features=model.num_prefix,
+    )
+
+
+def load_reference(run_dir: Path) -> Recommender:
+    cfg, model, sids, _ = load_run(run_dir)
+    return build_recommender(model, sids, tables_from_run(run_dir, sids), cfg)
+
+
+def save_item_tables(run_dir: Path, prep) -> None:
+    from safetensors.numpy import save_file
+
+    t = item_tables(prep.dataset, prep.sids)
+    save_file({k: np.ascontiguousarray(getattr(t, k)) for k in
+               ("ad_ids", "ad_codes", "ad_advertiser", "ad_category", "ad_bid", "content_ids", "content_codes")},
+              str(Path(run_dir) / "item_tables.safetensors"))

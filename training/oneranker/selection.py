@@ -1,0 +1,99 @@
+"""Candidate selection between the generator and the ranker (numpy only, no torch, no Triton).
+
+    level_logits [H, D, K] (one user) + transitions [D, D, K, K] + trie
+      -> per generation stream (6 interest heads + 1 bagged value stream) beam search over the
+         semantic-ID levels, constrained to paths of real ads
+      -> union over streams, dedupe (best log-prob wins, its stream is the source head),
+         drop excluded ads, keep the `num_candidates` most probable
+      -> ad_idx [n], gen_logp [n], head [n]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEG = -1e30
+
+
+@dataclass
+class GenerationTables:
+    transitions: np.ndarray  # [D, D, K, K] float32
+    trie_children: list  # level l: [nodes_l, K] int, child node (last level: ad_idx) or -1
+    num_interest_heads: int
+    num_value_heads: int
+
+    @property
+    def num_streams(self) -> int:
+        return self.num_interest_heads + (1 if self.num_value_heads else 0)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def stream_matrix(tables: GenerationTables) -> np.ndarray:
+    """[S, H] averaging matrix: one stream per interest head, one bagged value stream."""
+    hi, hv = tables.num_interest_heads, tables.num_value_heads
+    mat = np.zeros((tables.num_streams, hi + hv))
+    mat[np.arange(hi), np.arange(hi)] = 1.0
+    if hv:
+        mat[hi, hi:] = 1.0 / hv
+    return mat
+
+
+def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: int):
+    """level_logits [H, D, K] -> (ad_idx [S, W], logp [S, W]) per stream S. A stream's level
+    log-probs are the mean of its heads' log-softmaxes (bagging for the value stream). Paths
+    follow the trie only; streams with fewer than W legal paths pad with ad_idx -1, logp NEG."""
+    _, depth, codes = level_logits.shape
+    avg = stream_matrix(tables)
+    head_stream = avg.argmax(0)  # [H] stream each head belongs to
+    s = avg.shape[0]
+    nodes = np.zeros((s, 1), dtype=np.int64)
+    logp = np.zeros((s, 1), dtype=np.float64)
+    prefix = np.zeros((s, 1, 0), dtype=np.int64)
+    for level in range(depth):
+        trans = np.zeros((s, nodes.shape[1], codes))
+        for m in range(level):
+            trans += tables.transitions[level, m][prefix[:, :, m]]
+        per_head = log_softmax(level_logits[:, level][:, None, :].astype(np.float64) + trans[head_stream])
+        step = np.einsum("sh,hbk->sbk", avg, per_head)
+        alive = logp > NEG / 2
+        children = tables.trie_children[level][np.where(alive, nodes, 0)]  # [S, b, K]
+        allowed = (children >= 0) & alive[..., None]
+        total = np.where(allowed, logp[..., None] + step, NEG).reshape(s, -1)
+        width = min(beam_width, total.shape[1])
+        top = np.argpartition(-total, width - 1, axis=1)[:, :width]
+        order = np.argsort(-np.take_along_axis(total, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        beam, code = top // codes, top % codes
+        logp = np.take_along_axis(total, top, 1)
+        nodes = np.take_along_axis(children.reshape(s, -1), top, 1)
+        prefix = np.concatenate([np.take_along_axis(prefix, beam[..., None], 1), code[..., None]], axis=2)
+    alive = logp > NEG / 2
+    return np.where(alive, nodes, -1), np.where(alive, logp, NEG)
+
+
+def merge_candidates(ad_idx: np.ndarray, logp: np.ndarray, num_candidates: int,
+                     exclude: np.ndarray | None = None):
+    """Union of every stream's beams -> (ad_idx [n], logp [n], stream [n]), best log-prob per ad,
+    sorted by log-prob (ties: lower stream, then lower ad index), excluded ads removed."""
+    stream = np.broadcast_to(np.arange(ad_idx.shape[0])[:, None], ad_idx.shape).reshape(-1)
+    ads, lp = ad_idx.reshape(-1), logp.reshape(-1)
+    keep = ads >= 0
+    if exclude is not None and len(exclude):
+        keep &= ~np.isin(ads, exclude)
+    ads, lp, stream = ads[keep], lp[keep], stream[keep]
+    order = np.lexsort((ads, stream, -lp))
+    ads, lp, stream = ads[order], lp[order], stream[order]
+    _, first = np.unique(ads, return_index=True)
+    first = np.sort(first)[:num_candidates]
+    return ads[first], lp[first], stream[first]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, ties by position (stable)."""
+    return np.argsort(-scores, kind="stable")[:k]

@@ -1,0 +1,143 @@
+"""The serving pipeline, engine-agnostic (numpy + an `EngineRunner`): the Triton orchestrator and
+the in-process reference both run exactly this code.
+
+    requests (raw) -> validate + tokenize (features.tokenize_request)   per request, errors kept
+      -> pad the valid ones to one length bucket -> runner.generate      once per batch
+         level_logits [B, H, D, K], kv (opaque, stays inside the runner)
+      -> selection.beam_search + merge_candidates                       per request
+      -> candidates padded to the batch's largest n -> runner.rank      once per batch
+      -> top-k by value score                                           per request
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import ServeConfig
+from .features import ItemTables, RequestError, bucket_for, pad_batch, tokenize_request
+from .selection import GenerationTables, beam_search, merge_candidates, top_k
+
+
+class EngineRunner(Protocol):
+    def generate(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
+        """Generator inputs -> (level_logits [B, H, D, K] float32, kv handle)."""
+
+    def rank(self, kv: Any, hist_len: np.ndarray, cand_sids: np.ndarray, cand_attrs: np.ndarray,
+             cand_bid: np.ndarray) -> np.ndarray:
+        """kv handle + candidates [B, n, ...] -> scores [B, n] float32."""
+
+
+@dataclass
+class Request:
+    user_features: np.ndarray
+    item_ids: np.ndarray
+    actions: np.ndarray
+    timestamps: np.ndarray
+    request_time: int
+    top_k: int | None = None
+    num_candidates: int | None = None
+    beam_width: int | None = None
+    exclude_item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass
+class Response:
+    item_ids: np.ndarray  # [k] int64
+    scores: np.ndarray  # [k] float32 value score (R-Decoder)
+    gen_logp: np.ndarray  # [k] float32 generation log-probability
+    source_head: np.ndarray  # [k] int32: 0-5 interest heads, 6 the bagged value stream
+    num_candidates: int = 0
+
+
+@dataclass
+class StageTimes:
+    generate_s: float = 0.0
+    select_s: float = 0.0
+    rank_s: float = 0.0
+    candidates: int = 0
+
+
+def _option(value, default: int, low: int, high: int, name: str) -> int:
+    if value is None:
+        return default
+    value = int(value)
+    if not low <= value <= high:
+        raise RequestError(f"{name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+class Recommender:
+    def __init__(self, runner: EngineRunner, tables: ItemTables, gen_tables: GenerationTables,
+                 serve: ServeConfig, feature_cardinality: int, num_user_features: int):
+        self.runner, self.tables, self.gen_tables, self.serve = runner, tables, gen_tables, serve
+        self.feature_cardinality, self.num_user_features = feature_cardinality, num_user_features
+        self.max_history = serve.length_buckets[-1]
+
+    def validate(self, req: Request):
+        s = self.serve
+        feats = np.asarray(req.user_features)
+        if feats.reshape(-1).shape[0] != self.num_user_features:
+            raise RequestError(f"user_features must have {self.num_user_features} values, got {feats.size}")
+        k = _option(req.top_k, s.top_k, 1, s.max_top_k, "top_k")
+        n = _option(req.num_candidates, s.num_candidates, 1, s.max_num_candidates, "num_candidates")
+        w = _option(req.beam_width, s.beam_width, 1, s.max_beam_width, "beam_width")
+        if k > n:
+            raise RequestError(f"top_k={k} is larger than num_candidates={n}")
+        tokens = tokenize_request(self.tables, req.user_features, req.item_ids, req.actions, req.timestamps,
+                                  req.request_time, self.feature_cardinality, self.max_history)
+        exclude = self.tables.ad_index(np.asarray(req.exclude_item_ids, dtype=np.int64).reshape(-1))
+        return tokens, k, n, w, exclude[exclude >= 0]
+
+    def recommend(self, requests: list[Request], times: StageTimes | None = None) -> list[Response | RequestError]:
+        """One batch; an invalid request yields its RequestError without affecting the others."""
+        times = times or StageTimes()
+        results: list[Any] = [None] * len(requests)
+        parsed = []
+        for i, req in enumerate(requests):
+            try:
+                parsed.append((i, *self.validate(req)))
+            except RequestError as err:
+                results[i] = err
+        if not parsed:
+            return results
+        users = [p[1] for p in parsed]
+        length = bucket_for(max(u.length for u in users), self.serve.length_buckets)
+        inputs = pad_batch(users, length)
+        t0 = time.perf_counter()
+        level_logits, kv = self.runner.generate(inputs)
+        t1 = time.perf_counter()
+        selected = []
+        for row, (_, _, k, n, w, exclude) in enumerate(parsed):
+            ads, lp = beam_search(level_logits[row], self.gen_tables, w)
+            selected.append(merge_candidates(ads, lp, n, exclude))
+        t2 = time.perf_counter()
+        width = max(1, max(len(sel[0]) for sel in selected))
+        cand = np.zeros((len(parsed), width), dtype=np.int64)
+        for row, sel in enumerate(selected):
+            cand[row, : len(sel[0])] = sel[0]
+        cand_sids, cand_attrs, cand_bid = self.tables.candidate_features(cand)
+        scores = self.runner.rank(kv, inputs["hist_len"], cand_sids, cand_attrs, cand_bid)
+        t3 = time.perf_counter()
+        times.generate_s += t1 - t0
+        times.select_s += t2 - t1
+        times.rank_s += t3 - t2
+        for row, (i, _, k, n, w, exclude) in enumerate(parsed):
+            ads, lp, head = selected[row]
+            if len(ads) == 0:
+                results[i] = RequestError("no candidate left after exclusions")
+                continue
+            sc = scores[row, : len(ads)]
+            best = top_k(sc, k)
+            times.candidates += len(ads)
+            results[i] = Response(
+                item_ids=self.tables.ad_ids[ads[best]].astype(np.int64),
+                scores=sc[best].astype(np.float32),
+                gen_logp=lp[best].astype(np.float32),
+                source_head=head[best].astype(np.int32),
+                num_candidates=len(ads),
+            )
+        return results
