@@ -202,7 +202,8 @@ def test_bad_request_gets_clear_error_and_server_stays_live(server):
 def test_perf_analyzer_against_server(server, tmp_path):
     argv, env = perf_analyzer_command()
     data = tmp_path / "input.json"
-    data.write_text(json.dumps({"data": [{"INPUT": {"content": [1.0, 2.0, 3.0, 4.0], "shape": [4]}}]}))
+    sample = {"INPUT": {"content": [1.0, 2.0, 3.0, 4.0], "shape": [4]}}
+    data.write_text(json.dumps({"data": [sample]}))
     cmd = argv + [
         "-m", ENSEMBLE,
         "-i", "grpc",
@@ -233,7 +234,8 @@ def test_cli_foreground_and_sigterm(repository, tmp_path):
     _require_tritonserver()
     log = tmp_path / "cli.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oneranker_build.tritonserver", "--model-repository", str(repository),
+        [sys.executable, "-m", "oneranker_build.tritonserver",
+         "--model-repository", str(repository),
          "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--log-file", str(log)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

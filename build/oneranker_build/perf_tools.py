@@ -20,7 +20,9 @@ from typing import Mapping
 
 __all__ = ["perf_analyzer_command", "perf_analyzer_dir", "find_perf_analyzer"]
 
-BOOTSTRAP_HINT = "run `bash scripts/bootstrap.sh` (installs tritonclient==2.50.0 --target artifacts/tools/pa)"
+BOOTSTRAP_HINT = (
+    "run `bash scripts/bootstrap.sh` (installs tritonclient==2.50.0 --target artifacts/tools/pa)"
+)
 _NEEDED_LIBS = ("libb64.so.0d", "libcudart.so.12")
 
 
@@ -41,9 +43,7 @@ def find_perf_analyzer(pa_dir: Path | None = None) -> Path:
     pa_dir = Path(pa_dir) if pa_dir is not None else perf_analyzer_dir()
     candidates = [pa_dir / "bin" / "perf_analyzer"]
     if pa_dir.is_dir():
-        candidates += sorted(
-            p for p in pa_dir.rglob("perf_analyzer") if p.is_file() and "lib" not in p.parts[-2:-1]
-        )
+        candidates += sorted(p for p in pa_dir.rglob("perf_analyzer") if p.parent.name != "lib")
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c

@@ -111,7 +111,7 @@ class HSTULayer(nn.Module):
         q = q.view(b, n, self.h, self.dh).transpose(1, 2)
         k = k.view(b, n, self.h, self.dh).transpose(1, 2)
         v = v.view(b, n, self.h, self.dh).transpose(1, 2)
-        bias = self.pos_bias(rel_pos).permute(0, 3, 1, 2) + self.time_bias(rel_time).permute(0, 3, 1, 2)
+        bias = self.pos_bias(rel_pos).permute(2, 0, 1).unsqueeze(0) + self.time_bias(rel_time).permute(0, 3, 1, 2)
         scores = torch.matmul(q, k.transpose(-1, -2)) / (self.dh**0.5) + bias
         weights = F.silu(scores) * allowed.unsqueeze(1).to(x.dtype) / n_true.view(b, 1, 1, 1).to(x.dtype)
         attn = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
@@ -173,7 +173,8 @@ class HeteroDecoderLayer(nn.Module):
             return x + self.cross(self.norm_cross(x), memory=h1, allowed=key_valid.unsqueeze(1))
 
         def self_(x):
-            return x + self.self_attn(self.norm_self(x), memory=self.norm_self(x), allowed=self_allowed)
+            normed = self.norm_self(x)
+            return x + self.self_attn(normed, memory=normed, allowed=self_allowed)
 
         q = self_(cross(q)) if self.cross_first else cross(self_(q))
         return self.ffn(q)
@@ -307,8 +308,7 @@ class OneRanker(nn.Module):
         allowed = step1_allowed(p, hist_len, length)
         n_true = p + hist_len
         pos = torch.arange(n, device=x.device)
-        rel_pos = torch.clamp(pos.view(n, 1) - pos.view(1, n), 0, cfg.position_buckets - 1)
-        rel_pos = rel_pos.unsqueeze(0).expand(b, n, n)
+        rel_pos = torch.clamp(pos.view(n, 1) - pos.view(1, n), 0, cfg.position_buckets - 1)  # [N, N]
         t = torch.cat([torch.zeros(b, p, device=x.device, dtype=hist_dt.dtype), hist_dt], dim=1)
         rel_time = time_bucket(t.unsqueeze(2) - t.unsqueeze(1), cfg.time_bucket_scale, cfg.time_buckets)
         for layer in self.g_layers:
@@ -417,8 +417,9 @@ class OneRanker(nn.Module):
         pos = torch.arange(total, device=hist_len.device).view(1, total)
         h1_valid = pos < (self.num_prefix + hist_len).view(-1, 1)
         in_h2 = pos >= self.num_prefix + length
-        h2_on = self.cfg.use_h2_in_kv and self.cfg.use_generation
-        return torch.where(in_h2, torch.full_like(h1_valid, h2_on), h1_valid)
+        if self.cfg.use_h2_in_kv and self.cfg.use_generation:
+            return in_h2 | h1_valid
+        return ~in_h2 & h1_valid
 
     def forward(self, batch: dict) -> dict:
         enc = self.encode_user(

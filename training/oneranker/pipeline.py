@@ -129,3 +129,33 @@ def to_batch(arrays: dict[str, np.ndarray], index: np.ndarray, buckets=None) -> 
                 v = np.pad(v, pad)
         out[key] = torch.from_numpy(np.ascontiguousarray(v))
     return out
+
+
+class BucketSampler:
+    """Batches of similar history length: samples are grouped by their length bucket and a step
+    draws its batch from one bucket (chosen with probability proportional to its size), so a
+    batch is padded only up to that bucket. `padding_fraction()` reports the waste."""
+
+    def __init__(self, lengths: np.ndarray, buckets, batch_size: int, seed: int):
+        self.buckets = list(buckets)
+        which = np.searchsorted(np.asarray(self.buckets), lengths)
+        self.groups = [np.flatnonzero(which == i) for i in range(len(self.buckets))]
+        self.groups = [g for g in self.groups if len(g)]
+        sizes = np.array([len(g) for g in self.groups], dtype=np.float64)
+        self.probs = sizes / sizes.sum()
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.lengths = lengths
+        self.tokens = 0
+        self.padded = 0
+
+    def next(self) -> np.ndarray:
+        group = self.groups[self.rng.choice(len(self.groups), p=self.probs)]
+        index = self.rng.choice(group, size=min(self.batch_size, len(group)), replace=False)
+        longest = int(self.lengths[index].max())
+        self.tokens += int(self.lengths[index].sum())
+        self.padded += longest * len(index)
+        return index
+
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / max(1, self.padded)

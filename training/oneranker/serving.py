@@ -93,27 +93,32 @@ class Recommender:
         return tokens, k, n, w, exclude[exclude >= 0]
 
     def recommend(self, requests: list[Request], times: StageTimes | None = None) -> list[Response | RequestError]:
-        """One batch; an invalid request yields its RequestError without affecting the others."""
-        times = times or StageTimes()
+        """One batch of raw requests; an invalid request yields its RequestError without
+        affecting the others."""
         results: list[Any] = [None] * len(requests)
-        parsed = []
+        parsed: list[Parsed] = []
         for i, req in enumerate(requests):
             try:
-                parsed.append((i, *self.validate(req)))
+                parsed.append(Parsed(i, *self.validate(req)))
             except RequestError as err:
                 results[i] = err
+        for p, out in zip(parsed, self.recommend_parsed(parsed, times)):
+            results[p.slot] = out
+        return results
+
+    def recommend_parsed(self, parsed: list["Parsed"], times: StageTimes | None = None) -> list[Response | RequestError]:
+        """Validated, tokenized requests -> responses (generate once, select per request, rank once)."""
+        times = times if times is not None else StageTimes()
         if not parsed:
-            return results
-        users = [p[1] for p in parsed]
+            return []
+        users = [p.tokens for p in parsed]
         length = bucket_for(max(u.length for u in users), self.serve.length_buckets)
         inputs = pad_batch(users, length)
         t0 = time.perf_counter()
         level_logits, kv = self.runner.generate(inputs)
         t1 = time.perf_counter()
-        selected = []
-        for row, (_, _, k, n, w, exclude) in enumerate(parsed):
-            ads, lp = beam_search(level_logits[row], self.gen_tables, w)
-            selected.append(merge_candidates(ads, lp, n, exclude))
+        selected = [merge_candidates(*beam_search(level_logits[row], self.gen_tables, p.beam_width),
+                                     p.num_candidates, p.exclude) for row, p in enumerate(parsed)]
         t2 = time.perf_counter()
         width = max(1, max(len(sel[0]) for sel in selected))
         cand = np.zeros((len(parsed), width), dtype=np.int64)
@@ -121,23 +126,39 @@ class Recommender:
             cand[row, : len(sel[0])] = sel[0]
         cand_sids, cand_attrs, cand_bid = self.tables.candidate_features(cand)
         scores = self.runner.rank(kv, inputs["hist_len"], cand_sids, cand_attrs, cand_bid)
+        release = getattr(self.runner, "release", None)
+        if release is not None:
+            release(kv)
         t3 = time.perf_counter()
         times.generate_s += t1 - t0
         times.select_s += t2 - t1
         times.rank_s += t3 - t2
-        for row, (i, _, k, n, w, exclude) in enumerate(parsed):
+        out: list[Any] = []
+        for row, p in enumerate(parsed):
             ads, lp, head = selected[row]
             if len(ads) == 0:
-                results[i] = RequestError("no candidate left after exclusions")
+                out.append(RequestError("no candidate left after exclusions"))
                 continue
             sc = scores[row, : len(ads)]
-            best = top_k(sc, k)
+            best = top_k(sc, p.top_k)
             times.candidates += len(ads)
-            results[i] = Response(
+            out.append(Response(
                 item_ids=self.tables.ad_ids[ads[best]].astype(np.int64),
                 scores=sc[best].astype(np.float32),
                 gen_logp=lp[best].astype(np.float32),
                 source_head=head[best].astype(np.int32),
                 num_candidates=len(ads),
-            )
-        return results
+            ))
+        return out
+
+
+@dataclass
+class Parsed:
+    """A validated request: its slot in the batch, tokens and options."""
+
+    slot: int
+    tokens: Any  # features.UserTokens
+    top_k: int
+    num_candidates: int
+    beam_width: int
+    exclude: np.ndarray  # dense ad indices

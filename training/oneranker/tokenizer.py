@@ -4,24 +4,32 @@ Item embeddings ([#1], GPR's joint O/I item space): rows are ads (0..A-1) then c
 (A..A+C-1). They are learned from the log itself, from TRAINING rows only
 (`data.splits.training_rows_mask`: rows before each user's valid target, so validation/test
 engagements never shape the codes): co-occurrence counts of two items within a sliding window of
-`_WINDOW` = 8 consecutive events of one user's sequence (symmetric, self-pairs dropped), then
-PPMI with context-distribution smoothing (0.75), then a truncated SVD (randomised range finder,
-numpy only, sparse products via bincount) to `embedding_dim`, rows scaled by sqrt(singular
-values) and L2-normalised. Why this embedding: it carries collaborative signal (items consumed
-by the same users close together in time end up close: exactly the structure the generator has
-to decode), it needs no training loop or extra dependency, it is cheap (sparse, O(events x
-window)) and it is deterministic given the seed.
+`_WINDOW` = 8 consecutive events of one user's sequence (symmetric, self-pairs dropped; logs with
+more than 4M training events use a seeded random subset of whole users, which bounds memory at
+the paper preset's scale), then PPMI with context-distribution smoothing (0.75), then a truncated
+SVD (randomised range finder, numpy only, sparse products via bincount) to `embedding_dim`, rows
+scaled by sqrt(singular values) and L2-normalised. Why this embedding: it carries collaborative
+signal (items consumed by the same users close together in time end up close: exactly the
+structure the generator has to decode), it needs no training loop or extra dependency, it is
+cheap (sparse, O(events x window)) and it is deterministic given the seed.
 Items never seen in the training rows get a seeded random *unit* vector: cold items still need a
 valid, unique path (serving may receive them, the trie must be able to emit cold ads). A "small"
 vector would put every cold item near the origin, on one shared prefix, and exhaust
 `max_collisions`; unit-norm random directions spread them over the codebooks instead.
 
-RQ-KMeans: `num_levels` levels of k-means (`codebook_size` codes, k-means++ init, `kmeans_iters`
-Lloyd iterations, empty clusters re-seeded with the points farthest from their centroid) on the
-residuals. A final collision-suffix level numbers the items that share a `num_levels`-prefix
+RQ-KMeans: `num_levels` levels of k-means (`codebook_size` codes, greedy k-means++ init,
+`kmeans_iters` Lloyd iterations, empty clusters re-seeded with the points farthest from their
+centroid) on the residuals. The LAST residual level is capacity-constrained: when more than `max_collisions`
+items would share a full `num_levels`-prefix, the ones farthest from that codeword move to their
+nearest last-level code that still has room under the same parent prefix (`cap_last_level`;
+pure RQ-KMeans whenever no prefix overflows; the count is reported as
+`last_level_reassigned_items`). Without it, dense clumps of near-identical collaborative
+embeddings (common for small catalogues) overflow the suffix level for some seeds of the default
+presets. A final collision-suffix level numbers the items that share a `num_levels`-prefix
 0, 1, 2, ... in item-index order (so ads, which come first, get contiguous suffixes from 0 and
-every item, ad or content, has a unique full path of depth `sid_depth`). A prefix shared by more
-than `max_collisions` items raises ValueError naming `tokenizer.max_collisions`.
+every item, ad or content, has a unique full path of depth `sid_depth`). The build raises
+ValueError naming `tokenizer.max_collisions` when a prefix cannot be kept within
+`max_collisions` items (a parent prefix holding more than codebook_size * max_collisions items).
 
 Fake item tokens [#7]: k = `num_fake_items` k-means centroids of the AD embeddings (the candidate
 space the fake tokens stand for; contents are never candidates). Item-side cosine features:
@@ -52,6 +60,7 @@ from .data.schema import Dataset
 from .data.splits import training_rows_mask
 
 _WINDOW = 8
+_MAX_COOC_EVENTS = 4_000_000  # co-occurrence budget (events); bounds memory on paper-size logs
 _CDS_ALPHA = 0.75
 _SVD_OVERSAMPLE = 10
 _SVD_POWER_ITERS = 6
@@ -67,7 +76,8 @@ FORMAT_VERSION = 1
 
 def _cooccurrence(item: np.ndarray, user: np.ndarray, n_items: int, window: int):
     """Symmetric COO (rows, cols, counts) of item pairs at distance 1..window in one user's sequence."""
-    keys = []
+    uk = np.zeros(0, np.int64)
+    counts = np.zeros(0)
     for dist in range(1, window + 1):
         if item.size <= dist:
             break
@@ -75,13 +85,9 @@ def _cooccurrence(item: np.ndarray, user: np.ndarray, n_items: int, window: int)
         same = (user[:-dist] == user[dist:]) & (a != b)
         k = np.concatenate([a[same] * n_items + b[same], b[same] * n_items + a[same]])
         u, c = np.unique(k, return_counts=True)
-        keys.append((u, c))
-    if not keys:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    all_k = np.concatenate([k for k, _ in keys])
-    all_c = np.concatenate([c for _, c in keys]).astype(np.float64)
-    uk, inv = np.unique(all_k, return_inverse=True)
-    counts = np.bincount(inv, weights=all_c)
+        merged, inv = np.unique(np.concatenate([uk, u]), return_inverse=True)
+        counts = np.bincount(inv.reshape(-1), weights=np.concatenate([counts, c]), minlength=merged.size)
+        uk = merged
     return uk // n_items, uk % n_items, counts
 
 
@@ -112,6 +118,11 @@ def item_embeddings(ds: Dataset, cfg: TokenizerConfig, rng=None) -> tuple[np.nda
     n = A + C
     log = ds.log
     keep = training_rows_mask(ds)
+    if keep.sum() > _MAX_COOC_EVENTS:  # large logs: a seeded random subset of whole users
+        per_user = np.bincount(log.user[keep], minlength=log.num_users)
+        order = rng.permutation(log.num_users)
+        chosen = order[np.cumsum(per_user[order]) <= _MAX_COOC_EVENTS]
+        keep &= np.isin(log.user, chosen)
     joint = np.where(log.action == ACTION_CONTENT_VIEW, log.item + A, log.item)[keep]
     users = log.user[keep]
     r, c, cnt = _cooccurrence(joint.astype(np.int64), users, n, _WINDOW)
@@ -148,19 +159,29 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def kmeans(x: np.ndarray, k: int, iters: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ init + Lloyd; empty clusters re-seeded with the farthest points. -> (centroids, assign)."""
+    """Greedy k-means++ init + Lloyd; empty clusters re-seeded with the farthest points.
+    -> (centroids [k, dim], assignment [N])."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if n < k:
         raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    # Greedy k-means++ (as in scikit-learn): 2 + log(k) D^2-sampled candidates per step, keep the
+    # one that lowers the potential most.
+    trials = 2 + int(np.log(k))
     centers = np.empty((k, x.shape[1]))
     centers[0] = x[rng.integers(n)]
     closest = _sq_dist(x, centers[:1])[:, 0]
     for i in range(1, k):
         tot = closest.sum()
-        j = rng.choice(n, p=closest / tot) if tot > 0 else rng.integers(n)
-        centers[i] = x[j]
-        closest = np.minimum(closest, _sq_dist(x, centers[i : i + 1])[:, 0])
+        if tot > 0:
+            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * tot, side="right")
+            cand = np.minimum(cand, n - 1)
+        else:
+            cand = rng.integers(n, size=trials)
+        new = np.minimum(closest[None, :], _sq_dist(x[cand], x).reshape(trials, n))
+        best = int(new.sum(1).argmin())
+        centers[i] = x[cand[best]]
+        closest = new[best]
     assign = np.zeros(n, dtype=np.int64)
     for _ in range(max(iters, 1)):
         dist = _sq_dist(x, centers)
@@ -178,8 +199,62 @@ def kmeans(x: np.ndarray, k: int, iters: int, rng) -> tuple[np.ndarray, np.ndarr
     return centers, assign
 
 
+def cap_last_level(parent: np.ndarray, dist: np.ndarray, codes: np.ndarray, cap: int) -> tuple[np.ndarray, int]:
+    """Capacity-constrained last residual level: at most `cap` items per (parent prefix, code).
+
+    parent [N] int id of the item's first num_levels-1 codes, dist [N, K] squared distance of its
+    last residual to each last-level codeword, codes [N] the unconstrained k-means codes. Items of
+    an overfull group beyond the `cap` closest move to their nearest code with room under the same
+    parent (proposal rounds, closest proposals accepted first). Returns (codes, number of items
+    moved). Raises ValueError naming tokenizer.max_collisions when a parent holds more than
+    K * cap items."""
+    n, k = dist.shape
+    codes = codes.astype(np.int64).copy()
+    if n == 0:
+        return codes, 0
+    _, parent = np.unique(parent, return_inverse=True)
+    parent = parent.reshape(-1)
+    sizes = np.bincount(parent)
+    if sizes.max() > k * cap:
+        raise ValueError(
+            f"tokenizer.max_collisions={cap} is too small: {int(sizes.max())} items share one "
+            f"(num_levels-1)-prefix, more than codebook_size * max_collisions = {k * cap}; raise "
+            f"tokenizer.max_collisions or tokenizer.codebook_size"
+        )
+    original = codes.copy()
+    load = np.zeros((sizes.size, k), dtype=np.int64)
+    np.add.at(load, (parent, codes), 1)
+    over = np.flatnonzero(load[parent, codes] > cap)
+    if over.size == 0:
+        return codes, 0
+    # 1) each overfull group keeps its `cap` closest members; the others are unassigned.
+    grp = parent[over] * k + codes[over]
+    order = over[np.lexsort((dist[over, codes[over]], grp))]
+    g = parent[order] * k + codes[order]
+    rank = np.arange(order.size) - np.searchsorted(g, g, side="left")
+    pool = order[rank >= cap]
+    np.subtract.at(load, (parent[pool], codes[pool]), 1)
+    # 2) proposal rounds: every unassigned item proposes to its nearest code with room under its
+    #    parent; a code accepts the closest proposals up to its remaining room.
+    while pool.size:
+        room = cap - load[parent[pool]]  # [m, K]
+        choice = np.where(room > 0, dist[pool], np.inf).argmin(1)
+        dc = dist[pool, choice]
+        g = parent[pool] * k + choice
+        order = np.lexsort((dc, g))
+        gs = g[order]
+        rank = np.arange(order.size) - np.searchsorted(gs, gs, side="left")
+        ok = rank < room[order, choice[order]]
+        acc = pool[order[ok]]
+        codes[acc] = choice[order[ok]]
+        np.add.at(load, (parent[acc], codes[acc]), 1)
+        pool = np.sort(pool[order[~ok]])
+    return codes, int((codes != original).sum())
+
+
 def assign_suffixes(prefix: np.ndarray, max_collisions: int) -> np.ndarray:
-    """[N, L] prefix codes -> [N] suffix: 0, 1, 2, ... among items sharing a prefix, in item order."""
+    """[N, L] prefix codes -> [N] suffix: 0, 1, 2, ... among items sharing a prefix, in item order.
+    Raises ValueError naming tokenizer.max_collisions when a prefix holds more items than that."""
     n = prefix.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -378,6 +453,13 @@ def _report(codes: np.ndarray, cfg: TokenizerConfig, num_ads: int, warm: np.ndar
     return rep
 
 
+def _prefix_ids(prefix: np.ndarray) -> np.ndarray:
+    if prefix.shape[1] == 0:
+        return np.zeros(prefix.shape[0], dtype=np.int64)
+    _, inv = np.unique(prefix, axis=0, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64)
+
+
 def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
     """Embeddings -> RQ-KMeans -> suffix -> trie, fake-item centroids, cosine features (module doc)."""
     if cfg.num_levels < 1 or cfg.codebook_size < 2 or cfg.max_collisions < 1:
@@ -390,9 +472,13 @@ def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
     residual = x.copy()
     codebooks = np.zeros((cfg.num_levels, cfg.codebook_size, x.shape[1]))
     codes = np.zeros((x.shape[0], cfg.sid_depth), dtype=np.int64)
+    moved = 0
     for level in range(cfg.num_levels):
         centers, assign = kmeans(residual, cfg.codebook_size, cfg.kmeans_iters,
                                  np.random.default_rng(seeds[1 + level]))
+        if level == cfg.num_levels - 1:
+            parent = _prefix_ids(codes[:, :level])
+            assign, moved = cap_last_level(parent, _sq_dist(residual, centers), assign, cfg.max_collisions)
         codebooks[level] = centers
         codes[:, level] = assign
         residual = residual - centers[assign]
@@ -426,5 +512,6 @@ def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
         trie_children=trie,
         report_=_report(codes, cfg, A, warm, ds.catalog.ad_category, trie),
     )
+    sids.report_["last_level_reassigned_items"] = moved
     sids.version = sids.compute_version()
     return sids

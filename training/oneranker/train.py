@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import losses
 from .checkpoint import load_optimizer_state, save_checkpoint
 from .config import ExperimentConfig
-from .pipeline import Prepared, build_model, prepare, sample_arrays, to_batch
+from .pipeline import BucketSampler, Prepared, build_model, prepare, sample_arrays, to_batch
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -76,7 +76,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, re
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
-    rng = np.random.default_rng(cfg.train.seed + start_step)
+    sampler = BucketSampler(arrays["hist_len"], cfg.serve.length_buckets, cfg.train.batch_size,
+                            cfg.train.seed + start_step)
     n = len(prep.splits["train"])
     history: list[dict] = []
     first: dict[str, float] = {}
@@ -84,8 +85,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, re
     bar = tqdm(range(start_step, cfg.train.steps), desc=f"train {cfg.name}", disable=not progress,
                initial=start_step, total=cfg.train.steps)
     for step in bar:
-        index = rng.choice(n, size=min(cfg.train.batch_size, n), replace=False)
-        batch = to_batch(arrays, index, cfg.serve.length_buckets)
+        batch = to_batch(arrays, sampler.next())
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         terms = loss_terms(model, batch, cfg, step)
@@ -114,7 +114,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, re
                "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors")},
     )
     summary = {"first_loss": first, "last_loss": last, "train_seconds": time.time() - started,
-               "train_samples": n, "manifest": manifest}
+               "train_samples": n, "padding_fraction": sampler.padding_fraction(), "manifest": manifest}
     import json
 
     (Path(run_dir) / "train_history.json").write_text(json.dumps(history))

@@ -181,9 +181,6 @@ def _build(ds: Dataset, cfg: DataConfig, name: str, target_rows: np.ndarray, lim
     log = ds.log
     rng = np.random.default_rng([seed, _SPLIT_STREAM[name]])
     hist_start, hist_end = _history(ds, target_rows, cfg.max_history)
-    keep = hist_end > log.user_slices()[log.user[target_rows]]
-    target_rows, limit_rows = target_rows[keep], limit_rows[keep]
-    hist_start, hist_end = hist_start[keep], hist_end[keep]
     users = log.user[target_rows]
     targets = log.item[target_rows]
     if ds.context is not None:
@@ -219,13 +216,16 @@ def _build(ds: Dataset, cfg: DataConfig, name: str, target_rows: np.ndarray, lim
 
 
 def split_target_rows(ds: Dataset, cfg: DataConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per split: (target rows, window limit rows), before dropping empty-history samples."""
+    """Per split: (target rows, future-window limit rows) of the samples `make_splits` builds, in
+    sample order (targets whose history would be empty are already dropped)."""
     _check_sorted(ds)
     pos_rows, pos_user, rev, counts, valid_row, test_row = _positives(ds)
+    log = ds.log
     ok = counts[pos_user] >= 2
-    tr = ok & (rev >= 2) & (rev < 2 + cfg.max_train_samples_per_user)
-    va = ok & (rev == 1)
-    te = ok & (rev == 0)
+    has_hist = log.timestamp[pos_rows] > log.timestamp[log.user_slices()[pos_user]]
+    tr = ok & has_hist & (rev >= 2) & (rev < 2 + cfg.max_train_samples_per_user)
+    va = ok & has_hist & (rev == 1)
+    te = ok & has_hist & (rev == 0)
     return {
         "train": (pos_rows[tr], valid_row[pos_user[tr]]),
         "valid": (pos_rows[va], test_row[pos_user[va]]),

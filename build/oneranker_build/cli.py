@@ -1,0 +1,170 @@
+"""`oneranker build | serve | quickstart` (registered into the `oneranker` command)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+BUILDABLE = ("onnxruntime", "torch")
+
+
+def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
+    """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine."""
+    import torch
+
+    from oneranker.checkpoint import load_run
+    from oneranker.pipeline import item_tables  # noqa: F401  (documented dependency)
+    from oneranker.reference import tables_from_run
+
+    from .export import dims_for, export_onnx, write_export_info, write_generation_tables
+    from .render import render_repository
+
+    torch.set_num_threads(2)
+    cfg, model, sids, manifest = load_run(run_dir)
+    export_dir = Path(out) / "export"
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    print(f"[build] exporting ONNX graphs of {run_dir} ...", flush=True)
+    info = export_onnx(model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history)
+    write_generation_tables(model, sids, tables_from_run(run_dir, sids), export_dir)
+    dims = dims_for(model)
+    info = write_export_info(export_dir, manifest, info, dims, cfg)
+    print(f"[build] generator.onnx {info['generator_bytes'] / 1e6:.2f} MB ({info['generator_export_s']:.1f}s), "
+          f"ranker.onnx {info['ranker_bytes'] / 1e6:.2f} MB ({info['ranker_export_s']:.1f}s)", flush=True)
+    rendered = {}
+    for engine in engines:
+        if engine == "tensorrt":
+            print("[build] tensorrt: not rendered by this build (TensorRT is not installable here; see README)")
+            continue
+        repo = render_repository(export_dir, Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
+                                 run_dir=Path(run_dir))
+        rendered[engine] = str(repo)
+        print(f"[build] rendered {engine} repository -> {repo}", flush=True)
+    return {"export": info, "repositories": rendered}
+
+
+def register(sub, common, make_config, run_dir_of) -> None:
+    from oneranker.cli import ARTIFACTS
+
+    p = sub.add_parser("build", help="export ONNX graphs and render Triton model repositories")
+    common(p)
+    p.add_argument("--engine", default="onnxruntime", choices=BUILDABLE + ("tensorrt", "all"))
+    p.add_argument("--out", type=Path, default=ARTIFACTS / "model_repository",
+                   help="output folder; repositories land in OUT/<engine>/")
+
+    def cmd_build(args) -> int:
+        cfg = make_config(args)
+        engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
+        build(run_dir_of(args, cfg), args.out, engines)
+        return 0
+
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("serve", help="start tritonserver (CPU, Python backend) on a rendered repository")
+    p.add_argument("--engine", default="onnxruntime", choices=BUILDABLE)
+    p.add_argument("--repository", type=Path, help="rendered repository (default artifacts/model_repository/ENGINE)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-file", type=Path, default=ARTIFACTS / "logs" / "tritonserver.log")
+
+    def cmd_serve(args) -> int:
+        import signal
+        import threading
+
+        from .tritonserver import TritonServer
+
+        repo = args.repository or ARTIFACTS / "model_repository" / args.engine
+        if not (repo / "oneranker" / "config.pbtxt").exists():
+            raise FileNotFoundError(f"{repo} has no rendered repository; run `oneranker build --engine {args.engine}`")
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
+        server = TritonServer(repo, grpc_port=args.grpc_port, http_port=args.http_port,
+                              metrics_port=args.metrics_port, log_file=args.log_file)
+        server.start()
+        server.wait_ready(120)
+        print(f"tritonserver ready: grpc {server.grpc_url} http {server.http_url} metrics {server.metrics_url} "
+              f"(log {args.log_file}); Ctrl-C stops it", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set() and server.is_live():
+            stop.wait(1.0)
+        server.stop()
+        return 0
+
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("quickstart", help="the main job: train small, evaluate, build, serve, answer a query")
+    common(p)
+    p.add_argument("--retrain", action="store_true", help="train even if the run exists")
+    p.add_argument("--keep-serving", action="store_true", help="leave the server up after the query")
+
+    def cmd_quickstart(args) -> int:
+        cfg = make_config(args)
+        run_dir = run_dir_of(args, cfg)
+        t0 = time.time()
+        if args.retrain or not (run_dir / "manifest.json").exists():
+            from oneranker.cli import _print_eval
+            from oneranker.train import train
+
+            result = train(cfg, run_dir)
+            _print_eval(result["model"], result["prep"], run_dir)
+        out = ARTIFACTS / "model_repository"
+        build(run_dir, out, ["onnxruntime"])
+        return serve_and_query(run_dir, out / "onnxruntime", keep=args.keep_serving, started=t0)
+
+    p.set_defaults(func=cmd_quickstart)
+
+
+def serve_and_query(run_dir: Path, repo: Path, keep: bool, started: float) -> int:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from oneranker.checkpoint import load_run
+    from oneranker.cli import ARTIFACTS, example_request, response_dict
+    from oneranker.pipeline import prepare
+    from oneranker.reference import load_reference
+    from oneranker_client import contract
+
+    from .tritonserver import TritonServer
+
+    cfg, _, sids, _ = load_run(run_dir)
+    prep = prepare(cfg, sids=sids)
+    req = example_request(prep, 0)
+    reference = response_dict(load_reference(run_dir).recommend([req])[0])
+    log = ARTIFACTS / "logs" / "tritonserver.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(repo, log_file=log)
+    server.start()
+    try:
+        server.wait_ready(120)
+        print(f"[serve] tritonserver ready: grpc {server.grpc_url} (log {log})", flush=True)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        arrays = {"user_features": req.user_features, "item_ids": req.item_ids, "actions": req.actions,
+                  "timestamps": req.timestamps, "request_time": np.array([req.request_time])}
+        inputs = []
+        for spec in contract.PUBLIC.inputs:
+            if spec.name in arrays:
+                value = np.asarray(arrays[spec.name], dtype=spec.numpy_dtype)[None]
+                tensor = grpcclient.InferInput(spec.name, list(value.shape), spec.wire_dtype)
+                tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+        result = client.infer(contract.PUBLIC_MODEL, inputs)
+        served = {"item_ids": result.as_numpy("rec_item_ids")[0].tolist(),
+                  "scores": [round(float(x), 6) for x in result.as_numpy("rec_scores")[0]]}
+        print("\n| rank | served item | served score | reference item | reference score |")
+        print("|---|---|---|---|---|")
+        for i, (a, b) in enumerate(zip(served["item_ids"], served["scores"])):
+            print(f"| {i + 1} | {a} | {b:.6f} | {reference['item_ids'][i]} | {reference['scores'][i]:.6f} |")
+        same = served["item_ids"] == reference["item_ids"]
+        print(f"\nserved top-k {'equals' if same else 'DIFFERS FROM'} the in-process PyTorch reference; "
+              f"main job took {time.time() - started:.0f}s", flush=True)
+        if keep:
+            print("server left running; stop it with Ctrl-C", flush=True)
+            while server.is_live():
+                time.sleep(1)
+        return 0 if same else 1
+    finally:
+        server.stop()

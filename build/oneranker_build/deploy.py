@@ -1,0 +1,476 @@
+"""Deployment helpers: shared-memory sizing from the tensor contract, versioned model rollout.
+
+Torch-free (imports only ``oneranker.config``, the tensor contract and the standard library), so
+it runs in the builder image, the Triton image and on the CPU machines alike.
+
+Shared memory (``shm_size`` of the ``triton`` service, ``/dev/shm`` of the Kubernetes pods)
+------------------------------------------------------------------------------------------
+Triton's Python backend moves every input and output tensor of a Python model (and of every
+BLS call it makes) through POSIX shared memory in ``/dev/shm``. Docker gives a container 64 MiB
+of it by default, which the python_backend README ("Managing Shared Memory") calls "very
+small". The backend allocates ``shm-default-byte-size`` per model instance up front (1 MiB in
+current releases, 64 MiB in the first releases that used shared memory) and grows the region by
+``shm-growth-byte-size`` chunks when a batch needs more (``--backend-config=python,
+shm-default-byte-size=...`` changes both). The size we give the container is::
+
+    shm = round_up_MiB( safety * sum_models( instances[m] * max_batch_size *
+                                             sum_tensors(m) bytes of one request ) )
+    shm = max(shm, 256 MiB)
+
+over every model of ``oneranker_client.contract.MODELS`` and every one of its inputs and
+outputs, at the largest shape a request may have. Variable (-1) dimensions resolve by the rule
+in ``VARIABLE_DIMS`` (explicit per tensor name; a tensor the rule does not know is an error, so a
+contract change forces a decision here):
+
+* ``history``: the behaviour history, padded at most to ``max_history`` (model.max_history);
+* ``kv``: the Step-3 key/value sequence ``[H1 ; H2]`` = ``F`` feature tokens + ``max_history``
+  events + the Step-2 tokens (``model.num_step2_tokens``: task tokens + fake items);
+* ``candidates``: candidate lists, the top-k outputs and the exclusion lists, bounded by
+  ``max_candidates`` (serve.max_num_candidates; top_k <= num_candidates <= max_candidates).
+  ``exclude_item_ids`` is not bounded by the contract itself: preprocess must reject longer
+  lists, otherwise the bound here is not one.
+
+``safety`` (default 2) covers a request's inputs and outputs being alive at once in a BLS chain
+and the growth chunks' fragmentation. The 256 MiB floor covers the per-instance default regions
+(64 MiB each in early python_backend releases) and the backend's control structures, whatever
+the tensors. Native (TensorRT / ONNX Runtime backend) models are counted too: in topology (b)
+the orchestrator receives their outputs through its stub's shared memory.
+
+Rollout (``promote`` / ``retire`` / ``load``)
+---------------------------------------------
+``oneranker build --out STAGE`` renders a complete repository (version ``1`` of each model).
+``promote`` copies it into the live repository as the next version ``V`` of *every* model (the
+same number everywhere: one release = one version), each version folder written under a hidden
+name and renamed into place, ``config.pbtxt`` replaced last (Triton ignores non-numeric folders,
+so it never sees half a version). Triton runs with ``--model-control-mode=explicit``: nothing
+changes until ``load`` asks it to (``POST /v2/repository/models/NAME/load``, non-ensembles first,
+ensembles last); the old version serves until the new one is loaded. ``retire`` hides version V
+again (rollback: retire, then load).
+
+CLI::
+
+    python -m oneranker_build.deploy shm --preset paper [--instances generator=2,...] [--bytes]
+    python -m oneranker_build.deploy shm --compose docker-compose.yml --service triton
+    python -m oneranker_build.deploy promote --staging STAGE/tensorrt --repository LIVE [--version V]
+    python -m oneranker_build.deploy retire --repository LIVE --version V
+    python -m oneranker_build.deploy latest --repository LIVE
+    python -m oneranker_build.deploy load --url HOST:8000 --repository LIVE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from oneranker.config import ExperimentConfig, preset as config_preset
+from oneranker_client.contract import MODELS, ContractDims, ModelSpec, TensorSpec
+
+__all__ = [
+    "MIB",
+    "SHM_FLOOR_BYTES",
+    "VARIABLE_DIMS",
+    "DEFAULT_INSTANCE_COUNTS",
+    "contract_dims",
+    "deploy_limits",
+    "tensor_bytes",
+    "model_request_bytes",
+    "shm_size_bytes",
+    "shm_size_for_preset",
+    "format_size",
+    "parse_size",
+    "parse_instance_counts",
+    "compose_shm_inputs",
+    "latest_version",
+    "promote",
+    "retire",
+    "load_order",
+    "load_models",
+    "main",
+]
+
+MIB = 1 << 20
+GIB = 1 << 30
+SHM_FLOOR_BYTES = 256 * MIB
+_WORD_BYTES = {"TYPE_INT64": 8, "TYPE_INT32": 4, "TYPE_FP32": 4}
+
+# How every variable (-1) dimension of the contract resolves (see the module docstring).
+VARIABLE_DIMS: dict[str, str] = {
+    # behaviour history
+    "item_ids": "history",
+    "actions": "history",
+    "timestamps": "history",
+    "hist_sids": "history",
+    "hist_actions": "history",
+    "hist_dt": "history",
+    # Step-3 key/value sequence [H1 ; H2]
+    "kv": "kv",
+    # candidate-sized lists
+    "exclude_item_ids": "candidates",
+    "exclude_idx": "candidates",
+    "cand_sids": "candidates",
+    "cand_attrs": "candidates",
+    "cand_bid": "candidates",
+    "scores": "candidates",
+    "rec_item_ids": "candidates",
+    "rec_scores": "candidates",
+    "rec_gen_logp": "candidates",
+    "rec_source_head": "candidates",
+}
+
+# Instance counts `shm` assumes when none are given: the GPU service of docker-compose.yml
+# (which declares its own in the `oneranker.instances` label; the test keeps them equal).
+DEFAULT_INSTANCE_COUNTS: dict[str, int] = {
+    "oneranker": 1,
+    "preprocess": 4,
+    "recommender": 4,
+    "generator": 2,
+    "ranker": 2,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared-memory sizing
+# ---------------------------------------------------------------------------------------------
+def contract_dims(cfg: ExperimentConfig) -> ContractDims:
+    """The contract's symbolic dims for a config (``extra['step2_tokens']`` = H2 length)."""
+    return ContractDims(
+        F=cfg.data.num_profile_features + cfg.data.num_context_features,
+        D=cfg.tokenizer.sid_depth,
+        K=cfg.tokenizer.max_codes,
+        H=cfg.model.num_task_tokens,
+        R2=2 * cfg.model.r_layers,
+        DM=cfg.model.d_model,
+        extra={"step2_tokens": cfg.model.num_step2_tokens},
+    )
+
+
+def deploy_limits(cfg: ExperimentConfig) -> dict[str, int]:
+    """The shape limits of one request under a config (arguments of `shm_size_bytes`)."""
+    return {
+        "max_batch_size": cfg.serve.max_batch_size,
+        "max_history": cfg.model.max_history,
+        "max_candidates": cfg.serve.max_num_candidates,
+    }
+
+
+def _variable_length(tensor: TensorSpec, dims: ContractDims, max_history: int,
+                     max_candidates: int, step2_tokens: int) -> int:
+    kind = VARIABLE_DIMS.get(tensor.name)
+    if kind is None:
+        raise ValueError(
+            f"tensor {tensor.name!r} has a variable dimension that oneranker_build.deploy."
+            "VARIABLE_DIMS does not classify (history, kv or candidates): add it there"
+        )
+    if kind == "history":
+        return max_history
+    if kind == "candidates":
+        return max_candidates
+    return dims.F + max_history + step2_tokens  # kv
+
+
+def tensor_bytes(tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int,
+                 step2_tokens: int) -> int:
+    """Bytes of one request's tensor at its largest shape (batch dimension excluded)."""
+    if tensor.dtype not in _WORD_BYTES:
+        raise ValueError(f"tensor {tensor.name!r}: unknown dtype {tensor.dtype}")
+    n = 1
+    for d in tensor.dims:
+        v = dims.value(d)
+        if v == -1:
+            v = _variable_length(tensor, dims, max_history, max_candidates, step2_tokens)
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"tensor {tensor.name!r}: cannot resolve dimension {d!r}")
+        n *= v
+    return n * _WORD_BYTES[tensor.dtype]
+
+
+def model_request_bytes(model: ModelSpec, dims: ContractDims, max_history: int,
+                        max_candidates: int, step2_tokens: int) -> int:
+    """Bytes of every input and output of one request of `model`, at the largest shapes."""
+    return sum(tensor_bytes(t, dims, max_history, max_candidates, step2_tokens)
+               for t in (*model.inputs, *model.outputs))
+
+
+def _step2_tokens(dims: ContractDims, step2_tokens: int | None) -> int:
+    if step2_tokens is not None:
+        return int(step2_tokens)
+    if "step2_tokens" not in dims.extra:
+        raise ValueError("the kv length needs the Step-2 token count: pass step2_tokens= or "
+                         "build dims with contract_dims(cfg)")
+    return int(dims.extra["step2_tokens"])
+
+
+def shm_size_bytes(dims: ContractDims, max_batch_size: int, instance_counts: Mapping[str, int],
+                   max_history: int, max_candidates: int, safety: float = 2.0, *,
+                   step2_tokens: int | None = None, floor: int = SHM_FLOOR_BYTES) -> int:
+    """``/dev/shm`` bytes for a Triton server holding `instance_counts` of the contract's models.
+
+    ``instance_counts`` must name every model of ``contract.MODELS`` (0 = not in this
+    repository) and nothing else: a model added to the contract must be sized on purpose.
+    """
+    unknown = sorted(set(instance_counts) - set(MODELS))
+    missing = sorted(set(MODELS) - set(instance_counts))
+    if unknown or missing:
+        raise ValueError(f"instance_counts must name exactly the contract's models "
+                         f"{sorted(MODELS)}; unknown {unknown}, missing {missing}")
+    if max_batch_size < 1 or max_history < 1 or max_candidates < 1:
+        raise ValueError("max_batch_size, max_history and max_candidates must be >= 1")
+    if safety < 1.0:
+        raise ValueError("safety must be >= 1")
+    t2 = _step2_tokens(dims, step2_tokens)
+    total = 0
+    for name, model in MODELS.items():
+        count = int(instance_counts[name])
+        if count < 0:
+            raise ValueError(f"instance count of {name!r} must be >= 0")
+        total += count * max_batch_size * model_request_bytes(
+            model, dims, max_history, max_candidates, t2)
+    need = math.ceil(total * safety / MIB) * MIB
+    return max(need, floor)
+
+
+def shm_size_for_preset(preset: str | ExperimentConfig,
+                        instance_counts: Mapping[str, int] | None = None,
+                        safety: float = 2.0) -> int:
+    cfg = config_preset(preset) if isinstance(preset, str) else preset
+    return shm_size_bytes(contract_dims(cfg), instance_counts=dict(
+        DEFAULT_INSTANCE_COUNTS if instance_counts is None else instance_counts),
+        safety=safety, **deploy_limits(cfg))
+
+
+def format_size(nbytes: int) -> str:
+    """Docker/compose size string: "2g" when a whole number of GiB, else "768m" (MiB, up)."""
+    if nbytes % GIB == 0:
+        return f"{nbytes // GIB}g"
+    return f"{math.ceil(nbytes / MIB)}m"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": MIB, "g": GIB}
+
+
+def parse_size(text: str | int) -> int:
+    """Inverse of `format_size`; accepts docker's forms (512m, 2g, 2gb, 1024k, bytes)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    return int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()]
+
+
+def parse_instance_counts(text: str) -> dict[str, int]:
+    """ "generator=2,ranker=2" -> {"generator": 2, "ranker": 2} """
+    out: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"expected MODEL=COUNT, got {item!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def compose_shm_inputs(compose: dict, service: str) -> tuple[str, dict[str, int]]:
+    """(preset, instance counts) a compose service declares in its labels
+    ``oneranker.shm.preset`` and ``oneranker.instances``."""
+    svc = compose["services"][service]
+    labels = svc.get("labels") or {}
+    if isinstance(labels, list):
+        labels = dict(item.split("=", 1) for item in labels)
+    try:
+        return labels["oneranker.shm.preset"], parse_instance_counts(labels["oneranker.instances"])
+    except KeyError as e:
+        raise ValueError(f"service {service!r} lacks label {e.args[0]!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Versioned rollout
+# ---------------------------------------------------------------------------------------------
+def _model_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
+
+
+def _versions(model_dir: Path) -> list[int]:
+    # Triton's rule: a version folder is named by a positive integer without a leading zero.
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+
+
+def latest_version(repository: str | os.PathLike) -> int:
+    """Highest version folder of any model in the repository (0 if none or no repository)."""
+    root = Path(repository)
+    if not root.is_dir():
+        return 0
+    return max((v for m in _model_dirs(root) for v in _versions(m)), default=0)
+
+
+def promote(staging: str | os.PathLike, repository: str | os.PathLike,
+            version: int | None = None) -> int:
+    """Copy a rendered repository into the live one as version `version` (default: next).
+
+    Every model of `staging` must hold exactly one version folder. Returns the version.
+    """
+    staging, repository = Path(staging), Path(repository)
+    models = _model_dirs(staging) if staging.is_dir() else []
+    if not models:
+        raise ValueError(f"{staging} holds no model (a folder with config.pbtxt)")
+    sources = {}
+    for m in models:
+        vs = _versions(m)
+        if len(vs) != 1:
+            raise ValueError(f"{m} must hold exactly one version folder, found {vs}")
+        sources[m.name] = m / str(vs[0])
+    target = latest_version(repository) + 1 if version is None else int(version)
+    if target < 1:
+        raise ValueError("version must be >= 1")
+    for name in sources:
+        if (repository / name / str(target)).exists():
+            raise FileExistsError(f"{repository / name / str(target)} exists already")
+    repository.mkdir(parents=True, exist_ok=True)
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    # 1. every version folder, each under a hidden name then renamed (atomic on one fs)
+    for name, src in sources.items():
+        dest_model = repository / name
+        dest_model.mkdir(exist_ok=True)
+        tmp = dest_model / f".promote-{target}-{stamp}"
+        shutil.copytree(src, tmp, symlinks=False)
+        os.replace(tmp, dest_model / str(target))
+    # 2. model-level files (config.pbtxt last): atomic replace each
+    for m in models:
+        files = sorted((p for p in m.iterdir() if p.is_file()), key=lambda p: p.name == "config.pbtxt")
+        for f in files:
+            tmp = repository / m.name / f".{f.name}.{stamp}"
+            shutil.copy2(f, tmp)
+            os.replace(tmp, repository / m.name / f.name)
+    return target
+
+
+def retire(repository: str | os.PathLike, version: int) -> list[Path]:
+    """Hide version `version` of every model (renamed to ``.retired-V``; Triton ignores it)."""
+    moved = []
+    for m in _model_dirs(Path(repository)):
+        src = m / str(int(version))
+        if src.is_dir():
+            dest = m / f".retired-{int(version)}-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(src, dest)
+            moved.append(dest)
+    if not moved:
+        raise FileNotFoundError(f"no model of {repository} has a version {version}")
+    return moved
+
+
+def load_order(repository: str | os.PathLike) -> list[str]:
+    """Model names, ensembles last (their composing models must be loaded first)."""
+    models = _model_dirs(Path(repository))
+    is_ens = {m.name: bool(re.search(r'platform\s*:\s*"ensemble"', (m / "config.pbtxt").read_text()))
+              for m in models}
+    return sorted(is_ens, key=lambda n: (is_ens[n], n))
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _http(method: str, url: str, timeout: float) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with _NO_PROXY.open(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
+    """POST /v2/repository/models/NAME/load for each name in order, then check readiness."""
+    base = url if url.startswith("http") else f"http://{url}"
+    for name in names:
+        status, body = _http("POST", f"{base}/v2/repository/models/{name}/load", timeout)
+        if status != 200:
+            raise RuntimeError(f"loading {name}: HTTP {status} {body.strip()}")
+        print(f"loaded {name}", flush=True)
+    status, body = _http("GET", f"{base}/v2/health/ready", 10.0)
+    if status != 200:
+        raise RuntimeError(f"server not ready after the load: HTTP {status} {body.strip()}")
+    status, body = _http("POST", f"{base}/v2/repository/index", 10.0)
+    if status == 200:
+        for entry in json.loads(body or "[]"):
+            print(f"  {entry.get('name')} v{entry.get('version', '?')}: {entry.get('state', '?')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m oneranker_build.deploy",
+                                 description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("shm", help="shm_size for the triton service (docker size string)")
+    p.add_argument("--preset", default="paper", help="config preset (default paper)")
+    p.add_argument("--instances", default=None, metavar="MODEL=N,...",
+                   help="instance count of every contract model (default: "
+                        + ",".join(f"{k}={v}" for k, v in DEFAULT_INSTANCE_COUNTS.items()) + ")")
+    p.add_argument("--compose", type=Path, default=None,
+                   help="read preset and instance counts from this compose file's labels")
+    p.add_argument("--service", default="triton", help="compose service (with --compose)")
+    p.add_argument("--safety", type=float, default=2.0)
+    p.add_argument("--bytes", action="store_true", help="print bytes instead of 256m/2g")
+
+    p = sub.add_parser("promote", help="copy a rendered repository in as the next version")
+    p.add_argument("--staging", type=Path, required=True, help="rendered repository (OUT/<engine>)")
+    p.add_argument("--repository", type=Path, required=True, help="live repository")
+    p.add_argument("--version", type=int, default=None, help="default: latest + 1")
+
+    p = sub.add_parser("retire", help="hide version V of every model (rollback)")
+    p.add_argument("--repository", type=Path, required=True)
+    p.add_argument("--version", type=int, required=True)
+
+    p = sub.add_parser("latest", help="print the highest version in a repository (0: none)")
+    p.add_argument("--repository", type=Path, required=True)
+
+    p = sub.add_parser("load", help="ask a running Triton (explicit mode) to (re)load every model")
+    p.add_argument("--url", required=True, help="HTTP address, e.g. localhost:8000")
+    p.add_argument("--repository", type=Path, required=True,
+                   help="the live repository (for the model names; ensembles load last)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per model load")
+
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "shm":
+            preset, counts = args.preset, (parse_instance_counts(args.instances)
+                                           if args.instances else None)
+            if args.compose is not None:
+                import yaml
+
+                preset, counts = compose_shm_inputs(yaml.safe_load(args.compose.read_text()),
+                                                    args.service)
+            n = shm_size_for_preset(preset, counts, args.safety)
+            print(n if args.bytes else format_size(n))
+        elif args.command == "promote":
+            v = promote(args.staging, args.repository, args.version)
+            print(f"promoted {args.staging} -> {args.repository} as version {v}")
+        elif args.command == "retire":
+            for p in retire(args.repository, args.version):
+                print(f"retired {p}")
+        elif args.command == "latest":
+            print(latest_version(args.repository))
+        elif args.command == "load":
+            load_models(args.url, load_order(args.repository), args.timeout)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

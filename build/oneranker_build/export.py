@@ -1,0 +1,172 @@
+"""Export the generator (Steps 1-2 + KV projection) and ranker (Step 3) graphs to ONNX.
+
+    generator.onnx: user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L],
+                    hist_len [B] -> level_logits [B,H,D,K], kv [B,R2,S,DM]   (S = F + L + T2)
+    ranker.onnx:    kv [B,R2,S,DM], hist_len [B], cand_sids [B,n,D], cand_attrs [B,n,2],
+                    cand_bid [B,n] -> scores [B,n]
+Names and dtypes come from `oneranker_client.contract`; B, L and n are dynamic. Item tables and
+transition tables are written beside the graphs (`generation_tables.safetensors`), stamped with
+the checkpoint hash in `export_info.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from oneranker_client import contract
+
+OPSET = 20  # torch 2.13's dynamo exporter default; TensorRT 10.x parses opset <= 22
+
+
+class GeneratorGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, user_features, hist_sids, hist_actions, hist_dt, hist_len):
+        enc = self.model.encode_user(user_features, hist_sids, hist_actions, hist_dt, hist_len)
+        return enc.level_logits, enc.kv
+
+
+class RankerGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
+        kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
+        return self.model.rank(kv, kv_valid, cand_sids, cand_attrs, cand_bid)
+
+
+def dims_for(model) -> contract.ContractDims:
+    cfg = model.cfg
+    return contract.ContractDims(F=model.num_prefix, D=model.depth, K=model.codes, H=cfg.num_task_tokens,
+                                 R2=2 * cfg.r_layers, DM=cfg.d_model)
+
+
+def example_generator_inputs(model, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random but legal generator inputs (true lengths 1..length)."""
+    g = torch.Generator().manual_seed(seed)
+    d = dims_for(model)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    return {
+        "user_features": torch.randint(0, model.feature_cardinality, (batch, d.F), generator=g),
+        "hist_sids": torch.randint(0, 2, (batch, length, d.D), generator=g),
+        "hist_actions": torch.randint(1, 5, (batch, length), generator=g),
+        "hist_dt": torch.rand(batch, length, generator=g) * 1e6,
+        "hist_len": lengths,
+    }
+
+
+def example_candidates(model, batch: int, n: int, num_advertisers: int, num_categories: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed + 1)
+    return {
+        "cand_sids": torch.randint(0, 2, (batch, n, model.depth), generator=g),
+        "cand_attrs": torch.stack([torch.randint(0, num_advertisers, (batch, n), generator=g),
+                                   torch.randint(0, num_categories, (batch, n), generator=g)], -1),
+        "cand_bid": torch.rand(batch, n, generator=g) * 5,
+    }
+
+
+def _export(module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes, path: Path) -> None:
+    program = torch.onnx.export(
+        module, args, dynamo=True, input_names=list(names_in), output_names=list(names_out),
+        dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
+    )
+    program.save(str(path), external_data=False)
+
+
+def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int) -> dict:
+    """Write generator.onnx and ranker.onnx; returns timings and sizes."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    batch, length, n = 2, min(8, max_history), 5
+    gen_in = example_generator_inputs(model, batch, length)
+    B = torch.export.Dim("batch", min=1, max=1024)
+    L = torch.export.Dim("hist", min=1, max=max_history)
+    N = torch.export.Dim("cands", min=1, max=4096)
+    S = torch.export.Dim("kv_len", min=1, max=max_history + 4096)
+    info = {}
+    t0 = time.time()
+    gen_names = [t.name for t in contract.GENERATOR.inputs]
+    _export(GeneratorGraph(model), tuple(gen_in[k] for k in gen_names), gen_names,
+            [t.name for t in contract.GENERATOR.outputs],
+            {"user_features": {0: B}, "hist_sids": {0: B, 1: L}, "hist_actions": {0: B, 1: L},
+             "hist_dt": {0: B, 1: L}, "hist_len": {0: B}},
+            out_dir / "generator.onnx")
+    info["generator_export_s"] = time.time() - t0
+    with torch.no_grad():
+        _, kv = GeneratorGraph(model)(*(gen_in[k] for k in gen_names))
+    cands = example_candidates(model, batch, n, num_advertisers, num_categories)
+    rank_names = [t.name for t in contract.RANKER.inputs]
+    rank_args = {"kv": kv, "hist_len": gen_in["hist_len"], **cands}
+    t0 = time.time()
+    _export(RankerGraph(model), tuple(rank_args[k] for k in rank_names), rank_names,
+            [t.name for t in contract.RANKER.outputs],
+            {"kv": {0: B, 2: S}, "hist_len": {0: B}, "cand_sids": {0: B, 1: N}, "cand_attrs": {0: B, 1: N},
+             "cand_bid": {0: B, 1: N}},
+            out_dir / "ranker.onnx")
+    info["ranker_export_s"] = time.time() - t0
+    for name in ("generator", "ranker"):
+        path = out_dir / f"{name}.onnx"
+        onnx.checker.check_model(str(path))
+        info[f"{name}_bytes"] = path.stat().st_size
+        info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
+    info["opset"] = OPSET
+    return info
+
+
+def write_generation_tables(model, sids, tables, out_dir: Path) -> None:
+    """Everything the orchestrator needs beside the graphs, as one safetensors file."""
+    from safetensors.numpy import save_file
+
+    from oneranker.reference import generation_tables
+
+    gen = generation_tables(model, sids)
+    arrays = {"transitions": gen.transitions.astype(np.float32)}
+    for level, child in enumerate(gen.trie_children):
+        arrays[f"trie_{level}"] = np.ascontiguousarray(child)
+    for key in ("ad_ids", "ad_codes", "ad_advertiser", "ad_category", "ad_bid", "content_ids", "content_codes"):
+        arrays[f"item_{key}"] = np.ascontiguousarray(getattr(tables, key))
+    save_file(arrays, str(Path(out_dir) / "generation_tables.safetensors"))
+
+
+def load_generation_tables(path: Path, num_interest: int, num_value: int):
+    """-> (GenerationTables, ItemTables) from `generation_tables.safetensors`."""
+    from safetensors.numpy import load_file
+
+    from oneranker.features import ItemTables
+    from oneranker.selection import GenerationTables
+
+    arrays = load_file(str(path))
+    depth = sum(1 for k in arrays if k.startswith("trie_"))
+    gen = GenerationTables(arrays["transitions"], [arrays[f"trie_{i}"] for i in range(depth)], num_interest, num_value)
+    items = ItemTables(**{k[5:]: v for k, v in arrays.items() if k.startswith("item_")})
+    return gen, items
+
+
+def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.ContractDims, cfg) -> dict:
+    payload = {
+        "checkpoint_sha256": manifest["checkpoint_sha256"],
+        "sid_version": manifest["sid_version"],
+        "item_tables_sha256": manifest.get("item_tables_sha256"),
+        "dims": {k: getattr(dims, k) for k in ("F", "D", "K", "H", "R2", "DM")},
+        "num_interest_heads": cfg.model.num_interest_tokens,
+        "num_value_heads": cfg.model.num_value_tokens,
+        "num_step2_tokens": cfg.model.num_step2_tokens,
+        "feature_cardinality": max(cfg.data.profile_cardinality, cfg.data.context_cardinality),
+        "serve": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.serve.__dict__.items()},
+        **info,
+    }
+    (Path(out_dir) / "export_info.json").write_text(json.dumps(payload, indent=2))
+    return payload

@@ -1,0 +1,167 @@
+"""The tensor contract of every Triton model of oneranker: one source of truth (torch-free).
+
+Export (ONNX input/output names), the rendered `config.pbtxt` files, the Python models and the
+client all read these specs; `tests/test_contract.py` proves they agree.
+
+Symbolic dims resolved by `ContractDims`: F user features, D semantic-ID depth, K codes per
+level, H task-token heads, R2 = 2 x R-Decoder layers (K and V per layer), DM model width.
+-1 = variable (history length L, candidate count n). Dims exclude Triton's batch dimension;
+every model has max_batch_size > 0, so a client sends a leading batch dimension of 1 per user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PUBLIC_MODEL = "oneranker"
+GENERATOR_MODEL = "generator"
+RANKER_MODEL = "ranker"
+PREPROCESS_MODEL = "preprocess"
+FUSED_MODEL = "recommender"  # topology (a): one Python model owns the engine runner
+
+TRITON_TO_NUMPY = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
+TRITON_TO_WIRE = {"TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton config dtype, e.g. TYPE_INT64
+    dims: tuple  # ints or symbolic names ("F", "D", ...); -1 variable
+    meaning: str
+    optional: bool = False
+    reshape: tuple | None = None  # Triton `reshape` (what the model sees, batch excluded)
+
+    @property
+    def numpy_dtype(self):
+        return TRITON_TO_NUMPY[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        return TRITON_TO_WIRE[self.dtype]
+
+    def resolve(self, dims: "ContractDims") -> "TensorSpec":
+        return TensorSpec(self.name, self.dtype, tuple(dims.value(d) for d in self.dims), self.meaning,
+                          self.optional, self.reshape)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple
+    outputs: tuple
+    doc: str = ""
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    def resolve(self, dims: "ContractDims") -> "ModelSpec":
+        return ModelSpec(self.name, tuple(t.resolve(dims) for t in self.inputs),
+                         tuple(t.resolve(dims) for t in self.outputs), self.doc)
+
+
+@dataclass(frozen=True)
+class ContractDims:
+    F: int  # user feature tokens (profile + context)
+    D: int  # semantic-ID depth (residual levels + collision suffix)
+    K: int  # codes per level (padded to the largest level)
+    H: int  # task-token heads (interest + value)
+    R2: int  # 2 x R-Decoder layers
+    DM: int  # model width d
+    extra: dict = field(default_factory=dict)
+
+    def value(self, dim):
+        return getattr(self, dim) if isinstance(dim, str) else dim
+
+
+_HIST = (
+    TensorSpec("user_features", "TYPE_INT64", ("F",), "profile (U) then context (C) feature values"),
+    TensorSpec("hist_sids", "TYPE_INT64", (-1, "D"), "semantic-ID path of each history event, right-padded"),
+    TensorSpec("hist_actions", "TYPE_INT64", (-1,), "action code per event (0 = padding)"),
+    TensorSpec("hist_dt", "TYPE_FP32", (-1,), "request_time - event time, seconds"),
+    TensorSpec("hist_len", "TYPE_INT64", (1,), "true history length", reshape=()),
+)
+
+PUBLIC = ModelSpec(
+    PUBLIC_MODEL,
+    inputs=(
+        TensorSpec("user_features", "TYPE_INT64", ("F",), "profile then context feature values"),
+        TensorSpec("item_ids", "TYPE_INT64", (-1,), "behaviour history: item id per event (ad or content id)"),
+        TensorSpec("actions", "TYPE_INT64", (-1,), "1 content view, 2 ad impression, 3 ad click, 4 ad conversion"),
+        TensorSpec("timestamps", "TYPE_INT64", (-1,), "event time, unix seconds, not after request_time"),
+        TensorSpec("request_time", "TYPE_INT64", (1,), "request time, unix seconds"),
+        TensorSpec("top_k", "TYPE_INT32", (1,), "items returned (default 10, 1..max_top_k)", optional=True),
+        TensorSpec("num_candidates", "TYPE_INT32", (1,), "candidates ranked (default 64)", optional=True),
+        TensorSpec("beam_width", "TYPE_INT32", (1,), "beam width per head (default 16)", optional=True),
+        TensorSpec("exclude_item_ids", "TYPE_INT64", (-1,), "ad ids never returned", optional=True),
+    ),
+    outputs=(
+        TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first"),
+        TensorSpec("rec_scores", "TYPE_FP32", (-1,), "R-Decoder value score (ordinal, not calibrated)"),
+        TensorSpec("rec_gen_logp", "TYPE_FP32", (-1,), "generation log-probability of the item"),
+        TensorSpec("rec_source_head", "TYPE_INT32", (-1,), "generating stream: 0-5 interest heads, 6 value"),
+    ),
+    doc="Public entry: raw request in, top-k out. Ensemble of preprocess -> recommender.",
+)
+
+PREPROCESS = ModelSpec(
+    PREPROCESS_MODEL,
+    inputs=PUBLIC.inputs,
+    outputs=_HIST + (
+        TensorSpec("options", "TYPE_INT32", (3,), "validated top_k, num_candidates, beam_width"),
+        TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices to exclude (may be empty)"),
+    ),
+    doc="Validation + tokenization (the training code path): raw events -> tokens.",
+)
+
+FUSED = ModelSpec(
+    FUSED_MODEL,
+    inputs=PREPROCESS.outputs,
+    outputs=PUBLIC.outputs,
+    doc="Topology (a): generator, beam search and ranker in one process; KV never leaves it.",
+)
+
+GENERATOR = ModelSpec(
+    GENERATOR_MODEL,
+    inputs=_HIST,
+    outputs=(
+        TensorSpec("level_logits", "TYPE_FP32", ("H", "D", "K"), "prefix-free level logits per head"),
+        TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "Step-3 keys/values over [H1 ; H2]"),
+    ),
+    doc="Steps 1 and 2 + KV projection (ONNX / TensorRT graph).",
+)
+
+RANKER = ModelSpec(
+    RANKER_MODEL,
+    inputs=(
+        TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "the generator's kv"),
+        TensorSpec("hist_len", "TYPE_INT64", (1,), "true history length", reshape=()),
+        TensorSpec("cand_sids", "TYPE_INT64", (-1, "D"), "candidate semantic-ID paths"),
+        TensorSpec("cand_attrs", "TYPE_INT64", (-1, 2), "candidate advertiser, category"),
+        TensorSpec("cand_bid", "TYPE_FP32", (-1,), "candidate bid"),
+    ),
+    outputs=(TensorSpec("scores", "TYPE_FP32", (-1,), "value score per candidate"),),
+    doc="Step 3 R-Decoder (ONNX / TensorRT graph) over the generator's KV buffers.",
+)
+
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, GENERATOR, RANKER)}
+
+
+def markdown_tables(dims: ContractDims | None = None) -> str:
+    """One Markdown table per model (used for model_repository/README.md)."""
+    parts = []
+    for spec in MODELS.values():
+        spec = spec.resolve(dims) if dims else spec
+        parts.append(f"### `{spec.name}`\n\n{spec.doc}\n\n| tensor | io | dtype | dims | meaning |\n|---|---|---|---|---|")
+        for io, tensors in (("in", spec.inputs), ("out", spec.outputs)):
+            for t in tensors:
+                opt = " (optional)" if t.optional else ""
+                dims_s = "[" + ", ".join(str(d) for d in t.dims) + "]"
+                parts.append(f"| `{t.name}` | {io} | {t.dtype[5:]} | {dims_s} | {t.meaning}{opt} |")
+        parts.append("")
+    return "\n".join(parts)

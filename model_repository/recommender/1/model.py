@@ -1,0 +1,61 @@
+"""Triton glue for `recommender` (topology a): token tensors of a dynamic batch -> one generate,
+per-request beam search, one rank -> top-k. Logic lives in oneranker.serving / oneranker_build."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from oneranker.features import RequestError
+from oneranker.serving import StageTimes
+from oneranker_build import service
+from oneranker_client import contract
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        self.recommender = service.load_recommender(
+            artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
+            expected_checkpoint=params["checkpoint_sha256"])
+        # MetricFamily objects must outlive their Metrics: keep them on self.
+        self.families = {
+            "stage": pb_utils.MetricFamily(name="oneranker_stage_seconds_total",
+                                           description="cumulative seconds per pipeline stage",
+                                           kind=pb_utils.MetricFamily.COUNTER),
+            "candidates": pb_utils.MetricFamily(name="oneranker_candidates_total", description="candidates ranked",
+                                                kind=pb_utils.MetricFamily.COUNTER),
+            "requests": pb_utils.MetricFamily(name="oneranker_requests_total",
+                                              description="requests answered by the recommender",
+                                              kind=pb_utils.MetricFamily.COUNTER),
+        }
+        self.stage_metrics = {s: self.families["stage"].Metric(labels={"stage": s})
+                              for s in ("generate", "select", "rank")}
+        self.candidates = self.families["candidates"].Metric(labels={})
+        self.requests_metric = self.families["requests"].Metric(labels={})
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        parsed = []
+        for slot, request in enumerate(requests):
+            arrays = {spec.name: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy()
+                      for spec in contract.FUSED.inputs}
+            parsed.append(service.parsed_from_arrays(slot, arrays))
+        times = StageTimes()
+        for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times)):
+            if isinstance(result, RequestError):
+                responses[p.slot] = pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG))
+            else:
+                outputs = [pb_utils.Tensor(k, v) for k, v in service.response_arrays(result).items()]
+                responses[p.slot] = pb_utils.InferenceResponse(output_tensors=outputs)
+        self.stage_metrics["generate"].increment(times.generate_s)
+        self.stage_metrics["select"].increment(times.select_s)
+        self.stage_metrics["rank"].increment(times.rank_s)
+        self.candidates.increment(float(times.candidates))
+        self.requests_metric.increment(float(len(requests)))
+        assert len(responses) == len(requests)
+        return responses
