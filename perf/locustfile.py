@@ -21,6 +21,7 @@ so an ``events.quit`` listener ends the process with ``os._exit``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -51,6 +52,14 @@ RETRIES = int(os.environ.get("ONERANKER_RETRIES", "0"))
 WAIT_S = float(os.environ.get("ONERANKER_WAIT_S", "0"))
 
 _INPUTS: list | None = None  # built once per process, shared (read-only) by all users
+_ENV = None  # the locust Environment (set at init), for the final CSV at quit
+
+
+class RecommendFailure(Exception):
+    """A failed call as locust reports it: "[STATUS] server message"."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def load_inputs(path: Path = REQUESTS_PATH) -> list:
@@ -74,15 +83,39 @@ def load_inputs(path: Path = REQUESTS_PATH) -> list:
 
 @events.init.add_listener
 def _on_init(environment, **_kw):
+    global _ENV
+    _ENV = environment
     load_inputs()  # fail at start-up, not in every user, when the file is missing or bad
+
+
+def write_final_csv(environment) -> None:
+    """Rewrite ``<csv prefix>_{stats,failures,exceptions}.csv`` from the final statistics.
+
+    locust's CSV writer refreshes these files once a second and flushes them every 5 s; its final
+    flush runs only after the quit event, which ``os._exit`` below skips."""
+    prefix = getattr(getattr(environment, "parsed_options", None), "csv_prefix", None)
+    if not prefix or environment.stats is None:
+        return
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (("stats", writer.requests_csv), ("failures", writer.failures_csv),
+                          ("exceptions", writer.exceptions_csv)):
+        with open(f"{prefix}_{suffix}.csv", "w", newline="") as f:
+            write(csv.writer(f))
 
 
 @events.quit.add_listener
 def _on_quit(exit_code, **_kw):
-    # locust + init_gevent may hang after "Shutting down": reports are written by now, leave.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
+    # locust + init_gevent may hang after "Shutting down" (shared/docs/platform.md): the runner
+    # has stopped and the stats are final here; write the CSVs and leave.
+    try:
+        if _ENV is not None:
+            write_final_csv(_ENV)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 class OneRankerUser(User):
@@ -111,9 +144,9 @@ class OneRankerUser(User):
             rec = self.client.recommend_inputs(inputs)
             length = len(rec)
             if length == 0:
-                exc = OneRankerError("empty recommendation", "EMPTY")
+                exc = RecommendFailure("empty recommendation")
         except OneRankerError as err:
-            exc = OneRankerError(f"[{err.status}] {err.message}", err.status)
+            exc = RecommendFailure(f"[{err.status}] {err.message}")
         self.environment.events.request.fire(
             request_type="grpc",
             name=REQUEST_NAME,

@@ -30,11 +30,16 @@ contract change forces a decision here):
   ``exclude_item_ids`` is not bounded by the contract itself: preprocess must reject longer
   lists, otherwise the bound here is not one.
 
-``safety`` (default 2) covers a request's inputs and outputs being alive at once in a BLS chain
-and the growth chunks' fragmentation. The 256 MiB floor covers the per-instance default regions
-(64 MiB each in early python_backend releases) and the backend's control structures, whatever
-the tensors. Native (TensorRT / ONNX Runtime backend) models are counted too: in topology (b)
-the orchestrator receives their outputs through its stub's shared memory.
+``safety`` (default 2) covers a request's inputs and outputs being alive at once and the growth
+chunks' fragmentation. The 256 MiB floor covers the per-instance default regions (64 MiB each in
+early python_backend releases) and the backend's control structures, whatever the tensors.
+
+Instance counts: one per contract model, as ``oneranker build`` renders them
+(`rendered_instance_counts`: RenderSettings for templated models, 1 for the ensemble, 0 for a
+contract model that is not a separate Triton model in the rendered topology, e.g. generator and
+ranker inside the fused recommender, whose KV never leaves its process). A deployment that
+raises counts declares its own (``--instances``, or the ``oneranker.instances`` label of the
+compose service).
 
 Rollout (``promote`` / ``retire`` / ``load``)
 ---------------------------------------------
@@ -49,7 +54,7 @@ again (rollback: retire, then load).
 
 CLI::
 
-    python -m oneranker_build.deploy shm --preset paper [--instances generator=2,...] [--bytes]
+    python -m oneranker_build.deploy shm --preset paper [--instances preprocess=2,...] [--bytes]
     python -m oneranker_build.deploy shm --compose docker-compose.yml --service triton
     python -m oneranker_build.deploy promote --staging STAGE/tensorrt --repository LIVE [--version V]
     python -m oneranker_build.deploy retire --repository LIVE --version V
@@ -79,7 +84,7 @@ __all__ = [
     "MIB",
     "SHM_FLOOR_BYTES",
     "VARIABLE_DIMS",
-    "DEFAULT_INSTANCE_COUNTS",
+    "rendered_instance_counts",
     "contract_dims",
     "deploy_limits",
     "tensor_bytes",
@@ -127,15 +132,32 @@ VARIABLE_DIMS: dict[str, str] = {
     "rec_source_head": "candidates",
 }
 
-# Instance counts `shm` assumes when none are given: the GPU service of docker-compose.yml
-# (which declares its own in the `oneranker.instances` label; the test keeps them equal).
-DEFAULT_INSTANCE_COUNTS: dict[str, int] = {
-    "oneranker": 1,
-    "preprocess": 4,
-    "recommender": 4,
-    "generator": 2,
-    "ranker": 2,
-}
+# Which RenderSettings field holds the instance count of each templated model (an ensemble
+# has no instances of its own: it is counted once, for the tensors it hands between steps).
+_RENDER_COUNT_FIELDS = {"preprocess": "preprocess_instances", "recommender": "recommender_instances"}
+
+
+def rendered_instance_counts(settings=None) -> dict[str, int]:
+    """Instance count of every contract model in the repository `oneranker build` renders:
+    the RenderSettings counts for templated models, 1 for ensembles, 0 for contract models
+    that have no template (not separate models in this topology; their tensors stay inside
+    the recommender's process). docker-compose.yml declares the same in its labels."""
+    from . import render
+
+    s = settings or render.RenderSettings()
+    counts = {}
+    for name in MODELS:
+        tmpl = render.TEMPLATES / name / "config.pbtxt.tmpl"
+        if not tmpl.is_file():
+            counts[name] = 0
+        elif re.search(r'platform\s*:\s*"ensemble"', tmpl.read_text()):
+            counts[name] = 1
+        elif name in _RENDER_COUNT_FIELDS:
+            counts[name] = int(getattr(s, _RENDER_COUNT_FIELDS[name]))
+        else:
+            raise ValueError(f"model {name!r} has a template but deploy._RENDER_COUNT_FIELDS does "
+                             "not say which RenderSettings field holds its instance count")
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,9 +265,9 @@ def shm_size_for_preset(preset: str | ExperimentConfig,
                         instance_counts: Mapping[str, int] | None = None,
                         safety: float = 2.0) -> int:
     cfg = config_preset(preset) if isinstance(preset, str) else preset
-    return shm_size_bytes(contract_dims(cfg), instance_counts=dict(
-        DEFAULT_INSTANCE_COUNTS if instance_counts is None else instance_counts),
-        safety=safety, **deploy_limits(cfg))
+    counts = rendered_instance_counts() if instance_counts is None else dict(instance_counts)
+    return shm_size_bytes(contract_dims(cfg), instance_counts=counts, safety=safety,
+                          **deploy_limits(cfg))
 
 
 def format_size(nbytes: int) -> str:
@@ -418,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("shm", help="shm_size for the triton service (docker size string)")
     p.add_argument("--preset", default="paper", help="config preset (default paper)")
     p.add_argument("--instances", default=None, metavar="MODEL=N,...",
-                   help="instance count of every contract model (default: "
-                        + ",".join(f"{k}={v}" for k, v in DEFAULT_INSTANCE_COUNTS.items()) + ")")
+                   help="instance count of every contract model (default: those of the "
+                        "repository `oneranker build` renders)")
     p.add_argument("--compose", type=Path, default=None,
                    help="read preset and instance counts from this compose file's labels")
     p.add_argument("--service", default="triton", help="compose service (with --compose)")

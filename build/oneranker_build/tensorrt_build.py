@@ -1,0 +1,195 @@
+"""Compile the exported ONNX graphs to TensorRT plans (runs where TensorRT exists: NGC images).
+
+    generator.onnx / ranker.onnx + build/profiles.json (min/opt/max per input, aligned with the
+    serving length buckets, batch bound = Triton max_batch_size)
+      -> <out>/<model>/1/model.plan + build_info.json (TensorRT version, profile, precision,
+         ONNX sha256)
+
+Precision: TensorRT 10 builds *strongly typed* networks (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`):
+the precision comes from the ONNX graph (fp32 here; export an fp16/bf16 graph to change it), not
+from builder flags. One optimization profile per engine (Triton requires all profiles to share
+the max batch; profile switching costs latency). A timing cache is reused across builds.
+
+`compile_torch_tensorrt` is the second path the user asked for: the same PyTorch modules through
+torch-tensorrt (dynamo IR), to be checked against this ONNX path on an NGC host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+PROFILES = Path(__file__).resolve().parents[1] / "profiles.json"
+SUPPORTED_OPS = Path(__file__).resolve().parents[1] / "onnx_tensorrt_supported_ops.txt"
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+def require_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: F401
+    except ImportError as err:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed in this environment (its PyPI package downloads the real libraries "
+            "from NVIDIA's index, unreachable here). Build plans inside the NGC image: "
+            "`docker compose --env-file deploy/.env run builder` (see docs/deployment.md)."
+        ) from err
+    return trt
+
+
+def load_profiles(preset: str, path: Path = PROFILES) -> dict:
+    """{model: {input: {"min": [...], "opt": [...], "max": [...]}}} with the batch dim first."""
+    data = json.loads(Path(path).read_text())
+    if preset not in data["presets"]:
+        raise KeyError(f"{path} has no profile for preset {preset!r} (has {sorted(data['presets'])})")
+    return data["presets"][preset]
+
+
+def supported_ops() -> set[str]:
+    return {line.strip() for line in SUPPORTED_OPS.read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def build_engine(onnx_path: Path, profile: dict, out_plan: Path, timing_cache: Path,
+                 workspace_gib: float = 4.0) -> dict:
+    """ONNX -> serialized TensorRT engine with one optimization profile."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    cache_bytes = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    opt = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        opt.set_shape(name, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
+    config.add_optimization_profile(opt)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build {onnx_path}")
+    out_plan.parent.mkdir(parents=True, exist_ok=True)
+    out_plan.write_bytes(bytes(plan))
+    Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"tensorrt_version": trt.__version__, "profile": profile, "precision": "from ONNX (strongly typed)",
+            "onnx_sha256": sha256(onnx_path), "plan_bytes": out_plan.stat().st_size}
+
+
+def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
+    """Both engines into a rendered `tensorrt` repository (<repo>/<model>/1/model.plan)."""
+    profiles = load_profiles(preset)
+    info = {}
+    for model in ("generator", "ranker"):
+        plan = Path(repo_dir) / model / "1" / "model.plan"
+        info[model] = build_engine(Path(export_dir) / f"{model}.onnx", profiles[model], plan,
+                                   Path(export_dir) / "timing.cache")
+        (plan.parent / "build_info.json").write_text(json.dumps(info[model], indent=2))
+    return info
+
+
+def compile_torch_tensorrt(model, preset: str, out_dir: Path) -> dict:
+    """The same generator/ranker modules through torch-tensorrt (dynamo IR), saved as
+    TorchScript-free exported programs for comparison with the ONNX path on an NGC host."""
+    require_tensorrt()
+    import torch
+    import torch_tensorrt
+
+    from .export import GeneratorGraph, RankerGraph
+
+    profiles = load_profiles(preset)
+    dtypes = {"user_features": torch.int64, "hist_sids": torch.int64, "hist_actions": torch.int64,
+              "hist_dt": torch.float32, "hist_len": torch.int64, "kv": torch.float32, "cand_sids": torch.int64,
+              "cand_attrs": torch.int64, "cand_bid": torch.float32}
+    out = {}
+    for name, module in (("generator", GeneratorGraph(model)), ("ranker", RankerGraph(model))):
+        inputs = [torch_tensorrt.Input(min_shape=s["min"], opt_shape=s["opt"], max_shape=s["max"], dtype=dtypes[k])
+                  for k, s in profiles[name].items()]
+        compiled = torch_tensorrt.compile(module.eval().cuda(), ir="dynamo", inputs=inputs)
+        path = Path(out_dir) / f"{name}.torchtrt.ep"
+        torch_tensorrt.save(compiled, str(path), inputs=[i.example_tensor("opt_shape").cuda() for i in inputs])
+        out[name] = str(path)
+    return out
+
+
+def profile_for(cfg, max_batch_size: int = 8) -> dict:
+    """The optimization profile implied by a config: batch 1..max_batch_size (opt: half), history
+    1..largest length bucket (opt: the middle bucket), candidates 1..max_num_candidates (opt: the
+    default num_candidates). `build/profiles.json` is this, frozen per preset (a test keeps it so)."""
+    m, t, s, d = cfg.model, cfg.tokenizer, cfg.serve, cfg.data
+    f = d.num_profile_features + d.num_context_features
+    depth, t2, r2 = t.sid_depth, m.num_step2_tokens, 2 * m.r_layers
+    buckets = list(s.length_buckets)
+    lo, opt, hi = 1, buckets[len(buckets) // 2], buckets[-1]
+    b_opt = max(1, max_batch_size // 2)
+    n_lo, n_opt, n_hi = 1, s.num_candidates, s.max_num_candidates
+
+    def shp(*dims):
+        return list(dims)
+
+    generator = {
+        "user_features": {"min": shp(1, f), "opt": shp(b_opt, f), "max": shp(max_batch_size, f)},
+        "hist_sids": {"min": shp(1, lo, depth), "opt": shp(b_opt, opt, depth), "max": shp(max_batch_size, hi, depth)},
+        "hist_actions": {"min": shp(1, lo), "opt": shp(b_opt, opt), "max": shp(max_batch_size, hi)},
+        "hist_dt": {"min": shp(1, lo), "opt": shp(b_opt, opt), "max": shp(max_batch_size, hi)},
+        "hist_len": {"min": shp(1), "opt": shp(b_opt), "max": shp(max_batch_size)},
+    }
+    ranker = {
+        "kv": {"min": shp(1, r2, f + lo + t2, m.d_model), "opt": shp(b_opt, r2, f + opt + t2, m.d_model),
+               "max": shp(max_batch_size, r2, f + hi + t2, m.d_model)},
+        "hist_len": {"min": shp(1), "opt": shp(b_opt), "max": shp(max_batch_size)},
+        "cand_sids": {"min": shp(1, n_lo, depth), "opt": shp(b_opt, n_opt, depth), "max": shp(max_batch_size, n_hi, depth)},
+        "cand_attrs": {"min": shp(1, n_lo, 2), "opt": shp(b_opt, n_opt, 2), "max": shp(max_batch_size, n_hi, 2)},
+        "cand_bid": {"min": shp(1, n_lo), "opt": shp(b_opt, n_opt), "max": shp(max_batch_size, n_hi)},
+    }
+    return {"generator": generator, "ranker": ranker}
+
+
+def write_profiles(path: Path = PROFILES, max_batch_size: int = 8) -> None:
+    from oneranker.config import PRESETS, preset
+
+    data = {"comment": "TensorRT optimization profiles per preset; regenerate with "
+                       "`python -m oneranker_build.tensorrt_build --write-profiles`",
+            "max_batch_size": max_batch_size,
+            "presets": {name: profile_for(preset(name), max_batch_size) for name in PRESETS}}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write-profiles", action="store_true", help="regenerate build/profiles.json")
+    parser.add_argument("--export-dir", type=Path, help="folder with generator.onnx and ranker.onnx")
+    parser.add_argument("--repository", type=Path, help="rendered tensorrt repository to place model.plan files in")
+    parser.add_argument("--preset", default="small")
+    args = parser.parse_args(argv)
+    if args.write_profiles:
+        write_profiles()
+        print(f"wrote {PROFILES}")
+        return 0
+    if not (args.export_dir and args.repository):
+        parser.error("--export-dir and --repository are required to build plans")
+    try:
+        info = build_plans(args.export_dir, args.repository, args.preset)
+    except TensorRTUnavailable as err:
+        print(f"error: {err}")
+        return 2
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

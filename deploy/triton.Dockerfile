@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# The oneranker Triton image: the NGC tritonserver release plus exactly the Python packages the
+# Python models import (deploy/requirements-triton.txt) and the oneranker package itself.
+#
+#   docker compose --env-file deploy/.env build triton      (NGC_TAG comes from deploy/.env)
+#
+# NGC_TAG has no default: the image must come from the same NGC release as the builder that
+# compiled the TensorRT plans it serves (docker-compose.yml passes the one NGC_TAG to both).
+ARG NGC_TAG
+FROM nvcr.io/nvidia/tritonserver:${NGC_TAG}-py3
+ARG NGC_TAG
+ENV ONERANKER_NGC_TAG=${NGC_TAG} \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# The Python backend stub embeds the image's python3 and imports from its site-packages.
+COPY deploy/requirements-triton.txt /tmp/requirements-triton.txt
+RUN python3 -m pip install -r /tmp/requirements-triton.txt
+
+# TensorRT Python bindings at exactly the version of this image's TensorRT (libnvinfer of the
+# NGC release), i.e. the TensorRT of the builder image of the same NGC_TAG that compiled the plans.
+RUN set -eu; \
+    so="$( { ldconfig -p | awk '/libnvinfer\.so\.[0-9]+ / {print $NF}'; \
+           find /usr /opt -name 'libnvinfer.so.[0-9]*' 2>/dev/null; } | head -n 1)"; \
+    [ -n "$so" ] || { echo "no libnvinfer in the tritonserver image" >&2; exit 1; }; \
+    trt="$(basename "$(readlink -f "$so")" | sed -n 's/^libnvinfer\.so\.//p')"; \
+    cuda="${CUDA_VERSION%%.*}"; \
+    echo "TensorRT $trt, CUDA $cuda"; \
+    python3 -m pip install --extra-index-url https://pypi.nvidia.com "tensorrt-cu${cuda}==${trt}.*"; \
+    python3 -c "import sys, tensorrt; v = tensorrt.__version__; \
+sys.exit(0 if v.startswith('$trt') else 'tensorrt ' + v + ' != libnvinfer $trt')"
+
+# The project package, without its dependencies (the Python models import oneranker,
+# oneranker_build and oneranker_client; their training-only dependencies stay out).
+COPY pyproject.toml README.md /tmp/oneranker/
+COPY training /tmp/oneranker/training
+COPY build /tmp/oneranker/build
+COPY client /tmp/oneranker/client
+COPY perf /tmp/oneranker/perf
+RUN python3 -m pip install --no-deps /tmp/oneranker && rm -rf /tmp/oneranker
+
+# Fail the image build, not the first model load: every import the Python models make works,
+# and nothing pulled numpy up to 2.x.
+RUN python3 -c "import sys, numpy, safetensors.numpy, onnxruntime, torch, tensorrt; \
+import oneranker_build.service, oneranker_build.runners, oneranker_client.contract; \
+sys.exit(0 if numpy.__version__.startswith('1.') else 'numpy must be < 2, got ' + numpy.__version__)"
+
+COPY deploy/triton-start.sh /opt/oneranker/triton-start.sh
+EXPOSE 8000 8001 8002
+CMD ["/opt/oneranker/triton-start.sh", "--model-repository=/models"]

@@ -1,0 +1,399 @@
+"""The client, its CLI and the perf input writers without a server (fast, torch-free paths)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oneranker_client import cli, contract
+from oneranker_client.client import (
+    OneRankerError,
+    Recommendation,
+    RecommendRequest,
+    acall_with_retries,
+    as_oneranker_error,
+    backoff_delays,
+    build_inputs,
+    call_with_retries,
+    parse_result,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REQ = {
+    "user_features": [3, 1, 7, 0],
+    "item_ids": [101, 5002, 77],
+    "actions": [1, 2, 3],
+    "timestamps": [1700000000, 1700000100, 1700000200],
+    "request_time": 1700000300,
+}
+FULL = dict(REQ, top_k=5, num_candidates=32, beam_width=8, exclude_item_ids=[9, 10])
+
+
+# ---------------------------------------------------------------------------------------------
+# build_inputs follows contract.PUBLIC
+# ---------------------------------------------------------------------------------------------
+def test_request_fields_are_the_public_inputs():
+    assert RecommendRequest.field_names() == tuple(s.name for s in contract.PUBLIC.inputs)
+    rec_fields = [f.name for f in dataclasses.fields(Recommendation) if f.name != "latency_ms"]
+    assert ["rec_" + f for f in rec_fields] == [s.name for s in contract.PUBLIC.outputs]
+
+
+def test_build_inputs_all_set_matches_contract():
+    inputs = build_inputs(RecommendRequest.from_json(FULL))
+    assert [i.name() for i in inputs] == [s.name for s in contract.PUBLIC.inputs]
+    for inp in inputs:
+        spec = contract.PUBLIC.input(inp.name())
+        assert inp.datatype() == spec.wire_dtype
+        value = FULL[spec.name]
+        n = 1 if not isinstance(value, list) else len(value)
+        assert inp.shape() == [1, n], (spec.name, inp.shape())  # batch dim of 1
+        assert len(inp.shape()) == len(spec.dims) + 1
+        # the raw bytes are the value in the contract's dtype
+        raw = np.frombuffer(inp._get_content(), dtype=spec.numpy_dtype)
+        assert raw.tolist() == (value if isinstance(value, list) else [value])
+
+
+def test_build_inputs_omits_unset_optional_inputs():
+    inputs = build_inputs(RecommendRequest.from_json(REQ))
+    names = [i.name() for i in inputs]
+    assert names == [s.name for s in contract.PUBLIC.inputs if not s.optional]
+    # an empty exclusion list means "no exclusions": not sent either
+    inputs = build_inputs(RecommendRequest.from_json(dict(REQ, exclude_item_ids=[], top_k=3)))
+    assert [i.name() for i in inputs] == names + ["top_k"]
+    top_k = inputs[-1]
+    assert top_k.datatype() == "INT32" and top_k.shape() == [1, 1]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(REQ, top_k=1.5), "integers"),
+    (dict(REQ, top_k=[1, 2]), "single value"),
+    (dict(REQ, item_ids=["a", "b", "c"]), "numeric"),
+    (dict(REQ, top_k=2**40), "out of range"),
+])
+def test_build_inputs_rejects_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_inputs(RecommendRequest(**bad))
+
+
+def test_build_inputs_accepts_numpy_and_integral_floats():
+    req = RecommendRequest(**{**REQ, "item_ids": np.array([101, 5002, 77], dtype=np.int32),
+                              "request_time": np.int64(1700000300), "top_k": 4.0})
+    inputs = {i.name(): i for i in build_inputs(req)}
+    assert inputs["item_ids"].datatype() == "INT64" and inputs["top_k"].shape() == [1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+# ---------------------------------------------------------------------------------------------
+def test_json_round_trip():
+    for data in (REQ, FULL):
+        req = RecommendRequest.from_json(json.loads(json.dumps(data)))
+        assert req.to_json() == data
+        assert RecommendRequest.from_json(req.to_json()).to_json() == data
+    # numpy in -> plain JSON types out
+    req = RecommendRequest(**{k: (np.asarray(v) if isinstance(v, list) else v) for k, v in FULL.items()})
+    out = req.to_json()
+    assert out == FULL and json.loads(json.dumps(out)) == FULL
+    assert isinstance(out["request_time"], int) and isinstance(out["top_k"], int)
+
+
+def test_from_json_rejects_unknown_and_missing_fields():
+    with pytest.raises(ValueError, match="unknown request field"):
+        RecommendRequest.from_json(dict(REQ, topk=3))
+    with pytest.raises(ValueError, match="missing required"):
+        RecommendRequest.from_json({k: v for k, v in REQ.items() if k != "actions"})
+    with pytest.raises(ValueError, match="JSON object"):
+        RecommendRequest.from_json([1, 2])
+
+
+class _FakeResult:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def as_numpy(self, name):
+        return self.arrays.get(name)
+
+
+def test_parse_result_strips_batch_dim_and_checks_dtypes():
+    arrays = {
+        "rec_item_ids": np.array([[7, 8, 9]], dtype=np.int64),
+        "rec_scores": np.array([[0.9, 0.5, 0.1]], dtype=np.float32),
+        "rec_gen_logp": np.array([[-1.0, -2.0, -3.0]], dtype=np.float32),
+        "rec_source_head": np.array([[0, 6, 2]], dtype=np.int32),
+    }
+    rec = parse_result(_FakeResult(arrays), latency_ms=1.5)
+    assert rec.item_ids.tolist() == [7, 8, 9] and rec.source_head.tolist() == [0, 6, 2] and len(rec) == 3
+    js = rec.to_json()
+    assert js["item_ids"] == [7, 8, 9] and js["latency_ms"] == 1.5 and js["scores"][0] == pytest.approx(0.9)
+    bad = dict(arrays, rec_scores=arrays["rec_scores"].astype(np.float64))
+    with pytest.raises(OneRankerError, match="dtype"):
+        parse_result(_FakeResult(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry policy: only UNAVAILABLE, exponential backoff
+# ---------------------------------------------------------------------------------------------
+class _Flaky:
+    """Fails with `status` for the first `fails` calls, then returns "ok"."""
+
+    def __init__(self, fails, status):
+        self.fails, self.status, self.calls = fails, status, 0
+
+    def __call__(self):
+        from tritonclient.utils import InferenceServerException
+
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise InferenceServerException(msg=f"boom {self.calls}", status=f"StatusCode.{self.status}")
+        return "ok"
+
+
+def test_retries_unavailable_with_exponential_backoff():
+    sleeps = []
+    fn = _Flaky(2, "UNAVAILABLE")
+    assert call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append) == "ok"
+    assert fn.calls == 3 and sleeps == pytest.approx([0.05, 0.1])
+
+
+def test_gives_up_after_retries_with_the_server_message():
+    sleeps = []
+    fn = _Flaky(10, "UNAVAILABLE")
+    with pytest.raises(OneRankerError) as err:
+        call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append)
+    assert fn.calls == 4 and sleeps == pytest.approx([0.05, 0.1, 0.2])
+    assert err.value.status == "UNAVAILABLE" and str(err.value) == "boom 4"
+
+
+@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED"])
+def test_other_errors_are_not_retried(status):
+    sleeps = []
+    fn = _Flaky(1, status)
+    with pytest.raises(OneRankerError) as err:
+        call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append)
+    assert fn.calls == 1 and sleeps == [] and err.value.status == status and err.value.message == "boom 1"
+
+
+def test_async_retry_policy():
+    sleeps = []
+
+    async def fake_sleep(s):
+        sleeps.append(s)
+
+    fn = _Flaky(1, "UNAVAILABLE")
+
+    async def call():
+        return fn()
+
+    assert asyncio.run(acall_with_retries(call, retries=2, backoff_s=0.1, sleep=fake_sleep)) == "ok"
+    assert fn.calls == 2 and sleeps == pytest.approx([0.1])
+    bad = _Flaky(5, "INVALID_ARGUMENT")
+
+    async def call_bad():
+        return bad()
+
+    with pytest.raises(OneRankerError):
+        asyncio.run(acall_with_retries(call_bad, retries=2, backoff_s=0.1, sleep=fake_sleep))
+    assert bad.calls == 1
+
+
+def test_backoff_is_capped_and_errors_convert():
+    assert backoff_delays(0, 0.05) == []
+    assert backoff_delays(8, 0.5)[-1] == 2.0
+    assert as_oneranker_error(ValueError("x")).status == "INVALID_ARGUMENT"
+    err = OneRankerError("m", "UNAVAILABLE")
+    assert as_oneranker_error(err) is err and err.retryable and err.to_json() == {"error": "m", "status": "UNAVAILABLE"}
+
+
+def test_client_against_a_closed_port_raises_unavailable_after_retries():
+    from oneranker_build.tritonserver import find_free_port
+    from oneranker_client import OneRankerClient
+
+    client = OneRankerClient(f"127.0.0.1:{find_free_port()}", timeout_s=5, retries=1, backoff_s=0.01)
+    with pytest.raises(OneRankerError) as err:
+        client.recommend(REQ)
+    assert err.value.status == "UNAVAILABLE"
+    out = client.recommend_many([REQ, dict(REQ, top_k=1.5)], concurrency=2, progress=False)
+    assert out[0].status == "UNAVAILABLE" and out[1].status == "INVALID_ARGUMENT"
+    client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI parsing and usage errors (exit 2)
+# ---------------------------------------------------------------------------------------------
+def test_cli_parses_history_flags_into_a_request():
+    args = cli.build_parser().parse_args([
+        "recommend", "--user-features", "3,1,7,0", "--item-ids", "101,5002,77", "--actions", "1,2,3",
+        "--timestamps", "1700000000,1700000100,1700000200", "--request-time", "1700000300", "--top-k", "5",
+        "--exclude-item-ids", "9,10",
+    ])
+    req = cli.request_from_args(args)
+    assert req.to_json() == dict(REQ, top_k=5, exclude_item_ids=[9, 10])
+
+
+def test_cli_common_options_before_or_after_the_subcommand():
+    p = cli.build_parser()
+    a = p.parse_args(["--url", "h:1", "--format", "json", "health"])
+    b = p.parse_args(["health", "--url", "h:1", "--format", "json"])
+    c = p.parse_args(["health"])
+    assert (a.url, a.format) == (b.url, b.format) == ("h:1", "json")
+    assert c.url == cli.DEFAULT_GRPC_URL and c.format == "table" and c.model == contract.PUBLIC_MODEL
+
+
+def test_cli_json_request_and_overrides(tmp_path):
+    f = tmp_path / "req.json"
+    f.write_text(json.dumps(REQ))
+    args = cli.build_parser().parse_args(["recommend", "--json", str(f), "--top-k", "3"])
+    assert cli.request_from_args(args).to_json() == dict(REQ, top_k=3)
+
+
+def test_cli_request_time_defaults_to_now():
+    args = cli.build_parser().parse_args(["recommend", "--user-features", "1", "--item-ids", "1",
+                                          "--actions", "1", "--timestamps", "1"])
+    import time
+
+    assert abs(cli.request_from_args(args).request_time - time.time()) < 60
+
+
+@pytest.mark.parametrize("argv", [
+    [],                                                           # no subcommand
+    ["bogus"],
+    ["recommend", "--item-ids", "1,x"],                           # not integers
+    ["recommend", "--item-ids", "1,2"],                           # history incomplete
+    ["recommend", "--json", "/nonexistent/req.json"],
+    ["recommend", "--json", "-", "--item-ids", "1"],              # --json with history flags
+    ["recommend", "--top-k", "two"],
+    ["health", "--format", "xml"],
+    ["batch"],                                                    # --input required
+    ["batch", "--input", "/nonexistent.jsonl"],
+    ["health", "--timeout", "soon"],
+])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        rc = cli.main(argv)
+        raise SystemExit(rc)
+    assert e.value.code == 2, capsys.readouterr()
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_bad_input_files_exit_2(tmp_path, capsys):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    assert cli.main(["recommend", "--json", str(bad_json)]) == 2
+    assert "invalid JSON" in capsys.readouterr().err
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text(json.dumps(REQ) + "\n" + json.dumps(dict(REQ, topk=2)) + "\n")
+    assert cli.main(["batch", "--input", str(bad_line)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_cli_unreachable_server_exits_1_with_message(capsys):
+    from oneranker_build.tritonserver import find_free_port
+
+    rc = cli.main(["health", "--url", f"127.0.0.1:{find_free_port()}", "--retries", "0", "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cli_latency_summary():
+    s = cli.latency_summary([1.0, 2.0, 3.0, 4.0])
+    assert s["p50_ms"] == 2.5 and s["max_ms"] == 4.0
+    assert cli.latency_summary([])["p50_ms"] is None
+
+
+def test_client_modules_import_without_torch():
+    code = ("import sys; import oneranker_client, oneranker_client.client, oneranker_client.cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {"PYTHONPATH": str(ROOT / "client"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# perf inputs
+# ---------------------------------------------------------------------------------------------
+def test_make_inputs_perf_analyzer_json(tmp_path):
+    from oneranker_perf import make_inputs
+
+    reqs = [REQ, dict(REQ, item_ids=[1, 2], actions=[1, 1], timestamps=[5, 6])]
+    path = make_inputs.write_perf_data(reqs, tmp_path / "perf_data.json")
+    doc = json.loads(path.read_text())
+    assert len(doc["data"]) == 2
+    required = [s.name for s in contract.PUBLIC.inputs if not s.optional]
+    for req, step in zip(reqs, doc["data"]):
+        assert list(step) == required  # unset optional inputs left out
+        for name, tensor in step.items():
+            spec = contract.PUBLIC.input(name)
+            assert set(tensor) == {"content", "shape"}
+            value = req[name] if isinstance(req[name], list) else [req[name]]
+            assert tensor["content"] == value
+            # no batch dim (server issue 4068): the spec's rank, the request's own length
+            assert len(tensor["shape"]) == len(spec.dims) and tensor["shape"] == [len(value)]
+    variable = [s.name for s in contract.PUBLIC.inputs if -1 in s.dims and not s.optional]
+    assert {tuple(doc["data"][i][n]["shape"]) for i in range(2) for n in variable} == {(3,), (2,)}
+
+
+def test_make_inputs_optional_inputs_and_consistency(tmp_path):
+    from oneranker_perf import make_inputs
+
+    doc = make_inputs.perf_analyzer_data([FULL])
+    step = doc["data"][0]
+    assert list(step) == [s.name for s in contract.PUBLIC.inputs]
+    assert step["top_k"] == {"content": [5], "shape": [1]}
+    assert step["exclude_item_ids"] == {"content": [9, 10], "shape": [2]}
+    with pytest.raises(ValueError, match="same inputs"):
+        make_inputs.perf_analyzer_data([REQ, FULL])
+    jsonl = make_inputs.write_requests_jsonl([FULL, RecommendRequest.from_json(REQ)], tmp_path / "r.jsonl")
+    assert make_inputs.read_requests_jsonl(jsonl) == [FULL, REQ]
+
+
+def test_perf_analyzer_suite_parsing(tmp_path):
+    from oneranker_perf import perf_analyzer_suite as pas
+
+    csv_path = tmp_path / "pa.csv"
+    csv_path.write_text(
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+        "Avg latency,request/response,response wait\n2,1675.52,3,458,210,36,352,120,1,951,1306,1590,5164,1183,4,1167\n"
+    )
+    row = pas.parse_pa_csv(csv_path)[0]
+    assert row["level"] == 2 and row["throughput_infer_s"] == pytest.approx(1675.52)
+    assert row["p50_ms"] == pytest.approx(0.951) and row["p99_ms"] == pytest.approx(5.164)
+    assert pas._rate_range("100:300:100") == [100, 200, 300]
+    m = pas.machine_description()
+    assert m["nproc"] >= 1 and m["cpu_model"]
+    args = pas.build_parser().parse_args(["--input-data", "x.json", "--out", "o", "--concurrency", "1,2",
+                                          "--bls-composing-models", "a,b"])
+    cmd = pas.pa_args(args, "concurrency", 2, tmp_path / "c.csv")
+    assert cmd[cmd.index("--concurrency-range") + 1] == "2:2:1" and cmd[cmd.index("-i") + 1] == "grpc"
+    assert "--bls-composing-models" in cmd and "-f" in cmd
+    with pytest.raises(SystemExit):
+        pas.build_parser().parse_args(["--input-data", "x", "--out", "o", "--concurrency", "0"])
+
+
+def test_locust_run_helpers(tmp_path):
+    from oneranker_perf import locust_run
+
+    assert locust_run.parse_run_time("10s") == 10 and locust_run.parse_run_time("1m30s") == 90
+    assert locust_run.parse_run_time("7") == 7
+    with pytest.raises(Exception):
+        locust_run.parse_run_time("ten")
+    prefix = tmp_path / "locust"
+    cols = "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time," \
+           "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,90%,99%\n"
+    Path(f"{prefix}_stats.csv").write_text(
+        cols + "grpc,oneranker.recommend,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n,Aggregated,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n")
+    Path(f"{prefix}_failures.csv").write_text("Method,Name,Error,Occurrences\ngrpc,oneranker.recommend,[UNAVAILABLE] x,2\n")
+    s = locust_run.read_stats(prefix)
+    assert s.requests == 100 and s.failed == 2 and s.failures[0]["occurrences"] == 2
+    assert locust_run.report(0, s, "", tmp_path) == 1
+    Path(f"{prefix}_stats.csv").write_text(cols + ",Aggregated,100,0,3,3.5,1,9,10,20.0,0,3,5,8\n")
+    assert locust_run.report(0, locust_run.read_stats(prefix), "", tmp_path) == 0
+    assert locust_run.report(0, None, "boom", tmp_path) == 1

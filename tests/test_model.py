@@ -1,0 +1,218 @@
+"""The OneRanker network: masks, KV pass-through, invariances, losses, ablation switches."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from oneranker import losses
+from oneranker.model import step1_allowed, step2_allowed, step3_allowed
+from oneranker.pipeline import build_model, sample_arrays, to_batch
+from oneranker.train import loss_terms
+
+# ----------------------------------------------------------------------------- masks
+
+
+def test_step1_mask_every_pair():
+    """Prefix bidirectional among itself only; history sees prefix + past + self; pads hidden."""
+    num_prefix, length = 2, 4
+    allowed = step1_allowed(num_prefix, torch.tensor([3]), length)[0]
+    n = num_prefix + length
+    for q in range(n):
+        for k in range(n):
+            if k >= num_prefix + 3:
+                expected = False  # padded key
+            elif q < num_prefix:
+                expected = k < num_prefix
+            else:
+                expected = k < num_prefix or k <= q
+            assert bool(allowed[q, k]) == expected, (q, k)
+
+
+def test_step2_mask_every_pair():
+    num_task, num_fake = 8, 4
+    allowed = step2_allowed(num_task, num_fake, hetero=True)
+    for q in range(num_task + num_fake):
+        for k in range(num_task + num_fake):
+            if q < num_task:
+                expected = k >= num_task or k <= q  # causal over tasks, all fakes visible
+            else:
+                expected = k < num_task or k == q  # fakes see tasks and themselves only
+            assert bool(allowed[q, k]) == expected, (q, k)
+    assert step2_allowed(num_task, num_fake, hetero=False).all()
+
+
+def test_step3_mask_every_pair():
+    allowed = step3_allowed(5)
+    for q in range(6):
+        for k in range(6):
+            expected = (q == k) or (q > 0 and k == 0)
+            assert bool(allowed[q, k]) == expected, (q, k)
+
+
+def test_ranker_self_attention_matches_explicit_mask(tiny_run):
+    """The R-Decoder's O(n) self-attention equals dense masked attention with step3_allowed."""
+    model = tiny_run.model
+    layer = model.r_layers[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, model.cfg.d_model)
+    b, n1, d = x.shape
+    q, k, v = layer.qkv(layer.norm_self(x)).view(b, n1, 3, layer.h, layer.dh).unbind(2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / layer.dh**0.5
+    scores = scores.masked_fill(~step3_allowed(n1 - 1), float("-inf"))
+    dense = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, -1), v).reshape(b, n1, d)
+    dense_out = x + layer.self_out(dense)
+    assert torch.allclose(dense_out, layer.isolated_self_attention(x), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- forward properties
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_run):
+    arrays = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
+    return to_batch(arrays, np.arange(6))
+
+
+@torch.no_grad()
+def test_rank_with_kv_equals_joint_forward(tiny_run, batch):
+    model = tiny_run.model
+    joint = model(batch)["scores"]
+    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
+                            batch["hist_len"])
+    kv_valid = model.kv_valid_from_lengths(batch["hist_len"], enc.kv.shape[2])
+    assert torch.equal(kv_valid, enc.kv_valid)
+    split = model.rank(enc.kv, kv_valid, batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
+    assert torch.allclose(joint, split, atol=1e-6)
+
+
+@torch.no_grad()
+def test_candidate_scores_invariant_to_order_and_count(tiny_run, batch):
+    model = tiny_run.model
+    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
+                            batch["hist_len"])
+    full = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
+    perm = torch.randperm(full.shape[1], generator=torch.Generator().manual_seed(1))
+    permuted = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"][:, perm], batch["cand_attrs"][:, perm],
+                          batch["cand_bid"][:, perm])
+    assert torch.allclose(full[:, perm], permuted, atol=1e-6)
+    few = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"][:, :3], batch["cand_attrs"][:, :3],
+                     batch["cand_bid"][:, :3])
+    assert torch.allclose(full[:, :3], few, atol=1e-6)
+
+
+@torch.no_grad()
+def test_scores_invariant_to_history_padding(tiny_run, batch):
+    model = tiny_run.model
+    base = model(batch)
+    padded = dict(batch)
+    extra = 17
+    for key in ("hist_sids", "hist_actions", "hist_dt"):
+        v = batch[key]
+        pad_shape = list(v.shape)
+        pad_shape[1] = extra
+        filler = torch.full(pad_shape, 3, dtype=v.dtype)  # garbage, not zeros: must be masked
+        padded[key] = torch.cat([v, filler], dim=1)
+    out = model(padded)
+    assert torch.allclose(base["scores"], out["scores"], atol=1e-5)
+    assert torch.allclose(base["encoding"].level_logits, out["encoding"].level_logits, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_bpr_hand_computed():
+    scores = torch.tensor([[2.0, 1.0, 0.0]])
+    values = torch.tensor([[3.0, 1.0, 2.0]])
+    # pairs with value_a > value_b: (0,1) d=1, (0,2) d=2, (2,1) d=-1
+    expected = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(-2)))
+                 + math.log(1 / (1 + math.exp(1)))) / 3
+    assert losses.bpr_loss(scores, values).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dc_hand_computed_and_gradient_reaches_only_generator():
+    rank = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    gen = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    p = torch.softmax(torch.tensor([1.0, 0.0]) / 0.5, 0)
+    expected = -(p * torch.log(torch.tensor([0.5, 0.5]))).sum().item()
+    loss = losses.dc_loss(rank, gen, tau=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert rank.grad is None or torch.all(rank.grad == 0)
+    assert gen.grad is not None and gen.grad.abs().sum() > 0
+
+
+def test_mtp_loss_skips_missing_heads():
+    logp = torch.tensor([[-1.0, -5.0], [-2.0, -100.0]])
+    valid = torch.tensor([[True, False], [True, False]])
+    assert losses.mtp_loss(logp, valid).item() == pytest.approx(1.5)
+
+
+def test_dc_gradient_reaches_generator_parameters(tiny_cfg, tiny_prep):
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.loss.alpha = cfg.loss.beta = 0.0
+    cfg.loss.gamma, cfg.loss.dc_warmup_fraction = 1.0, 0.0
+    cat = tiny_prep.dataset.catalog
+    model = build_model(cfg, tiny_prep.sids, cat.num_advertisers, cat.num_categories)
+    arrays = sample_arrays(tiny_prep, tiny_prep.splits["train"])
+    terms = loss_terms(model, to_batch(arrays, np.arange(8)), cfg, step=10)
+    terms["total"].backward()
+    assert model.task_tokens.grad.abs().sum() > 0  # Step 2
+    assert model.g_layers[0].uvqk.weight.grad.abs().sum() > 0  # Step 1
+    assert model.score_mlp[-1].weight.grad is None or model.score_mlp[-1].weight.grad.abs().sum() == 0  # stop-grad
+
+
+# ----------------------------------------------------------------------------- ablations
+
+ABLATIONS = {
+    "use_dc_loss": (False, lambda t: "dc" not in t),
+    "use_h2_in_kv": (False, lambda t: "dc" in t),
+    "use_generation": (False, lambda t: "mtp" not in t and "dc" not in t),
+    "use_ranker": (False, lambda t: "rank" not in t and "dc" not in t),
+    "use_fake_items": (False, lambda t: "mtp" in t),
+    "use_task_decoupling": (False, lambda t: "mtp" in t),
+    "cross_attention_first": (False, lambda t: "mtp" in t),
+    "use_hetero_mask": (False, lambda t: "mtp" in t),
+}
+
+
+@pytest.mark.parametrize("switch", sorted(ABLATIONS))
+def test_ablation_switch_builds_trains_and_changes_behaviour(switch, tiny_cfg, tiny_prep):
+    value, terms_ok = ABLATIONS[switch]
+    cat = tiny_prep.dataset.catalog
+    arrays = sample_arrays(tiny_prep, tiny_prep.splits["train"])
+    batch = to_batch(arrays, np.arange(8))
+    outputs = {}
+    for flag in (True, value):
+        cfg = copy.deepcopy(tiny_cfg)
+        setattr(cfg.model, switch, flag)
+        torch.manual_seed(0)
+        model = build_model(cfg, tiny_prep.sids, cat.num_advertisers, cat.num_categories)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        terms = loss_terms(model, batch, cfg, step=cfg.train.steps)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()  # one training step must work
+        with torch.no_grad():
+            out = model(batch)
+        outputs[flag] = (terms, out, model, cfg)
+    terms, out, model, cfg = outputs[value]
+    assert terms_ok(terms), (switch, sorted(terms))
+    base_out = outputs[True][1]
+    if switch == "use_h2_in_kv" or switch == "use_generation":
+        h2 = out["encoding"].kv_valid[:, -cfg.model.num_step2_tokens:]
+        assert not h2.any()  # the ranker no longer reads H2
+        assert outputs[True][1]["encoding"].kv_valid[:, -cfg.model.num_step2_tokens:].all()
+    elif switch == "use_fake_items":
+        assert out["encoding"].h2.shape[1] == cfg.model.num_task_tokens
+    elif switch == "use_task_decoupling":
+        assert model.task_tokens.shape[0] == 1
+        assert out["encoding"].h2.shape[1] == 1 + cfg.model.num_fake_items
+    elif switch in ("cross_attention_first", "use_hetero_mask"):
+        assert not torch.allclose(out["encoding"].level_logits, base_out["encoding"].level_logits)
+    elif switch in ("use_dc_loss", "use_ranker"):
+        assert not math.isclose(float(terms["total"]), float(outputs[True][0]["total"]))

@@ -1,0 +1,112 @@
+"""Rendered Triton configs parse, agree with the tensor contract, and rendering is strict."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from oneranker_build import service
+from oneranker_build.render import RenderError, fill
+from oneranker_client import contract
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _dims(tiny_export):
+    import json
+
+    info = json.loads((tiny_export / "export" / "export_info.json").read_text())
+    return contract.ContractDims(**info["dims"])
+
+
+def test_every_rendered_config_parses_and_matches_contract(tiny_repository, tiny_export):
+    dims = _dims(tiny_export)
+    configs = sorted(tiny_repository.glob("*/config.pbtxt"))
+    assert {c.parent.name for c in configs} == {contract.PUBLIC_MODEL, contract.PREPROCESS_MODEL, contract.FUSED_MODEL}
+    for path in configs:
+        cfg = _parse(path)
+        spec = contract.MODELS[cfg.name].resolve(dims)
+        assert cfg.max_batch_size > 0
+        for section, tensors in ((cfg.input, spec.inputs), (cfg.output, spec.outputs)):
+            assert [t.name for t in section] == [t.name for t in tensors], cfg.name
+            for got, want in zip(section, tensors):
+                assert model_config_pb2.DataType.Name(got.data_type) == want.dtype, (cfg.name, want.name)
+                assert tuple(got.dims) == tuple(want.dims), (cfg.name, want.name)
+                if hasattr(got, "optional"):
+                    assert got.optional == want.optional
+                if want.reshape is not None:
+                    assert tuple(got.reshape.shape) == tuple(want.reshape)
+
+
+def test_ensemble_wiring_is_closed(tiny_repository):
+    cfg = _parse(tiny_repository / contract.PUBLIC_MODEL / "config.pbtxt")
+    available = {t.name for t in cfg.input}
+    for step in cfg.ensemble_scheduling.step:
+        spec = contract.MODELS[step.model_name]
+        required = {t.name for t in spec.inputs if not t.optional}
+        assert required <= set(step.input_map) <= {t.name for t in spec.inputs}, step.model_name
+        assert set(step.input_map.values()) <= available, step.model_name
+        assert set(step.output_map) == {t.name for t in spec.outputs}
+        available |= set(step.output_map.values())
+    assert {t.name for t in cfg.output} <= available
+
+
+def test_dynamic_batching_and_queue_policy(tiny_repository):
+    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL):
+        cfg = _parse(tiny_repository / name / "config.pbtxt")
+        policy = cfg.dynamic_batching.default_queue_policy
+        assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
+        ragged = {t.name for t in cfg.input if t.allow_ragged_batch}
+        assert ragged == {t.name for t in cfg.input if -1 in t.dims}
+
+
+def test_glue_outputs_follow_contract(tiny_run, tiny_export):
+    from oneranker.cli import example_request
+
+    rec = service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    req = example_request(tiny_run.prep, 0)
+    tokens = service.tokens_to_arrays(rec, req)
+    assert list(tokens) == [t.name for t in contract.PREPROCESS.outputs]
+    for spec in contract.PREPROCESS.outputs:
+        assert tokens[spec.name].dtype == spec.numpy_dtype, spec.name
+        assert tokens[spec.name].ndim == len(spec.dims) + 1, spec.name
+    parsed = service.parsed_from_arrays(0, tokens)
+    response = rec.recommend_parsed([parsed])[0]
+    arrays = service.response_arrays(response)
+    assert list(arrays) == [t.name for t in contract.PUBLIC.outputs]
+    for spec in contract.PUBLIC.outputs:
+        assert arrays[spec.name].dtype == spec.numpy_dtype
+
+
+def test_artifacts_refuse_a_foreign_checkpoint(tiny_export):
+    with pytest.raises(service.ArtifactMismatch):
+        service.load_recommender(tiny_export / "export", engine="onnxruntime", expected_checkpoint="0" * 64)
+
+
+def test_fill_fails_on_missing_unused_and_leftover(tmp_path):
+    template = tmp_path / "t.tmpl"
+    template.write_text('name: "${name}"\nmax_batch_size: ${mbs}\n')
+    assert fill(template, {"name": "x", "mbs": 4}) == 'name: "x"\nmax_batch_size: 4\n'
+    with pytest.raises(RenderError, match="no value"):
+        fill(template, {"name": "x"})
+    with pytest.raises(RenderError, match="not used"):
+        fill(template, {"name": "x", "mbs": 1, "extra": 2})
+    with pytest.raises(RenderError, match="leftover"):
+        fill(template, {"name": "${oops}", "mbs": 1})
+
+
+def test_markdown_contract_lists_every_tensor():
+    text = contract.markdown_tables()
+    for spec in contract.MODELS.values():
+        for t in spec.inputs + spec.outputs:
+            assert f"`{t.name}`" in text
+
+
+def test_repository_readme_shows_current_contract():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "model_repository" / "README.md").read_text()
+    assert contract.markdown_tables() in readme, "regenerate model_repository/README.md from the contract"

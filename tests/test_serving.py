@@ -1,0 +1,190 @@
+"""The served ensemble on a real tritonserver over real gRPC: equality with the in-process
+pipeline and the PyTorch reference, per-request errors, metrics, overload shedding."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from oneranker.serving import Request
+from oneranker_build import service
+from oneranker_client import contract
+
+pytestmark = pytest.mark.triton
+
+
+def make_inputs(fields: dict, dtypes: dict | None = None) -> list:
+    """Raw request fields -> InferInputs with a batch dim of 1 (dtypes from the contract unless
+    overridden, to craft bad requests)."""
+    out = []
+    for spec in contract.PUBLIC.inputs:
+        if spec.name not in fields:
+            continue
+        dtype = (dtypes or {}).get(spec.name, spec.numpy_dtype)
+        value = np.asarray(fields[spec.name], dtype=dtype)
+        if value.ndim == len(spec.dims):
+            value = value[None]
+        wire = {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32", np.float64: "FP64"}[np.dtype(dtype).type]
+        tensor = grpcclient.InferInput(spec.name, list(value.shape), wire)
+        tensor.set_data_from_numpy(value)
+        out.append(tensor)
+    return out
+
+
+def fields_of(req: dict, **options) -> dict:
+    out = dict(req)
+    out["request_time"] = [req["request_time"]]
+    for key, value in options.items():
+        out[key] = [value] if np.isscalar(value) else value
+    return out
+
+
+def infer(url: str, fields: dict, dtypes=None):
+    client = grpcclient.InferenceServerClient(url)
+    result = client.infer(contract.PUBLIC_MODEL, make_inputs(fields, dtypes), client_timeout=60)
+    return {spec.name: result.as_numpy(spec.name)[0] for spec in contract.PUBLIC.outputs}
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_export):
+    return service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+
+
+def as_request(req: dict, **options) -> Request:
+    return Request(user_features=np.array(req["user_features"]), item_ids=np.array(req["item_ids"]),
+                   actions=np.array(req["actions"]), timestamps=np.array(req["timestamps"]),
+                   request_time=req["request_time"], **options)
+
+
+def test_served_equals_in_process_pipeline(served_repository, in_process):
+    for req in served_repository.requests:
+        served = infer(served_repository.grpc_url, fields_of(req))
+        local = in_process.recommend([as_request(req)])[0]
+        np.testing.assert_array_equal(served["rec_item_ids"], local.item_ids)
+        np.testing.assert_allclose(served["rec_scores"], local.scores, atol=1e-6)
+        np.testing.assert_array_equal(served["rec_source_head"], local.source_head)
+
+
+def test_served_matches_pytorch_reference_except_near_ties(served_repository):
+    from oneranker.reference import load_reference
+
+    reference = load_reference(served_repository.run_dir)
+    mismatches = 0
+    for req in served_repository.requests:
+        served = infer(served_repository.grpc_url, fields_of(req, top_k=5))
+        ref = reference.recommend([as_request(req, top_k=5)])[0]
+        if served["rec_item_ids"].tolist() != ref.item_ids.tolist():
+            gaps = np.diff(np.sort(ref.scores))
+            assert gaps.min() < 1e-5, (served, ref)  # only a near-tie may reorder
+            mismatches += 1
+    assert mismatches <= max(1, len(served_repository.requests) // 100)
+
+
+def test_options_change_the_answer(served_repository):
+    req = served_repository.requests[0]
+    base = infer(served_repository.grpc_url, fields_of(req, top_k=7, num_candidates=20, beam_width=8))
+    assert len(base["rec_item_ids"]) == 7
+    assert np.all(np.diff(base["rec_scores"]) <= 0)
+    excluded = infer(served_repository.grpc_url,
+                     fields_of(req, top_k=7, num_candidates=20, beam_width=8,
+                               exclude_item_ids=base["rec_item_ids"][:3].tolist()))
+    assert not set(excluded["rec_item_ids"]) & set(base["rec_item_ids"][:3].tolist())
+
+
+def test_concurrent_requests_equal_single_requests(served_repository):
+    reqs = served_repository.requests[:12]
+    single = [infer(served_repository.grpc_url, fields_of(r)) for r in reqs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(lambda r: infer(served_repository.grpc_url, fields_of(r)), reqs * 2))
+    for i, got in enumerate(together):
+        want = single[i % len(reqs)]
+        np.testing.assert_array_equal(got["rec_item_ids"], want["rec_item_ids"])
+        np.testing.assert_allclose(got["rec_scores"], want["rec_scores"], atol=1e-6)
+
+
+def _bad_cases(req: dict, max_history: int, known_content_free_id: int):
+    long = {k: (list(v) * (max_history // len(v) + 2))[: max_history + 1] for k, v in req.items()
+            if k in ("item_ids", "actions", "timestamps")}
+    return {
+        "wrong dtype": (fields_of(req), {"item_ids": np.int32}, "data-type|INT32|datatype"),
+        "wrong rank": (dict(fields_of(req), item_ids=np.array(req["item_ids"])[None, :, None]), None, "shape|dims"),
+        "empty history": (dict(fields_of(req), item_ids=[], actions=[], timestamps=[]), None, "empty"),
+        "history too long": (dict(fields_of(req), **long), None, "maximum"),
+        "unknown item id": (dict(fields_of(req), item_ids=[known_content_free_id] + req["item_ids"][1:]), None,
+                            "unknown item"),
+        "negative top_k": (fields_of(req, top_k=-3), None, "top_k"),
+        "absurd top_k": (fields_of(req, top_k=10_000_000), None, "top_k"),
+        "zero num_candidates": (fields_of(req, num_candidates=0), None, "num_candidates"),
+        "absurd beam_width": (fields_of(req, beam_width=1 << 30), None, "beam_width"),
+        "top_k above num_candidates": (fields_of(req, top_k=20, num_candidates=5), None, "top_k"),
+        "mismatched history lengths": (dict(fields_of(req), actions=req["actions"][:-1]), None, "different lengths"),
+        "request before history": (dict(fields_of(req), request_time=[min(req["timestamps"]) - 1]), None,
+                                   "after the request"),
+        "unknown action code": (dict(fields_of(req), actions=[9] * len(req["actions"])), None, "action"),
+        "user features out of range": (dict(fields_of(req), user_features=[-1] * len(req["user_features"])), None,
+                                       "user_features"),
+        "wrong user feature count": (dict(fields_of(req), user_features=req["user_features"][:-1]), None,
+                                     "user_features|shape|dims"),
+        "missing required input": ({k: v for k, v in fields_of(req).items() if k != "timestamps"}, None,
+                                   "timestamps|input"),
+        "float timestamps": (fields_of(req), {"timestamps": np.float32}, "data-type|FP32|datatype"),
+        "two users in one request": ({k: np.stack([np.asarray(v)] * 2) for k, v in fields_of(req).items()}, None,
+                                     "batch dimension of 1"),
+    }
+
+
+def test_bad_inputs_get_clear_per_request_errors(served_repository, tiny_run):
+    req = served_repository.requests[0]
+    max_history = tiny_run.prep.cfg.model.max_history
+    unknown = int(max(tiny_run.prep.dataset.catalog.ad_ids.max(), tiny_run.prep.dataset.catalog.content_ids.max()) + 12345)
+    cases = _bad_cases(req, max_history, unknown)
+    assert len(cases) >= 15
+    good_fields = fields_of(served_repository.requests[1])
+    expected_good = infer(served_repository.grpc_url, good_fields)
+
+    def good():
+        return infer(served_repository.grpc_url, good_fields)
+
+    statuses = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        background = [pool.submit(good) for _ in range(len(cases))]
+        for name, (fields, dtypes, pattern) in cases.items():
+            with pytest.raises(InferenceServerException) as info:
+                infer(served_repository.grpc_url, fields, dtypes)
+            message = str(info.value)
+            assert re.search(pattern, message, re.IGNORECASE), (name, message)
+            assert "Traceback" not in message, (name, message)
+            statuses[name] = info.value.status()
+        for future in background:
+            np.testing.assert_array_equal(future.result()["rec_item_ids"], expected_good["rec_item_ids"])
+    assert served_repository.server.is_live()
+    assert set(statuses.values()) == {"StatusCode.INVALID_ARGUMENT"}, statuses
+
+
+def _metric(text: str, name: str, label: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_stage_metrics_rise_per_request(served_repository):
+    def scrape():
+        return urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
+
+    before = scrape()
+    for req in served_repository.requests[:3]:
+        infer(served_repository.grpc_url, fields_of(req))
+    after = scrape()
+    assert _metric(after, "oneranker_requests_total") >= _metric(before, "oneranker_requests_total") + 3
+    assert _metric(after, "oneranker_candidates_total") > _metric(before, "oneranker_candidates_total")
+    for stage in ("generate", "select", "rank"):
+        label = f'stage="{stage}"'
+        assert _metric(after, "oneranker_stage_seconds_total", label) > _metric(before, "oneranker_stage_seconds_total", label)
