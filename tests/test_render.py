@@ -25,10 +25,11 @@ def _dims(tiny_export):
 def test_every_rendered_config_parses_and_matches_contract(tiny_repository, tiny_export):
     dims = _dims(tiny_export)
     configs = sorted(tiny_repository.glob("*/config.pbtxt"))
-    assert {c.parent.name for c in configs} == {contract.PUBLIC_MODEL, contract.PREPROCESS_MODEL, contract.FUSED_MODEL}
+    ensembles = set(contract.TOPOLOGY_MODELS.values()) | {contract.PUBLIC_MODEL}
+    assert {c.parent.name for c in configs} == ensembles | set(contract.MODELS)
     for path in configs:
         cfg = _parse(path)
-        spec = contract.MODELS[cfg.name].resolve(dims)
+        spec = contract.MODELS[contract.PUBLIC_MODEL if cfg.name in ensembles else cfg.name].resolve(dims)
         assert cfg.max_batch_size > 0
         for section, tensors in ((cfg.input, spec.inputs), (cfg.output, spec.outputs)):
             assert [t.name for t in section] == [t.name for t in tensors], cfg.name
@@ -41,8 +42,9 @@ def test_every_rendered_config_parses_and_matches_contract(tiny_repository, tiny
                     assert tuple(got.reshape.shape) == tuple(want.reshape)
 
 
-def test_ensemble_wiring_is_closed(tiny_repository):
-    cfg = _parse(tiny_repository / contract.PUBLIC_MODEL / "config.pbtxt")
+@pytest.mark.parametrize("ensemble", sorted(contract.TOPOLOGY_MODELS.values()))
+def test_ensemble_wiring_is_closed(tiny_repository, ensemble):
+    cfg = _parse(tiny_repository / ensemble / "config.pbtxt")
     available = {t.name for t in cfg.input}
     for step in cfg.ensemble_scheduling.step:
         spec = contract.MODELS[step.model_name]
@@ -55,7 +57,7 @@ def test_ensemble_wiring_is_closed(tiny_repository):
 
 
 def test_dynamic_batching_and_queue_policy(tiny_repository):
-    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL):
+    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL, contract.GENERATOR_MODEL, contract.RANKER_MODEL):
         cfg = _parse(tiny_repository / name / "config.pbtxt")
         policy = cfg.dynamic_batching.default_queue_policy
         assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0

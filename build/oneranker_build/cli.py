@@ -10,6 +10,13 @@ from pathlib import Path
 BUILDABLE = ("onnxruntime", "torch")
 
 
+def default_topology(engine: str) -> str:
+    """The measured default (README "Serving topologies"); TensorRT plans serve as a pure ensemble."""
+    from .render import DEFAULT_TOPOLOGY
+
+    return "ensemble" if engine == "tensorrt" else DEFAULT_TOPOLOGY
+
+
 def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
     """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine."""
     import torch
@@ -35,13 +42,18 @@ def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
           f"ranker.onnx {info['ranker_bytes'] / 1e6:.2f} MB ({info['ranker_export_s']:.1f}s)", flush=True)
     rendered = {}
     for engine in engines:
-        if engine == "tensorrt":
-            print("[build] tensorrt: not rendered by this build (TensorRT is not installable here; see README)")
-            continue
         repo = render_repository(export_dir, Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
-                                 run_dir=Path(run_dir))
+                                 run_dir=Path(run_dir), default_topology=default_topology(engine))
         rendered[engine] = str(repo)
         print(f"[build] rendered {engine} repository -> {repo}", flush=True)
+        if engine == "tensorrt":
+            from .tensorrt_build import TensorRTUnavailable, build_plans
+
+            try:
+                build_plans(export_dir, repo, cfg.name)
+                print(f"[build] TensorRT plans built into {repo}", flush=True)
+            except TensorRTUnavailable as err:
+                print(f"[build] tensorrt: configs rendered, plans NOT built: {err}", flush=True)
     return {"export": info, "repositories": rendered}
 
 
@@ -56,7 +68,7 @@ def register(sub, common, make_config, run_dir_of) -> None:
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
-        engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
+        engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]  # noqa: E501
         build(run_dir_of(args, cfg), args.out, engines)
         return 0
 

@@ -7,11 +7,11 @@ Shared memory (``shm_size`` of the ``triton`` service, ``/dev/shm`` of the Kuber
 ------------------------------------------------------------------------------------------
 Triton's Python backend moves every input and output tensor of a Python model (and of every
 BLS call it makes) through POSIX shared memory in ``/dev/shm``. Docker gives a container 64 MiB
-of it by default, which the python_backend README ("Managing Shared Memory") calls "very
-small". The backend allocates ``shm-default-byte-size`` per model instance up front (1 MiB in
-current releases, 64 MiB in the first releases that used shared memory) and grows the region by
-``shm-growth-byte-size`` chunks when a batch needs more (``--backend-config=python,
-shm-default-byte-size=...`` changes both). The size we give the container is::
+of it by default, which the python_backend README (section "Managing Shared Memory") calls
+"very small". Per that README the backend allocates ``shm-default-byte-size`` per model instance
+up front (1 MiB in current releases; 64 MiB in the releases that introduced shared memory) and
+grows the region in ``shm-growth-byte-size`` chunks when a batch needs more (both set with
+``--backend-config=python,<key>=<bytes>``). The size we give the container is::
 
     shm = round_up_MiB( safety * sum_models( instances[m] * max_batch_size *
                                              sum_tensors(m) bytes of one request ) )
@@ -35,11 +35,9 @@ chunks' fragmentation. The 256 MiB floor covers the per-instance default regions
 early python_backend releases) and the backend's control structures, whatever the tensors.
 
 Instance counts: one per contract model, as ``oneranker build`` renders them
-(`rendered_instance_counts`: RenderSettings for templated models, 1 for the ensemble, 0 for a
-contract model that is not a separate Triton model in the rendered topology, e.g. generator and
-ranker inside the fused recommender, whose KV never leaves its process). A deployment that
-raises counts declares its own (``--instances``, or the ``oneranker.instances`` label of the
-compose service).
+(`rendered_instance_counts` renders the templates and reads their instance groups back: 1 for an
+ensemble, 0 for a contract model the repository does not hold). A deployment that raises counts
+declares its own (``--instances``, or the ``oneranker.instances`` label of the compose service).
 
 Rollout (``promote`` / ``retire`` / ``load``)
 ---------------------------------------------
@@ -75,7 +73,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from oneranker.config import ExperimentConfig, preset as config_preset
 from oneranker_client.contract import MODELS, ContractDims, ModelSpec, TensorSpec
@@ -85,6 +83,8 @@ __all__ = [
     "SHM_FLOOR_BYTES",
     "VARIABLE_DIMS",
     "rendered_instance_counts",
+    "repository_instance_counts",
+    "config_instance_count",
     "contract_dims",
     "deploy_limits",
     "tensor_bytes",
@@ -125,6 +125,9 @@ VARIABLE_DIMS: dict[str, str] = {
     "cand_sids": "candidates",
     "cand_attrs": "candidates",
     "cand_bid": "candidates",
+    "cand_item_ids": "candidates",
+    "cand_logp": "candidates",
+    "cand_head": "candidates",
     "scores": "candidates",
     "rec_item_ids": "candidates",
     "rec_scores": "candidates",
@@ -132,32 +135,43 @@ VARIABLE_DIMS: dict[str, str] = {
     "rec_source_head": "candidates",
 }
 
-# Which RenderSettings field holds the instance count of each templated model (an ensemble
-# has no instances of its own: it is counted once, for the tensors it hands between steps).
-_RENDER_COUNT_FIELDS = {"preprocess": "preprocess_instances", "recommender": "recommender_instances"}
+def config_instance_count(config_text: str) -> int:
+    """Instances a config.pbtxt asks for: 1 for an ensemble (it is counted once, for the tensors
+    it hands between steps), the sum of its instance_group counts, 1 without instance_group
+    (Triton's default on one GPU or on CPU)."""
+    if re.search(r'platform\s*:\s*"ensemble"', config_text):
+        return 1
+    groups = re.search(r"instance_group\s*\[(.*?)\]", config_text, re.S)
+    if not groups:
+        return 1
+    counts = [int(c) for c in re.findall(r"count\s*:\s*(\d+)", groups.group(1))]
+    return sum(counts) if counts else 1
 
 
-def rendered_instance_counts(settings=None) -> dict[str, int]:
-    """Instance count of every contract model in the repository `oneranker build` renders:
-    the RenderSettings counts for templated models, 1 for ensembles, 0 for contract models
-    that have no template (not separate models in this topology; their tensors stay inside
-    the recommender's process). docker-compose.yml declares the same in its labels."""
+def repository_instance_counts(repository: str | os.PathLike) -> dict[str, int]:
+    """Instance count of every contract model in a rendered repository (0 = not in it)."""
+    root = Path(repository)
+    counts = {name: 0 for name in MODELS}
+    for m in _model_dirs(root):
+        if m.name in counts:
+            counts[m.name] = config_instance_count((m / "config.pbtxt").read_text())
+    return counts
+
+
+def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict[str, int]:
+    """Instance counts of the repository `oneranker build` renders for `engine` with its default
+    settings: the templates are rendered (with an empty export folder) into a temporary folder
+    and their instance groups read back. docker-compose.yml declares the same in its labels."""
+    import tempfile
+
     from . import render
 
-    s = settings or render.RenderSettings()
-    counts = {}
-    for name in MODELS:
-        tmpl = render.TEMPLATES / name / "config.pbtxt.tmpl"
-        if not tmpl.is_file():
-            counts[name] = 0
-        elif re.search(r'platform\s*:\s*"ensemble"', tmpl.read_text()):
-            counts[name] = 1
-        elif name in _RENDER_COUNT_FIELDS:
-            counts[name] = int(getattr(s, _RENDER_COUNT_FIELDS[name]))
-        else:
-            raise ValueError(f"model {name!r} has a template but deploy._RENDER_COUNT_FIELDS does "
-                             "not say which RenderSettings field holds its instance count")
-    return counts
+    with tempfile.TemporaryDirectory(prefix="oneranker-render-") as tmp:
+        export = Path(tmp) / "export"
+        export.mkdir()
+        out = render.render_repository(export, Path(tmp) / "repo", engine, contract_dims(config_preset("tiny")),
+                                       "0" * 64, settings=settings)
+        return repository_instance_counts(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,15 +318,20 @@ def parse_instance_counts(text: str) -> dict[str, int]:
 
 def compose_shm_inputs(compose: dict, service: str) -> tuple[str, dict[str, int]]:
     """(preset, instance counts) a compose service declares in its labels
-    ``oneranker.shm.preset`` and ``oneranker.instances``."""
+    ``oneranker.shm.preset`` and ``oneranker.instances`` (contract models the label does not
+    name have no instance in that repository: 0)."""
     svc = compose["services"][service]
     labels = svc.get("labels") or {}
     if isinstance(labels, list):
         labels = dict(item.split("=", 1) for item in labels)
     try:
-        return labels["oneranker.shm.preset"], parse_instance_counts(labels["oneranker.instances"])
+        preset_name, declared = labels["oneranker.shm.preset"], parse_instance_counts(labels["oneranker.instances"])
     except KeyError as e:
         raise ValueError(f"service {service!r} lacks label {e.args[0]!r}") from None
+    unknown = sorted(set(declared) - set(MODELS))
+    if unknown:
+        raise ValueError(f"service {service!r}: label oneranker.instances names unknown models {unknown}")
+    return preset_name, {name: declared.get(name, 0) for name in MODELS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,8 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("shm", help="shm_size for the triton service (docker size string)")
     p.add_argument("--preset", default="paper", help="config preset (default paper)")
     p.add_argument("--instances", default=None, metavar="MODEL=N,...",
-                   help="instance count of every contract model (default: those of the "
-                        "repository `oneranker build` renders)")
+                   help="instance counts (models not named: 0; default: those of the repository "
+                        "`oneranker build --engine onnxruntime` renders)")
     p.add_argument("--compose", type=Path, default=None,
                    help="read preset and instance counts from this compose file's labels")
     p.add_argument("--service", default="triton", help="compose service (with --compose)")
@@ -469,8 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "shm":
-            preset, counts = args.preset, (parse_instance_counts(args.instances)
-                                           if args.instances else None)
+            preset, counts = args.preset, None
+            if args.instances:
+                declared = parse_instance_counts(args.instances)
+                counts = {name: declared.pop(name, 0) for name in MODELS}
+                if declared:
+                    raise ValueError(f"unknown models in --instances: {sorted(declared)}")
             if args.compose is not None:
                 import yaml
 

@@ -83,18 +83,57 @@ def fill(template_path: Path, values: dict) -> str:
     return out
 
 
-def _public_steps() -> list:
-    internal = {t.name: f"_{t.name}" for t in contract.PREPROCESS.outputs}
-    return [
-        (contract.PREPROCESS_MODEL, contract.PREPROCESS, {t.name: t.name for t in contract.PUBLIC.inputs}, internal),
-        (contract.FUSED_MODEL, contract.FUSED, internal, {t.name: t.name for t in contract.PUBLIC.outputs}),
-    ]
+def _identity(specs) -> dict:
+    return {t.name: t.name for t in specs}
+
+
+def _internal(specs) -> dict:
+    return {t.name: f"_{t.name}" for t in specs}
+
+
+def topology_steps(topology: str) -> list:
+    """Ensemble steps (model, spec, input_map, output_map) of each serving topology."""
+    pre_out = _internal(contract.PREPROCESS.outputs)
+    preprocess = (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out)
+    public_out = _identity(contract.PUBLIC.outputs)
+    if topology == "fused":
+        return [preprocess, (contract.FUSED_MODEL, contract.FUSED, pre_out, public_out)]
+    if topology == "bls":
+        return [preprocess, (contract.BLS_MODEL, contract.BLS, pre_out, public_out)]
+    if topology == "ensemble":
+        gen_out = _internal(contract.GENERATOR.outputs)
+        sel_out = _internal(contract.SELECT.outputs)
+        rank_in = {"kv": gen_out["kv"], "hist_len": pre_out["hist_len"],
+                   **{k: sel_out[k] for k in ("cand_sids", "cand_attrs", "cand_bid")}}
+        topk_in = {"scores": "_scores", "cand_item_ids": sel_out["cand_item_ids"], "cand_logp": sel_out["cand_logp"],
+                   "cand_head": sel_out["cand_head"], "options": pre_out["options"]}
+        return [
+            preprocess,
+            (contract.GENERATOR_MODEL, contract.GENERATOR, {t.name: pre_out[t.name] for t in contract.GENERATOR.inputs},
+             gen_out),
+            (contract.SELECT_MODEL, contract.SELECT,
+             {"level_logits": gen_out["level_logits"], "options": pre_out["options"],
+              "exclude_idx": pre_out["exclude_idx"]}, sel_out),
+            (contract.RANKER_MODEL, contract.RANKER, rank_in, {"scores": "_scores"}),
+            (contract.TOPK_MODEL, contract.TOPK, topk_in, public_out),
+        ]
+    raise RenderError(f"unknown topology {topology!r}")
+
+
+TOPOLOGIES = ("fused", "bls", "ensemble")
+DEFAULT_TOPOLOGY = "fused"
 
 
 def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contract.ContractDims,
                       checkpoint_sha256: str, settings: RenderSettings | None = None,
-                      run_dir: Path | None = None) -> Path:
-    """Write OUT/<model>/... for one engine; returns OUT."""
+                      run_dir: Path | None = None, default_topology: str = DEFAULT_TOPOLOGY,
+                      placeholder_engine: str | None = None) -> Path:
+    """Write OUT/<model>/... for one engine; returns OUT.
+
+    engine onnxruntime|torch: every model, all three topologies. engine tensorrt: generator and
+    ranker are `tensorrt_plan` models (plans built by tensorrt_build), topologies bls and ensemble;
+    with `placeholder_engine` they are rendered as Python models of the same tensor blocks
+    running that engine, so the repository's wiring can be loaded and checked on a CPU host."""
     s = settings or RenderSettings()
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -102,37 +141,52 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
     common = {"max_batch_size": s.max_batch_size}
     queue = {"max_queue_delay_us": s.max_queue_delay_us, "max_queue_size": s.max_queue_size,
              "queue_timeout_us": s.queue_timeout_us}
+    native_trt = engine == "tensorrt" and placeholder_engine is None
+    runner_engine = placeholder_engine or engine
+    topologies = ("bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
+    if default_topology not in topologies:
+        raise RenderError(f"default topology {default_topology!r} is not rendered for engine {engine}")
 
-    def write(model: str, values: dict, artifacts: bool) -> None:
-        folder = out_dir / model
+    def blocks(spec, ragged: bool) -> dict:
+        return {"inputs": tensor_block("input", spec.inputs, dims, ragged=ragged),
+                "outputs": tensor_block("output", spec.outputs, dims, ragged=False)}
+
+    def write(model: str, values: dict, artifacts: bool, template: str | None = None, code: bool = True) -> None:
+        folder = out_dir / values["name"]
         (folder / "1").mkdir(parents=True, exist_ok=True)
-        (folder / "config.pbtxt").write_text(fill(TEMPLATES / model / "config.pbtxt.tmpl", values))
-        code = TEMPLATES / model / "1" / "model.py"
-        if code.exists():
-            shutil.copy2(code, folder / "1" / "model.py")
+        (folder / "config.pbtxt").write_text(fill(TEMPLATES / model / (template or "config.pbtxt.tmpl"), values))
+        source = TEMPLATES / model / "1" / "model.py"
+        if code and source.exists():
+            shutil.copy2(source, folder / "1" / "model.py")
         if artifacts:
             target = folder / "1" / "artifacts"
             shutil.copytree(export_dir, target)
-            if engine == "torch" and run_dir is not None:
-                shutil.copytree(run_dir, target / "run", ignore=shutil.ignore_patterns("train_state.*", "*.json.tmp"))
+            if runner_engine == "torch" and run_dir is not None:
+                shutil.copytree(run_dir, target / "run", ignore=shutil.ignore_patterns("train_state.*"))
 
-    write(contract.PUBLIC_MODEL, {
-        "name": contract.PUBLIC_MODEL, **common,
-        "inputs": tensor_block("input", contract.PUBLIC.inputs, dims, ragged=False),
-        "outputs": tensor_block("output", contract.PUBLIC.outputs, dims, ragged=False),
-        "steps": ensemble_steps(_public_steps()),
-    }, artifacts=False)
-    write(contract.PREPROCESS_MODEL, {
-        "name": contract.PREPROCESS_MODEL, **common, **queue, "instance_count": s.preprocess_instances,
-        "inputs": tensor_block("input", contract.PREPROCESS.inputs, dims, ragged=True),
-        "outputs": tensor_block("output", contract.PREPROCESS.outputs, dims, ragged=False),
-        "checkpoint_sha256": checkpoint_sha256,
-    }, artifacts=True)
-    write(contract.FUSED_MODEL, {
-        "name": contract.FUSED_MODEL, **common, **queue, "instance_count": s.recommender_instances,
-        "instance_kind": s.instance_kind, "engine": engine, "intra_op_threads": s.intra_op_threads,
-        "inputs": tensor_block("input", contract.FUSED.inputs, dims, ragged=True),
-        "outputs": tensor_block("output", contract.FUSED.outputs, dims, ragged=False),
-        "checkpoint_sha256": checkpoint_sha256,
-    }, artifacts=True)
+    python_model = {**common, **queue, "checkpoint_sha256": checkpoint_sha256}
+    engine_model = {**python_model, "instance_kind": s.instance_kind, "engine": runner_engine,
+                    "intra_op_threads": s.intra_op_threads}
+    for topology in topologies:
+        names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == default_topology else [])
+        for name in names:
+            write(contract.PUBLIC_MODEL, {"name": name, **common, **blocks(contract.PUBLIC, False),
+                                          "steps": ensemble_steps(topology_steps(topology))}, artifacts=False)
+    write(contract.PREPROCESS_MODEL, {"name": contract.PREPROCESS_MODEL, **python_model,
+                                      "instance_count": s.preprocess_instances,
+                                      **blocks(contract.PREPROCESS, True)}, artifacts=True)
+    if "fused" in topologies:
+        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model,
+                                     "instance_count": s.recommender_instances, **blocks(contract.FUSED, True)},
+              artifacts=True)
+    for spec in (contract.GENERATOR, contract.RANKER):
+        if native_trt:
+            write(spec.name, {"name": spec.name, **common, **queue, "instance_count": 1, **blocks(spec, False)},
+                  artifacts=False, template="config.tensorrt.pbtxt.tmpl", code=False)
+        else:
+            write(spec.name, {"name": spec.name, **engine_model, "instance_count": 1,
+                              **blocks(spec, engine != "tensorrt")}, artifacts=True)
+    for spec in (contract.SELECT, contract.TOPK, contract.BLS):
+        write(spec.name, {"name": spec.name, **python_model, "instance_count": 1, **blocks(spec, True)},
+              artifacts=spec.name != contract.TOPK_MODEL)
     return out_dir

@@ -90,8 +90,8 @@ class OrtRunner:
     def rank(self, kv: KVHandle, hist_len, cand_sids, cand_attrs, cand_bid):
         feeds = {"hist_len": np.asarray(hist_len, np.int64), "cand_sids": cand_sids, "cand_attrs": cand_attrs,
                  "cand_bid": cand_bid}
-        if not self.bind_kv:
-            return self.ranker.run(["scores"], {"kv": kv.value, **feeds})[0]
+        if isinstance(kv, np.ndarray) or not self.bind_kv:
+            return self.ranker.run(["scores"], {"kv": getattr(kv, "value", kv), **feeds})[0]
         io = self.ranker.io_binding()
         io.bind_ortvalue_input("kv", kv.value)
         for name, value in feeds.items():
@@ -172,11 +172,11 @@ class TrtRunner:
         self.pool.release(kv.shape, kv.value)
 
 
-def make_runner(engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu"):
-    """Runner for a rendered model's artifact folder."""
+def make_runner(engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu", bind_kv: bool = True):
+    """Runner for a rendered model's artifact folder (`bind_kv=False` where the KV must leave it)."""
     artifact_dir = Path(artifact_dir)
     if engine == "onnxruntime":
-        return OrtRunner(artifact_dir, threads=threads)
+        return OrtRunner(artifact_dir, threads=threads, bind_kv=bind_kv)
     if engine == "tensorrt":
         return TrtRunner(artifact_dir)
     if engine == "torch":

@@ -42,14 +42,14 @@ def serve_config(info: dict) -> ServeConfig:
 
 
 def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoint: str | None = None,
-                     runner=None) -> Recommender:
+                     runner=None, bind_kv: bool = True) -> Recommender:
     from .runners import make_runner
 
     artifact_dir = Path(artifact_dir)
     info = read_export_info(artifact_dir, expected_checkpoint)
     gen, items = load_generation_tables(artifact_dir / "generation_tables.safetensors",
                                         info["num_interest_heads"], info["num_value_heads"])
-    runner = runner or make_runner(engine, artifact_dir, threads=threads)
+    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv)
     return Recommender(runner, items, gen, serve_config(info), info["feature_cardinality"], info["dims"]["F"])
 
 
@@ -101,13 +101,17 @@ def request_from_arrays(arrays: dict) -> Request:
 
 
 def tokens_to_arrays(rec: Recommender, req: Request) -> dict[str, np.ndarray]:
-    """Validate + tokenize one raw request -> contract.PREPROCESS outputs (batch dim 1)."""
+    """Validate + tokenize one raw request -> contract.PREPROCESS outputs (batch dim 1, history
+    right-padded to its length bucket so same-bucket requests batch in shape-strict engines)."""
+    from oneranker.features import bucket_for, pad_batch
+
     tokens, k, n, w, exclude = rec.validate(req)
+    padded = pad_batch([tokens], bucket_for(tokens.length, rec.serve.length_buckets))  # one shape per bucket
     return {
-        "user_features": tokens.user_features[None],
-        "hist_sids": tokens.hist_sids[None],
-        "hist_actions": tokens.hist_actions[None],
-        "hist_dt": tokens.hist_dt[None],
+        "user_features": padded["user_features"],
+        "hist_sids": padded["hist_sids"],
+        "hist_actions": padded["hist_actions"],
+        "hist_dt": padded["hist_dt"],
         "hist_len": np.array([[tokens.length]], dtype=np.int64),
         "options": np.array([[k, n, w]], dtype=np.int32),
         "exclude_idx": exclude.astype(np.int64)[None],
@@ -144,3 +148,143 @@ class _NoRunner:
 
 
 NO_RUNNER = _NoRunner()
+
+
+# ----------------------------------------------------------------------------- split topologies
+# (b) BLS and (c) ensemble run generator, selection and ranker as separate Triton models. These
+# helpers batch several requests into one engine call and split the results again.
+
+
+def _rows(value) -> int:
+    return int(np.asarray(value).shape[0])
+
+
+def stack_generator_inputs(items: list[dict]) -> tuple[dict, list[int]]:
+    """Generator inputs of several Triton requests (each [b_i, L_i, ...], history padded to L_i)
+    -> one batch padded to the longest L; returns each request's own L."""
+    own = [int(np.asarray(a["hist_actions"]).shape[1]) for a in items]
+    length = max(own)
+
+    def cat(name, dtype, pad_axis=1):
+        parts = []
+        for a in items:
+            v = np.asarray(a[name], dtype=dtype)
+            if pad_axis is not None and v.shape[pad_axis] < length:
+                widths = [(0, 0)] * v.ndim
+                widths[pad_axis] = (0, length - v.shape[pad_axis])
+                v = np.pad(v, widths)
+            parts.append(v)
+        return np.concatenate(parts)
+
+    batch = {
+        "user_features": cat("user_features", np.int64, None),
+        "hist_sids": cat("hist_sids", np.int64),
+        "hist_actions": cat("hist_actions", np.int64),
+        "hist_dt": cat("hist_dt", np.float32),
+        "hist_len": np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items]),
+    }
+    return batch, own
+
+
+def relayout_kv(kv: np.ndarray, num_prefix: int, from_len: int, to_len: int) -> np.ndarray:
+    """kv [..., F + from_len + T2, DM] -> [..., F + to_len + T2, DM]: the H1 segment is cut or
+    zero-padded, the H2 segment stays last (positions past the true length are masked anyway)."""
+    if from_len == to_len:
+        return kv
+    h1_end = num_prefix + from_len
+    h1, h2 = kv[..., :h1_end, :], kv[..., h1_end:, :]
+    if to_len < from_len:
+        h1 = h1[..., : num_prefix + to_len, :]
+    else:
+        pad = np.zeros(kv.shape[:-2] + (to_len - from_len, kv.shape[-1]), dtype=kv.dtype)
+        h1 = np.concatenate([h1, pad], axis=-2)
+    return np.concatenate([h1, h2], axis=-2)
+
+
+def split_generator_outputs(items: list[dict], level_logits: np.ndarray, kv: np.ndarray, own: list[int],
+                            num_prefix: int) -> list[dict]:
+    """One batch of generator outputs -> per-request outputs, kv laid out for the request's L."""
+    out, row, length = [], 0, max(own)
+    for a, n in zip(items, own):
+        b = _rows(a["hist_actions"])
+        out.append({"level_logits": level_logits[row:row + b],
+                    "kv": np.ascontiguousarray(relayout_kv(kv[row:row + b], num_prefix, length, n))})
+        row += b
+    return out
+
+
+def stack_ranker_inputs(items: list[dict], num_prefix: int, num_step2: int) -> tuple[dict, list[tuple[int, int]]]:
+    """Ranker inputs of several requests (kv [b_i, R2, S_i, DM], candidates [b_i, n_i, ...]) ->
+    one batch (kv re-laid out to the longest history, candidates zero-padded to the widest);
+    returns (rows, candidates) per request."""
+    lengths = [np.asarray(a["kv"]).shape[2] - num_prefix - num_step2 for a in items]
+    longest = max(lengths)
+    shapes = [(_rows(a["cand_bid"]), int(np.asarray(a["cand_bid"]).shape[1])) for a in items]
+    width = max(1, max(n for _, n in shapes))
+    kv = np.concatenate([relayout_kv(np.asarray(a["kv"], np.float32), num_prefix, n, longest)
+                         for a, n in zip(items, lengths)])
+
+    def pad(name, dtype):
+        parts = []
+        for a in items:
+            v = np.asarray(a[name], dtype=dtype)
+            widths = [(0, 0)] * v.ndim
+            widths[1] = (0, width - v.shape[1])
+            parts.append(np.pad(v, widths))
+        return np.concatenate(parts)
+
+    batch = {"kv": kv, "hist_len": np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items]),
+             "cand_sids": pad("cand_sids", np.int64), "cand_attrs": pad("cand_attrs", np.int64),
+             "cand_bid": pad("cand_bid", np.float32)}
+    return batch, shapes
+
+
+def split_scores(scores: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    out, row = [], 0
+    for b, n in shapes:
+        out.append(np.ascontiguousarray(scores[row:row + b, :n]))
+        row += b
+    return out
+
+
+def select_arrays(rec: Recommender, level_logits: np.ndarray, options: np.ndarray, exclude_idx: np.ndarray) -> dict:
+    """Selection step of topologies (b)/(c): one request's level logits -> candidate tensors."""
+    from oneranker.selection import beam_search, merge_candidates
+
+    k, n, w = (int(x) for x in np.asarray(options).reshape(-1))
+    ads, lp, head = merge_candidates(*beam_search(np.asarray(level_logits)[0], rec.gen_tables, w), n,
+                                     np.asarray(exclude_idx).reshape(-1))
+    if len(ads) == 0:
+        raise RequestError("no candidate left after exclusions")
+    sids, attrs, bid = rec.tables.candidate_features(ads)
+    return {"cand_sids": sids[None], "cand_attrs": attrs[None], "cand_bid": bid[None],
+            "cand_item_ids": rec.tables.ad_ids[ads].astype(np.int64)[None],
+            "cand_logp": lp.astype(np.float32)[None], "cand_head": head.astype(np.int32)[None]}
+
+
+def topk_arrays(scores, cand_item_ids, cand_logp, cand_head, options) -> dict:
+    """Final step of topologies (b)/(c): value scores -> contract.PUBLIC outputs."""
+    from oneranker.selection import top_k
+
+    k = int(np.asarray(options).reshape(-1)[0])
+    scores = np.asarray(scores).reshape(-1)
+    best = top_k(scores, k)
+    resp = Response(item_ids=np.asarray(cand_item_ids).reshape(-1)[best], scores=scores[best],
+                    gen_logp=np.asarray(cand_logp).reshape(-1)[best], source_head=np.asarray(cand_head).reshape(-1)[best])
+    return response_arrays(resp)
+
+
+def generate_numpy(runner, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Run the generator and return host arrays: in topologies (b)/(c) the KV leaves the runner
+    as a tensor of the Triton model (the runner is built with `bind_kv=False`)."""
+    level_logits, kv = runner.generate(batch)
+    value = getattr(kv, "value", kv)
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(level_logits), np.asarray(value)
+
+
+def rank_numpy(runner, batch: dict) -> np.ndarray:
+    """Run the ranker on host KV (topologies b/c); runners accept a numpy kv."""
+    return np.asarray(runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"],
+                                  batch["cand_bid"]))

@@ -20,6 +20,12 @@ GENERATOR_MODEL = "generator"
 RANKER_MODEL = "ranker"
 PREPROCESS_MODEL = "preprocess"
 FUSED_MODEL = "recommender"  # topology (a): one Python model owns the engine runner
+BLS_MODEL = "orchestrator_bls"  # topology (b): calls generator and ranker through BLS
+SELECT_MODEL = "select"  # topology (c): beam search step between generator and ranker
+TOPK_MODEL = "topk"  # topology (c): final top-k step
+# Public ensembles with the same contract as PUBLIC, one per topology; PUBLIC_MODEL is the
+# measured default (see README "Serving topologies").
+TOPOLOGY_MODELS = {"fused": "oneranker_fused", "bls": "oneranker_bls", "ensemble": "oneranker_ensemble"}
 
 TRITON_TO_NUMPY = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 TRITON_TO_WIRE = {"TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}
@@ -149,7 +155,48 @@ RANKER = ModelSpec(
     doc="Step 3 R-Decoder (ONNX / TensorRT graph) over the generator's KV buffers.",
 )
 
-MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, GENERATOR, RANKER)}
+_CANDIDATES = (
+    TensorSpec("cand_sids", "TYPE_INT64", (-1, "D"), "candidate semantic-ID paths"),
+    TensorSpec("cand_attrs", "TYPE_INT64", (-1, 2), "candidate advertiser, category"),
+    TensorSpec("cand_bid", "TYPE_FP32", (-1,), "candidate bid"),
+)
+
+SELECT = ModelSpec(
+    SELECT_MODEL,
+    inputs=(
+        GENERATOR.output("level_logits"),
+        PREPROCESS.output("options"),
+        PREPROCESS.output("exclude_idx"),
+    ),
+    outputs=_CANDIDATES + (
+        TensorSpec("cand_item_ids", "TYPE_INT64", (-1,), "candidate ad ids"),
+        TensorSpec("cand_logp", "TYPE_FP32", (-1,), "generation log-probability"),
+        TensorSpec("cand_head", "TYPE_INT32", (-1,), "generating stream"),
+    ),
+    doc="Topology (c): constrained beam search per head, merge, dedupe -> candidates.",
+)
+
+TOPK = ModelSpec(
+    TOPK_MODEL,
+    inputs=(
+        RANKER.output("scores"),
+        SELECT.output("cand_item_ids"),
+        SELECT.output("cand_logp"),
+        SELECT.output("cand_head"),
+        PREPROCESS.output("options"),
+    ),
+    outputs=PUBLIC.outputs,
+    doc="Topology (c): top-k of the ranked candidates.",
+)
+
+BLS = ModelSpec(
+    BLS_MODEL,
+    inputs=PREPROCESS.outputs,
+    outputs=PUBLIC.outputs,
+    doc="Topology (b): BLS calls to `generator` and `ranker`, selection in between.",
+)
+
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK)}
 
 
 def markdown_tables(dims: ContractDims | None = None) -> str:

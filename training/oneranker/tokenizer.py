@@ -6,9 +6,10 @@ Item embeddings ([#1], GPR's joint O/I item space): rows are ads (0..A-1) then c
 engagements never shape the codes): co-occurrence counts of two items within a sliding window of
 `_WINDOW` = 8 consecutive events of one user's sequence (symmetric, self-pairs dropped; logs with
 more than 4M training events use a seeded random subset of whole users, which bounds memory at
-the paper preset's scale), then PPMI with context-distribution smoothing (0.75), then a truncated
-SVD (randomised range finder, numpy only, sparse products via bincount) to `embedding_dim`, rows
-scaled by sqrt(singular values) and L2-normalised. Why this embedding: it carries collaborative
+the paper preset's scale), then symmetric PPMI with smoothed marginals (count ** 0.75 on both
+sides, so the matrix stays symmetric), then a truncated SVD (randomised range finder with power
+iterations, numpy only, chunked sparse products) to `embedding_dim`, rows scaled by
+sqrt(singular values) and L2-normalised. Why this embedding: it carries collaborative
 signal (items consumed by the same users close together in time end up close: exactly the
 structure the generator has to decode), it needs no training loop or extra dependency, it is
 cheap (sparse, O(events x window)) and it is deterministic given the seed.
@@ -64,6 +65,8 @@ _MAX_COOC_EVENTS = 4_000_000  # co-occurrence budget (events); bounds memory on 
 _CDS_ALPHA = 0.75
 _SVD_OVERSAMPLE = 10
 _SVD_POWER_ITERS = 6
+_SPMM_CHUNK = 1 << 19
+_DENSE_MAX_ITEMS = 4096
 _ARRAYS_FILE = "semantic_ids.safetensors"
 _META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -92,21 +95,31 @@ def _cooccurrence(item: np.ndarray, user: np.ndarray, n_items: int, window: int)
 
 
 def _spmm(rows, cols, vals, x: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty((n, x.shape[1]))
-    for j in range(x.shape[1]):
-        out[:, j] = np.bincount(rows, weights=vals * x[cols, j], minlength=n)
+    """Sparse (rows sorted ascending) times dense: out[r] += v * x[c], chunked segment sums."""
+    out = np.zeros((n, x.shape[1]))
+    for lo in range(0, rows.size, _SPMM_CHUNK):
+        r = rows[lo : lo + _SPMM_CHUNK]
+        prod = vals[lo : lo + _SPMM_CHUNK, None] * x[cols[lo : lo + _SPMM_CHUNK]]
+        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+        out[r[starts]] += np.add.reduceat(prod, starts, axis=0)
     return out
 
 
 def _randomized_svd(rows, cols, vals, n: int, rank: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`rank` left singular vectors / values of the sparse n x n matrix M = (rows, cols, vals)
-    (randomised range finder with power iterations; M^T x is the same product with rows/cols swapped)."""
+    """Top-`rank` singular vectors / values of the SYMMETRIC sparse n x n matrix M = (rows, cols,
+    vals), rows sorted (randomised range finder with power iterations, Halko et al. 2011)."""
+    if n <= _DENSE_MAX_ITEMS:  # small catalogues: a dense matrix and BLAS products are faster
+        dense = np.zeros((n, n))
+        dense[rows, cols] = vals
+        matmul = dense.__matmul__
+    else:
+        def matmul(x):
+            return _spmm(rows, cols, vals, x, n)
     q = rng.normal(size=(n, min(n, rank + _SVD_OVERSAMPLE)))
-    q, _ = np.linalg.qr(_spmm(rows, cols, vals, q, n))
+    q, _ = np.linalg.qr(matmul(q))
     for _ in range(_SVD_POWER_ITERS):
-        q, _ = np.linalg.qr(_spmm(cols, rows, vals, q, n))  # M^T Q
-        q, _ = np.linalg.qr(_spmm(rows, cols, vals, q, n))  # M (M^T Q)
-    b = _spmm(cols, rows, vals, q, n).T  # Q^T M = (M^T Q)^T
+        q, _ = np.linalg.qr(matmul(q))  # M = M^T: one product per pass
+    b = matmul(q).T  # Q^T M = (M Q)^T for symmetric M
     ub, s, _ = np.linalg.svd(b, full_matrices=False)
     return (q @ ub)[:, :rank], s[:rank]
 
@@ -131,9 +144,10 @@ def item_embeddings(ds: Dataset, cfg: TokenizerConfig, rng=None) -> tuple[np.nda
     warm = np.zeros(n, dtype=bool)
     if cnt.size:
         row_sum = np.bincount(r, weights=cnt, minlength=n)
+        # symmetric smoothed PMI: log P(i,j) / (P_a(i) P_a(j)), P_a(i) ~ count_i ** 0.75
         ctx = row_sum ** _CDS_ALPHA
         total, ctx_total = cnt.sum(), ctx.sum()
-        pmi = np.log(cnt * ctx_total / (row_sum[r] * ctx[c])) if total > 0 else np.zeros_like(cnt)
+        pmi = np.log(cnt * (ctx_total * ctx_total / total) / (ctx[r] * ctx[c]))
         pos = pmi > 0
         r, c, v = r[pos], c[pos], pmi[pos]
         warm[np.unique(r)] = True

@@ -1,0 +1,27 @@
+"""Triton glue for `generator` (Python backend, topologies b/c): a dynamic batch of token
+tensors -> one engine call -> level_logits and kv per request."""
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from oneranker_build import service
+from oneranker_client import contract
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        self.rec = service.load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
+                                            expected_checkpoint=params["checkpoint_sha256"], bind_kv=False)
+        self.num_prefix = self.rec.num_user_features
+
+    def execute(self, requests):
+        items = [{t.name: pb_utils.get_input_tensor_by_name(r, t.name).as_numpy() for t in contract.GENERATOR.inputs}
+                 for r in requests]
+        batch, own = service.stack_generator_inputs(items)
+        level_logits, kv = service.generate_numpy(self.rec.runner, batch)
+        outs = service.split_generator_outputs(items, level_logits, kv, own, self.num_prefix)
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in o.items()]) for o in outs]
