@@ -26,7 +26,8 @@ if [ -f "$repo/.ngc_tag" ]; then
 fi
 if [ -f "$repo/.tensorrt_version" ]; then
   built="$(cat "$repo/.tensorrt_version")"
-  here="$(python3 -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || echo none)"
+  # this image's TensorRT (libnvinfer), recorded by deploy/triton.Dockerfile
+  here="$(cat "${ONERANKER_TRT_VERSION_FILE:-/opt/oneranker/tensorrt_version}" 2>/dev/null || echo none)"
   # same major.minor.patch: the plan serialization version
   [ "$(echo "$built" | cut -d. -f1-3)" = "$(echo "$here" | cut -d. -f1-3)" ] \
     || fail "TensorRT $built" "TensorRT $here"

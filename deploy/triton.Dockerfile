@@ -19,18 +19,15 @@ ENV ONERANKER_NGC_TAG=${NGC_TAG} \
 COPY deploy/requirements-triton.txt /tmp/requirements-triton.txt
 RUN python3 -m pip install -r /tmp/requirements-triton.txt
 
-# TensorRT Python bindings at exactly the version of this image's TensorRT (libnvinfer of the
-# NGC release), i.e. the TensorRT of the builder image of the same NGC_TAG that compiled the plans.
+# The TensorRT version of this image (its libnvinfer, used by Triton's TensorRT backend), for
+# triton-start.sh to compare with the version that built the plans (<repository>/.tensorrt_version).
 RUN set -eu; \
     so="$( { ldconfig -p | awk '/libnvinfer\.so\.[0-9]+ / {print $NF}'; \
            find /usr /opt -name 'libnvinfer.so.[0-9]*' 2>/dev/null; } | head -n 1)"; \
     [ -n "$so" ] || { echo "no libnvinfer in the tritonserver image" >&2; exit 1; }; \
-    trt="$(basename "$(readlink -f "$so")" | sed -n 's/^libnvinfer\.so\.//p')"; \
-    cuda="${CUDA_VERSION%%.*}"; \
-    echo "TensorRT $trt, CUDA $cuda"; \
-    python3 -m pip install --extra-index-url https://pypi.nvidia.com "tensorrt-cu${cuda}==${trt}.*"; \
-    python3 -c "import sys, tensorrt; v = tensorrt.__version__; \
-sys.exit(0 if v.startswith('$trt') else 'tensorrt ' + v + ' != libnvinfer $trt')"
+    mkdir -p /opt/oneranker; \
+    basename "$(readlink -f "$so")" | sed -n 's/^libnvinfer\.so\.//p' >/opt/oneranker/tensorrt_version; \
+    echo "TensorRT $(cat /opt/oneranker/tensorrt_version)"
 
 # The project package, without its dependencies (the Python models import oneranker,
 # oneranker_build and oneranker_client; their training-only dependencies stay out).
@@ -43,7 +40,7 @@ RUN python3 -m pip install --no-deps /tmp/oneranker && rm -rf /tmp/oneranker
 
 # Fail the image build, not the first model load: every import the Python models make works,
 # and nothing pulled numpy up to 2.x.
-RUN python3 -c "import sys, numpy, safetensors.numpy, onnxruntime, torch, tensorrt; \
+RUN python3 -c "import sys, numpy, safetensors.numpy, onnxruntime; \
 import oneranker_build.service, oneranker_build.runners, oneranker_client.contract; \
 sys.exit(0 if numpy.__version__.startswith('1.') else 'numpy must be < 2, got ' + numpy.__version__)"
 

@@ -524,6 +524,10 @@ TRITON_SKIP_IMPORTS = {
     "tritonclient": "oneranker_client.client's network functions: the models only use its arrays and contract",
     "tqdm": "optional progress bars of oneranker_client.client, guarded by ImportError",
     "onnx": "oneranker_build.export's export functions run in the builder, not at model load",
+    "tensorrt": "TrtRunner: no Python model of the tensorrt repository runs engine tensorrt (generator and "
+                "ranker are native tensorrt_plan models; test_tensorrt_repository_runs_plans_natively)",
+    "torch": "oneranker_build.runners imports it only inside TrtRunner and make_runner('torch'): this image "
+             "serves the onnxruntime and tensorrt repositories (the torch engine is for GPU hosts' own images)",
 }
 # The perf image.
 PERF_SKIP_MODULES = {"oneranker_perf.make_inputs": "runs in the builder (it loads a run with torch)"}
@@ -607,18 +611,35 @@ def test_triton_requirements_are_exactly_what_the_python_models_import():
         pytest.skip("model_repository/ holds no Python model yet")
     needed = third_party_imports(roots, TRITON_SKIP_MODULES, TRITON_SKIP_IMPORTS)
     reqs = _requirements(ROOT / "deploy" / "requirements-triton.txt")
-    dockerfile = (ROOT / "deploy" / "triton.Dockerfile").read_text()
     listed = set(reqs)
-    if "tensorrt-cu${cuda}==${trt}" in dockerfile:
-        listed.add("tensorrt")  # installed at the version of the image's own libnvinfer
     assert set(needed) == listed, (
-        f"requirements-triton.txt (+ tensorrt from the Dockerfile) lists {sorted(listed)}, the Python "
+        f"requirements-triton.txt lists {sorted(listed)}, the Python "
         f"models need {sorted(needed)}: missing {[needed[d] for d in sorted(set(needed) - listed)]}, "
         f"not needed {sorted(listed - set(needed))}")
     assert all(spec.startswith("==") for spec in reqs.values()), f"pin every package: {reqs}"
     assert reqs["numpy"].startswith("==1."), "numpy must stay < 2 in the Triton image (platform.md)"
-    assert "torch" in reqs and "cu13" in reqs["torch"] and "--extra-index-url https://download.pytorch.org/whl/cu130" in (
-        ROOT / "deploy" / "requirements-triton.txt").read_text(), "torch must be the CUDA 13 build"
+    if "torch" in reqs:  # imported, never computed with: the CPU wheel of constraints/cpu.txt
+        cpu_pin = _requirements(ROOT / "constraints" / "cpu.txt")["torch"]
+        assert reqs["torch"] == cpu_pin + "+cpu", (reqs["torch"], cpu_pin)
+        assert "--extra-index-url https://download.pytorch.org/whl/cpu" in (
+            ROOT / "deploy" / "requirements-triton.txt").read_text()
+
+
+def test_tensorrt_repository_runs_plans_natively(tmp_path):
+    """What lets the Triton image go without TensorRT's Python API: the tensorrt repository runs
+    generator and ranker as tensorrt_plan models, and no Python model there uses engine tensorrt."""
+    try:
+        repo = deploy.render_default("tensorrt", tmp_path)
+    except Exception as e:  # noqa: BLE001 - the renderer may not render tensorrt (yet)
+        pytest.fail(f"cannot render the tensorrt repository: {e!r}")
+    for model in sorted(p for p in repo.iterdir() if (p / "config.pbtxt").is_file()):
+        text = (model / "config.pbtxt").read_text()
+        engine = re.search(r'key:\s*"engine"\s*value:\s*\{\s*string_value:\s*"(\w+)"', text)
+        assert not (engine and engine.group(1) == "tensorrt"), (
+            f"{model.name} runs the TensorRT Python API inside the Python backend: the Triton image "
+            "then needs tensorrt (and torch with CUDA) in deploy/requirements-triton.txt")
+        if model.name in (contract.GENERATOR_MODEL, contract.RANKER_MODEL):
+            assert re.search(r'platform\s*:\s*"tensorrt_plan"', text), model.name
 
 
 def test_perf_requirements_cover_the_perf_suite_locust_and_client():
@@ -1248,12 +1269,13 @@ def test_builder_script_builds_once_promotes_releases_and_renders(tmp_path):
 
 def test_triton_start_refuses_plans_of_another_release(tmp_path):
     fake_triton = '#!/usr/bin/env bash\necho "TRITONSERVER $*"\n'
-    fake_py3 = '#!/usr/bin/env bash\necho "$FAKE_TRT"\n'
-    bindir = _fake_bin(tmp_path, tritonserver=fake_triton, python3=fake_py3)
+    bindir = _fake_bin(tmp_path, tritonserver=fake_triton)
     repo = tmp_path / "models"
     repo.mkdir()
+    trt = tmp_path / "tensorrt_version"  # what deploy/triton.Dockerfile records from libnvinfer
+    trt.write_text("10.13.3\n")
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "ONERANKER_NGC_TAG": "25.10",
-           "FAKE_TRT": "10.13.3.9"}
+           "ONERANKER_TRT_VERSION_FILE": str(trt)}
     script = str(ROOT / "deploy" / "triton-start.sh")
     argv = ["bash", script, f"--model-repository={repo}", "--http-port=8000"]
 
@@ -1267,8 +1289,11 @@ def test_triton_start_refuses_plans_of_another_release(tmp_path):
     assert run().returncode == 0
     r = run(ONERANKER_NGC_TAG="26.02")
     assert r.returncode == 1 and "NGC release 25.10" in r.stderr and "TRITONSERVER" not in r.stdout
-    r = run(FAKE_TRT="10.14.1.2")
-    assert r.returncode == 1 and "TensorRT 10.13.3.9" in r.stderr
+    trt.write_text("10.14.1\n")
+    r = run()
+    assert r.returncode == 1 and "TensorRT 10.13.3.9" in r.stderr and "TensorRT 10.14.1" in r.stderr
+    r = run(ONERANKER_TRT_VERSION_FILE=str(tmp_path / "absent"))
+    assert r.returncode == 1 and "TensorRT none" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1299,9 +1324,21 @@ def test_promote_and_retire_versions(tmp_path):
     (bad / "preprocess" / "7").mkdir()
     with pytest.raises(ValueError, match="exactly one version"):
         deploy.promote(bad, live)
+    plans = _staging(tmp_path / "s4", "v4")
+    (plans / "generator" / "1").mkdir(parents=True)
+    (plans / "generator" / "config.pbtxt").write_text('name: "generator"\nplatform: "tensorrt_plan"\n')
+    with pytest.raises(ValueError, match="plans were not built"):
+        deploy.promote(plans, live)
+    (plans / "generator" / "1" / "model.plan").write_bytes(b"plan")
+    assert deploy.promote(plans, live) == 3
+    deploy.retire(live, 3)
     moved = deploy.retire(live, 2)
     assert len(moved) == 3 and deploy.latest_version(live) == 1
     assert all(p.name.startswith(".retired-2") for p in moved)
+    # generator existed only in version 3: it left the repository (Triton cannot load a model
+    # without versions) for <repository>.retired/
+    assert not (live / "generator").exists()
+    assert [p.name.split("-")[0] for p in (tmp_path / "live.retired").iterdir()] == ["generator"]
     with pytest.raises(FileNotFoundError):
         deploy.retire(live, 9)
     assert deploy.load_order(live) == ["preprocess", "recommender", "oneranker"]
@@ -1323,7 +1360,9 @@ def test_load_posts_every_model_ensembles_last(tmp_path):
             calls.append(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
-            body = json.dumps([{"name": "recommender", "version": "1", "state": "READY"}]).encode()
+            body = json.dumps([{"name": "recommender", "version": "1", "state": "READY"},
+                               {"name": "retired_model", "version": "3", "state": "READY"},
+                               {"name": "old_unavailable", "version": "1", "state": "UNAVAILABLE"}]).encode()
             self._reply(200, body if self.path.endswith("/index") else b"")
 
         def do_GET(self):  # noqa: N802
@@ -1334,7 +1373,7 @@ def test_load_posts_every_model_ensembles_last(tmp_path):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         deploy.load_models(f"127.0.0.1:{server.server_port}", deploy.load_order(live), timeout=10)
@@ -1342,4 +1381,6 @@ def test_load_posts_every_model_ensembles_last(tmp_path):
         server.shutdown()
         server.server_close()
     assert calls == ["/v2/repository/models/preprocess/load", "/v2/repository/models/recommender/load",
-                     "/v2/repository/models/oneranker/load", defaults.HEALTH_READY_PATH, "/v2/repository/index"]
+                     "/v2/repository/models/oneranker/load", "/v2/repository/index",
+                     "/v2/repository/models/retired_model/unload", defaults.HEALTH_READY_PATH,
+                     "/v2/repository/index"]

@@ -188,3 +188,99 @@ def test_stage_metrics_rise_per_request(served_repository):
     for stage in ("generate", "select", "rank"):
         label = f'stage="{stage}"'
         assert _metric(after, "oneranker_stage_seconds_total", label) > _metric(before, "oneranker_stage_seconds_total", label)
+
+
+@pytest.mark.parametrize("model", sorted(contract.TOPOLOGY_MODELS.values()))
+def test_every_topology_equals_in_process_pipeline(served_repository, in_process, model):
+    for req in served_repository.requests[:8]:
+        client = grpcclient.InferenceServerClient(served_repository.grpc_url)
+        result = client.infer(model, make_inputs(fields_of(req, top_k=6)), client_timeout=60)
+        local = in_process.recommend([as_request(req, top_k=6)])[0]
+        np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
+        np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-5)
+
+
+def _serve(repository, log):
+    from oneranker_build.tritonserver import TritonServer
+
+    server = TritonServer(repository, log_file=log)
+    server.start()
+    server.wait_ready(120)
+    return server
+
+
+def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, in_process, tmp_path):
+    """The `tensorrt` repository's ensembles and tensor blocks, with Python placeholder models
+    (same contract, ONNX Runtime inside) in place of the plans, load and answer correctly."""
+    import json
+
+    from oneranker_build.render import render_repository
+
+    info = json.loads((tiny_export / "export" / "export_info.json").read_text())
+    repo = render_repository(tiny_export / "export", tmp_path / "trt", "tensorrt", contract.ContractDims(**info["dims"]),
+                             info["checkpoint_sha256"], default_topology="ensemble", placeholder_engine="onnxruntime")
+    native = (tiny_export / "tensorrt_native")
+    render_repository(tiny_export / "export", native, "tensorrt", contract.ContractDims(**info["dims"]),
+                      info["checkpoint_sha256"], default_topology="ensemble")
+    for name in (contract.GENERATOR_MODEL, contract.RANKER_MODEL):  # placeholders have the plans' tensor blocks
+        plan_cfg = (native / name / "config.pbtxt").read_text()
+        placeholder_cfg = (repo / name / "config.pbtxt").read_text()
+        assert 'platform: "tensorrt_plan"' in plan_cfg
+        assert plan_cfg[plan_cfg.index("input ["):plan_cfg.index("instance_group")] == \
+            placeholder_cfg[placeholder_cfg.index("input ["):placeholder_cfg.index("instance_group")]
+    server = _serve(repo, tmp_path / "trt.log")
+    try:
+        from oneranker.cli import example_request
+
+        from conftest import request_dict
+
+        for row in range(0, 40, 8):
+            req = request_dict(example_request(tiny_run.prep, row))
+            for model in (contract.PUBLIC_MODEL, contract.TOPOLOGY_MODELS["bls"]):
+                got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
+                want = in_process.recommend([as_request(req)])[0]
+                np.testing.assert_array_equal(got.as_numpy("rec_item_ids")[0], want.item_ids)
+    finally:
+        server.stop()
+
+
+def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tmp_path):
+    """Past saturation, bounded queues shed load with UNAVAILABLE instead of growing latency;
+    the server keeps serving afterwards."""
+    import json
+    import time
+
+    from oneranker.cli import example_request
+    from oneranker_build.render import RenderSettings, render_repository
+
+    from conftest import request_dict
+
+    info = json.loads((tiny_export / "export" / "export_info.json").read_text())
+    settings = RenderSettings(max_batch_size=1, max_queue_size=1, max_queue_delay_us=0)
+    repo = render_repository(tiny_export / "export", tmp_path / "tight", "onnxruntime",
+                             contract.ContractDims(**info["dims"]), info["checkpoint_sha256"], settings=settings)
+    server = _serve(repo, tmp_path / "tight.log")
+    try:
+        fields = fields_of(request_dict(example_request(tiny_run.prep, 0)), num_candidates=256, beam_width=64)
+
+        def one(_):
+            start = time.perf_counter()
+            try:
+                grpcclient.InferenceServerClient(server.grpc_url).infer(contract.PUBLIC_MODEL, make_inputs(fields),
+                                                                         client_timeout=30)
+                return "ok", time.perf_counter() - start
+            except InferenceServerException as err:
+                return err.status(), time.perf_counter() - start
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            outcomes = list(pool.map(one, range(96)))
+        statuses = [s for s, _ in outcomes]
+        assert "ok" in statuses
+        assert "StatusCode.UNAVAILABLE" in statuses, statuses
+        rejected = [t for s, t in outcomes if s == "StatusCode.UNAVAILABLE"]
+        served = [t for s, t in outcomes if s == "ok"]
+        assert np.median(rejected) < np.median(served) + 1.0  # shed at once, not after a long queue
+        assert set(statuses) <= {"ok", "StatusCode.UNAVAILABLE"}, set(statuses)
+        assert one(0)[0] == "ok" and server.is_live()
+    finally:
+        server.stop()

@@ -281,7 +281,7 @@ def test_cold_items_get_unit_random_vectors(ds, cfg):
 
 
 def test_sparse_and_dense_svd_paths_agree(monkeypatch):
-    """Large catalogues use chunked sparse products; they must match the dense path."""
+    """Large catalogues use sparse products; they must match the dense path."""
     import oneranker.tokenizer as tok
 
     rng = np.random.default_rng(0)
@@ -291,11 +291,10 @@ def test_sparse_and_dense_svd_paths_agree(monkeypatch):
     m = basis @ np.diag(np.arange(8, 0, -1) * 10.0) @ basis.T + noise + noise.T
     m[rng.random((n, n)) < 0.3] = 0.0  # holes: a genuinely sparse (rows, cols) list
     m = np.triu(m) + np.triu(m, 1).T
-    rows, cols = np.nonzero(m)  # row-major order: rows sorted
+    rows, cols = np.nonzero(m)
     vals = m[rows, cols]
     u_dense, s_dense = tok._randomized_svd(rows, cols, vals, n, 8, np.random.default_rng(1))
     monkeypatch.setattr(tok, "_DENSE_MAX_ITEMS", 0)
-    monkeypatch.setattr(tok, "_SPMM_CHUNK", 97)  # many chunks, rows split across chunks
     u_sparse, s_sparse = tok._randomized_svd(rows, cols, vals, n, 8, np.random.default_rng(1))
     np.testing.assert_allclose(s_sparse, s_dense, rtol=1e-8)
     np.testing.assert_allclose(np.abs(u_sparse.T @ u_dense), np.eye(8), atol=1e-6)

@@ -36,7 +36,8 @@ early python_backend releases) and the backend's control structures, whatever th
 
 Instance counts: one per contract model, as ``oneranker build`` renders them
 (`rendered_instance_counts` renders the templates and reads their instance groups back: 1 for an
-ensemble, 0 for a contract model the repository does not hold). A deployment that raises counts
+ensemble, 0 for a contract model the repository does not hold, e.g. the fused recommender in the
+tensorrt repository). A deployment that raises counts
 declares its own (``--instances``, or the ``oneranker.instances`` label of the compose service).
 
 Rollout (``promote`` / ``retire`` / ``load``)
@@ -47,8 +48,8 @@ same number everywhere: one release = one version), each version folder written 
 name and renamed into place, ``config.pbtxt`` replaced last (Triton ignores non-numeric folders,
 so it never sees half a version). Triton runs with ``--model-control-mode=explicit``: nothing
 changes until ``load`` asks it to (``POST /v2/repository/models/NAME/load``, non-ensembles first,
-ensembles last); the old version serves until the new one is loaded. ``retire`` hides version V
-again (rollback: retire, then load).
+ensembles last; models the repository no longer holds are unloaded); the old version serves until
+the new one is loaded. ``retire`` hides version V again (rollback: retire, then load).
 
 CLI::
 
@@ -73,16 +74,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-from oneranker.config import ExperimentConfig, preset as config_preset
-from oneranker_client.contract import MODELS, ContractDims, ModelSpec, TensorSpec
+if TYPE_CHECKING:  # imported lazily: `latest`/`promote`/`retire`/`load` start in ~0.1 s
+    from oneranker.config import ExperimentConfig
+    from oneranker_client.contract import ContractDims, ModelSpec, TensorSpec
 
 __all__ = [
     "MIB",
     "SHM_FLOOR_BYTES",
     "VARIABLE_DIMS",
     "rendered_instance_counts",
+    "render_default",
     "repository_instance_counts",
     "config_instance_count",
     "contract_dims",
@@ -102,6 +105,18 @@ __all__ = [
     "load_models",
     "main",
 ]
+
+def _models() -> dict:
+    from oneranker_client.contract import MODELS
+
+    return MODELS
+
+
+def config_preset(name: str) -> "ExperimentConfig":
+    from oneranker.config import preset
+
+    return preset(name)
+
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -151,27 +166,40 @@ def config_instance_count(config_text: str) -> int:
 def repository_instance_counts(repository: str | os.PathLike) -> dict[str, int]:
     """Instance count of every contract model in a rendered repository (0 = not in it)."""
     root = Path(repository)
-    counts = {name: 0 for name in MODELS}
+    counts = {name: 0 for name in _models()}
     for m in _model_dirs(root):
         if m.name in counts:
             counts[m.name] = config_instance_count((m / "config.pbtxt").read_text())
     return counts
 
 
-def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict[str, int]:
-    """Instance counts of the repository `oneranker build` renders for `engine` with its default
-    settings: the templates are rendered (with an empty export folder) into a temporary folder
-    and their instance groups read back. docker-compose.yml declares the same in its labels."""
-    import tempfile
+def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Path:
+    """Render the repository `oneranker build --engine ENGINE` would (same templates, default
+    settings and default topology) from an empty export folder: configs and Python code, no
+    artifacts. For inspecting what a deployment serves without a trained run."""
+    import inspect
 
     from . import render
 
+    kwargs = {"settings": settings}
+    if "default_topology" in inspect.signature(render.render_repository).parameters:
+        from .cli import default_topology  # the topology `oneranker build` picks per engine
+
+        kwargs["default_topology"] = default_topology(engine)
+    export = Path(out_dir) / ".empty-export"
+    export.mkdir(parents=True, exist_ok=True)
+    return render.render_repository(export, Path(out_dir) / engine, engine,
+                                    contract_dims(config_preset("tiny")), "0" * 64, **kwargs)
+
+
+def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict[str, int]:
+    """Instance counts of the repository `oneranker build` renders for `engine` (templates
+    rendered into a temporary folder, instance groups read back). docker-compose.yml declares
+    the same in its labels."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="oneranker-render-") as tmp:
-        export = Path(tmp) / "export"
-        export.mkdir()
-        out = render.render_repository(export, Path(tmp) / "repo", engine, contract_dims(config_preset("tiny")),
-                                       "0" * 64, settings=settings)
-        return repository_instance_counts(out)
+        return repository_instance_counts(render_default(engine, tmp, settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +207,8 @@ def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict
 # ---------------------------------------------------------------------------------------------
 def contract_dims(cfg: ExperimentConfig) -> ContractDims:
     """The contract's symbolic dims for a config (``extra['step2_tokens']`` = H2 length)."""
+    from oneranker_client.contract import ContractDims
+
     return ContractDims(
         F=cfg.data.num_profile_features + cfg.data.num_context_features,
         D=cfg.tokenizer.sid_depth,
@@ -254,18 +284,18 @@ def shm_size_bytes(dims: ContractDims, max_batch_size: int, instance_counts: Map
     ``instance_counts`` must name every model of ``contract.MODELS`` (0 = not in this
     repository) and nothing else: a model added to the contract must be sized on purpose.
     """
-    unknown = sorted(set(instance_counts) - set(MODELS))
-    missing = sorted(set(MODELS) - set(instance_counts))
+    unknown = sorted(set(instance_counts) - set(_models()))
+    missing = sorted(set(_models()) - set(instance_counts))
     if unknown or missing:
         raise ValueError(f"instance_counts must name exactly the contract's models "
-                         f"{sorted(MODELS)}; unknown {unknown}, missing {missing}")
+                         f"{sorted(_models())}; unknown {unknown}, missing {missing}")
     if max_batch_size < 1 or max_history < 1 or max_candidates < 1:
         raise ValueError("max_batch_size, max_history and max_candidates must be >= 1")
     if safety < 1.0:
         raise ValueError("safety must be >= 1")
     t2 = _step2_tokens(dims, step2_tokens)
     total = 0
-    for name, model in MODELS.items():
+    for name, model in _models().items():
         count = int(instance_counts[name])
         if count < 0:
             raise ValueError(f"instance count of {name!r} must be >= 0")
@@ -328,10 +358,10 @@ def compose_shm_inputs(compose: dict, service: str) -> tuple[str, dict[str, int]
         preset_name, declared = labels["oneranker.shm.preset"], parse_instance_counts(labels["oneranker.instances"])
     except KeyError as e:
         raise ValueError(f"service {service!r} lacks label {e.args[0]!r}") from None
-    unknown = sorted(set(declared) - set(MODELS))
+    unknown = sorted(set(declared) - set(_models()))
     if unknown:
         raise ValueError(f"service {service!r}: label oneranker.instances names unknown models {unknown}")
-    return preset_name, {name: declared.get(name, 0) for name in MODELS}
+    return preset_name, {name: declared.get(name, 0) for name in _models()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +402,13 @@ def promote(staging: str | os.PathLike, repository: str | os.PathLike,
         if len(vs) != 1:
             raise ValueError(f"{m} must hold exactly one version folder, found {vs}")
         sources[m.name] = m / str(vs[0])
+        config = (m / "config.pbtxt").read_text()
+        if re.search(r'platform\s*:\s*"tensorrt_plan"', config):
+            name = re.search(r'default_model_filename\s*:\s*"([^"]+)"', config)
+            plan = sources[m.name] / (name.group(1) if name else "model.plan")
+            if not plan.is_file():
+                raise ValueError(f"{plan} is missing: the TensorRT plans were not built (run the "
+                                 "build where TensorRT exists: the NGC builder image)")
     target = latest_version(repository) + 1 if version is None else int(version)
     if target < 1:
         raise ValueError("version must be >= 1")
@@ -398,22 +435,33 @@ def promote(staging: str | os.PathLike, repository: str | os.PathLike,
 
 
 def retire(repository: str | os.PathLike, version: int) -> list[Path]:
-    """Hide version `version` of every model (renamed to ``.retired-V``; Triton ignores it)."""
+    """Hide version `version` of every model (rollback). The version folder is renamed to
+    ``.retired-V-<time>`` (Triton ignores non-numeric folders); a model whose only version it is
+    (new in that release) moves out of the repository, to ``<repository>.retired/``, since
+    Triton cannot load a model without versions."""
+    root = Path(repository)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     moved = []
-    for m in _model_dirs(Path(repository)):
+    for m in _model_dirs(root):
         src = m / str(int(version))
-        if src.is_dir():
-            dest = m / f".retired-{int(version)}-{time.strftime('%Y%m%dT%H%M%S')}"
+        if not src.is_dir():
+            continue
+        if _versions(m) == [int(version)]:
+            dest = root.parent / f"{root.name}.retired" / f"{m.name}-v{int(version)}-{stamp}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(m), str(dest))
+        else:
+            dest = m / f".retired-{int(version)}-{stamp}"
             os.replace(src, dest)
-            moved.append(dest)
+        moved.append(dest)
     if not moved:
         raise FileNotFoundError(f"no model of {repository} has a version {version}")
     return moved
 
 
 def load_order(repository: str | os.PathLike) -> list[str]:
-    """Model names, ensembles last (their composing models must be loaded first)."""
-    models = _model_dirs(Path(repository))
+    """Models that have a version, ensembles last (their composing models load first)."""
+    models = [m for m in _model_dirs(Path(repository)) if _versions(m)]
     is_ens = {m.name: bool(re.search(r'platform\s*:\s*"ensemble"', (m / "config.pbtxt").read_text()))
               for m in models}
     return sorted(is_ens, key=lambda n: (is_ens[n], n))
@@ -432,13 +480,24 @@ def _http(method: str, url: str, timeout: float) -> tuple[int, str]:
 
 
 def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
-    """POST /v2/repository/models/NAME/load for each name in order, then check readiness."""
+    """POST /v2/repository/models/NAME/load for each name in order, unload the models the server
+    still serves that are not in `names` (retired ones), then check readiness."""
     base = url if url.startswith("http") else f"http://{url}"
     for name in names:
         status, body = _http("POST", f"{base}/v2/repository/models/{name}/load", timeout)
         if status != 200:
             raise RuntimeError(f"loading {name}: HTTP {status} {body.strip()}")
         print(f"loaded {name}", flush=True)
+    status, body = _http("POST", f"{base}/v2/repository/index", 10.0)
+    if status != 200:
+        raise RuntimeError(f"repository index: HTTP {status} {body.strip()}")
+    stale = sorted({e["name"] for e in json.loads(body or "[]")
+                    if e.get("state") == "READY" and e.get("name") not in set(names)})
+    for name in stale:
+        status, body = _http("POST", f"{base}/v2/repository/models/{name}/unload", timeout)
+        if status != 200:
+            raise RuntimeError(f"unloading {name}: HTTP {status} {body.strip()}")
+        print(f"unloaded {name} (no longer in the repository)", flush=True)
     status, body = _http("GET", f"{base}/v2/health/ready", 10.0)
     if status != 200:
         raise RuntimeError(f"server not ready after the load: HTTP {status} {body.strip()}")
@@ -491,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preset, counts = args.preset, None
             if args.instances:
                 declared = parse_instance_counts(args.instances)
-                counts = {name: declared.pop(name, 0) for name in MODELS}
+                counts = {name: declared.pop(name, 0) for name in _models()}
                 if declared:
                     raise ValueError(f"unknown models in --instances: {sorted(declared)}")
             if args.compose is not None:

@@ -141,20 +141,6 @@ def write_generation_tables(model, sids, tables, out_dir: Path) -> None:
     save_file(arrays, str(Path(out_dir) / "generation_tables.safetensors"))
 
 
-def load_generation_tables(path: Path, num_interest: int, num_value: int):
-    """-> (GenerationTables, ItemTables) from `generation_tables.safetensors`."""
-    from safetensors.numpy import load_file
-
-    from oneranker.features import ItemTables
-    from oneranker.selection import GenerationTables
-
-    arrays = load_file(str(path))
-    depth = sum(1 for k in arrays if k.startswith("trie_"))
-    gen = GenerationTables(arrays["transitions"], [arrays[f"trie_{i}"] for i in range(depth)], num_interest, num_value)
-    items = ItemTables(**{k[5:]: v for k, v in arrays.items() if k.startswith("item_")})
-    return gen, items
-
-
 def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.ContractDims, cfg) -> dict:
     payload = {
         "checkpoint_sha256": manifest["checkpoint_sha256"],

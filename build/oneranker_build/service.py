@@ -18,7 +18,7 @@ from oneranker.features import RequestError, UserTokens
 from oneranker.serving import Parsed, Recommender, Request, Response
 from oneranker_client import contract
 
-from .export import load_generation_tables
+from .tables import load_generation_tables
 
 
 class ArtifactMismatch(RuntimeError):

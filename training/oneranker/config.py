@@ -271,7 +271,7 @@ def preset(name: str) -> ExperimentConfig:
         cfg.data.max_history = cfg.model.max_history = 64
         cfg.serve.length_buckets = (16, 32, 64)
         cfg.model.d_model = cfg.model.d_task = 32
-        cfg.train.steps, cfg.train.batch_size = 120, 32
+        cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 240, 32, 5e-3
         cfg.tokenizer.codebook_size = 8
         return cfg.validate()
     if name == "paper":

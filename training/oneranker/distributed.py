@@ -117,9 +117,12 @@ def init() -> DistContext:
     return ctx
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, failed: bool = False) -> None:
+    """Leave the process group init() created (after a barrier, unless this rank failed: a barrier
+    would then wait for ranks that may never arrive)."""
     if ctx.owns_group and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
         ctx.owns_group = False
 

@@ -8,7 +8,7 @@ engagements never shape the codes): co-occurrence counts of two items within a s
 more than 4M training events use a seeded random subset of whole users, which bounds memory at
 the paper preset's scale), then symmetric PPMI with smoothed marginals (count ** 0.75 on both
 sides, so the matrix stays symmetric), then a truncated SVD (randomised range finder with power
-iterations, numpy only, chunked sparse products) to `embedding_dim`, rows scaled by
+iterations, numpy only, bincount sparse products) to `embedding_dim`, rows scaled by
 sqrt(singular values) and L2-normalised. Why this embedding: it carries collaborative
 signal (items consumed by the same users close together in time end up close: exactly the
 structure the generator has to decode), it needs no training loop or extra dependency, it is
@@ -65,7 +65,6 @@ _MAX_COOC_EVENTS = 4_000_000  # co-occurrence budget (events); bounds memory on 
 _CDS_ALPHA = 0.75
 _SVD_OVERSAMPLE = 10
 _SVD_POWER_ITERS = 6
-_SPMM_CHUNK = 1 << 19
 _DENSE_MAX_ITEMS = 4096
 _ARRAYS_FILE = "semantic_ids.safetensors"
 _META_FILE = "meta.json"
@@ -95,19 +94,18 @@ def _cooccurrence(item: np.ndarray, user: np.ndarray, n_items: int, window: int)
 
 
 def _spmm(rows, cols, vals, x: np.ndarray, n: int) -> np.ndarray:
-    """Sparse (rows sorted ascending) times dense: out[r] += v * x[c], chunked segment sums."""
-    out = np.zeros((n, x.shape[1]))
-    for lo in range(0, rows.size, _SPMM_CHUNK):
-        r = rows[lo : lo + _SPMM_CHUNK]
-        prod = vals[lo : lo + _SPMM_CHUNK, None] * x[cols[lo : lo + _SPMM_CHUNK]]
-        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
-        out[r[starts]] += np.add.reduceat(prod, starts, axis=0)
+    """Sparse times dense, out[r] += v * x[c]: one bincount per column of x (the fastest numpy-only
+    form measured: ~6 s per 20M non-zeros x 34 columns on one core)."""
+    xt = np.ascontiguousarray(x.T)
+    out = np.empty((n, x.shape[1]))
+    for j in range(x.shape[1]):
+        out[:, j] = np.bincount(rows, weights=vals * xt[j][cols], minlength=n)
     return out
 
 
 def _randomized_svd(rows, cols, vals, n: int, rank: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Top-`rank` singular vectors / values of the SYMMETRIC sparse n x n matrix M = (rows, cols,
-    vals), rows sorted (randomised range finder with power iterations, Halko et al. 2011)."""
+    vals) (randomised range finder with power iterations, Halko et al. 2011)."""
     if n <= _DENSE_MAX_ITEMS:  # small catalogues: a dense matrix and BLAS products are faster
         dense = np.zeros((n, n))
         dense[rows, cols] = vals

@@ -74,9 +74,12 @@ def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, re
     cfg.validate()
     ctx = dist_.init()
     try:
-        return _train(cfg, Path(run_dir), prep, resume, progress, ctx)
-    finally:
-        dist_.shutdown(ctx)
+        result = _train(cfg, Path(run_dir), prep, resume, progress, ctx)
+    except BaseException:
+        dist_.shutdown(ctx, failed=True)
+        raise
+    dist_.shutdown(ctx)
+    return result
 
 
 def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: bool, progress: bool, ctx) -> dict:

@@ -126,8 +126,9 @@ _MIN_BID = 1e-3  # bids must be > 0
 # ---------------------------------------------------------------------------------------------
 
 
-class DataFormatError(ValueError):
-    """A malformed interaction file. `row` is 1-based: the line number for CSV/TSV (the header is
+class DataFormatError(ConfigError):
+    """A malformed interaction file (a ConfigError, hence a ValueError: the CLI prints it as an
+    error message, the file being what data.csv_path names). `row` is 1-based: the line number for CSV/TSV (the header is
     line 1; exact unless a quoted field spans lines), the record number for Parquet; None when the
     problem is not one row (e.g. a column missing from the header/schema)."""
 
@@ -291,10 +292,10 @@ def _time_context(ts: np.ndarray, cfg: DataConfig, dates_only: bool) -> np.ndarr
     day = ts // 86400
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     if dates_only:
-        month = np.array([_dt.date(1970, 1, 1) + _dt.timedelta(days=int(d)) for d in np.unique(day)],
-                         dtype=object)
-        months = dict(zip(np.unique(day).tolist(), [m.month - 1 for m in month]))
-        month_idx = np.array([months[d] for d in day.tolist()], dtype=np.int64) if day.size else day
+        days, inv = np.unique(day, return_inverse=True)
+        months = np.array([(_dt.date(1970, 1, 1) + _dt.timedelta(days=int(d))).month - 1 for d in days],
+                          dtype=np.int64)
+        month_idx = months[inv.reshape(-1)] if day.size else day
         feats = [_compress(weekday, 7, card, False), _compress(month_idx, 12, card, False)]
     else:
         hour = (ts // 3600) % 24
@@ -776,7 +777,13 @@ def _times(values: np.ndarray, file: str, lines: np.ndarray, column: str, unit: 
     if v.size == 0:
         return np.zeros(0, dtype=np.int64)
     if _is_float(v[0]):
-        return np.floor(_to_float(v, file, lines, column) / scale).astype(np.int64)
+        try:
+            return np.floor(_to_float(v, file, lines, column) / scale).astype(np.int64)
+        except DataFormatError as err:
+            raise DataFormatError(file, err.row, column,
+                                  err.message.replace("unparsable number", "unparsable timestamp") +
+                                  f" (the column starts with numbers: expected numbers of {unit!r}; "
+                                  f"ISO-8601 dates must be used for the whole column)") from None
     try:
         return np.asarray(v, dtype="datetime64[s]").astype(np.int64)
     except ValueError:
