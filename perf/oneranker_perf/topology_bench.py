@@ -1,0 +1,216 @@
+"""Serving topologies, served vs in-process, measured side by side in one run.
+
+    python -m oneranker_perf.topology_bench --run-dir artifacts/runs/small \
+        --repository artifacts/model_repository/onnxruntime --out perf/results/topology
+
+For each topology ensemble (fused / bls / ensemble) on one tritonserver: latency of single
+requests at concurrency 1 (p50/p99) and throughput at saturation (a timed gRPC loop with
+`--concurrency` threads), plus the in-process pipeline (same ONNX graphs, same orchestrator
+code) and the PyTorch reference at concurrency 1. The default topology is the one with the
+highest throughput whose saturated p99 stays <= 2x its own concurrency-1 p50. Writes
+results.md, results.json and results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+KV_CROSSINGS = {"fused": 0, "ensemble": 2, "bls": 4}  # stub<->server copies of the kv per request
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def percentiles(times_s: list[float]) -> dict:
+    ms = np.asarray(times_s) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "n": int(len(ms))}
+
+
+def latency_loop(call, requests: list, n: int) -> dict:
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        call(requests[i % len(requests)])
+        times.append(time.perf_counter() - start)
+    return percentiles(times)
+
+
+def saturation_loop(make_call, requests: list, concurrency: int, seconds: float) -> dict:
+    """`concurrency` threads, each with its own call (its own gRPC client), for `seconds`."""
+    deadline = time.perf_counter() + seconds
+    times: list[float] = []
+    errors = [0]
+
+    def worker(offset: int):
+        call = make_call()
+        i = offset
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                call(requests[i % len(requests)])
+                times.append(time.perf_counter() - start)
+            except Exception:  # counted, reported: overload answers UNAVAILABLE by design
+                errors[0] += 1
+            i += concurrency
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    elapsed = time.perf_counter() - began
+    out = percentiles(times)
+    out.update({"throughput_rps": len(times) / elapsed, "errors": errors[0], "concurrency": concurrency})
+    return out
+
+
+def kv_bytes(info: dict, length_bucket: int) -> int:
+    d = info["dims"]
+    return d["R2"] * (d["F"] + length_bucket + info["num_step2_tokens"]) * d["DM"] * 4
+
+
+def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
+        n_requests: int) -> dict:
+    from oneranker.checkpoint import load_run
+    from oneranker.cli import example_request
+    from oneranker.features import bucket_for
+    from oneranker.pipeline import prepare
+    from oneranker.reference import load_reference
+    from oneranker_build import service
+    from oneranker_build.tritonserver import TritonServer
+    from oneranker_client import contract
+    from oneranker_client.client import OneRankerClient, RecommendRequest
+
+    cfg, _, sids, _ = load_run(run_dir)
+    prep = prepare(cfg, sids=sids)
+    rows = np.linspace(0, len(prep.splits["test"]) - 1, n_requests).astype(int)
+    raw = [example_request(prep, int(r)) for r in rows]
+    reqs = [RecommendRequest(user_features=r.user_features.tolist(), item_ids=r.item_ids.tolist(),
+                             actions=r.actions.tolist(), timestamps=r.timestamps.tolist(),
+                             request_time=int(r.request_time)) for r in raw]
+    info = service.read_export_info(repository / contract.FUSED_MODEL / "1" / "artifacts")
+    buckets = info["serve"]["length_buckets"]
+    mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
+
+    results: dict = {"machine": machine(), "preset": cfg.name, "requests": n_requests,
+                     "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
+    print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
+    local = service.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
+    results["in_process_onnxruntime"] = latency_loop(lambda r: local.recommend([r]), raw, n_latency)
+    reference = load_reference(run_dir)
+    results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)
+
+    log = out / "tritonserver.log"
+    server = TritonServer(repository, log_file=log)
+    server.start()
+    try:
+        server.wait_ready(180)
+        for topology, model in contract.TOPOLOGY_MODELS.items():
+            client = OneRankerClient(server.grpc_url, model=model, retries=0)
+            call = client.recommend
+            latency_loop(call, reqs, 10)  # warm-up
+            print(f"[bench] {model}: concurrency 1 ...", flush=True)
+            c1 = latency_loop(call, reqs, n_latency)
+            print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
+            sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
+                                  reqs, concurrency, seconds)
+            results["topologies"][topology] = {
+                "model": model, "c1": c1, "saturation": sat,
+                "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv,
+            }
+            client.close()
+    finally:
+        server.stop()
+    results["default_topology"] = choose_default(results["topologies"])
+    write_report(results, out)
+    return results
+
+
+def choose_default(topologies: dict) -> str:
+    """Highest saturated throughput among topologies whose saturated p99 <= 2x their c1 p50."""
+    ok = {name: t for name, t in topologies.items() if t["saturation"]["p99_ms"] <= 2 * t["c1"]["p50_ms"]}
+    pool = ok or topologies
+    return max(pool, key=lambda name: pool[name]["saturation"]["throughput_rps"])
+
+
+def write_report(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        f"# Serving topologies ({results['preset']} model)",
+        "",
+        f"Machine: {results['machine']}. {results['requests']} test-split requests (mean history "
+        f"{results['mean_history']:.0f} events), defaults top_k/num_candidates/beam_width. Server and client share the "
+        "cores (client threads compete with the server: absolute numbers are a floor; compare ratios).",
+        "",
+        "| path | c1 p50 ms | c1 p99 ms | saturated req/s | saturated p50 ms | saturated p99 ms | p99 <= 2x c1 p50 | errors | KV bytes across processes / request |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in results["topologies"].items():
+        c1, sat = t["c1"], t["saturation"]
+        lines.append(f"| {t['model']} ({name}) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {sat['throughput_rps']:.1f} | "
+                     f"{sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | {'yes' if sat['p99_ms'] <= 2 * c1['p50_ms'] else 'no'} | "
+                     f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} |")
+    for key, label in (("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
+                       ("in_process_torch_reference", "in-process PyTorch reference")):
+        r = results[key]
+        lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 |")
+    fused = results["topologies"]["fused"]["c1"]["p50_ms"]
+    local = results["in_process_onnxruntime"]["p50_ms"]
+    lines += ["", f"Default topology (highest saturated throughput with p99 <= 2x its c1 p50): "
+                  f"**{results['default_topology']}**.",
+              f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
+              f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(results["topologies"])
+    axes[0].bar(names, [results["topologies"][n]["saturation"]["throughput_rps"] for n in names], color="#76b900")
+    axes[0].set_ylabel("requests / s at saturation")
+    axes[0].set_title("throughput")
+    x = np.arange(len(names))
+    axes[1].bar(x - 0.2, [results["topologies"][n]["c1"]["p50_ms"] for n in names], 0.4, label="c1 p50")
+    axes[1].bar(x + 0.2, [results["topologies"][n]["saturation"]["p99_ms"] for n in names], 0.4, label="saturated p99")
+    axes[1].set_xticks(x, names)
+    axes[1].set_ylabel("ms")
+    axes[1].set_title("latency")
+    axes[1].legend()
+    fig.suptitle(f"oneranker serving topologies ({results['preset']}, {results['machine'].split('(')[0].strip()})")
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=120)
+    print((out / "results.md").read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, required=True, help="rendered onnxruntime repository")
+    parser.add_argument("--out", type=Path, default=Path("perf/results/topology"))
+    parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--requests", type=int, default=64, help="distinct test-split requests cycled through")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    run(args.run_dir, args.repository, args.out, args.latency_requests, args.concurrency, args.seconds, args.requests)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
