@@ -22,7 +22,6 @@ def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
     import torch
 
     from oneranker.checkpoint import load_run
-    from oneranker.pipeline import item_tables  # noqa: F401  (documented dependency)
     from oneranker.reference import tables_from_run
 
     from .export import dims_for, export_onnx, write_export_info, write_generation_tables
@@ -68,7 +67,7 @@ def register(sub, common, make_config, run_dir_of) -> None:
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
-        engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]  # noqa: E501
+        engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
         build(run_dir_of(args, cfg), args.out, engines)
         return 0
 

@@ -13,8 +13,10 @@ Method
 ------
 * Every (preset, history, processes) configuration runs in fresh processes (torch.multiprocessing
   spawn, `oneranker.distributed` for the process group: the same DDP wrapper, per-rank bucket
-  sampler and thread split as `oneranker train` under torchrun). Each process uses
-  max(1, cores // processes) intra-op threads.
+  sampler and thread split as `oneranker train` under torchrun). A multi-process run uses
+  max(1, cores // processes) intra-op threads per process; the 1-process runs are measured with
+  1 thread and with all cores (`--single-threads`), since on a busy machine 2 OpenMP threads can
+  be slower than 1.
 * Inputs are synthetic batches of the right shapes and value ranges (random semantic IDs,
   actions, time gaps, candidates, head targets) for the preset's model with
   model.max_history = history; history lengths are log-uniform in [8, history] (a long-tailed
@@ -22,7 +24,8 @@ Method
   / 2, / 1. A batch is padded to its longest history (the CPU training path); "padding" is the
   padded fraction of the history slots fed, "padding w/o buckets" what padding every batch to the
   full history would waste.
-* Batch per process = min(preset batch, --token-budget // history) (memory); global batch =
+* Batch per process = min(preset batch, --token-budget // history, --pair-budget // history^2)
+  (memory: the HSTU attention keeps B x heads x L^2 tensors for backward); global batch =
   batch x processes. examples/s and tokens/s (real, non-padded history tokens) count all processes.
 * FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmul-class ops: mm, bmm, addmm, attention)
   over one forward+backward, fitted exactly as f(B, L) = B (a + b L + c L^2) + k from four counts
@@ -64,6 +67,8 @@ class Spec:
     device: str = "cpu"
     seed: int = 0
     pool: int = 512
+    threads: int = 0  # intra-op threads per process; 0 = max(1, cores // procs)
+    pair_budget: int = 1 << 23  # batch <= pair_budget // history^2 (attention memory is B x L^2)
 
 
 @dataclass
@@ -225,7 +230,7 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
     from oneranker.train import loss_terms, lr_at
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // world)
+    threads = spec.threads or max(1, cores // world)
     torch.set_num_threads(threads)
     ctx = D.init()
     try:
@@ -239,7 +244,8 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
         coef, fit_info = (fit_flops(step_module, cfg, rng) if ctx.device.type == "cpu" or rank == 0
                           else (np.zeros(4), {}))
         model.to(ctx.device)
-        batch_size = max(1, min(cfg.train.batch_size, spec.token_budget // spec.history))
+        batch_size = max(1, min(cfg.train.batch_size, spec.token_budget // spec.history,
+                                spec.pair_budget // spec.history**2))
         arrays = make_arrays(cfg, spec.pool, rng)
         sampler = D.make_sampler(arrays["hist_len"], cfg.serve.length_buckets, batch_size, spec.seed, ctx)
         pin = ctx.device.type == "cuda"
@@ -431,12 +437,14 @@ def write_table(results: list[Result], info: dict, command: str, out: Path) -> s
     speed = []
     for r2 in results:
         if r2.procs == 2 and r2.status == "ok":
-            r1 = next((r for r in results if r.procs == 1 and r.status == "ok" and r.preset == r2.preset
-                       and r.history == r2.history), None)
-            if r1:
-                speed.append(f"{r2.preset}@{r2.history}: {r2.tokens_per_s / r1.tokens_per_s:.2f}x")
+            ones = [r for r in results if r.procs == 1 and r.status == "ok" and r.preset == r2.preset
+                    and r.history == r2.history]
+            if ones:
+                r1 = max(ones, key=lambda r: r.tokens_per_s)
+                speed.append(f"{r2.preset}@{r2.history}: {r2.tokens_per_s / r1.tokens_per_s:.2f}x "
+                             f"(vs 1 process x {r1.threads_per_proc} threads)")
     if speed:
-        lines += ["", "2 processes vs 1 (tokens/s): " + ", ".join(speed)]
+        lines += ["", "2 processes vs the faster 1-process layout (tokens/s): " + ", ".join(speed)]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     return text
@@ -452,16 +460,18 @@ def plot(results: list[Result], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     labels = sorted({(r.preset, r.history) for r in ok}, key=lambda x: (PRESETS.index(x[0]) if x[0] in PRESETS else 9, x[1]))
-    procs = sorted({r.procs for r in ok})
+    procs = sorted({(r.procs, r.threads_per_proc) for r in ok})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(procs))
-    for i, p in enumerate(procs):
-        tok = [next((r.tokens_per_s for r in ok if (r.preset, r.history) == lab and r.procs == p), 0) for lab in labels]
-        frac = [next((100 * r.fraction_of_peak for r in ok if (r.preset, r.history) == lab and r.procs == p), 0)
-                for lab in labels]
-        axes[0].bar(x + i * width, tok, width, label=f"{p} process{'es' if p > 1 else ''}")
-        axes[1].bar(x + i * width, frac, width, label=f"{p} process{'es' if p > 1 else ''}")
+    for i, (p, t) in enumerate(procs):
+        sel = [next((r for r in ok if (r.preset, r.history) == lab and (r.procs, r.threads_per_proc) == (p, t)), None)
+               for lab in labels]
+        tok = [r.tokens_per_s if r else 0 for r in sel]
+        frac = [100 * r.fraction_of_peak if r else 0 for r in sel]
+        name = f"{p} process{'es' if p > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
+        axes[0].bar(x + i * width, tok, width, label=name)
+        axes[1].bar(x + i * width, frac, width, label=name)
     for ax, title in ((axes[0], "training tokens/s (real history tokens)"), (axes[1], "% of matmul peak (same run)")):
         ax.set_xticks(x + width * (len(procs) - 1) / 2)
         ax.set_xticklabels([f"{a}\nL={b}" for a, b in labels])
@@ -484,10 +494,15 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", default=None, help="comma list (default small,paper; quick: small)")
     parser.add_argument("--histories", default=None, help="comma list (default 128,512,2048; quick: 128,512)")
     parser.add_argument("--procs", default="1,2", help="process counts to compare (default 1,2)")
+    parser.add_argument("--single-threads", default="1,all",
+                        help="thread counts of the 1-process runs: 1 and/or all cores (default 1,all); "
+                             "multi-process runs use cores // processes threads each")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per config (default 4; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1)")
     parser.add_argument("--token-budget", type=int, default=8192,
                         help="batch per process = min(preset batch, budget // history) (default 8192)")
+    parser.add_argument("--pair-budget", type=int, default=1 << 23,
+                        help="also batch <= budget // history^2: attention memory (default 8388608: 2 at 2048)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                         help="cpu (default), cuda (NCCL; 2 processes need 2 GPUs) or auto")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
@@ -497,21 +512,32 @@ def main(argv=None) -> int:
     procs = [int(p) for p in args.procs.split(",")]
     steps = args.steps or (2 if args.quick else 4)
     warmup = args.warmup if args.warmup is not None else 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    layouts = []
+    for p in procs:
+        if p == 1:
+            for t in args.single_threads.split(","):
+                t = cores if t.strip() == "all" else int(t)
+                if (1, t) not in layouts:
+                    layouts.append((1, t))
+        else:
+            layouts.append((p, 0))
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     command = "python -m oneranker_perf.train_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results: list[Result] = []
     for preset_name in presets:
         for history in histories:
-            for p in procs:
-                spec = Spec(preset_name, history, p, steps, warmup, args.token_budget, device=args.device)
+            for p, threads in layouts:
+                spec = Spec(preset_name, history, p, steps, warmup, args.token_budget, device=args.device,
+                            threads=threads, pair_budget=args.pair_budget)
                 t0 = time.time()
                 res = run_config(spec, args.out / "scratch", args.timeout)
                 results.append(res)
                 status = res.status if res.status != "ok" else (
                     f"{res.examples_per_s:.1f} ex/s, {res.tokens_per_s:,.0f} tok/s, pad {res.padding_fraction:.1%}, "
                     f"{res.fraction_of_peak:.1%} of {res.peak_gflops:.0f} GFLOP/s peak")
-                print(f"[train_bench] {preset_name} L={history} x{p}: {status} ({time.time() - t0:.0f}s)"
+                print(f"[train_bench] {preset_name} L={history} x{p} ({res.threads_per_proc} thr): {status} ({time.time() - t0:.0f}s)"
                       + (f" {res.error}" if res.error else ""), flush=True)
                 (args.out / "results.json").write_text(json.dumps(
                     {"machine": info, "command": command, "results": [asdict(r) for r in results]}, indent=1))

@@ -135,7 +135,6 @@ def cmd_recommend(args) -> int:
     from .checkpoint import load_run
     from .pipeline import prepare
     from .reference import load_reference
-    from .serving import Request
 
     cfg0 = _config(args)
     run_dir = _run_dir(args, cfg0)
@@ -149,21 +148,23 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def example_request(prep, row: int = 0):
-    """A raw request for test sample `row`: ids, actions and timestamps as a client sends them."""
-    from .serving import Request
+def example_request(prep, row: int = 0, split: str = "test"):
+    """A raw request for sample `row` of a split: ids, actions and timestamps as a client sends them."""
     import numpy as np
 
-    s = prep.splits["test"]
+    from .config import ACTION_CONTENT_VIEW
+    from .serving import Request
+
+    s = prep.splits[split]
     log, cat = prep.dataset.log, prep.dataset.catalog
     rows = np.arange(s.hist_start[row], s.hist_end[row])
-    actions = log.action[rows]
-    from .config import ACTION_CONTENT_VIEW
-
-    ids = np.where(actions == ACTION_CONTENT_VIEW, cat.content_ids[np.minimum(log.item[rows], cat.num_contents - 1)],
-                   cat.ad_ids[np.minimum(log.item[rows], cat.num_ads - 1)])
+    actions, items = log.action[rows], log.item[rows]
+    content = actions == ACTION_CONTENT_VIEW
+    ids = np.empty(len(rows), dtype=np.int64)
+    ids[content] = cat.content_ids[items[content]]
+    ids[~content] = cat.ad_ids[items[~content]]
     feats = np.concatenate([log.profile[s.user[row]], s.context[row]])
-    return Request(user_features=feats.astype(np.int64), item_ids=ids.astype(np.int64), actions=actions.astype(np.int64),
+    return Request(user_features=feats.astype(np.int64), item_ids=ids, actions=actions.astype(np.int64),
                    timestamps=log.timestamp[rows].astype(np.int64), request_time=int(s.request_time[row]))
 
 
@@ -199,12 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=10)
     p.set_defaults(func=cmd_recommend)
 
-    try:
-        from oneranker_build import cli as build_cli
+    from oneranker_build import cli as build_cli  # build, serve, quickstart (same distribution)
 
-        build_cli.register(sub, _common, _config, _run_dir)
-    except ImportError:
-        pass
+    build_cli.register(sub, _common, _config, _run_dir)
 
     args = parser.parse_args(argv)
     from .config import ConfigError

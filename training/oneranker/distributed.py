@@ -49,6 +49,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,8 +175,10 @@ def wrap(step_module: TrainStep, ctx: DistContext, probe_batch: dict | None = No
         return step_module
     unused = unused_parameters(step_module, probe_batch, step) if probe_batch is not None else []
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        step_module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=bool(unused))
+    with warnings.catch_warnings():  # newer torch deprecates broadcast_buffers; False is still what we mean
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            step_module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=bool(unused))
 
 
 def all_reduce_mean(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:

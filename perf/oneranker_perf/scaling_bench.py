@@ -1,0 +1,201 @@
+"""How the cost of one request grows with history length and candidate count, per engine.
+
+    python -m oneranker_perf.scaling_bench --preset paper --out perf/results/scaling
+
+An untrained model of the preset (cost does not depend on the weights) is exported to ONNX;
+generate (Steps 1-2 + KV) and rank (Step 3) are timed in process with ONNX Runtime and PyTorch
+side by side, for history lengths 128..2048 and candidate counts 64..1024, next to the analytic
+FLOPs of each stage and the matmul rate torch reaches on this machine in the same run (the
+"fraction of machine peak"). Also: the unified ranker (KV pass-through) vs the cascade ranker that
+re-encodes the history (generate + rank) at the same shapes. Writes results.md/json/png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def matmul_gflops(threads: int, size: int = 512, repeats: int = 20) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flops(cfg, length: int, n: int) -> dict:
+    """Multiply-add FLOPs (2 per MAC) of one request, by stage (dominant terms)."""
+    m, d = cfg.model, cfg.model.d_model
+    f = cfg.data.num_profile_features + cfg.data.num_context_features
+    N = f + length
+    t2 = m.num_step2_tokens
+    S = N + t2
+    step1 = m.g_layers * (2 * N * d * 4 * d + 4 * N * N * d + 2 * N * d * d)
+    step2 = m.h_layers * (2 * t2 * d * d * 2 + 2 * N * d * 2 * d + 4 * t2 * N * d  # cross-attention
+                          + 2 * t2 * d * 4 * d + 4 * t2 * t2 * d  # self-attention
+                          + 4 * t2 * d * m.ffn_mult * d)  # FFN
+    kv = m.r_layers * 2 * S * d * 2 * d
+    step3 = m.r_layers * (4 * n * d * d + 4 * n * S * d + 2 * n * d * 3 * d + 4 * n * d * m.ffn_mult * d) + 2 * n * d * d
+    return {"generate": step1 + step2 + kv, "rank": step3, "reencode": step1 + kv}
+
+
+def time_call(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int) -> dict:
+    import torch
+
+    from oneranker.config import preset
+    from oneranker.reference import TorchRunner
+    from oneranker_build.export import export_onnx, example_candidates, example_generator_inputs
+    from oneranker_build.runners import OrtRunner
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = preset(preset_name)
+    cfg.model.max_history = max(max(lengths), cfg.model.max_history)
+    model = _untrained_model(cfg)
+    peak = matmul_gflops(threads)
+    export_dir = Path(tempfile.mkdtemp(prefix="oneranker_scaling_"))
+    print(f"[scaling] exporting {preset_name} graphs ...", flush=True)
+    export_onnx(model, export_dir, 64, 32, cfg.model.max_history)
+    (export_dir / "export_info.json").write_text(json.dumps({
+        "dims": {"F": model.num_prefix, "D": model.depth, "K": model.codes, "H": cfg.model.num_task_tokens,
+                 "R2": 2 * cfg.model.r_layers, "DM": cfg.model.d_model},
+        "num_step2_tokens": cfg.model.num_step2_tokens}))
+    engines = {"onnxruntime": OrtRunner(export_dir, threads=threads), "torch": TorchRunner(model)}
+    rows = []
+    for length in lengths:
+        inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 1, length).items()}
+        inputs["hist_len"][:] = length
+        for n in counts:
+            cands = {k: v.numpy() for k, v in example_candidates(model, 1, n, 64, 32).items()}
+            fl = flops(cfg, length, n)
+            row = {"history": length, "candidates": n, "gflop_generate": fl["generate"] / 1e9,
+                   "gflop_rank": fl["rank"] / 1e9}
+            for name, runner in engines.items():
+                _, kv = runner.generate(inputs)
+                row[f"{name}_generate_ms"] = 1e3 * time_call(lambda: _release(runner, runner.generate(inputs)[1]), repeats)
+                row[f"{name}_rank_ms"] = 1e3 * time_call(
+                    lambda: runner.rank(kv, inputs["hist_len"], cands["cand_sids"], cands["cand_attrs"],
+                                        cands["cand_bid"]), repeats)
+                _release(runner, kv)
+            ort_total = row["onnxruntime_generate_ms"] + row["onnxruntime_rank_ms"]
+            row["fraction_of_peak"] = (fl["generate"] + fl["rank"]) / 1e9 / (ort_total / 1e3) / peak
+            # cascade ranker: the ranker re-encodes the history before ranking the same candidates
+            row["cascade_rank_ms"] = row["onnxruntime_generate_ms"] + row["onnxruntime_rank_ms"]
+            row["unified_rank_ms"] = row["onnxruntime_rank_ms"]
+            rows.append(row)
+            print(f"[scaling] L={length:5d} n={n:5d}  ort gen {row['onnxruntime_generate_ms']:7.2f} ms "
+                  f"rank {row['onnxruntime_rank_ms']:7.2f} ms | torch gen {row['torch_generate_ms']:7.2f} "
+                  f"rank {row['torch_rank_ms']:7.2f} ms | {row['fraction_of_peak']:.1%} of peak", flush=True)
+    results = {"preset": preset_name, "threads": threads, "matmul_gflops": peak, "rows": rows}
+    write_report(results, out)
+    return results
+
+
+def _release(runner, kv):
+    release = getattr(runner, "release", None)
+    if release is not None:
+        release(kv)
+
+
+def _untrained_model(cfg):
+    import torch
+
+    from oneranker.model import OneRanker
+
+    t, m = cfg.tokenizer, cfg.model
+    sizes = [t.codebook_size] * t.num_levels + [t.max_collisions]
+    return OneRanker(m, t, cfg.data, fake_item_centroids=torch.randn(m.num_fake_items, t.embedding_dim),
+                     level_code_features=torch.rand(t.sid_depth, t.max_codes, m.num_fake_items),
+                     level_sizes=sizes, num_advertisers=64, num_categories=32).eval()
+
+
+def write_report(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from oneranker_perf.topology_bench import machine
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    rows = results["rows"]
+    lines = [f"# Cost of one request vs history length and candidates ({results['preset']} model, untrained)", "",
+             f"Machine: {machine()}; {results['threads']} intra-op threads; torch.matmul reaches "
+             f"{results['matmul_gflops']:.1f} GFLOP/s here (512x512 fp32, same run). Medians of in-process calls, "
+             "batch 1. Unified rank = Step 3 over the generator's KV; cascade rank = re-encode the history "
+             "(generate) + Step 3.", "",
+             "| history | candidates | GFLOP gen | GFLOP rank | ORT gen ms | ORT rank ms | torch gen ms | torch rank ms "
+             "| torch/ORT total | cascade/unified rank | fraction of peak (ORT) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ort = r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"]
+        tor = r["torch_generate_ms"] + r["torch_rank_ms"]
+        lines.append(f"| {r['history']} | {r['candidates']} | {r['gflop_generate']:.3f} | {r['gflop_rank']:.3f} | "
+                     f"{r['onnxruntime_generate_ms']:.2f} | {r['onnxruntime_rank_ms']:.2f} | {r['torch_generate_ms']:.2f} | "
+                     f"{r['torch_rank_ms']:.2f} | {tor / ort:.2f}x | {r['cascade_rank_ms'] / r['unified_rank_ms']:.1f}x | "
+                     f"{r['fraction_of_peak']:.1%} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    counts = sorted({r["candidates"] for r in rows})
+    lengths = sorted({r["history"] for r in rows})
+    for n in counts:
+        sel = [r for r in rows if r["candidates"] == n]
+        axes[0].plot([r["history"] for r in sel], [r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"] for r in sel],
+                     marker="o", label=f"n={n}")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("history length")
+    axes[0].set_ylabel("ms per request (ORT, generate + rank)")
+    axes[0].legend()
+    for length in lengths:
+        sel = [r for r in rows if r["history"] == length]
+        axes[1].plot([r["candidates"] for r in sel], [r["cascade_rank_ms"] / r["unified_rank_ms"] for r in sel],
+                     marker="o", label=f"L={length}")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("candidates")
+    axes[1].set_ylabel("cascade rank time / unified rank time")
+    axes[1].legend()
+    fig.suptitle(f"oneranker cost scaling ({results['preset']})")
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=120)
+    print((out / "results.md").read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--out", type=Path, default=Path("perf/results/scaling"))
+    parser.add_argument("--lengths", default="128,512,2048")
+    parser.add_argument("--candidates", default="64,256,1024")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    run(args.preset, args.out, [int(x) for x in args.lengths.split(",")], [int(x) for x in args.candidates.split(",")],
+        args.threads, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
