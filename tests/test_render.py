@@ -111,4 +111,4 @@ def test_repository_readme_shows_current_contract():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "model_repository" / "README.md").read_text()
-    assert contract.markdown_tables() in readme, "regenerate model_repository/README.md from the contract"
+    assert contract.markdown_tables() in readme, "run: python -m oneranker_client.contract model_repository/README.md"

@@ -212,3 +212,19 @@ def markdown_tables(dims: ContractDims | None = None) -> str:
                 parts.append(f"| `{t.name}` | {io} | {t.dtype[5:]} | {dims_s} | {t.meaning}{opt} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def update_readme(path) -> None:
+    """Rewrite the tables after the '## Tensor contract' intro of model_repository/README.md."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    marker = "batch dimension.\n\n"
+    head = text[: text.index(marker, text.index("## Tensor contract")) + len(marker)]
+    Path(path).write_text(head + markdown_tables())
+
+
+if __name__ == "__main__":  # python -m oneranker_client.contract model_repository/README.md
+    import sys
+
+    update_readme(sys.argv[1])

@@ -410,6 +410,15 @@ def write_table(results: list[Result], info: dict, command: str, out: Path) -> s
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
+    ]
+    load = info.get("load_average_at_start")
+    cores = info.get("usable_cores") or info.get("cpu_count") or 1
+    if load and load[0] > 0.5 * cores:
+        lines += [f"**Shared machine**: load average {load[0]} on {cores} cores when the run started; other jobs "
+                  "took CPU time during the measurement, so absolute numbers and 1-vs-2-process ratios vary "
+                  "from run to run (each row's peak was measured under the same conditions as its step times).",
+                  ""]
+    lines += [
         "One step = forward + backward + AdamW. Batch is per process; examples/s and tokens/s count "
         "all processes (tokens = real, non-padded history tokens). Padding = padded share of the history "
         "slots fed with length buckets (L/8, L/4, L/2, L; batches padded to their longest history); "
@@ -506,7 +515,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                         help="cpu (default), cuda (NCCL; 2 processes need 2 GPUs) or auto")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    parser.add_argument("--render-only", action="store_true", help="rewrite table.md and the PNG from OUT/results.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        results = [Result(**r) for r in saved["results"]]
+        print(write_table(results, saved["machine"], saved["command"], args.out))
+        plot(results, args.out)
+        return 0
     presets = (args.presets or ("small" if args.quick else "small,paper")).split(",")
     histories = [int(h) for h in (args.histories or ("128,512" if args.quick else "128,512,2048")).split(",")]
     procs = [int(p) for p in args.procs.split(",")]

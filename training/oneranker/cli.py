@@ -99,6 +99,8 @@ def cmd_train(args) -> int:
     run_dir = _run_dir(args, cfg)
     result = train(cfg, run_dir, resume=args.resume)
     s = result["summary"]
+    if s.get("rank", 0) != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"trained {cfg.name} in {s['train_seconds']:.1f}s -> {run_dir}")
     print("loss first:", {k: round(v, 4) for k, v in s["first_loss"].items()})
     print("loss last :", {k: round(v, 4) for k, v in s["last_loss"].items()})

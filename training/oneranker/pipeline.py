@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ExperimentConfig
+from .config import ACTION_IMPRESSION, ExperimentConfig
 from .data.schema import Dataset, Samples
 from .features import ItemTables
 from .model import OneRanker
@@ -90,8 +90,9 @@ def sample_arrays(prep: Prepared, samples: Samples) -> dict[str, np.ndarray]:
     valid = np.arange(width)[None, :] < lengths[:, None]
     rows = np.where(valid, rows, 0)
     actions = np.where(valid, log.action[rows], 0)
-    items = log.item[rows]
-    codes = tables.event_codes(items.reshape(-1), np.maximum(actions, 1).reshape(-1)).reshape(len(samples), width, -1)
+    items = np.where(valid, log.item[rows], 0)
+    lookup = np.where(valid, actions, ACTION_IMPRESSION)  # padded slots look up ad 0, zeroed below
+    codes = tables.event_codes(items.reshape(-1), lookup.reshape(-1)).reshape(len(samples), width, -1)
     codes = np.where(valid[..., None], codes, 0)
     dt = np.where(valid, samples.request_time[:, None] - log.timestamp[rows], 0).astype(np.float32)
     feats = np.concatenate([log.profile[samples.user], samples.context], axis=1).astype(np.int64)
