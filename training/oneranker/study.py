@@ -431,7 +431,6 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
                 log(f"{source}: SKIPPED ({res.skipped})")
                 return res
             raise
-        _pad_empty_content_codes(prep)
         test = prep.splits["test"]
         key = (test.user.tobytes(), test.candidates.tobytes())
         if test_key is None:
@@ -516,17 +515,6 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
     for row in res.dc:
         res.dc[row] = {k: np.stack(v) for k, v in res.dc[row].items()}
     return res
-
-
-def _pad_empty_content_codes(prep) -> None:
-    """Work-around for `pipeline.sample_arrays` on sources without organic content (MovieLens,
-    Ta-Feng): it looks the *padded* history slots up as content (action 0 -> max(0, 1) = content
-    view) in an empty content table and fails with an IndexError. Zero rows make the lookup valid;
-    the padded slots are masked to 0 right after, so no value changes. Remove once fixed upstream."""
-    t = prep.tables
-    need = int(prep.dataset.log.item.max()) + 1 if prep.dataset.log.item.size else 1
-    if t.content_codes.shape[0] == 0:
-        t.content_codes = np.zeros((need, t.ad_codes.shape[1]), dtype=t.ad_codes.dtype)
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -706,6 +694,7 @@ def plot_curves(res: SourceResult, path: Path) -> None:
     plt = _plt()
     terms = ("total", "mtp", "rank", "dc")
     fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.8), squeeze=False)
+    colors = {run: f"C{i}" for i, run in enumerate(RUNS)}  # one colour per run in every panel
     for run, hists in res.histories.items():
         hists = [h for h in hists if h]
         if not hists:
@@ -717,14 +706,15 @@ def plot_curves(res: SourceResult, path: Path) -> None:
             y = np.mean([[row[term] for row in h[:length]] for h in hists], axis=0)
             w = max(1, length // 20)
             smooth = np.convolve(y, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(len(smooth)) + w // 2, smooth, label=run, lw=1.2)
+            ax.plot(np.arange(len(smooth)) + w // 2, smooth, label=run, lw=1.2, color=colors.get(run))
     for ax, term in zip(axes[0], terms):
         ax.set_title(f"L_{term}" if term != "total" else "L_total")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
     fig.suptitle(f"{res.source}: training losses (mean over seeds, moving average)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -821,6 +811,17 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
     add(f"Preset **{args.preset}**, seeds **{seeds}**, training steps per run **{steps}**, "
         f"bootstrap resamples **{args.n_boot}**, total runtime **{runtime / 60:.1f} min** "
         f"({os.cpu_count()} CPU cores visible, torch threads {args.threads}).")
+    add("")
+    commit = _git_commit()
+    if commit:
+        add(f"Code: commit `{commit}`.")
+        add("")
+    covered = [x["source"] for x in summaries if not x["skipped"]]
+    add(f"Covers: sources **{', '.join(covered) or 'none'}**"
+        + (f" (skipped: {', '.join(x['source'] for x in summaries if x['skipped'])})"
+           if any(x["skipped"] for x in summaries) else "")
+        + f"; {len(args.seeds)} seed(s)" + (" - fewer than the 3 the study calls for" if len(args.seeds) < 3 else "")
+        + ".")
     add("")
     add("Nothing in the protocol was tuned toward a result: the numbers below are what the first run of "
         "this harness produced.")
@@ -1038,6 +1039,21 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     return text
+
+
+def _git_commit() -> str:
+    """HEAD of the checkout (read-only), '+dirty' when study-relevant files differ; '' without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
+    return f"{head}{' + uncommitted changes under training/' if dirty else ''}" if head else ""
 
 
 def _jsonable(x):

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Reproduce every figure in perf/results/ (one command):   bash perf/reproduce.sh [preset]
+#   1. train the preset (default small) and render its onnxruntime + torch repositories
+#   2. serving topologies, served vs in-process, RSS            -> perf/results/topology/
+#   3. cost vs history length x candidates, ORT vs torch,
+#      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
+#   4. perf_analyzer sweep on the public model and the core models -> perf/results/perf_analyzer/
+#   5. headless locust                                          -> perf/results/locust/
+#   6. training throughput                                      -> perf/results/train/
+# Server and client share this machine's cores: absolute CPU numbers are floors; compare ratios
+# measured in one run. Absolute latencies are only meaningful from a GPU host (docs/deployment.md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PRESET="${1:-small}"
+bash scripts/bootstrap.sh
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+PY="${ONERANKER_VENV:-.venv}/bin/python"
+RUN=artifacts/runs/$PRESET
+OUT=artifacts/model_repository/$PRESET
+RES=perf/results
+
+[ -f "$RUN/manifest.json" ] || "$PY" -m oneranker.cli train --preset "$PRESET" --run-dir "$RUN"
+"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --engine onnxruntime --out "$OUT"
+"$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/onnxruntime" --out "$RES/topology"
+"$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"
+"$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
+"$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES"
+"$PY" -m oneranker_perf.train_bench --out "$RES/train"
