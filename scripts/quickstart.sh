@@ -7,4 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-2}"
-exec "${ONERANKER_VENV:-.venv}/bin/oneranker" quickstart "$@"
+# In a terminal the job ends with the server up (Ctrl-C stops it); in scripts and CI it stops it.
+KEEP=()
+if [ -t 0 ] && [ -t 1 ]; then KEEP=(--keep-serving); fi
+exec "${ONERANKER_VENV:-.venv}/bin/oneranker" quickstart "${KEEP[@]}" "$@"

@@ -284,3 +284,30 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
         assert one(0)[0] == "ok" and server.is_live()
     finally:
         server.stop()
+
+
+def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, in_process, tmp_path):
+    """The `torch` engine repository (PyTorch runner inside the Python models) loads within 60 s
+    and answers like the ONNX Runtime pipeline up to float tolerance."""
+    import json
+    import time
+
+    from oneranker.cli import example_request
+    from oneranker_build.render import render_repository
+
+    from conftest import request_dict
+
+    info = json.loads((tiny_export / "export" / "export_info.json").read_text())
+    repo = render_repository(tiny_export / "export", tmp_path / "torch", "torch", contract.ContractDims(**info["dims"]),
+                             info["checkpoint_sha256"], run_dir=tiny_run.run_dir)
+    start = time.perf_counter()
+    server = _serve(repo, tmp_path / "torch.log")
+    try:
+        assert time.perf_counter() - start < 60
+        req = request_dict(example_request(tiny_run.prep, 3))
+        for model in contract.TOPOLOGY_MODELS.values():
+            got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
+            want = in_process.recommend([as_request(req)])[0]
+            np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
+    finally:
+        server.stop()
