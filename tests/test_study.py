@@ -74,6 +74,17 @@ def test_rank_agreement_hand_case():
     np.testing.assert_allclose(partial["overlap"], [[0.0, 1.0]])
 
 
+def test_iqr_difference_hand_case():
+    from oneranker.study import iqr, iqr_diff_ci
+
+    assert iqr(np.arange(5.0)) == 2.0  # quartiles 1 and 3
+    wide = np.tile(np.arange(9.0), (1, 40, 1))  # [seeds=1, users=40, n=9], IQR 4
+    narrow = wide // 2  # IQR 2 (values 0..4)
+    assert iqr_diff_ci(wide, wide) == (0.0, 0.0, 0.0)
+    point, lo, hi = iqr_diff_ci(narrow, wide, n_boot=100)
+    assert point == lo == hi == -2.0  # every user is identical: the CI has zero width
+
+
 def test_auc_hand_case():
     scores = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
     np.testing.assert_allclose(auc_per_user(scores), [1.0, 0.0, 0.75])  # ties count 1/2

@@ -49,13 +49,16 @@ class KVHandle:
 class OrtRunner:
     """ONNX Runtime runner. `bind_kv=False` runs plain `session.run` (the unbound baseline)."""
 
-    def __init__(self, export_dir: Path, threads: int = 2, bind_kv: bool = True):
+    def __init__(self, export_dir: Path, threads: int = 2, bind_kv: bool = True, spin: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle intra-op threads sleep instead of spinning: in a server the stub shares 2 cores
+        # with Triton, other stubs and the gRPC threads, and spinning threads starve them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
         providers = ["CPUExecutionProvider"]
         export_dir = Path(export_dir)
         self.generator = ort.InferenceSession(str(export_dir / "generator.onnx"), opts, providers=providers)
