@@ -107,9 +107,34 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
             print(f"[scaling] L={length:5d} n={n:5d}  ort gen {row['onnxruntime_generate_ms']:7.2f} ms "
                   f"rank {row['onnxruntime_rank_ms']:7.2f} ms | torch gen {row['torch_generate_ms']:7.2f} "
                   f"rank {row['torch_rank_ms']:7.2f} ms | {row['fraction_of_peak']:.1%} of peak", flush=True)
-    results = {"preset": preset_name, "threads": threads, "matmul_gflops": peak, "rows": rows}
+    results = {"preset": preset_name, "threads": threads, "matmul_gflops": peak, "rows": rows,
+               "kv_binding": bound_vs_unbound(export_dir, model, lengths[len(lengths) // 2], counts[len(counts) // 2],
+                                              threads, repeats * 4)}
     write_report(results, out)
     return results
+
+
+def bound_vs_unbound(export_dir: Path, model, length: int, n: int, threads: int, repeats: int) -> dict:
+    """generate + rank with the KV bound in place (pooled OrtValue, IOBinding) vs returned to
+    numpy and fed back (plain session.run), interleaved so drift hits both alike."""
+    from oneranker_build.export import example_candidates, example_generator_inputs
+    from oneranker_build.runners import OrtRunner
+
+    inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 1, length).items()}
+    cands = {k: v.numpy() for k, v in example_candidates(model, 1, n, 64, 32).items()}
+    runners = {"bound": OrtRunner(export_dir, threads=threads, bind_kv=True),
+               "unbound": OrtRunner(export_dir, threads=threads, bind_kv=False)}
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            _, kv = runner.generate(inputs)
+            runner.rank(kv, inputs["hist_len"], cands["cand_sids"], cands["cand_attrs"], cands["cand_bid"])
+            runner.release(kv)
+            times[name].append(time.perf_counter() - start)
+    out = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    out.update({"history": length, "candidates": n, "unbound_over_bound": out["unbound"] / out["bound"]})
+    return out
 
 
 def _release(runner, kv):
@@ -156,6 +181,10 @@ def write_report(results: dict, out: Path) -> None:
                      f"{r['onnxruntime_generate_ms']:.2f} | {r['onnxruntime_rank_ms']:.2f} | {r['torch_generate_ms']:.2f} | "
                      f"{r['torch_rank_ms']:.2f} | {tor / ort:.2f}x | {r['cascade_rank_ms'] / r['unified_rank_ms']:.1f}x | "
                      f"{r['fraction_of_peak']:.1%} |")
+    kb = results["kv_binding"]
+    lines += ["", f"KV binding (history {kb['history']}, {kb['candidates']} candidates, interleaved medians): bound in "
+                  f"place {kb['bound']:.2f} ms, unbound (KV to numpy and back) {kb['unbound']:.2f} ms: "
+                  f"unbound/bound = {kb['unbound_over_bound']:.2f}x."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
