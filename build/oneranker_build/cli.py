@@ -17,7 +17,7 @@ def default_topology(engine: str) -> str:
     return "ensemble" if engine == "tensorrt" else DEFAULT_TOPOLOGY
 
 
-def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
+def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KIND_CPU") -> dict:
     """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine."""
     import torch
 
@@ -25,7 +25,7 @@ def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
     from oneranker.reference import tables_from_run
 
     from .export import dims_for, export_onnx, write_export_info, write_generation_tables
-    from .render import render_repository
+    from .render import RenderSettings, render_repository
 
     torch.set_num_threads(2)
     cfg, model, sids, manifest = load_run(run_dir)
@@ -41,8 +41,9 @@ def build(run_dir: Path, out: Path, engines: list[str]) -> dict:
           f"ranker.onnx {info['ranker_bytes'] / 1e6:.2f} MB ({info['ranker_export_s']:.1f}s)", flush=True)
     rendered = {}
     for engine in engines:
+        settings = RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU")
         repo = render_repository(export_dir, Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
-                                 run_dir=Path(run_dir), default_topology=default_topology(engine))
+                                 settings=settings, run_dir=Path(run_dir), default_topology=default_topology(engine))
         rendered[engine] = str(repo)
         print(f"[build] rendered {engine} repository -> {repo}", flush=True)
         if engine == "tensorrt":
@@ -64,11 +65,13 @@ def register(sub, common, make_config, run_dir_of) -> None:
     p.add_argument("--engine", default="onnxruntime", choices=BUILDABLE + ("tensorrt", "all"))
     p.add_argument("--out", type=Path, default=ARTIFACTS / "model_repository",
                    help="output folder; repositories land in OUT/<engine>/")
+    p.add_argument("--instance-kind", default="KIND_CPU", choices=("KIND_CPU", "KIND_GPU"),
+                   help="instance kind of the torch engine's models (KIND_GPU: PyTorch on CUDA)")
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
         engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
-        build(run_dir_of(args, cfg), args.out, engines)
+        build(run_dir_of(args, cfg), args.out, engines, instance_kind=args.instance_kind)
         return 0
 
     p.set_defaults(func=cmd_build)

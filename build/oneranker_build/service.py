@@ -42,15 +42,22 @@ def serve_config(info: dict) -> ServeConfig:
 
 
 def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoint: str | None = None,
-                     runner=None, bind_kv: bool = True) -> Recommender:
+                     runner=None, bind_kv: bool = True, device: str = "cpu") -> Recommender:
     from .runners import make_runner
 
     artifact_dir = Path(artifact_dir)
     info = read_export_info(artifact_dir, expected_checkpoint)
     gen, items = load_generation_tables(artifact_dir / "generation_tables.safetensors",
                                         info["num_interest_heads"], info["num_value_heads"])
-    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv)
+    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv, device=device)
     return Recommender(runner, items, gen, serve_config(info), info["feature_cardinality"], info["dims"]["F"])
+
+
+def instance_device(args: dict) -> str:
+    """Triton's model-instance args -> torch device ("cuda:N" for KIND_GPU instances)."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', 0)}"
+    return "cpu"
 
 
 def _first(value, name: str):

@@ -15,7 +15,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
         artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
         self.rec = service.load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-                                            expected_checkpoint=params["checkpoint_sha256"], bind_kv=False)
+                                            expected_checkpoint=params["checkpoint_sha256"],
+                                            device=service.instance_device(args), bind_kv=False)
         info = service.read_export_info(artifacts)
         self.num_prefix, self.num_step2 = info["dims"]["F"], info["num_step2_tokens"]
 

@@ -20,7 +20,7 @@ class TritonPythonModel:
         artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
         self.recommender = service.load_recommender(
             artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-            expected_checkpoint=params["checkpoint_sha256"])
+            expected_checkpoint=params["checkpoint_sha256"], device=service.instance_device(args))
         # MetricFamily objects must outlive their Metrics: keep them on self.
         self.families = {
             "stage": pb_utils.MetricFamily(name="oneranker_stage_seconds_total",
