@@ -176,18 +176,26 @@ def _metric(text: str, name: str, label: str = "") -> float:
 
 
 def test_stage_metrics_rise_per_request(served_repository):
+    """Fused topology: custom per-stage counters; split topologies: Triton's per-model counters
+    of generator / select / ranker are the per-stage latencies."""
     def scrape():
         return urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
 
+    client = grpcclient.InferenceServerClient(served_repository.grpc_url)
     before = scrape()
     for req in served_repository.requests[:3]:
-        infer(served_repository.grpc_url, fields_of(req))
+        client.infer(contract.TOPOLOGY_MODELS["fused"], make_inputs(fields_of(req)))
+        client.infer(contract.PUBLIC_MODEL, make_inputs(fields_of(req)))
     after = scrape()
     assert _metric(after, "oneranker_requests_total") >= _metric(before, "oneranker_requests_total") + 3
     assert _metric(after, "oneranker_candidates_total") > _metric(before, "oneranker_candidates_total")
     for stage in ("generate", "select", "rank"):
         label = f'stage="{stage}"'
         assert _metric(after, "oneranker_stage_seconds_total", label) > _metric(before, "oneranker_stage_seconds_total", label)
+    for model in (contract.GENERATOR_MODEL, contract.SELECT_MODEL, contract.RANKER_MODEL):
+        label = f'model="{model}"'
+        assert _metric(after, "nv_inference_compute_infer_duration_us", label) > \
+            _metric(before, "nv_inference_compute_infer_duration_us", label), model
 
 
 @pytest.mark.parametrize("model", sorted(contract.TOPOLOGY_MODELS.values()))
