@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from oneranker_build.export import (
-    GeneratorGraph, RankerGraph, example_candidates, example_generator_inputs,
+    GeneratorGraph, example_candidates, example_generator_inputs,
 )
 from oneranker_build.runners import OrtRunner
 from oneranker_client import contract

@@ -53,6 +53,13 @@ def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected
     return Recommender(runner, items, gen, serve_config(info), info["feature_cardinality"], info["dims"]["F"])
 
 
+def model_setup(args: dict) -> tuple[dict, Path]:
+    """Triton's initialize() args -> (string parameters of config.pbtxt, the version's artifacts dir)."""
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return params, Path(args["model_repository"]) / args["model_version"] / "artifacts"
+
+
 def instance_device(args: dict) -> str:
     """Triton's model-instance args -> torch device ("cuda:N" for KIND_GPU instances)."""
     if args.get("model_instance_kind") == "GPU":

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -226,7 +225,7 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
     import torch
 
     from oneranker import distributed as D
-    from oneranker.pipeline import build_model, to_batch
+    from oneranker.pipeline import build_model
     from oneranker.train import loss_terms, lr_at
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .config import ExperimentConfig
+from .reference import TorchRunner
 from .serving import Recommender
 
 GENERATOR, RANKER = "generator", "ranker"
@@ -93,35 +94,23 @@ def train_cascade(cfg: ExperimentConfig, run_dir: Path, prep=None, progress: boo
     return CascadeRun(run_dir, gen, rank)
 
 
-class CascadeRunner:
+class CascadeRunner(TorchRunner):
     """EngineRunner of the cascade: generate() encodes the user twice (the generator for the level
     logits, the ranker for its own K/V); rank() scores with the ranker only."""
 
     def __init__(self, generator, ranker, device: str = "cpu"):
         if ranker.cfg.use_generation and ranker.cfg.use_h2_in_kv:
             raise ValueError("the cascade ranker must not read a generator's H2 (train it with use_generation=False)")
+        super().__init__(ranker, device)  # rank() scores with the independent ranker
         self.generator = generator.to(device).eval()
-        self.ranker = ranker.to(device).eval()
-        self.device = device
 
     @torch.no_grad()
     def generate(self, inputs):
         t = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
         args = (t["user_features"], t["hist_sids"], t["hist_actions"], t["hist_dt"], t["hist_len"])
         gen = self.generator.encode_user(*args)
-        rank = self.ranker.encode_user(*args)  # the ranker re-encodes the history
+        rank = self.model.encode_user(*args)  # the ranker re-encodes the history
         return gen.level_logits.float().cpu().numpy(), rank.kv
-
-    @torch.no_grad()
-    def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
-        dev = self.device
-        if isinstance(kv, np.ndarray):
-            kv = torch.from_numpy(kv).to(dev)
-        hist_len = torch.from_numpy(np.asarray(hist_len)).to(dev)
-        kv_valid = self.ranker.kv_valid_from_lengths(hist_len, kv.shape[2])
-        scores = self.ranker.rank(kv, kv_valid, torch.from_numpy(cand_sids).to(dev),
-                                  torch.from_numpy(cand_attrs).to(dev), torch.from_numpy(cand_bid).to(dev))
-        return scores.float().cpu().numpy()
 
 
 class CascadeRecommender(Recommender):

@@ -1168,8 +1168,6 @@ def parse_args(argv=None):
         args.steps = args.steps or 30
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.sources = [s.strip() for s in str(args.sources).split(",") if s.strip()]
-    from .config import DataConfig  # noqa: F401 - fail early on an unknown source
-
     known = ("synthetic", "movielens100k", "tafeng")
     bad = [s for s in args.sources if s not in known]
     if bad:

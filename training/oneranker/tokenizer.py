@@ -477,7 +477,7 @@ def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
     if cfg.num_levels < 1 or cfg.codebook_size < 2 or cfg.max_collisions < 1:
         raise ValueError("tokenizer.num_levels >= 1, tokenizer.codebook_size >= 2, tokenizer.max_collisions >= 1")
     seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.num_levels + 2)
-    A, C = ds.catalog.num_ads, ds.catalog.num_contents
+    A = ds.catalog.num_ads
     emb, warm = item_embeddings(ds, cfg, np.random.default_rng(seeds[0]))
     x = emb.astype(np.float64)
 

@@ -1,9 +1,6 @@
 """Triton glue for `generator` (Python backend, topologies b/c): a dynamic batch of token
 tensors -> one engine call -> level_logits and kv per request."""
 
-import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from oneranker_build import service
@@ -12,8 +9,7 @@ from oneranker_client import contract
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        params, artifacts = service.model_setup(args)
         self.rec = service.load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
                                             expected_checkpoint=params["checkpoint_sha256"],
                                             device=service.instance_device(args), bind_kv=False)

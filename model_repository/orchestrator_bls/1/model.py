@@ -2,9 +2,6 @@
 call to `generator` -> beam search per request -> one BLS call to `ranker` -> top-k. Every BLS
 call goes through `_exec`, which turns a failed sub-request into a per-request error."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -28,8 +25,7 @@ def _exec(model_name, tensors, output_names):
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        params, artifacts = service.model_setup(args)
         self.rec = service.load_recommender(artifacts, engine="none", runner=service.NO_RUNNER,
                                             expected_checkpoint=params["checkpoint_sha256"])
         info = service.read_export_info(artifacts)

