@@ -185,7 +185,7 @@ def test_stage_metrics_rise_per_request(served_repository):
     before = scrape()
     for req in served_repository.requests[:3]:
         client.infer(contract.TOPOLOGY_MODELS["fused"], make_inputs(fields_of(req)))
-        client.infer(contract.PUBLIC_MODEL, make_inputs(fields_of(req)))
+        client.infer(contract.TOPOLOGY_MODELS["ensemble"], make_inputs(fields_of(req)))
     after = scrape()
     assert _metric(after, "oneranker_requests_total") >= _metric(before, "oneranker_requests_total") + 3
     assert _metric(after, "oneranker_candidates_total") > _metric(before, "oneranker_candidates_total")
