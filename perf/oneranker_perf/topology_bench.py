@@ -73,6 +73,43 @@ def saturation_loop(make_call, requests: list, concurrency: int, seconds: float)
     return out
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (tritonserver + Python stubs), MiB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root] + root.children(recursive=True):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+class RssSampler:
+    """Peak tree RSS while a load runs (sampled every 50 ms in a thread)."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def kv_bytes(info: dict, length_bucket: int) -> int:
     d = info["dims"]
     return d["R2"] * (d["F"] + length_bucket + info["num_step2_tokens"]) * d["DM"] * 4
@@ -121,8 +158,12 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
             print(f"[bench] {model}: concurrency 1 ...", flush=True)
             c1 = latency_loop(call, reqs, n_latency)
             print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
-            sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
-                                  reqs, concurrency, seconds)
+            rest = tree_rss_mb(server.pid)
+            with RssSampler(server.pid) as rss:
+                sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
+                                      reqs, concurrency, seconds)
+            sat.update({"rss_at_rest_mb": rest, "rss_peak_mb": rss.peak,
+                        "rss_per_in_flight_mb": (rss.peak - rest) / concurrency})
             results["topologies"][topology] = {
                 "model": model, "c1": c1, "saturation": sat,
                 "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv,
@@ -157,18 +198,19 @@ def write_report(results: dict, out: Path) -> None:
         f"{results['mean_history']:.0f} events), defaults top_k/num_candidates/beam_width. Server and client share the "
         "cores (client threads compete with the server: absolute numbers are a floor; compare ratios).",
         "",
-        "| path | c1 p50 ms | c1 p99 ms | saturated req/s | saturated p50 ms | saturated p99 ms | p99 <= 2x c1 p50 | errors | KV bytes across processes / request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| path | c1 p50 ms | c1 p99 ms | saturated req/s | saturated p50 ms | saturated p99 ms | p99 <= 2x c1 p50 | errors | KV bytes across processes / request | server RSS at rest MiB | peak RSS under load MiB | RSS per in-flight request MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in results["topologies"].items():
         c1, sat = t["c1"], t["saturation"]
         lines.append(f"| {t['model']} ({name}) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {sat['throughput_rps']:.1f} | "
                      f"{sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | {'yes' if sat['p99_ms'] <= 2 * c1['p50_ms'] else 'no'} | "
-                     f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} |")
+                     f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} | {sat['rss_at_rest_mb']:.0f} | "
+                     f"{sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |")
     for key, label in (("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
                        ("in_process_torch_reference", "in-process PyTorch reference")):
         r = results[key]
-        lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 |")
+        lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 | | | |")
     fused = results["topologies"]["fused"]["c1"]["p50_ms"]
     local = results["in_process_onnxruntime"]["p50_ms"]
     lines += ["", f"Default topology (highest saturated throughput with p99 <= 2x its c1 p50): "
