@@ -138,7 +138,7 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
 
-    results: dict = {"machine": machine(), "preset": cfg.name, "requests": n_requests,
+    results: dict = {"machine": machine(), "preset": cfg.name, "requests": n_requests, "repository": str(repository),
                      "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
     print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
     local = service.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
@@ -193,6 +193,8 @@ def write_report(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = [
         f"# Serving topologies ({results['preset']} model)",
+        "",
+        f"Repository: `{results.get('repository', '?')}` (its engine runs inside the Python models).",
         "",
         f"Machine: {results['machine']}. {results['requests']} test-split requests (mean history "
         f"{results['mean_history']:.0f} events), defaults top_k/num_candidates/beam_width. Server and client share the "
