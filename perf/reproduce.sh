@@ -2,6 +2,7 @@
 # Reproduce every figure in perf/results/ (one command):   bash perf/reproduce.sh [preset]
 #   1. train the preset (default small) and render its onnxruntime + torch repositories
 #   2. serving topologies, served vs in-process, RSS            -> perf/results/topology/
+#      the same with the PyTorch engine in the same slots         -> perf/results/topology_torch/
 #   3. cost vs history length x candidates, ORT vs torch,
 #      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
 #   4. perf_analyzer sweep on the public model and the core models -> perf/results/perf_analyzer/
@@ -21,7 +22,9 @@ RES=perf/results
 
 [ -f "$RUN/manifest.json" ] || "$PY" -m oneranker.cli train --preset "$PRESET" --run-dir "$RUN"
 "$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --engine onnxruntime --out "$OUT"
+"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --engine torch --out "$OUT"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/onnxruntime" --out "$RES/topology"
+"$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/torch" --out "$RES/topology_torch"
 "$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"
 "$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
 "$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES"
