@@ -226,7 +226,7 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
 
     from oneranker import distributed as D
     from oneranker.pipeline import build_model
-    from oneranker.train import loss_terms, lr_at
+    from oneranker.train import loss_terms, optimizer_step
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = spec.threads or max(1, cores // world)
@@ -267,13 +267,7 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
                     torch.cuda.synchronize()
                 t_start = time.perf_counter()
             t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            terms = net(batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            optimizer_step(net, model, optimizer, batch, step, cfg)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize()
             if step >= spec.warmup:

@@ -374,12 +374,13 @@ class OneRanker(nn.Module):
         lower = torch.tril(torch.ones(D, D, device=t.device), diagonal=-1).view(D, D, 1, 1)
         return t * lower
 
-    def path_log_probs(self, level_logits: torch.Tensor, paths: torch.Tensor, heads=None) -> torch.Tensor:
+    def path_log_probs(self, level_logits: torch.Tensor, paths: torch.Tensor, heads=None,
+                       trans: torch.Tensor | None = None) -> torch.Tensor:
         """log P(path) under each head. level_logits [B, H, D, K]; paths [B, P, D] (-1 rows are
         ignored, give 0) -> [B, H', P] with H' = len(heads) or H."""
         if heads is not None:
             level_logits = level_logits[:, heads]
-        trans = self.transition_tables()
+        trans = self.transition_tables() if trans is None else trans  # pass it in to reuse across calls
         safe = paths.clamp(min=0)
         total = 0.0
         for level in range(self.depth):
@@ -394,9 +395,9 @@ class OneRanker(nn.Module):
     def value_head_ids(self) -> list[int]:
         return list(range(self.cfg.num_interest_tokens, self.cfg.num_task_tokens))
 
-    def generation_scores(self, level_logits, paths) -> torch.Tensor:
+    def generation_scores(self, level_logits, paths, trans: torch.Tensor | None = None) -> torch.Tensor:
         """Value-head (bagged: mean of the two heads) log-probability of each path [B, P]."""
-        return self.path_log_probs(level_logits, paths, heads=self.value_head_ids()).mean(1)
+        return self.path_log_probs(level_logits, paths, heads=self.value_head_ids(), trans=trans).mean(1)
 
     # -- Step 3 -----------------------------------------------------------------------------
 

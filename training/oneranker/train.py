@@ -37,8 +37,9 @@ def loss_terms(model, batch: dict, cfg: ExperimentConfig, step: int) -> dict[str
     enc, scores = out["encoding"], out["scores"]
     terms: dict[str, torch.Tensor] = {}
     total = scores.new_zeros(())
+    trans = model.transition_tables() if m.use_generation else None  # shared by MTP and DC
     if m.use_generation:
-        per_head = model.path_log_probs(enc.level_logits, batch["head_paths"])  # [B, H, H]
+        per_head = model.path_log_probs(enc.level_logits, batch["head_paths"], trans=trans)  # [B, H, H]
         head_logp = torch.diagonal(per_head, dim1=1, dim2=2)  # head h scored on its own target
         terms["mtp"] = losses.mtp_loss(head_logp, batch["head_valid"])
         total = total + lc.alpha * terms["mtp"]
@@ -46,11 +47,24 @@ def loss_terms(model, batch: dict, cfg: ExperimentConfig, step: int) -> dict[str
         terms["rank"] = losses.bpr_loss(scores, batch["cand_values"], weight_by_gap=lc.bpr_weight_by_gap)
         total = total + lc.beta * terms["rank"]
     if m.use_ranker and m.use_generation and m.use_dc_loss:
-        gen = model.generation_scores(enc.level_logits, batch["cand_sids"])
+        gen = model.generation_scores(enc.level_logits, batch["cand_sids"], trans=trans)
         terms["dc"] = losses.dc_loss(scores, gen, lc.tau)
         warm = step >= lc.dc_warmup_fraction * cfg.train.steps
         total = total + (lc.gamma if warm else 0.0) * terms["dc"]
     terms["total"] = total
+    return terms
+
+
+def optimizer_step(net, model, optimizer, batch: dict, step: int, cfg: ExperimentConfig) -> dict:
+    """One training step (schedule, forward, backward, clip, AdamW); `net(batch, step)` returns
+    the loss terms. Shared by `train` and the training benchmark so both time the same work."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    terms = net(batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
     return terms
 
 
@@ -124,13 +138,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
         for step, batch in zip(bar, batches):
             if net is None:  # DDP needs the first batch to probe for unused parameters
                 net = dist_.wrap(step_module, ctx, batch if ctx.enabled else None, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            terms = net(batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            terms = optimizer_step(net, model, optimizer, batch, step, cfg)
             values = dist_.all_reduce_mean(terms, ctx)
             if not first:
                 first = values
