@@ -526,8 +526,10 @@ TRITON_SKIP_IMPORTS = {
     "onnx": "oneranker_build.export's export functions run in the builder, not at model load",
     "tensorrt": "TrtRunner: no Python model of the tensorrt repository runs engine tensorrt (generator and "
                 "ranker are native tensorrt_plan models; test_tensorrt_repository_runs_plans_natively)",
-    "torch": "oneranker_build.runners imports it only inside TrtRunner and make_runner('torch'): this image "
-             "serves the onnxruntime and tensorrt repositories (the torch engine is for GPU hosts' own images)",
+    "torch": "oneranker_build.runners imports it only inside TrtRunner and make_runner('torch'), and "
+             "oneranker_build.service only on the DLPack KV transport, which is rendered for the torch engine "
+             "alone: this image serves the onnxruntime and tensorrt repositories (the torch engine is for GPU "
+             "hosts' own images)",
 }
 # The perf image.
 PERF_SKIP_MODULES = {"oneranker_perf.make_inputs": "runs in the builder (it loads a run with torch)"}

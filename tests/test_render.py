@@ -112,3 +112,32 @@ def test_repository_readme_shows_current_contract():
 
     readme = (Path(__file__).resolve().parents[1] / "model_repository" / "README.md").read_text()
     assert contract.markdown_tables() in readme, "run: python -m oneranker_client.contract model_repository/README.md"
+
+
+def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tmp_path):
+    """onnxruntime: KV as host numpy. torch: KV by DLPack, GPU inputs allowed; KIND_GPU instances
+    and BLS outputs preferred in GPU memory (what keeps the KV on the device)."""
+    from oneranker_build.render import RenderSettings, render_repository
+
+    export, dims, sha = tiny_export / "export", _dims(tiny_export), service.read_export_info(
+        tiny_export / "export")["checkpoint_sha256"]
+    cases = {
+        ("onnxruntime", "KIND_CPU"): ("numpy", "yes", "cpu"),
+        ("torch", "KIND_CPU"): ("dlpack", "no", "cpu"),
+        ("torch", "KIND_GPU"): ("dlpack", "no", "gpu:0"),
+    }
+    for (engine, kind), (transport, force_cpu, memory) in cases.items():
+        repo = render_repository(export, tmp_path / f"{engine}-{kind}", engine, dims, sha,
+                                 settings=RenderSettings(instance_kind=kind), run_dir=tiny_run.run_dir)
+        for model in (contract.GENERATOR_MODEL, contract.RANKER_MODEL, contract.BLS_MODEL):
+            cfg = _parse(repo / model / "config.pbtxt")
+            params = {k: v.string_value for k, v in cfg.parameters.items()}
+            assert params["kv_transport"] == transport, (engine, kind, model)
+            assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == force_cpu, (engine, kind, model)
+            if model == contract.BLS_MODEL:
+                assert params["kv_memory"] == memory
+                assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+            else:
+                assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
+        fused = _parse(repo / contract.FUSED_MODEL / "config.pbtxt")
+        assert model_config_pb2.ModelInstanceGroup.Kind.Name(fused.instance_group[0].kind) == kind

@@ -39,6 +39,30 @@ class RenderSettings:
     instance_kind: str = "KIND_CPU"
 
 
+@dataclass(frozen=True)
+class KVTransport:
+    """How the KV crosses model boundaries in the split topologies (b)/(c).
+
+    onnxruntime: host numpy arrays (the runner's KV is host memory anyway).
+    torch: DLPack (zero copy); FORCE_CPU_ONLY_INPUT_TENSORS=no so a KV made on the GPU reaches
+    the ranker on the GPU; the BLS orchestrator's calls ask for outputs in `memory`."""
+
+    transport: str  # "numpy" | "dlpack"
+    memory: str  # preferred_memory of BLS outputs: "cpu" | "gpu:0"
+
+    def engine_values(self) -> dict:
+        return {"kv_transport": self.transport, "force_cpu_only_inputs": "no" if self.transport == "dlpack" else "yes"}
+
+    def bls_values(self) -> dict:
+        return {**self.engine_values(), "kv_memory": self.memory}
+
+
+def kv_transport(runner_engine: str, instance_kind: str) -> KVTransport:
+    if runner_engine == "torch":
+        return KVTransport("dlpack", "gpu:0" if instance_kind == "KIND_GPU" else "cpu")
+    return KVTransport("numpy", "cpu")
+
+
 def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool) -> str:
     """`input [...]` / `output [...]` block generated from the contract."""
     entries = []
@@ -167,6 +191,7 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
     python_model = {**common, **queue, "checkpoint_sha256": checkpoint_sha256}
     engine_model = {**python_model, "instance_kind": s.instance_kind, "engine": runner_engine,
                     "intra_op_threads": s.intra_op_threads}
+    transport = kv_transport(runner_engine, s.instance_kind)
     for topology in topologies:
         names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == default_topology else [])
         for name in names:
@@ -184,9 +209,11 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
             write(spec.name, {"name": spec.name, **common, **queue, "instance_count": 1, **blocks(spec, False)},
                   artifacts=False, template="config.tensorrt.pbtxt.tmpl", code=False)
         else:
-            write(spec.name, {"name": spec.name, **engine_model, "instance_count": 1,
+            write(spec.name, {"name": spec.name, **engine_model, "instance_count": 1, **transport.engine_values(),
                               **blocks(spec, engine != "tensorrt")}, artifacts=True)
-    for spec in (contract.SELECT, contract.TOPK, contract.BLS):
+    for spec in (contract.SELECT, contract.TOPK):
         write(spec.name, {"name": spec.name, **python_model, "instance_count": 1, **blocks(spec, True)},
               artifacts=spec.name != contract.TOPK_MODEL)
+    write(contract.BLS_MODEL, {"name": contract.BLS_MODEL, **python_model, "instance_count": 1,
+                               **transport.bls_values(), **blocks(contract.BLS, True)}, artifacts=True)
     return out_dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,9 +201,27 @@ def stack_generator_inputs(items: list[dict]) -> tuple[dict, list[int]]:
     return batch, own
 
 
-def relayout_kv(kv: np.ndarray, num_prefix: int, from_len: int, to_len: int) -> np.ndarray:
+def _is_torch(value) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+def _concat(parts: list, axis: int):
+    """np.concatenate or torch.cat, whichever the parts are (KV stays where it lives)."""
+    if _is_torch(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def _contiguous(value):
+    return value.contiguous() if _is_torch(value) else np.ascontiguousarray(value)
+
+
+def relayout_kv(kv, num_prefix: int, from_len: int, to_len: int):
     """kv [..., F + from_len + T2, DM] -> [..., F + to_len + T2, DM]: the H1 segment is cut or
-    zero-padded, the H2 segment stays last (positions past the true length are masked anyway)."""
+    zero-padded, the H2 segment stays last (positions past the true length are masked anyway).
+    numpy in, numpy out; torch in, torch out on the same device."""
     if from_len == to_len:
         return kv
     h1_end = num_prefix + from_len
@@ -210,19 +229,21 @@ def relayout_kv(kv: np.ndarray, num_prefix: int, from_len: int, to_len: int) -> 
     if to_len < from_len:
         h1 = h1[..., : num_prefix + to_len, :]
     else:
-        pad = np.zeros(kv.shape[:-2] + (to_len - from_len, kv.shape[-1]), dtype=kv.dtype)
-        h1 = np.concatenate([h1, pad], axis=-2)
-    return np.concatenate([h1, h2], axis=-2)
+        shape = tuple(kv.shape[:-2]) + (to_len - from_len, kv.shape[-1])
+        pad = kv.new_zeros(shape) if _is_torch(kv) else np.zeros(shape, dtype=kv.dtype)
+        h1 = _concat([h1, pad], axis=-2)
+    return _concat([h1, h2], axis=-2)
 
 
-def split_generator_outputs(items: list[dict], level_logits: np.ndarray, kv: np.ndarray, own: list[int],
+def split_generator_outputs(items: list[dict], level_logits: np.ndarray, kv, own: list[int],
                             num_prefix: int) -> list[dict]:
-    """One batch of generator outputs -> per-request outputs, kv laid out for the request's L."""
+    """One batch of generator outputs -> per-request outputs, kv (numpy, or torch on its device)
+    laid out for the request's L."""
     out, row, length = [], 0, max(own)
     for a, n in zip(items, own):
         b = _rows(a["hist_actions"])
         out.append({"level_logits": level_logits[row:row + b],
-                    "kv": np.ascontiguousarray(relayout_kv(kv[row:row + b], num_prefix, length, n))})
+                    "kv": _contiguous(relayout_kv(kv[row:row + b], num_prefix, length, n))})
         row += b
     return out
 
@@ -231,12 +252,11 @@ def stack_ranker_inputs(items: list[dict], num_prefix: int, num_step2: int) -> t
     """Ranker inputs of several requests (kv [b_i, R2, S_i, DM], candidates [b_i, n_i, ...]) ->
     one batch (kv re-laid out to the longest history, candidates zero-padded to the widest);
     returns (rows, candidates) per request."""
-    lengths = [np.asarray(a["kv"]).shape[2] - num_prefix - num_step2 for a in items]
+    lengths = [a["kv"].shape[2] - num_prefix - num_step2 for a in items]
     longest = max(lengths)
     shapes = [(_rows(a["cand_bid"]), int(np.asarray(a["cand_bid"]).shape[1])) for a in items]
     width = max(1, max(n for _, n in shapes))
-    kv = np.concatenate([relayout_kv(np.asarray(a["kv"], np.float32), num_prefix, n, longest)
-                         for a, n in zip(items, lengths)])
+    kv = _concat([relayout_kv(a["kv"], num_prefix, n, longest) for a, n in zip(items, lengths)], axis=0)
 
     def pad(name, dtype):
         parts = []
@@ -288,17 +308,85 @@ def topk_arrays(scores, cand_item_ids, cand_logp, cand_head, options) -> dict:
     return response_arrays(resp)
 
 
-def generate_numpy(runner, batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Run the generator and return host arrays: in topologies (b)/(c) the KV leaves the runner
-    as a tensor of the Triton model (the runner is built with `bind_kv=False`)."""
+def generate_split(runner, batch: dict, keep_device: bool = False) -> tuple[np.ndarray, Any]:
+    """Run the generator for topologies (b)/(c), where the KV leaves the runner as a tensor of
+    the Triton model (the runner is built with `bind_kv=False`). level_logits come back on the
+    host (beam search is numpy); the KV as numpy, or, with `keep_device` (torch engine, DLPack
+    transport), as the torch tensor on the runner's device."""
     level_logits, kv = runner.generate(batch)
     value = getattr(kv, "value", kv)
-    if hasattr(value, "detach"):  # torch tensor
+    if _is_torch(value) and not keep_device:
         value = value.detach().cpu().numpy()
-    return np.asarray(level_logits), np.asarray(value)
+    return np.asarray(level_logits), value if _is_torch(value) else np.asarray(value)
 
 
-def rank_numpy(runner, batch: dict) -> np.ndarray:
-    """Run the ranker on host KV (topologies b/c); runners accept a numpy kv."""
+def rank_split(runner, batch: dict) -> np.ndarray:
+    """Run the ranker on a KV that came from another model (numpy, or torch via DLPack)."""
     return np.asarray(runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"],
                                   batch["cand_bid"]))
+
+
+# ----------------------------------------------------------------------------- tensor transport
+KV_TRANSPORTS = ("numpy", "dlpack")
+
+
+def kv_memory(spec: str):
+    """Render parameter `kv_memory` ("cpu" or "gpu:N") -> (is_gpu, device id)."""
+    kind, _, device = spec.partition(":")
+    if kind not in ("cpu", "gpu"):
+        raise ValueError(f"kv_memory must be cpu or gpu:N, got {spec!r}")
+    return kind == "gpu", int(device or 0)
+
+
+class TensorCodec:
+    """pb_utils.Tensor <-> arrays for one Python model (`pb` is triton_python_backend_utils,
+    injected so this stays testable without a server).
+
+    transport "numpy": every tensor is a host numpy array (ONNX Runtime engine).
+    transport "dlpack" (torch engine): the KV moves as a torch tensor through DLPack, zero copy and
+    on the device it lives on (GPU memory for KIND_GPU instances); token and score tensors, which
+    the numpy selection code reads, come to the host. BLS requests ask for outputs in `kv_memory`
+    (Triton's preferred_memory), so a generator's KV reaches the orchestrator on the GPU."""
+
+    def __init__(self, pb, transport: str = "numpy", memory: str = "cpu"):
+        if transport not in KV_TRANSPORTS:
+            raise ValueError(f"kv_transport must be one of {KV_TRANSPORTS}, got {transport!r}")
+        self.pb, self.dlpack = pb, transport == "dlpack"
+        self.gpu, self.device_id = kv_memory(memory)
+
+    def host(self, tensor) -> np.ndarray:
+        """Any input/output tensor -> numpy on the host."""
+        if tensor.is_cpu():
+            return tensor.as_numpy()
+        from torch.utils.dlpack import from_dlpack
+
+        return from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+    def kv(self, tensor):
+        """The KV tensor -> torch (DLPack, where it lives) or numpy."""
+        if not self.dlpack:
+            return self.host(tensor)
+        from torch.utils.dlpack import from_dlpack
+
+        return from_dlpack(tensor.to_dlpack())
+
+    def tensor(self, name: str, value):
+        """numpy or torch -> pb_utils.Tensor (torch tensors by DLPack, no copy)."""
+        if _is_torch(value):
+            from torch.utils.dlpack import to_dlpack
+
+            return self.pb.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))
+        return self.pb.Tensor(name, np.ascontiguousarray(value))
+
+    def inputs(self, request, spec: "contract.ModelSpec") -> dict:
+        """One request's inputs named by `spec`: kv via `kv()`, everything else on the host."""
+        out = {}
+        for t in spec.inputs:
+            tensor = self.pb.get_input_tensor_by_name(request, t.name)
+            out[t.name] = self.kv(tensor) if t.name == "kv" else self.host(tensor)
+        return out
+
+    def preferred_memory(self):
+        """preferred_memory for BLS requests: where the callee's outputs (the KV) should land."""
+        kind = self.pb.TRITONSERVER_MEMORY_GPU if self.gpu else self.pb.TRITONSERVER_MEMORY_CPU
+        return self.pb.PreferredMemory(kind, self.device_id)

@@ -33,8 +33,8 @@ class TorchRunner:
     @torch.no_grad()
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         dev = self.device
-        if isinstance(kv, np.ndarray):
-            kv = torch.from_numpy(kv).to(dev)
+        kv = torch.from_numpy(kv) if isinstance(kv, np.ndarray) else kv
+        kv = kv.to(dev)  # no-op when the KV already lives on this device (fused, or DLPack on the GPU)
         hist_len = torch.from_numpy(np.asarray(hist_len)).to(dev)
         kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
         scores = self.model.rank(kv, kv_valid, torch.from_numpy(cand_sids).to(dev),
