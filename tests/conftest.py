@@ -2,8 +2,9 @@
 
     tiny_prep          the `tiny` preset's dataset, splits and semantic IDs
     tiny_run           a trained tiny run directory (+ its model, prep and training summary)
-    tiny_export        ONNX graphs + generation tables of that run
-    tiny_repository    rendered onnxruntime Triton repository
+    tiny_cascade       the cascade baseline on the same data and semantic IDs (short: 12 steps each)
+    tiny_export        ONNX graphs + generation tables of that run (and of the cascade's two runs)
+    tiny_repository    rendered onnxruntime Triton repository (with `oneranker_cascade`)
     served_repository  a real tritonserver on free ports serving it (grpc_url, run_dir, requests)
 """
 
@@ -55,11 +56,24 @@ def tiny_run(tiny_cfg, tiny_prep, tmp_path_factory) -> TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny_run, tmp_path_factory) -> Path:
+def tiny_cascade(tiny_cfg, tiny_prep, tmp_path_factory):
+    """oneranker.cascade.CascadeRun: generator and independent ranker, 12 steps each (enough to
+    test wiring and equality, not quality)."""
+    import copy
+
+    from oneranker.cascade import train_cascade
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.steps, cfg.train.warmup_steps = 12, 2
+    return train_cascade(cfg, tmp_path_factory.mktemp("cascade"), prep=tiny_prep, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tiny_cascade, tmp_path_factory) -> Path:
     from oneranker_build.cli import build
 
     out = tmp_path_factory.mktemp("tiny_build")
-    build(tiny_run.run_dir, out, ["onnxruntime"])
+    build(tiny_run.run_dir, out, ["onnxruntime"], cascade_run=tiny_cascade.run_dir)
     return out
 
 

@@ -25,7 +25,7 @@ def _dims(tiny_export):
 def test_every_rendered_config_parses_and_matches_contract(tiny_repository, tiny_export):
     dims = _dims(tiny_export)
     configs = sorted(tiny_repository.glob("*/config.pbtxt"))
-    ensembles = set(contract.TOPOLOGY_MODELS.values()) | {contract.PUBLIC_MODEL}
+    ensembles = set(contract.ENSEMBLES)
     assert {c.parent.name for c in configs} == ensembles | set(contract.MODELS)
     for path in configs:
         cfg = _parse(path)
@@ -42,7 +42,7 @@ def test_every_rendered_config_parses_and_matches_contract(tiny_repository, tiny
                     assert tuple(got.reshape.shape) == tuple(want.reshape)
 
 
-@pytest.mark.parametrize("ensemble", sorted(contract.TOPOLOGY_MODELS.values()))
+@pytest.mark.parametrize("ensemble", sorted(contract.ENSEMBLES))
 def test_ensemble_wiring_is_closed(tiny_repository, ensemble):
     cfg = _parse(tiny_repository / ensemble / "config.pbtxt")
     available = {t.name for t in cfg.input}
@@ -141,3 +141,34 @@ def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tm
                 assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
         fused = _parse(repo / contract.FUSED_MODEL / "config.pbtxt")
         assert model_config_pb2.ModelInstanceGroup.Kind.Name(fused.instance_group[0].kind) == kind
+
+
+def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, tiny_export, tmp_path):
+    """The cascade shares OneRanker's preprocess, so its semantic IDs and item tables must match;
+    its model checks both of its checkpoints; TensorRT does not render it."""
+    import json
+    import shutil
+
+    from oneranker_build.render import CascadeExports, RenderError, render_repository
+
+    export, dims = tiny_export / "export", _dims(tiny_export)
+    sha = service.read_export_info(export)["checkpoint_sha256"]
+    halves = {h: tiny_export / "export_cascade" / h for h in service.CASCADE_HALVES}
+    cascade = CascadeExports(halves["generator"], halves["ranker"])
+    repo = render_repository(export, tmp_path / "ok", "onnxruntime", dims, sha, cascade=cascade)
+    cfg = _parse(repo / contract.CASCADE_MODEL / "config.pbtxt")
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["pipeline"] == "cascade"
+    assert params["checkpoint_sha256"].split(",") == [
+        service.read_export_info(halves[h])["checkpoint_sha256"] for h in service.CASCADE_HALVES]
+    assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()
+    with pytest.raises(RenderError, match="onnxruntime and torch"):
+        render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, default_topology="ensemble", cascade=cascade)
+    foreign = tmp_path / "foreign_ranker"
+    shutil.copytree(halves["ranker"], foreign)
+    info = json.loads((foreign / "export_info.json").read_text())
+    info["sid_version"] = "another-tokenizer"
+    (foreign / "export_info.json").write_text(json.dumps(info))
+    with pytest.raises(RenderError, match="sid_version"):
+        render_repository(export, tmp_path / "bad", "onnxruntime", dims, sha,
+                          cascade=CascadeExports(halves["generator"], foreign))

@@ -319,3 +319,52 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, in_pr
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ the cascade baseline, served
+
+
+@pytest.fixture(scope="module")
+def cascade_in_process(tiny_export):
+    return service.load_cascade_recommender(tiny_export / "export_cascade", engine="onnxruntime", threads=1)
+
+
+def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_process):
+    """`oneranker_cascade` (same preprocess, cascade generator's candidates, independent ranker
+    re-encoding the history) equals the in-process run of the same graphs and code exactly."""
+    client = grpcclient.InferenceServerClient(served_repository.grpc_url)
+    for req in served_repository.requests:
+        result = client.infer(contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req)), client_timeout=60)
+        local = cascade_in_process.recommend([as_request(req)])[0]
+        np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
+        np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-6)
+        np.testing.assert_array_equal(result.as_numpy("rec_source_head")[0], local.source_head)
+
+
+def test_served_cascade_matches_pytorch_cascade_except_near_ties(served_repository, tiny_cascade, in_process):
+    from oneranker.cascade import load_cascade
+
+    reference = load_cascade(tiny_cascade.run_dir)
+    client = grpcclient.InferenceServerClient(served_repository.grpc_url)
+    mismatches, differs_from_unified = 0, 0
+    for req in served_repository.requests:
+        result = client.infer(contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req, top_k=5)), client_timeout=60)
+        ref = reference.recommend([as_request(req, top_k=5)])[0]
+        if result.as_numpy("rec_item_ids")[0].tolist() != ref.item_ids.tolist():
+            assert np.diff(np.sort(ref.scores)).min() < 1e-5, (result.as_numpy("rec_item_ids"), ref)
+            mismatches += 1
+        np.testing.assert_allclose(np.sort(result.as_numpy("rec_scores")[0]), np.sort(ref.scores), atol=1e-4)
+        unified = in_process.recommend([as_request(req, top_k=5)])[0]
+        differs_from_unified += unified.item_ids.tolist() != ref.item_ids.tolist()
+    assert mismatches <= max(1, len(served_repository.requests) // 100)
+    assert differs_from_unified > 0  # really another model, not the unified one under a second name
+
+
+def test_cascade_rejects_bad_input_like_the_unified_model(served_repository):
+    req = served_repository.requests[0]
+    with pytest.raises(InferenceServerException, match="top_k"):
+        grpcclient.InferenceServerClient(served_repository.grpc_url).infer(
+            contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req, top_k=-3)))
+    result = grpcclient.InferenceServerClient(served_repository.grpc_url).infer(
+        contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req)))
+    assert result.as_numpy("rec_item_ids").shape[1] > 0

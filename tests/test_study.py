@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -120,12 +119,8 @@ def test_protocol_metrics_agree_with_evaluate(tiny_prep):
 
 
 @pytest.fixture(scope="module")
-def cascade_run(tiny_cfg, tiny_prep, tmp_path_factory):
-    from oneranker.cascade import train_cascade
-
-    cfg = copy.deepcopy(tiny_cfg)
-    cfg.train.steps, cfg.train.warmup_steps = 12, 2
-    return train_cascade(cfg, tmp_path_factory.mktemp("cascade"), prep=tiny_prep, progress=False)
+def cascade_run(tiny_cascade):
+    return tiny_cascade
 
 
 def test_cascade_trains_two_independent_runs(cascade_run):

@@ -16,19 +16,15 @@ def default_topology(engine: str) -> str:
     return "ensemble" if engine == "tensorrt" else DEFAULT_TOPOLOGY
 
 
-def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KIND_CPU") -> dict:
-    """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine."""
-    import torch
-
+def export_run(run_dir: Path, export_dir: Path) -> tuple[dict, object, dict, object]:
+    """One run dir -> export_dir (ONNX graphs, generation tables, export_info.json);
+    returns (export info, contract dims, manifest, config)."""
     from oneranker.checkpoint import load_run
     from oneranker.reference import tables_from_run
 
     from .export import dims_for, export_onnx, write_export_info, write_generation_tables
-    from .render import RenderSettings, render_repository
 
-    torch.set_num_threads(2)
     cfg, model, sids, manifest = load_run(run_dir)
-    export_dir = Path(out) / "export"
     if export_dir.exists():
         shutil.rmtree(export_dir)
     print(f"[build] exporting ONNX graphs of {run_dir} ...", flush=True)
@@ -38,18 +34,43 @@ def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KI
     info = write_export_info(export_dir, manifest, info, dims, cfg)
     print(f"[build] generator.onnx {info['generator_bytes'] / 1e6:.2f} MB ({info['generator_export_s']:.1f}s), "
           f"ranker.onnx {info['ranker_bytes'] / 1e6:.2f} MB ({info['ranker_export_s']:.1f}s)", flush=True)
+    return info, dims, manifest, cfg
+
+
+def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KIND_CPU",
+          cascade_run: Path | None = None) -> dict:
+    """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine.
+    `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`."""
+    import torch
+
+    from oneranker.cascade import GENERATOR, RANKER
+
+    from .render import CascadeExports, RenderSettings, render_repository
+
+    torch.set_num_threads(2)
+    info, dims, manifest, cfg = export_run(Path(run_dir), Path(out) / "export")
+    cascade = None
+    if cascade_run is not None:
+        cascade_run = Path(cascade_run)
+        exports = {half: Path(out) / "export_cascade" / half for half in (GENERATOR, RANKER)}
+        for half, folder in exports.items():
+            export_run(cascade_run / half, folder)
+        cascade = CascadeExports(exports[GENERATOR], exports[RANKER], cascade_run / GENERATOR, cascade_run / RANKER)
     rendered = {}
     for engine in engines:
         settings = RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU")
-        repo = render_repository(export_dir, Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
-                                 settings=settings, run_dir=Path(run_dir), default_topology=default_topology(engine))
+        repo = render_repository(Path(out) / "export", Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
+                                 settings=settings, run_dir=Path(run_dir), default_topology=default_topology(engine),
+                                 cascade=cascade if engine != "tensorrt" else None)
         rendered[engine] = str(repo)
-        print(f"[build] rendered {engine} repository -> {repo}", flush=True)
+        print(f"[build] rendered {engine} repository -> {repo}"
+              + (" (with the cascade baseline oneranker_cascade)" if cascade and engine != "tensorrt" else ""),
+              flush=True)
         if engine == "tensorrt":
             from .tensorrt_build import TensorRTUnavailable, build_plans
 
             try:
-                build_plans(export_dir, repo, cfg.name)
+                build_plans(Path(out) / "export", repo, cfg.name)
                 print(f"[build] TensorRT plans built into {repo}", flush=True)
             except TensorRTUnavailable as err:
                 print(f"[build] tensorrt: configs rendered, plans NOT built: {err}", flush=True)
@@ -66,11 +87,13 @@ def register(sub, common, make_config, run_dir_of) -> None:
                    help="output folder; repositories land in OUT/<engine>/")
     p.add_argument("--instance-kind", default="KIND_CPU", choices=("KIND_CPU", "KIND_GPU"),
                    help="instance kind of the torch engine's models (KIND_GPU: PyTorch on CUDA)")
+    p.add_argument("--cascade-run", type=Path,
+                   help="a `oneranker train-cascade` run dir: also serve the cascade baseline as oneranker_cascade")
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
         engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
-        build(run_dir_of(args, cfg), args.out, engines, instance_kind=args.instance_kind)
+        build(run_dir_of(args, cfg), args.out, engines, instance_kind=args.instance_kind, cascade_run=args.cascade_run)
         return 0
 
     p.set_defaults(func=cmd_build)

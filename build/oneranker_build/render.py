@@ -144,6 +144,44 @@ def topology_steps(topology: str) -> list:
     raise RenderError(f"unknown topology {topology!r}")
 
 
+def cascade_steps() -> list:
+    """Ensemble steps of `oneranker_cascade`: the same preprocess, then the cascade model."""
+    pre_out = _internal(contract.PREPROCESS.outputs)
+    return [(contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out),
+            (contract.CASCADE_MODEL, contract.CASCADE, pre_out, _identity(contract.PUBLIC.outputs))]
+
+
+@dataclass(frozen=True)
+class CascadeExports:
+    """The two exports of a cascade run (`oneranker.cascade`), served as `oneranker_cascade`."""
+
+    generator: Path  # export dir of run_dir/generator (generator.onnx, tables, export_info.json)
+    ranker: Path  # export dir of run_dir/ranker
+    generator_run: Path | None = None  # run dirs, copied for the torch engine
+    ranker_run: Path | None = None
+
+    def checkpoints(self) -> str:
+        """"GENERATOR_SHA,RANKER_SHA": what the cascade model checks its artifacts against."""
+        import json
+
+        return ",".join(json.loads((d / "export_info.json").read_text())["checkpoint_sha256"]
+                        for d in (self.generator, self.ranker))
+
+    def check_preprocess_compatible(self, export_dir: Path) -> None:
+        """The cascade shares OneRanker's preprocess: same semantic IDs and item tables required."""
+        import json
+
+        unified = json.loads((Path(export_dir) / "export_info.json").read_text())
+        for half, folder in (("generator", self.generator), ("ranker", self.ranker)):
+            info = json.loads((folder / "export_info.json").read_text())
+            for key in ("sid_version", "item_tables_sha256", "feature_cardinality"):
+                if info.get(key) != unified.get(key):
+                    raise RenderError(
+                        f"cascade {half} {key} {info.get(key)!r} differs from the unified model's {unified.get(key)!r}: "
+                        "train the cascade on the unified run's data and semantic IDs (`oneranker train-cascade "
+                        "--unified-run`)")
+
+
 TOPOLOGIES = ("fused", "bls", "ensemble")
 DEFAULT_TOPOLOGY = "fused"  # measured: perf/results/topology (highest saturated throughput, lowest latency)
 
@@ -151,13 +189,15 @@ DEFAULT_TOPOLOGY = "fused"  # measured: perf/results/topology (highest saturated
 def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contract.ContractDims,
                       checkpoint_sha256: str, settings: RenderSettings | None = None,
                       run_dir: Path | None = None, default_topology: str = DEFAULT_TOPOLOGY,
-                      placeholder_engine: str | None = None) -> Path:
+                      placeholder_engine: str | None = None, cascade: CascadeExports | None = None) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
     engine onnxruntime|torch: every model, all three topologies. engine tensorrt: generator and
     ranker are `tensorrt_plan` models (plans built by tensorrt_build), topologies bls and ensemble;
     with `placeholder_engine` they are rendered as Python models of the same tensor blocks
-    running that engine, so the repository's wiring can be loaded and checked on a CPU host."""
+    running that engine, so the repository's wiring can be loaded and checked on a CPU host.
+    `cascade`: also render the cascade baseline (`cascade` model + `oneranker_cascade` ensemble);
+    onnxruntime and torch engines only."""
     s = settings or RenderSettings()
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -170,6 +210,10 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
     topologies = ("bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
     if default_topology not in topologies:
         raise RenderError(f"default topology {default_topology!r} is not rendered for engine {engine}")
+    if cascade is not None:
+        if engine == "tensorrt":
+            raise RenderError("the cascade baseline is rendered for the onnxruntime and torch engines only")
+        cascade.check_preprocess_compatible(export_dir)
 
     def blocks(spec, ragged: bool) -> dict:
         return {"inputs": tensor_block("input", spec.inputs, dims, ragged=ragged),
@@ -201,7 +245,7 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
                                       "instance_count": s.preprocess_instances,
                                       **blocks(contract.PREPROCESS, True)}, artifacts=True)
     if "fused" in topologies:
-        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model,
+        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "pipeline": "unified",
                                      "instance_count": s.recommender_instances, **blocks(contract.FUSED, True)},
               artifacts=True)
     for spec in (contract.GENERATOR, contract.RANKER):
@@ -216,4 +260,19 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
               artifacts=spec.name != contract.TOPK_MODEL)
     write(contract.BLS_MODEL, {"name": contract.BLS_MODEL, **python_model, "instance_count": 1,
                                **transport.bls_values(), **blocks(contract.BLS, True)}, artifacts=True)
+    if cascade is not None:
+        write(contract.PUBLIC_MODEL, {"name": contract.CASCADE_PUBLIC_MODEL, **common, **blocks(contract.PUBLIC, False),
+                                      "steps": ensemble_steps(cascade_steps())}, artifacts=False)
+        write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "pipeline": "cascade",
+                                     "checkpoint_sha256": cascade.checkpoints(),
+                                     "instance_count": s.recommender_instances, **blocks(contract.CASCADE, True)},
+              artifacts=False)
+        for half, folder, run in (("generator", cascade.generator, cascade.generator_run),
+                                  ("ranker", cascade.ranker, cascade.ranker_run)):
+            target = out_dir / contract.CASCADE_MODEL / "1" / "artifacts" / half
+            shutil.copytree(folder, target)
+            if runner_engine == "torch":
+                if run is None:
+                    raise RenderError("the torch engine serves the cascade from its run dirs: pass generator_run/ranker_run")
+                shutil.copytree(run, target / "run", ignore=shutil.ignore_patterns("train_state.*"))
     return out_dir

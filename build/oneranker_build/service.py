@@ -54,6 +54,46 @@ def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected
     return Recommender(runner, items, gen, serve_config(info), info["feature_cardinality"], info["dims"]["F"])
 
 
+CASCADE_HALVES = ("generator", "ranker")
+
+
+def load_cascade_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoints: str | None = None,
+                             device: str = "cpu") -> Recommender:
+    """The served cascade baseline: artifact_dir/generator and artifact_dir/ranker are the exports
+    of the two cascade runs. Candidates come from the generator export's level logits and tables,
+    K/V and scores from the ranker export (which encodes the history again). `expected_checkpoints`
+    is "GENERATOR_SHA,RANKER_SHA" (the rendered config's checkpoint_sha256)."""
+    from oneranker.serving import CascadeRunner
+
+    from .runners import make_runner
+
+    artifact_dir = Path(artifact_dir)
+    expected = expected_checkpoints.split(",") if expected_checkpoints else [None, None]
+    if len(expected) != 2:
+        raise ArtifactMismatch(f"the cascade expects two checkpoints (generator,ranker), got {expected_checkpoints!r}")
+    gen_dir, rank_dir = (artifact_dir / half for half in CASCADE_HALVES)
+    gen_info = read_export_info(gen_dir, expected[0])
+    rank_info = read_export_info(rank_dir, expected[1])
+    if gen_info["sid_version"] != rank_info["sid_version"]:
+        raise ArtifactMismatch(f"cascade halves disagree on semantic IDs: {gen_info['sid_version']} "
+                               f"!= {rank_info['sid_version']}")
+    runner = CascadeRunner(make_runner(engine, gen_dir, threads=threads, bind_kv=False, device=device),
+                           make_runner(engine, rank_dir, threads=threads, bind_kv=True, device=device))
+    return load_recommender(gen_dir, engine, runner=runner)
+
+
+def load_pipeline(params: dict, artifacts: Path, device: str = "cpu") -> Recommender:
+    """The Recommender a fused-style model serves: `pipeline` unified (OneRanker) or cascade."""
+    pipeline = params.get("pipeline", "unified")
+    threads = int(params["intra_op_threads"])
+    if pipeline == "cascade":
+        return load_cascade_recommender(artifacts, params["engine"], threads, params["checkpoint_sha256"], device)
+    if pipeline != "unified":
+        raise ValueError(f"unknown pipeline {pipeline!r}: unified or cascade")
+    return load_recommender(artifacts, engine=params["engine"], threads=threads,
+                            expected_checkpoint=params["checkpoint_sha256"], device=device)
+
+
 def model_setup(args: dict) -> tuple[dict, Path]:
     """Triton's initialize() args -> (string parameters of config.pbtxt, the version's artifacts dir)."""
     config = json.loads(args["model_config"])

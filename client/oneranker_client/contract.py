@@ -26,6 +26,11 @@ TOPK_MODEL = "topk"  # topology (c): final top-k step
 # Public ensembles with the same contract as PUBLIC, one per topology; PUBLIC_MODEL is the
 # measured default (see README "Serving topologies").
 TOPOLOGY_MODELS = {"fused": "oneranker_fused", "bls": "oneranker_bls", "ensemble": "oneranker_ensemble"}
+# The baseline OneRanker replaces, served beside it for side-by-side measurement (rendered when
+# `oneranker build --cascade-run` is given): the same preprocess, then a generator that only
+# generates and an independent ranker that re-encodes the history. Same public contract.
+CASCADE_MODEL = "cascade"
+CASCADE_PUBLIC_MODEL = "oneranker_cascade"
 
 TRITON_TO_NUMPY = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 TRITON_TO_WIRE = {"TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}
@@ -196,7 +201,17 @@ BLS = ModelSpec(
     doc="Topology (b): BLS calls to `generator` and `ranker`, selection in between.",
 )
 
-MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK)}
+CASCADE = ModelSpec(
+    CASCADE_MODEL,
+    inputs=PREPROCESS.outputs,
+    outputs=PUBLIC.outputs,
+    doc="The cascade baseline (ensemble `oneranker_cascade`): the cascade generator's beam search, then "
+        "an independent ranker that encodes the history a second time. Same contract as the fused model.",
+)
+
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE)}
+# Public ensembles: every one has the PUBLIC contract.
+ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)
 
 
 def markdown_tables(dims: ContractDims | None = None) -> str:

@@ -18,7 +18,9 @@ ties them together (same semantic-ID version, required).
 
 `CascadeRecommender` is the in-process reference of the cascade: a `serving.Recommender` whose
 runner takes the level logits from the generator (candidates = its beam search) and the K/V and
-scores from the ranker (which encodes the user a second time).
+scores from the ranker (which encodes the user a second time). The served cascade
+(`oneranker_cascade`, rendered by `oneranker build --cascade-run`) runs the same
+`serving.CascadeRunner` over ONNX Runtime or PyTorch runners of the two exports.
 """
 
 from __future__ import annotations
@@ -28,12 +30,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .config import ExperimentConfig
 from .reference import TorchRunner
-from .serving import Recommender
+from .serving import CascadeRunner, Recommender
 
 GENERATOR, RANKER = "generator", "ranker"
 
@@ -94,25 +93,6 @@ def train_cascade(cfg: ExperimentConfig, run_dir: Path, prep=None, progress: boo
     return CascadeRun(run_dir, gen, rank)
 
 
-class CascadeRunner(TorchRunner):
-    """EngineRunner of the cascade: generate() encodes the user twice (the generator for the level
-    logits, the ranker for its own K/V); rank() scores with the ranker only."""
-
-    def __init__(self, generator, ranker, device: str = "cpu"):
-        if ranker.cfg.use_generation and ranker.cfg.use_h2_in_kv:
-            raise ValueError("the cascade ranker must not read a generator's H2 (train it with use_generation=False)")
-        super().__init__(ranker, device)  # rank() scores with the independent ranker
-        self.generator = generator.to(device).eval()
-
-    @torch.no_grad()
-    def generate(self, inputs):
-        t = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
-        args = (t["user_features"], t["hist_sids"], t["hist_actions"], t["hist_dt"], t["hist_len"])
-        gen = self.generator.encode_user(*args)
-        rank = self.model.encode_user(*args)  # the ranker re-encodes the history
-        return gen.level_logits.float().cpu().numpy(), rank.kv
-
-
 class CascadeRecommender(Recommender):
     """serving.Recommender over the cascade: candidates = the generator's beam search (same
     trie, streams and merge as OneRanker), scores = the independent ranker."""
@@ -120,7 +100,10 @@ class CascadeRecommender(Recommender):
     def __init__(self, generator, ranker, sids, tables, cfg: ExperimentConfig, device: str = "cpu"):
         from .reference import generation_tables
 
-        super().__init__(CascadeRunner(generator, ranker, device), tables, generation_tables(generator, sids),
+        if ranker.cfg.use_generation and ranker.cfg.use_h2_in_kv:
+            raise ValueError("the cascade ranker must not read a generator's H2 (train it with use_generation=False)")
+        runner = CascadeRunner(TorchRunner(generator, device), TorchRunner(ranker, device))
+        super().__init__(runner, tables, generation_tables(generator, sids),
                          cfg.serve, feature_cardinality=generator.feature_cardinality,
                          num_user_features=generator.num_prefix)
         self.generator, self.ranker = generator, ranker

@@ -2,6 +2,7 @@
 
     oneranker data       build the dataset, splits and semantic IDs, print their statistics
     oneranker train      train a preset (safetensors checkpoint in artifacts/runs/NAME)
+    oneranker train-cascade  train the cascade baseline (generator + independent ranker)
     oneranker evaluate   HR@K / NDCG@K of generation and ranking next to popularity
     oneranker recommend  top-k for one test user with the in-process PyTorch reference
     oneranker build      export ONNX graphs, TensorRT plans (where TensorRT exists), render repos
@@ -109,6 +110,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_cascade(args) -> int:
+    """The cascade baseline on the unified run's data and semantic IDs (so both can share one
+    served preprocess): run_dir/generator, run_dir/ranker, run_dir/cascade.json."""
+    from .cascade import train_cascade
+    from .checkpoint import load_run
+    from .pipeline import prepare
+
+    cfg = _config(args)
+    unified = args.unified_run or ARTIFACTS / "runs" / cfg.name
+    run_dir = args.run_dir or ARTIFACTS / "runs" / f"{cfg.name}-cascade"
+    if (unified / "manifest.json").exists():
+        _, _, sids, _ = load_run(unified)
+        print(f"[cascade] semantic IDs of {unified} (shared preprocess with the unified model)", flush=True)
+        prep = prepare(cfg, sids=sids)
+    else:
+        print(f"[cascade] no unified run at {unified}: building data and semantic IDs afresh", flush=True)
+        prep = prepare(cfg)
+    run = train_cascade(cfg, run_dir, prep=prep)
+    print(f"cascade trained -> {run_dir} (generator: {run.generator['summary']['train_seconds']:.1f}s, "
+          f"ranker: {run.ranker['summary']['train_seconds']:.1f}s)")
+    return 0
+
+
 def _print_eval(model, prep, run_dir: Path) -> dict:
     from .evaluate import evaluate, format_table
 
@@ -191,6 +215,13 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the optimizer state in --run-dir")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-cascade", help="train the cascade baseline (generator + independent ranker)")
+    _common(p)
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--unified-run", type=Path,
+                   help="OneRanker run whose semantic IDs the cascade reuses (default artifacts/runs/PRESET)")
+    p.set_defaults(func=cmd_train_cascade)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on the test split")
     _common(p)

@@ -31,6 +31,31 @@ class EngineRunner(Protocol):
         """kv handle + candidates [B, n, ...] -> scores [B, n] float32."""
 
 
+class CascadeRunner:
+    """EngineRunner of the cascade baseline over two runners of any engine: generate() encodes the
+    user twice, the generator for the level logits (candidates) and the independent ranker for its
+    own K/V; rank() and release() are the ranker's. The generator's KV is computed and dropped."""
+
+    def __init__(self, generator: EngineRunner, ranker: EngineRunner):
+        self.generator, self.ranker = generator, ranker
+
+    def generate(self, inputs):
+        level_logits, unused_kv = self.generator.generate(inputs)
+        release = getattr(self.generator, "release", None)
+        if release is not None:
+            release(unused_kv)
+        _, kv = self.ranker.generate(inputs)  # the ranker re-encodes the history
+        return level_logits, kv
+
+    def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
+        return self.ranker.rank(kv, hist_len, cand_sids, cand_attrs, cand_bid)
+
+    def release(self, kv) -> None:
+        release = getattr(self.ranker, "release", None)
+        if release is not None:
+            release(kv)
+
+
 @dataclass
 class Request:
     user_features: np.ndarray

@@ -1,5 +1,6 @@
-"""Triton glue for `recommender` (topology a): token tensors of a dynamic batch -> one generate,
-per-request beam search, one rank -> top-k. Logic lives in oneranker.serving / oneranker_build."""
+"""Triton glue for `recommender` (topology a) and `cascade` (the baseline, rendered from this
+folder with pipeline=cascade): token tensors of a dynamic batch -> one generate, per-request beam
+search, one rank -> top-k. Logic lives in oneranker.serving / oneranker_build."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -12,9 +13,8 @@ from oneranker_client import contract
 class TritonPythonModel:
     def initialize(self, args):
         params, artifacts = service.model_setup(args)
-        self.recommender = service.load_recommender(
-            artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-            expected_checkpoint=params["checkpoint_sha256"], device=service.instance_device(args))
+        self.recommender = service.load_pipeline(params, artifacts, device=service.instance_device(args))
+        labels = {"pipeline": params.get("pipeline", "unified")}
         # MetricFamily objects must outlive their Metrics: keep them on self.
         self.families = {
             "stage": pb_utils.MetricFamily(name="oneranker_stage_seconds_total",
@@ -26,10 +26,10 @@ class TritonPythonModel:
                                               description="requests answered by the recommender",
                                               kind=pb_utils.MetricFamily.COUNTER),
         }
-        self.stage_metrics = {s: self.families["stage"].Metric(labels={"stage": s})
+        self.stage_metrics = {s: self.families["stage"].Metric(labels={"stage": s, **labels})
                               for s in ("generate", "select", "rank")}
-        self.candidates = self.families["candidates"].Metric(labels={})
-        self.requests_metric = self.families["requests"].Metric(labels={})
+        self.candidates = self.families["candidates"].Metric(labels=labels)
+        self.requests_metric = self.families["requests"].Metric(labels=labels)
 
     def execute(self, requests):
         responses = [None] * len(requests)
