@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce every figure in perf/results/ (one command):   bash perf/reproduce.sh [preset]
-#   1. train the preset (default small) and render its onnxruntime + torch repositories
-#   2. serving topologies, served vs in-process, RSS            -> perf/results/topology/
+#   1. train the preset (default small) and its cascade baseline (same semantic IDs), render the
+#      onnxruntime + torch repositories with both (oneranker_cascade beside the unified model)
+#   2. serving topologies, served vs in-process, RSS, unified vs cascade served,
+#      compute floor                                            -> perf/results/topology/
 #      the same with the PyTorch engine in the same slots         -> perf/results/topology_torch/
 #   3. cost vs history length x candidates, ORT vs torch,
 #      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
@@ -20,9 +22,11 @@ RUN=artifacts/runs/$PRESET
 OUT=artifacts/model_repository/$PRESET
 RES=perf/results
 
+CASCADE=artifacts/runs/$PRESET-cascade
 [ -f "$RUN/manifest.json" ] || "$PY" -m oneranker.cli train --preset "$PRESET" --run-dir "$RUN"
-"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --engine onnxruntime --out "$OUT"
-"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --engine torch --out "$OUT"
+[ -f "$CASCADE/cascade.json" ] || "$PY" -m oneranker.cli train-cascade --preset "$PRESET" --unified-run "$RUN" --run-dir "$CASCADE"
+"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --cascade-run "$CASCADE" --engine onnxruntime --out "$OUT"
+"$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --cascade-run "$CASCADE" --engine torch --out "$OUT"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/onnxruntime" --out "$RES/topology"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/torch" --out "$RES/topology_torch"
 "$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"

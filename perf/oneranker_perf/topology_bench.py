@@ -7,8 +7,11 @@ For each topology ensemble (fused / bls / ensemble) on one tritonserver: latency
 requests at concurrency 1 (p50/p99) and throughput at saturation (a timed gRPC loop with
 `--concurrency` threads), plus the in-process pipeline (same ONNX graphs, same orchestrator
 code) and the PyTorch reference at concurrency 1. The default topology is the one with the
-highest throughput whose saturated p99 stays <= 2x its own concurrency-1 p50. Writes
-results.md, results.json and results.png.
+highest throughput whose saturated p99 stays <= 2x its own concurrency-1 p50. When the
+repository was built with `--cascade-run`, the cascade baseline `oneranker_cascade` is measured
+on the same server in the same run (unified vs cascade, both served, same requests). The compute
+floor of one request (its FLOPs over the matmul rate torch reaches here, same run) is reported
+beside the measured latencies. Writes results.md, results.json and results.png.
 """
 
 from __future__ import annotations
@@ -146,34 +149,57 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     reference = load_reference(run_dir)
     results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)
 
+    cascade_dir = repository / contract.CASCADE_MODEL / "1" / "artifacts"
+    if cascade_dir.exists():
+        local_cascade = service.load_cascade_recommender(cascade_dir, "onnxruntime", threads=2)
+        results["in_process_cascade_onnxruntime"] = latency_loop(lambda r: local_cascade.recommend([r]), raw, n_latency)
+        del local_cascade
+    results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])
+
+    def measure(server, model: str) -> dict:
+        client = OneRankerClient(server.grpc_url, model=model, retries=0)
+        latency_loop(client.recommend, reqs, 10)  # warm-up
+        print(f"[bench] {model}: concurrency 1 ...", flush=True)
+        c1 = latency_loop(client.recommend, reqs, n_latency)
+        print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
+        rest = tree_rss_mb(server.pid)
+        with RssSampler(server.pid) as rss:
+            sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
+                                  reqs, concurrency, seconds)
+        sat.update({"rss_at_rest_mb": rest, "rss_peak_mb": rss.peak,
+                    "rss_per_in_flight_mb": (rss.peak - rest) / concurrency})
+        client.close()
+        return {"model": model, "c1": c1, "saturation": sat}
+
     log = out / "tritonserver.log"
     server = TritonServer(repository, log_file=log)
     server.start()
     try:
         server.wait_ready(180)
         for topology, model in contract.TOPOLOGY_MODELS.items():
-            client = OneRankerClient(server.grpc_url, model=model, retries=0)
-            call = client.recommend
-            latency_loop(call, reqs, 10)  # warm-up
-            print(f"[bench] {model}: concurrency 1 ...", flush=True)
-            c1 = latency_loop(call, reqs, n_latency)
-            print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
-            rest = tree_rss_mb(server.pid)
-            with RssSampler(server.pid) as rss:
-                sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
-                                      reqs, concurrency, seconds)
-            sat.update({"rss_at_rest_mb": rest, "rss_peak_mb": rss.peak,
-                        "rss_per_in_flight_mb": (rss.peak - rest) / concurrency})
-            results["topologies"][topology] = {
-                "model": model, "c1": c1, "saturation": sat,
-                "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv,
-            }
-            client.close()
+            results["topologies"][topology] = {**measure(server, model),
+                                               "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv}
+        if cascade_dir.exists():
+            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL), "kv_bytes_crossing_per_request": 0}
     finally:
         server.stop()
     results["default_topology"] = choose_default(results["topologies"])
     write_report(results, out)
     return results
+
+
+def compute_floor(cfg, length_buckets: list[int]) -> dict:
+    """FLOPs of one request (mean over the benchmark's requests, padded to their length bucket,
+    default num_candidates) and the time they take at the matmul rate torch reaches here."""
+    from .scaling_bench import flops, matmul_gflops
+
+    n = cfg.serve.num_candidates
+    per = [flops(cfg, length, n) for length in length_buckets]
+    unified = float(np.mean([f["generate"] + f["rank"] for f in per]))
+    cascade = float(np.mean([2 * f["generate"] + f["rank"] for f in per]))  # generator + ranker both encode
+    rate = matmul_gflops(2)
+    return {"matmul_gflops": rate, "candidates": n, "unified_gflop": unified / 1e9, "cascade_gflop": cascade / 1e9,
+            "unified_floor_ms": unified / 1e9 / rate * 1e3, "cascade_floor_ms": cascade / 1e9 / rate * 1e3}
 
 
 def choose_default(topologies: dict) -> str:
@@ -209,26 +235,64 @@ def write_report(results: dict, out: Path) -> None:
                      f"{sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | {'yes' if sat['p99_ms'] <= 2 * c1['p50_ms'] else 'no'} | "
                      f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} | {sat['rss_at_rest_mb']:.0f} | "
                      f"{sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |")
+    if "cascade" in results:
+        t = results["cascade"]
+        c1, sat = t["c1"], t["saturation"]
+        lines.append(f"| {t['model']} (cascade baseline, fused-style) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
+                     f"{sat['throughput_rps']:.1f} | {sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | | {sat['errors']} | 0 | "
+                     f"{sat['rss_at_rest_mb']:.0f} | {sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |")
     for key, label in (("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
-                       ("in_process_torch_reference", "in-process PyTorch reference")):
-        r = results[key]
-        lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 | | | |")
+                       ("in_process_torch_reference", "in-process PyTorch reference"),
+                       ("in_process_cascade_onnxruntime", "in-process cascade (same ONNX graphs + code)")):
+        if key in results:
+            r = results[key]
+            lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 | | | |")
     fused = results["topologies"]["fused"]["c1"]["p50_ms"]
     local = results["in_process_onnxruntime"]["p50_ms"]
     lines += ["", f"Default topology (highest saturated throughput with p99 <= 2x its c1 p50): "
                   f"**{results['default_topology']}**.",
               f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
               f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).", ""]
+    floor = results.get("compute_floor")
+    if floor:
+        lines += [f"Compute floor of one request ({floor['candidates']} candidates, history padded to its bucket; "
+                  f"torch.matmul reaches {floor['matmul_gflops']:.1f} GFLOP/s here in the same run): unified "
+                  f"{floor['unified_gflop'] * 1e3:.2f} MFLOP = {floor['unified_floor_ms']:.3f} ms, cascade "
+                  f"{floor['cascade_gflop'] * 1e3:.2f} MFLOP = {floor['cascade_floor_ms']:.3f} ms. At this model size "
+                  "the measured latency is far above the floor: per-call overhead (Python, Triton, gRPC), not "
+                  "arithmetic, sets it.", ""]
+    if "cascade" in results:
+        cas, uni = results["cascade"], results["topologies"]["fused"]
+        local_cas = results["in_process_cascade_onnxruntime"]["p50_ms"]
+        lines += ["## Unified OneRanker vs the cascade baseline (both served, same server, same requests)", "",
+                  "The cascade (`oneranker_cascade`) runs its own generator for candidates, then an independent "
+                  "ranker that encodes the history again; both are fused-style Python models with the same "
+                  "preprocess, batching and engine, so the difference is the second encoding.", "",
+                  "| | unified `oneranker_fused` | cascade `oneranker_cascade` | cascade / unified |",
+                  "|---|---|---|---|",
+                  f"| served c1 p50 ms | {uni['c1']['p50_ms']:.2f} | {cas['c1']['p50_ms']:.2f} | "
+                  f"{cas['c1']['p50_ms'] / uni['c1']['p50_ms']:.2f}x |",
+                  f"| served c1 p99 ms | {uni['c1']['p99_ms']:.2f} | {cas['c1']['p99_ms']:.2f} | "
+                  f"{cas['c1']['p99_ms'] / uni['c1']['p99_ms']:.2f}x |",
+                  f"| saturated req/s | {uni['saturation']['throughput_rps']:.1f} | "
+                  f"{cas['saturation']['throughput_rps']:.1f} | "
+                  f"{cas['saturation']['throughput_rps'] / uni['saturation']['throughput_rps']:.2f}x |",
+                  f"| in-process c1 p50 ms | {local:.2f} | {local_cas:.2f} | {local_cas / local:.2f}x |"]
+        if floor:
+            lines.append(f"| compute floor ms | {floor['unified_floor_ms']:.3f} | {floor['cascade_floor_ms']:.3f} | "
+                         f"{floor['cascade_floor_ms'] / floor['unified_floor_ms']:.2f}x |")
+        lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    names = list(results["topologies"])
-    axes[0].bar(names, [results["topologies"][n]["saturation"]["throughput_rps"] for n in names], color="#76b900")
+    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {})}
+    names = list(paths)
+    axes[0].bar(names, [paths[n]["saturation"]["throughput_rps"] for n in names], color="#76b900")
     axes[0].set_ylabel("requests / s at saturation")
     axes[0].set_title("throughput")
     x = np.arange(len(names))
-    axes[1].bar(x - 0.2, [results["topologies"][n]["c1"]["p50_ms"] for n in names], 0.4, label="c1 p50")
-    axes[1].bar(x + 0.2, [results["topologies"][n]["saturation"]["p99_ms"] for n in names], 0.4, label="saturated p99")
+    axes[1].bar(x - 0.2, [paths[n]["c1"]["p50_ms"] for n in names], 0.4, label="c1 p50")
+    axes[1].bar(x + 0.2, [paths[n]["saturation"]["p99_ms"] for n in names], 0.4, label="saturated p99")
     axes[1].set_xticks(x, names)
     axes[1].set_ylabel("ms")
     axes[1].set_title("latency")

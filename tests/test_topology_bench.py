@@ -1,0 +1,28 @@
+"""The topology benchmark end to end on the tiny model (seconds, not minutes): every topology and
+the cascade baseline are measured on one real tritonserver and reported side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.triton
+
+
+def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tiny_repository, tmp_path):
+    from oneranker_client import contract
+    from oneranker_perf import topology_bench
+
+    out = tmp_path / "topology"
+    topology_bench.run(tiny_run.run_dir, tiny_repository, out, n_latency=6, concurrency=2, seconds=1.0, n_requests=4)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["topologies"]) == set(contract.TOPOLOGY_MODELS)
+    for path in (*results["topologies"].values(), results["cascade"]):
+        assert path["saturation"]["errors"] == 0 and path["saturation"]["throughput_rps"] > 0, path["model"]
+        assert path["c1"]["p50_ms"] > 0
+    assert results["cascade"]["model"] == contract.CASCADE_PUBLIC_MODEL
+    floor = results["compute_floor"]
+    assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
+    report = (out / "results.md").read_text()
+    assert "Unified OneRanker vs the cascade baseline" in report and (out / "results.png").stat().st_size > 0
