@@ -22,6 +22,10 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
         assert path["saturation"]["errors"] == 0 and path["saturation"]["throughput_rps"] > 0, path["model"]
         assert path["c1"]["p50_ms"] > 0
     assert results["cascade"]["model"] == contract.CASCADE_PUBLIC_MODEL
+    pair = results["unified_vs_cascade"]
+    assert list(pair) == [contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL]
+    for side in pair.values():
+        assert side["errors"] == 0 and side["throughput_rps"] > 0 and side["c1"]["n"] == 6
     floor = results["compute_floor"]
     assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
     report = (out / "results.md").read_text()
