@@ -332,6 +332,11 @@ def cascade_in_process(tiny_export):
 def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_process):
     """`oneranker_cascade` (same preprocess, cascade generator's candidates, independent ranker
     re-encoding the history) equals the in-process run of the same graphs and code exactly."""
+    def cascade_requests():
+        text = urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
+        return _metric(text, "oneranker_requests_total", 'pipeline="cascade"')
+
+    before = cascade_requests()
     client = grpcclient.InferenceServerClient(served_repository.grpc_url)
     for req in served_repository.requests:
         result = client.infer(contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req)), client_timeout=60)
@@ -339,6 +344,7 @@ def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_
         np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
         np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-6)
         np.testing.assert_array_equal(result.as_numpy("rec_source_head")[0], local.source_head)
+    assert cascade_requests() >= before + len(served_repository.requests)  # its own labelled counters
 
 
 def test_served_cascade_matches_pytorch_cascade_except_near_ties(served_repository, tiny_cascade, in_process):
