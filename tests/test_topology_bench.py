@@ -26,7 +26,13 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     assert list(pair) == [contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL]
     for side in pair.values():
         assert side["errors"] == 0 and side["throughput_rps"] > 0 and side["c1"]["n"] == 6
+    fused = results["topologies"]["fused"]["c1"]["stages"]
+    assert fused["requests"] >= 6 and fused["ensemble_request_ms"] > 0
+    assert fused["preprocess_compute_ms"] > 0 and fused["recommender_compute_ms"] > 0
+    assert 0 < fused["generate_ms"] + fused["select_ms"] + fused["rank_ms"] <= fused["recommender_compute_ms"] * 1.05
+    assert results["cascade"]["c1"]["stages"]["generate_ms"] > 0  # the cascade's own pipeline-labelled counters
+    assert results["topologies"]["ensemble"]["c1"]["stages"]["ranker_compute_ms"] > 0
     floor = results["compute_floor"]
     assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
     report = (out / "results.md").read_text()
-    assert "Unified OneRanker vs the cascade baseline" in report and (out / "results.png").stat().st_size > 0
+    assert "Unified OneRanker vs the cascade baseline" in report and "Where the time goes" in report and (out / "results.png").stat().st_size > 0

@@ -37,7 +37,49 @@ def machine() -> str:
 def percentiles(times_s: list[float]) -> dict:
     ms = np.asarray(times_s) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "n": int(len(ms))}
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(len(ms))}
+
+
+def scrape_metrics(url: str) -> list[tuple[str, str, float]]:
+    """Triton's Prometheus text -> (metric name, label text, value) rows."""
+    import urllib.request
+
+    rows = []
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        rows.append((name, labels, float(value)))
+    return rows
+
+
+def _delta(before, after, name: str, *labels: str) -> float:
+    def total(rows):
+        return sum(v for n, text, v in rows if n == name and all(lab in text for lab in labels))
+
+    return total(after) - total(before)
+
+
+def stage_breakdown(before, after, models: list[str], ensemble: str, pipeline: str | None) -> dict:
+    """Server-side mean ms per request over a window, from Triton's counters: the ensemble's
+    request time, each composing model's compute and queue time and, inside a fused-style model,
+    its own generate / select / rank counters (`pipeline` label)."""
+    out: dict = {}
+    served = _delta(before, after, "nv_inference_request_success", f'model="{ensemble}"')
+    if served <= 0:
+        return out
+    out["requests"] = served
+    out["ensemble_request_ms"] = _delta(before, after, "nv_inference_request_duration_us", f'model="{ensemble}"') / served / 1e3
+    for model in models:
+        label = f'model="{model}"'
+        out[f"{model}_compute_ms"] = _delta(before, after, "nv_inference_compute_infer_duration_us", label) / served / 1e3
+        out[f"{model}_queue_ms"] = _delta(before, after, "nv_inference_queue_duration_us", label) / served / 1e3
+    if pipeline:
+        for stage in ("generate", "select", "rank"):
+            seconds = _delta(before, after, "oneranker_stage_seconds_total", f'stage="{stage}"', f'pipeline="{pipeline}"')
+            out[f"{stage}_ms"] = seconds / served * 1e3
+    return out
 
 
 def latency_loop(call, requests: list, n: int) -> dict:
@@ -186,11 +228,16 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
         del local_cascade
     results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])
 
-    def measure(server, model: str) -> dict:
+    from oneranker_build.render import cascade_steps, topology_steps
+
+    def measure(server, model: str, steps: list, pipeline: str | None) -> dict:
         client = OneRankerClient(server.grpc_url, model=model, retries=0)
         latency_loop(client.recommend, reqs, 10)  # warm-up
         print(f"[bench] {model}: concurrency 1 ...", flush=True)
+        before = scrape_metrics(server.metrics_url)
         c1 = latency_loop(client.recommend, reqs, n_latency)
+        c1["stages"] = stage_breakdown(before, scrape_metrics(server.metrics_url), [step[0] for step in steps], model,
+                                       pipeline)
         print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
         rest = tree_rss_mb(server.pid)
         with RssSampler(server.pid) as rss:
@@ -207,10 +254,12 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     try:
         server.wait_ready(180)
         for topology, model in contract.TOPOLOGY_MODELS.items():
-            results["topologies"][topology] = {**measure(server, model),
+            pipeline = "unified" if topology == "fused" else None
+            results["topologies"][topology] = {**measure(server, model, topology_steps(topology), pipeline),
                                                "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv}
         if cascade_dir.exists():
-            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL), "kv_bytes_crossing_per_request": 0}
+            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL, cascade_steps(), "cascade"),
+                                  "kv_bytes_crossing_per_request": 0}
             pair = (contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL)
             print(f"[bench] {pair[0]} vs {pair[1]}, interleaved ...", flush=True)
             results["unified_vs_cascade"] = paired_comparison(server.grpc_url, pair, reqs, n_latency, concurrency,
@@ -241,6 +290,30 @@ def choose_default(topologies: dict) -> str:
     ok = {name: t for name, t in topologies.items() if t["saturation"]["p99_ms"] <= 2 * t["c1"]["p50_ms"]}
     pool = ok or topologies
     return max(pool, key=lambda name: pool[name]["saturation"]["throughput_rps"])
+
+
+def where_the_time_goes(results: dict) -> list[str]:
+    """Markdown: per-path breakdown of one concurrency-1 request (means, ms)."""
+    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {})}
+    lines = ["## Where the time goes (concurrency 1, mean ms per request)", "",
+             "From Triton's Prometheus counters over the concurrency-1 loop: the ensemble's server-side request "
+             "time, each composing model's compute time (queue time in brackets) and, inside the fused-style "
+             "models, their own generate / select / rank counters. Client minus server = gRPC, (de)serialisation "
+             "and the client's Python. At concurrency 1 each model's queue time is mostly the dynamic batcher "
+             "waiting its `max_queue_delay_microseconds` for a batch that never comes, so a path pays it once per "
+             "composing model.", "",
+             "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in paths.items():
+        st = t["c1"].get("stages") or {}
+        if not st:
+            continue
+        models = [k[: -len("_compute_ms")] for k in st if k.endswith("_compute_ms")]
+        per_model = "; ".join(f"{m} {st[m + '_compute_ms']:.2f} ({st[m + '_queue_ms']:.2f})" for m in models)
+        inner = [f"{st[k]:.2f}" if k in st else "" for k in ("generate_ms", "select_ms", "rank_ms")]
+        lines.append(f"| {t['model']} | {t['c1']['mean_ms']:.2f} | {st['ensemble_request_ms']:.2f} | "
+                     f"{t['c1']['mean_ms'] - st['ensemble_request_ms']:.2f} | {per_model} | " + " | ".join(inner) + " |")
+    return lines + [""]
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -287,6 +360,7 @@ def write_report(results: dict, out: Path) -> None:
                   f"**{results['default_topology']}**.",
               f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
               f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).", ""]
+    lines += where_the_time_goes(results)
     floor = results.get("compute_floor")
     if floor:
         lines += [f"Compute floor of one request ({floor['candidates']} candidates, history padded to its bucket; "
