@@ -8,6 +8,7 @@
 #   3. cost vs history length x candidates, ORT vs torch,
 #      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
 #   4. perf_analyzer sweep on the public model and the core models -> perf/results/perf_analyzer/
+#      (and pinned: server and perf_analyzer on separate cores)    -> perf/results/perf_analyzer_pinned/
 #   5. headless locust                                          -> perf/results/locust/
 #   6. training throughput                                      -> perf/results/train/
 # Server and client share this machine's cores: absolute CPU numbers are floors; compare ratios
@@ -31,5 +32,5 @@ CASCADE=artifacts/runs/$PRESET-cascade
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/torch" --out "$RES/topology_torch"
 "$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"
 "$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
-"$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES"
+"$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES" --run-dir "$RUN" --pin
 "$PY" -m oneranker_perf.train_bench --out "$RES/train"

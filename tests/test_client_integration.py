@@ -167,10 +167,12 @@ def test_perf_analyzer_suite_short_run(served_repository, run_requests, tmp_path
     _require_perf_analyzer()
     _, _, data = run_requests
     out = tmp_path / "pa"
+    client_cpu = str(sorted(os.sched_getaffinity(0))[-1])
     proc = subprocess.run(
         [sys.executable, "-m", "oneranker_perf.perf_analyzer_suite", "--url", served_repository.grpc_url,
          "--model", "oneranker", "--input-data", str(data), "--concurrency", "1", "--out", str(out),
-         "--measurement-interval", "1000", "--stability-percentage", "50", "--max-trials", "3"],
+         "--measurement-interval", "1000", "--stability-percentage", "50", "--max-trials", "3",
+         "--client-cpus", client_cpu, "--note", "Compute floor: test line."],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -180,6 +182,7 @@ def test_perf_analyzer_suite_short_run(served_repository, run_requests, tmp_path
     assert float(rows[0]["p99_ms"]) >= float(rows[0]["p50_ms"]) > 0
     md = (out / "results.md").read_text()
     assert "| concurrency |" in md and "cores" in md
+    assert f"perf_analyzer on core(s) {client_cpu}" in md and "Compute floor: test line." in md
     assert (out / "results.png").stat().st_size > 0
 
 
@@ -198,3 +201,6 @@ def test_locust_short_run(served_repository, run_requests, tmp_path):
     assert stats.requests > 0 and stats.failed == 0
     assert [r["name"] for r in stats.rows] == ["oneranker.recommend"]
     assert (out / "locust.html").exists()
+    md = (out / "results.md").read_text()
+    assert "oneranker.recommend" in md and f"Failures: 0 of {stats.requests} requests" in md
+    assert (out / "results.png").stat().st_size > 0

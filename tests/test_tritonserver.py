@@ -126,6 +126,7 @@ def server(repository, tmp_path_factory):
         log_file=logdir / "tritonserver.log",
         backend_dir=logdir / "backends",
         ready_timeout=60,
+        cpus=[sorted(os.sched_getaffinity(0))[0]],  # pinned (perf runs keep the client off the server's cores)
     )
     t0 = time.monotonic()
     srv.start()
@@ -171,6 +172,15 @@ def test_server_ready_on_localhost(server):
     assert len({server.grpc_port, server.http_port, server.metrics_port}) == 3
     server.wait_model_ready(ENSEMBLE, timeout=10)
     server.wait_model_ready("double", timeout=10, version=1)
+
+
+def test_server_and_its_stubs_stay_on_their_cpus(server):
+    import psutil
+
+    procs = [psutil.Process(server.pid)] + psutil.Process(server.pid).children(recursive=True)
+    assert any("stub" in p.name() or "stub" in " ".join(p.cmdline()) for p in procs[1:]), procs
+    for proc in procs:
+        assert set(proc.cpu_affinity()) == set(server.cpus), (proc.name(), proc.cpu_affinity())
 
 
 def test_grpc_ensemble_inference(server):

@@ -226,6 +226,7 @@ class TritonServer:
         backend_dir: str | os.PathLike | None = None,
         log_verbose: int = 0,
         ready_timeout: float = 60.0,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         if model_control_mode not in _MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
@@ -240,6 +241,7 @@ class TritonServer:
         self.backend_dir = Path(backend_dir).resolve() if backend_dir is not None else None
         self.log_verbose = int(log_verbose)
         self.ready_timeout = float(ready_timeout)
+        self.cpus = sorted(set(cpus)) if cpus else None  # CPU affinity of the server and its stubs
         self.process: subprocess.Popen | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -342,8 +344,10 @@ class TritonServer:
         cmd = self.build_command()
         self._log_handle = open(self.log_file, "ab", buffering=0)
         self._log_handle.write(f"# {' '.join(cmd)}\n".encode())
+        cpus = self.cpus
         self.process = subprocess.Popen(
             cmd,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ Runs ``timeout -k 5 <limit> python -m locust -f perf/locustfile.py --headless --
 --html OUT/locust.html ...`` (the hard limit guards against locust hanging after shutdown, see
 shared/docs/platform.md), keeps its output in ``OUT/locust.log``, then reads
 ``OUT/locust_stats.csv`` / ``OUT/locust_failures.csv`` and prints requests, failures, req/s and
-p50/p90/p99 per request name. Exit code: 0 when requests were made and none failed; 1 otherwise
+p50/p90/p99 per request name, and writes ``OUT/results.md`` and ``OUT/results.png``. Exit code: 0 when requests were made and none failed; 1 otherwise
 (any failure, no request, locust error or no stats); 2 for usage errors.
 """
 
@@ -140,11 +140,75 @@ def run(args: argparse.Namespace) -> tuple[int, LocustSummary | None, str]:
     (out / "locust.log").write_text(shlex.join(cmd) + "\n\n" + text)
     stats_path = Path(f"{out / CSV_PREFIX}_stats.csv")
     summary = read_stats(out / CSV_PREFIX) if stats_path.exists() else None
+    if summary is not None and summary.aggregated is not None:
+        write_report(summary, out, args, shlex.join(cmd))
     return proc.returncode, summary, text
 
 
 def _ms(v) -> str:
     return "-" if v is None else f"{v:g} ms"
+
+
+def read_history(prefix: Path) -> list[dict]:
+    """``<prefix>_stats_history.csv`` (aggregated rows, one per second) -> [{t, users, rps, p50, p95}]."""
+    path = Path(f"{prefix}_stats_history.csv")
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            if raw.get("Name") != "Aggregated":
+                continue
+            rows.append({"t": _num(raw.get("Timestamp")), "users": _num(raw.get("User Count")),
+                         "rps": _num(raw.get("Requests/s")), "p50_ms": _num(raw.get("50%")),
+                         "p95_ms": _num(raw.get("95%"))})
+    return rows
+
+
+def write_report(summary: LocustSummary, out: Path, args: argparse.Namespace, command: str) -> None:
+    """OUT/results.md (table per request name + aggregated) and OUT/results.png (req/s and
+    p50/p95 over the run, from the per-second history)."""
+    import platform
+
+    lines = [f"# locust: {args.users} gRPC users against {args.host}", "",
+             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; run time {args.run_time}, "
+             f"spawn rate {args.spawn_rate:g}/s, requests from `{args.requests}`; retries {args.retries}. "
+             "locust (gevent, one process) shares the machine with the server: absolute numbers are a floor.",
+             *(args.note or []), "",
+             "| request | requests | failures | req/s | avg ms | p50 ms | p90 ms | p99 ms | max ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in summary.rows + ([summary.aggregated] if summary.aggregated else []):
+        cells = [row["requests"], row["failures"], f"{row['rps'] or 0:.1f}"] + [
+            "-" if row[k] is None else f"{row[k]:.1f}" for k in ("avg_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+        lines.append(f"| {row['type']} {row['name']} | " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", f"Failures: {summary.failed} of {summary.requests} requests.", "", "Command:", "", "```", command,
+              "```", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+    history = [r for r in read_history(out / CSV_PREFIX) if r["t"] is not None]
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = history[0]["t"]
+    t = [r["t"] - t0 for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(t, [r["rps"] or 0 for r in history], color="#76b900")
+    axes[0].set_xlabel("seconds")
+    axes[0].set_ylabel("requests / s")
+    axes[0].set_title(f"throughput ({args.users} users)")
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95")):
+        axes[1].plot(t, [r[key] if isinstance(r[key], (int, float)) else float("nan") for r in history], label=label)
+    axes[1].set_xlabel("seconds")
+    axes[1].set_ylabel("ms (cumulative percentiles)")
+    axes[1].set_title("latency")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=120)
+    plt.close(fig)
 
 
 def report(rc: int, summary: LocustSummary | None, text: str, out: Path) -> int:
@@ -192,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop-timeout", type=int, default=5, help="seconds users get to finish at the end")
     ap.add_argument("--grace", type=int, default=30, help="seconds beyond run time before locust is killed")
     ap.add_argument("--locustfile", type=Path, default=LOCUSTFILE)
+    ap.add_argument("--note", action="append", help="a line added to results.md (e.g. the compute floor)")
     ap.add_argument("locust_extra", nargs="*", help="extra locust arguments (after --)")
     return ap
 

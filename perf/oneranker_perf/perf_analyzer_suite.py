@@ -185,7 +185,9 @@ def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, 
     t0 = time.monotonic()
     timed_out = False
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.level_timeout)
+        cpus = parse_cpus(args.client_cpus)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.level_timeout,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         text, res.returncode = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
         def _s(b):
@@ -280,6 +282,25 @@ def write_csv(results: Sequence[LevelResult], path: Path) -> None:
             w.writerow(r.row())
 
 
+def parse_cpus(text: str | None) -> list[int] | None:
+    """"1" / "0,1" / "2-3" -> CPU ids (None: no pinning)."""
+    if not text:
+        return None
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus += list(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pinning_note(client_cpus: str | None, server_cpus: str | None, nproc: int) -> str:
+    if not client_cpus and not server_cpus:
+        return (f"CPU pinning: none. Server and client share all {nproc} cores, so the client's own CPU time is "
+                "taken from the server (the figure is a floor for the server).")
+    return (f"CPU pinning: server on core(s) {server_cpus or 'all'}, perf_analyzer on core(s) {client_cpus or 'all'}: "
+            "the client no longer competes with the server, which in exchange has fewer cores.")
+
+
 def write_markdown(results: Sequence[LevelResult], path: Path, args: argparse.Namespace, machine: dict,
                    command: str) -> None:
     head = "concurrency" if results and results[0].mode == "concurrency" else "request rate (req/s)"
@@ -291,6 +312,8 @@ def write_markdown(results: Sequence[LevelResult], path: Path, args: argparse.Na
         f"Measured {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; gRPC, batch 1, input data `{args.input_data}`, "
         f"measurement interval {args.measurement_interval} ms, stability {args.stability_percentage}%.",
         "Absolute numbers from a shared CPU machine are noisy: compare levels of one run.",
+        pinning_note(args.client_cpus, args.server_cpus, machine["nproc"]),
+        *[f"{note}" for note in (args.note or [])],
         "",
         f"| {head} | throughput (infer/s) | p50 (ms) | p90 (ms) | p95 (ms) | p99 (ms) | avg (ms) | errors | status |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -400,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-measure a level that did not stabilize, doubling the stability percentage (default 1)")
     ap.add_argument("--level-timeout", type=float, default=300.0, help="seconds before one level is abandoned")
     ap.add_argument("--stop-on-error", action="store_true", help="stop at the first failed level")
+    ap.add_argument("--client-cpus", help="pin perf_analyzer to these CPUs, e.g. 1 or 2-3 (default: not pinned)")
+    ap.add_argument("--server-cpus", help="the CPUs the server was pinned to (stated in the report)")
+    ap.add_argument("--note", action="append", help="a line added to the report (e.g. the compute floor)")
     ap.add_argument("pa_extra", nargs="*", help="extra perf_analyzer arguments (after --)")
     return ap
 

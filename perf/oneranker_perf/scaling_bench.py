@@ -60,7 +60,7 @@ def time_call(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int) -> dict:
+def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int, command: str = "") -> dict:
     import torch
 
     from oneranker.config import preset
@@ -107,7 +107,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
             print(f"[scaling] L={length:5d} n={n:5d}  ort gen {row['onnxruntime_generate_ms']:7.2f} ms "
                   f"rank {row['onnxruntime_rank_ms']:7.2f} ms | torch gen {row['torch_generate_ms']:7.2f} "
                   f"rank {row['torch_rank_ms']:7.2f} ms | {row['fraction_of_peak']:.1%} of peak", flush=True)
-    results = {"preset": preset_name, "threads": threads, "matmul_gflops": peak, "rows": rows,
+    results = {"preset": preset_name, "command": command, "threads": threads, "matmul_gflops": peak, "rows": rows,
                "kv_binding": bound_vs_unbound(export_dir, model, lengths[len(lengths) // 2], counts[len(counts) // 2],
                                               threads, repeats * 4)}
     write_report(results, out)
@@ -171,6 +171,7 @@ def write_report(results: dict, out: Path) -> None:
              f"{results['matmul_gflops']:.1f} GFLOP/s here (512x512 fp32, same run). Medians of in-process calls, "
              "batch 1. Unified rank = Step 3 over the generator's KV; cascade rank = re-encode the history "
              "(generate) + Step 3.", "",
+             f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.scaling_bench --preset paper'}`.", "",
              "| history | candidates | GFLOP gen | GFLOP rank | ORT gen ms | ORT rank ms | torch gen ms | torch rank ms "
              "| torch/ORT total | cascade/unified rank | fraction of peak (ORT) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -212,6 +213,13 @@ def write_report(results: dict, out: Path) -> None:
     print((out / "results.md").read_text())
 
 
+def reproduce_command(argv) -> str:
+    import shlex
+    import sys
+
+    return "python -m oneranker_perf.scaling_bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="paper")
@@ -222,7 +230,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     run(args.preset, args.out, [int(x) for x in args.lengths.split(",")], [int(x) for x in args.candidates.split(",")],
-        args.threads, args.repeats)
+        args.threads, args.repeats, command=reproduce_command(argv))
     return 0
 
 

@@ -191,7 +191,7 @@ def kv_bytes(info: dict, length_bucket: int) -> int:
 
 
 def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
-        n_requests: int) -> dict:
+        n_requests: int, command: str = "") -> dict:
     from oneranker.checkpoint import load_run
     from oneranker.cli import example_request
     from oneranker.features import bucket_for
@@ -213,7 +213,7 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
 
-    results: dict = {"machine": machine(), "preset": cfg.name, "requests": n_requests, "repository": str(repository),
+    results: dict = {"machine": machine(), "command": command, "preset": cfg.name, "requests": n_requests, "repository": str(repository),
                      "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
     print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
     local = service.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
@@ -329,6 +329,9 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"Repository: `{results.get('repository', '?')}` (its engine runs inside the Python models).",
         "",
+        f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.topology_bench --help'}` "
+        "(or `bash perf/reproduce.sh` for every figure).",
+        "",
         f"Machine: {results['machine']}. {results['requests']} test-split requests (mean history "
         f"{results['mean_history']:.0f} events), defaults top_k/num_candidates/beam_width. Server and client share the "
         "cores (client threads compete with the server: absolute numbers are a floor; compare ratios).",
@@ -417,6 +420,13 @@ def write_report(results: dict, out: Path) -> None:
     print((out / "results.md").read_text())
 
 
+def reproduce_command(argv) -> str:
+    import shlex
+    import sys
+
+    return "python -m oneranker_perf.topology_bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -430,7 +440,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    run(args.run_dir, args.repository, args.out, args.latency_requests, args.concurrency, args.seconds, args.requests)
+    run(args.run_dir, args.repository, args.out, args.latency_requests, args.concurrency, args.seconds, args.requests,
+        command=reproduce_command(argv))
     return 0
 
 
