@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--inputs", type=Path, required=True, help="folder with perf_data.json and requests.jsonl")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--concurrency", default="1,2,4",
+                        help="levels (2 cores: 4 in-flight requests already saturate the server; 8 does not settle)")
     parser.add_argument("--locust-users", type=int, default=4)
     parser.add_argument("--locust-time", default="20s")
     parser.add_argument("--run-dir", type=Path, help="the served run: adds the compute floor to every report")
