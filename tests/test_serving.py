@@ -294,20 +294,24 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
         server.stop()
 
 
-def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, in_process, tmp_path):
-    """The `torch` engine repository (PyTorch runner inside the Python models) loads within 60 s
-    and answers like the ONNX Runtime pipeline up to float tolerance."""
+def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_cascade, in_process, tmp_path):
+    """The `torch` engine repository (PyTorch runner inside the Python models; the split
+    topologies pass the KV by DLPack) loads within 60 s and answers like the ONNX Runtime
+    pipeline up to float tolerance; so does its cascade baseline."""
     import json
     import time
 
     from oneranker.cli import example_request
-    from oneranker_build.render import render_repository
+    from oneranker_build.render import CascadeExports, render_repository
 
     from conftest import request_dict
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
+    halves = tiny_export / "export_cascade"
+    cascade = CascadeExports(halves / "generator", halves / "ranker", tiny_cascade.generator_dir,
+                             tiny_cascade.ranker_dir)
     repo = render_repository(tiny_export / "export", tmp_path / "torch", "torch", contract.ContractDims(**info["dims"]),
-                             info["checkpoint_sha256"], run_dir=tiny_run.run_dir)
+                             info["checkpoint_sha256"], run_dir=tiny_run.run_dir, cascade=cascade)
     start = time.perf_counter()
     server = _serve(repo, tmp_path / "torch.log")
     try:
@@ -317,6 +321,10 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, in_pr
             got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
             want = in_process.recommend([as_request(req)])[0]
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
+        got = grpcclient.InferenceServerClient(server.grpc_url).infer(contract.CASCADE_PUBLIC_MODEL,
+                                                                      make_inputs(fields_of(req)))
+        want = service.load_cascade_recommender(halves, engine="onnxruntime", threads=1).recommend([as_request(req)])[0]
+        np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
     finally:
         server.stop()
 
