@@ -5,6 +5,7 @@
 #   2. serving topologies, served vs in-process, RSS, unified vs cascade served,
 #      compute floor                                            -> perf/results/topology/
 #      the same with the PyTorch engine in the same slots         -> perf/results/topology_torch/
+#      dynamic batching delay 0 / 100 / 500 us, side by side      -> perf/results/queue_delay/
 #   3. cost vs history length x candidates, ORT vs torch,
 #      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
 #   4. perf_analyzer sweep on the public model and the core models -> perf/results/perf_analyzer/
@@ -30,6 +31,7 @@ CASCADE=artifacts/runs/$PRESET-cascade
 "$PY" -m oneranker.cli build --preset "$PRESET" --run-dir "$RUN" --cascade-run "$CASCADE" --engine torch --out "$OUT"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/onnxruntime" --out "$RES/topology"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/torch" --out "$RES/topology_torch"
+"$PY" -m oneranker_perf.queue_delay_bench --run-dir "$RUN" --export "$OUT/export" --delays 0,100,500 --seconds 20 --out "$RES/queue_delay"
 "$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"
 "$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
 "$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES" --run-dir "$RUN" --pin

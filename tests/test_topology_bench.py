@@ -36,3 +36,16 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
     report = (out / "results.md").read_text()
     assert "Unified OneRanker vs the cascade baseline" in report and "Where the time goes" in report and (out / "results.png").stat().st_size > 0
+
+
+def test_queue_delay_bench_serves_every_delay_side_by_side(tiny_run, tiny_export, tmp_path):
+    from oneranker_perf import queue_delay_bench
+
+    out = tmp_path / "queue_delay"
+    queue_delay_bench.run(tiny_run.run_dir, tiny_export / "export", [0, 500], out, n_latency=4, concurrency=2,
+                          seconds=1.0, n_requests=4)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["measured"]) == {f"{p} @ {d} us" for p in ("fused", "ensemble") for d in (0, 500)}
+    for label, t in results["measured"].items():
+        assert t["errors"] == 0 and t["throughput_rps"] > 0 and t["c1"]["n"] == 4, label
+    assert "| fused | 0 |" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0

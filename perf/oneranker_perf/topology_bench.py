@@ -118,33 +118,39 @@ def saturation_loop(make_call, requests: list, concurrency: int, seconds: float)
     return out
 
 
-def paired_comparison(url: str, models: tuple[str, str], requests: list, n_latency: int, concurrency: int,
+def paired_comparison(targets: dict[str, tuple[str, str]], requests: list, n_latency: int, concurrency: int,
                       seconds: float, rounds: int = 4) -> dict:
-    """Two served models measured interleaved, so machine noise falls on both alike: at
-    concurrency 1 each request goes to both (order alternating); at saturation, `rounds`
-    alternating windows of seconds/rounds per model, pooled."""
+    """Two or more served models ({label: (grpc url, model)}) measured interleaved, so machine
+    noise falls on all alike: at concurrency 1 each request goes to every target (order rotating);
+    at saturation, `rounds` rotating windows of seconds/rounds per target, pooled."""
     from oneranker_client.client import OneRankerClient
 
-    clients = {m: OneRankerClient(url, model=m, retries=0) for m in models}
-    times: dict = {m: [] for m in models}
+    labels = list(targets)
+    clients = {k: OneRankerClient(url, model=model, retries=0) for k, (url, model) in targets.items()}
+    times: dict = {k: [] for k in labels}
+
+    def rotation(i: int) -> list[str]:
+        return labels[i % len(labels):] + labels[:i % len(labels)]
+
     for i in range(n_latency):
-        for m in (models if i % 2 == 0 else models[::-1]):
+        for k in rotation(i):
             start = time.perf_counter()
-            clients[m].recommend(requests[i % len(requests)])
-            times[m].append(time.perf_counter() - start)
-    out: dict = {m: {"c1": percentiles(times[m]), "served": 0, "seconds": 0.0, "errors": 0} for m in models}
+            clients[k].recommend(requests[i % len(requests)])
+            times[k].append(time.perf_counter() - start)
+    out: dict = {k: {"c1": percentiles(times[k]), "served": 0, "seconds": 0.0, "errors": 0} for k in labels}
     for r in range(rounds):
-        for m in (models if r % 2 == 0 else models[::-1]):
+        for k in rotation(r):
+            url, model = targets[k]
             began = time.perf_counter()
-            sat = saturation_loop(lambda: OneRankerClient(url, model=m, retries=0).recommend, requests, concurrency,
-                                  seconds / rounds)
+            sat = saturation_loop(lambda: OneRankerClient(url, model=model, retries=0).recommend, requests,
+                                  concurrency, seconds / rounds)
             elapsed = time.perf_counter() - began
-            out[m]["served"] += int(round(sat["throughput_rps"] * elapsed))
-            out[m]["seconds"] += elapsed
-            out[m]["errors"] += sat["errors"]
-    for m in models:
-        out[m]["throughput_rps"] = out[m]["served"] / out[m]["seconds"]
-        clients[m].close()
+            out[k]["served"] += int(round(sat["throughput_rps"] * elapsed))
+            out[k]["seconds"] += elapsed
+            out[k]["errors"] += sat["errors"]
+    for k in labels:
+        out[k]["throughput_rps"] = out[k]["served"] / out[k]["seconds"]
+        clients[k].close()
     return out
 
 
@@ -190,17 +196,12 @@ def kv_bytes(info: dict, length_bucket: int) -> int:
     return d["R2"] * (d["F"] + length_bucket + info["num_step2_tokens"]) * d["DM"] * 4
 
 
-def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
-        n_requests: int, command: str = "") -> dict:
+def bench_requests(run_dir: Path, n_requests: int) -> tuple:
+    """n test-split requests spread over the split -> (config, raw Requests, client RecommendRequests)."""
     from oneranker.checkpoint import load_run
     from oneranker.cli import example_request
-    from oneranker.features import bucket_for
     from oneranker.pipeline import prepare
-    from oneranker.reference import load_reference
-    from oneranker_build import service
-    from oneranker_build.tritonserver import TritonServer
-    from oneranker_client import contract
-    from oneranker_client.client import OneRankerClient, RecommendRequest
+    from oneranker_client.client import RecommendRequest
 
     cfg, _, sids, _ = load_run(run_dir)
     prep = prepare(cfg, sids=sids)
@@ -209,6 +210,19 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     reqs = [RecommendRequest(user_features=r.user_features.tolist(), item_ids=r.item_ids.tolist(),
                              actions=r.actions.tolist(), timestamps=r.timestamps.tolist(),
                              request_time=int(r.request_time)) for r in raw]
+    return cfg, raw, reqs
+
+
+def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
+        n_requests: int, command: str = "") -> dict:
+    from oneranker.features import bucket_for
+    from oneranker.reference import load_reference
+    from oneranker_build import service
+    from oneranker_build.tritonserver import TritonServer
+    from oneranker_client import contract
+    from oneranker_client.client import OneRankerClient
+
+    cfg, raw, reqs = bench_requests(run_dir, n_requests)
     info = service.read_export_info(repository / contract.FUSED_MODEL / "1" / "artifacts")
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
@@ -262,8 +276,8 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
                                   "kv_bytes_crossing_per_request": 0}
             pair = (contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL)
             print(f"[bench] {pair[0]} vs {pair[1]}, interleaved ...", flush=True)
-            results["unified_vs_cascade"] = paired_comparison(server.grpc_url, pair, reqs, n_latency, concurrency,
-                                                              seconds)
+            results["unified_vs_cascade"] = paired_comparison({m: (server.grpc_url, m) for m in pair}, reqs,
+                                                              n_latency, concurrency, seconds)
     finally:
         server.stop()
     results["default_topology"] = choose_default(results["topologies"])
