@@ -7,20 +7,20 @@ import dataclasses
 import numpy as np
 import pytest
 
-from oneranker.config import ACTION_CLICK, ACTION_CONVERSION, ACTION_CONTENT_VIEW, AD_ACTIONS, preset
+from oneranker.config import ACTION_CLICK, ACTION_CONVERSION, ACTION_CONTENT_VIEW, AD_ACTIONS
 from oneranker.data import make_splits, make_synthetic, popularity_scores, training_rows_mask
 from oneranker.data.schema import Dataset, EventLog
 from oneranker.data.splits import split_target_rows
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return preset("tiny")
+def cfg(tiny_cfg):
+    return tiny_cfg
 
 
 @pytest.fixture(scope="module")
-def ds(cfg):
-    return make_synthetic(cfg.data)
+def ds(tiny_prep):
+    return tiny_prep.dataset  # make_synthetic(cfg.data), built once per session
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from oneranker.config import ACTION_CLICK, ACTION_CONVERSION, preset
-from oneranker.data import make_synthetic, training_rows_mask
+from oneranker.config import ACTION_CLICK, ACTION_CONVERSION
+from oneranker.data import training_rows_mask
 from oneranker.tokenizer import (
     SemanticIds,
     assign_suffixes,
@@ -23,18 +23,18 @@ from oneranker.tokenizer import (
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return preset("tiny")
+def cfg(tiny_cfg):
+    return tiny_cfg
 
 
 @pytest.fixture(scope="module")
-def ds(cfg):
-    return make_synthetic(cfg.data)
+def ds(tiny_prep):
+    return tiny_prep.dataset
 
 
 @pytest.fixture(scope="module")
-def sids(ds, cfg):
-    return fit_semantic_ids(ds, cfg.tokenizer)
+def sids(tiny_prep):
+    return tiny_prep.sids  # fit_semantic_ids(ds, cfg.tokenizer), fitted once per session
 
 
 def _all_codes(s: SemanticIds) -> np.ndarray:
