@@ -9,6 +9,7 @@ responses into output arrays named by the contract.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +377,25 @@ def kv_memory(spec: str):
     if kind not in ("cpu", "gpu"):
         raise ValueError(f"kv_memory must be cpu or gpu:N, got {spec!r}")
     return kind == "gpu", int(device or 0)
+
+
+@dataclass
+class SplitEngine:
+    """What the `generator` and `ranker` Python models (topologies b/c) hold."""
+
+    recommender: Recommender  # its runner is built with bind_kv=False: the KV leaves the model
+    codec: "TensorCodec"
+    num_prefix: int  # F
+    num_step2: int  # T2
+
+
+def load_split_engine(args: dict, pb) -> SplitEngine:
+    """Triton's initialize() args of a generator/ranker model -> its runner, codec and dims."""
+    params, artifacts = model_setup(args)
+    rec = load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
+                           expected_checkpoint=params["checkpoint_sha256"], device=instance_device(args), bind_kv=False)
+    info = read_export_info(artifacts)
+    return SplitEngine(rec, TensorCodec(pb, params["kv_transport"]), info["dims"]["F"], info["num_step2_tokens"])
 
 
 class TensorCodec:

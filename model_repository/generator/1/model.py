@@ -10,17 +10,13 @@ from oneranker_client import contract
 
 class TritonPythonModel:
     def initialize(self, args):
-        params, artifacts = service.model_setup(args)
-        self.rec = service.load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-                                            expected_checkpoint=params["checkpoint_sha256"],
-                                            device=service.instance_device(args), bind_kv=False)
-        self.codec = service.TensorCodec(pb_utils, params["kv_transport"])
-        self.num_prefix = self.rec.num_user_features
+        self.engine = service.load_split_engine(args, pb_utils)
 
     def execute(self, requests):
-        items = [self.codec.inputs(r, contract.GENERATOR) for r in requests]
+        e = self.engine
+        items = [e.codec.inputs(r, contract.GENERATOR) for r in requests]
         batch, own = service.stack_generator_inputs(items)
-        level_logits, kv = service.generate_split(self.rec.runner, batch, keep_device=self.codec.dlpack)
-        outs = service.split_generator_outputs(items, level_logits, kv, own, self.num_prefix)
-        return [pb_utils.InferenceResponse(output_tensors=[self.codec.tensor(k, v) for k, v in o.items()])
+        level_logits, kv = service.generate_split(e.recommender.runner, batch, keep_device=e.codec.dlpack)
+        outs = service.split_generator_outputs(items, level_logits, kv, own, e.num_prefix)
+        return [pb_utils.InferenceResponse(output_tensors=[e.codec.tensor(k, v) for k, v in o.items()])
                 for o in outs]

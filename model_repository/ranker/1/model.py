@@ -10,17 +10,12 @@ from oneranker_client import contract
 
 class TritonPythonModel:
     def initialize(self, args):
-        params, artifacts = service.model_setup(args)
-        self.rec = service.load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-                                            expected_checkpoint=params["checkpoint_sha256"],
-                                            device=service.instance_device(args), bind_kv=False)
-        self.codec = service.TensorCodec(pb_utils, params["kv_transport"])
-        info = service.read_export_info(artifacts)
-        self.num_prefix, self.num_step2 = info["dims"]["F"], info["num_step2_tokens"]
+        self.engine = service.load_split_engine(args, pb_utils)
 
     def execute(self, requests):
-        items = [self.codec.inputs(r, contract.RANKER) for r in requests]
-        batch, shapes = service.stack_ranker_inputs(items, self.num_prefix, self.num_step2)
-        scores = service.rank_split(self.rec.runner, batch)
-        return [pb_utils.InferenceResponse(output_tensors=[self.codec.tensor("scores", s)])
+        e = self.engine
+        items = [e.codec.inputs(r, contract.RANKER) for r in requests]
+        batch, shapes = service.stack_ranker_inputs(items, e.num_prefix, e.num_step2)
+        scores = service.rank_split(e.recommender.runner, batch)
+        return [pb_utils.InferenceResponse(output_tensors=[e.codec.tensor("scores", s)])
                 for s in service.split_scores(scores, shapes)]
