@@ -479,28 +479,28 @@ def _http(method: str, url: str, timeout: float) -> tuple[int, str]:
         return e.code, e.read().decode(errors="replace")
 
 
+def _http_ok(method: str, url: str, timeout: float, what: str) -> str:
+    """_http that raises RuntimeError("WHAT: HTTP status body") unless the answer is 200."""
+    status, body = _http(method, url, timeout)
+    if status != 200:
+        raise RuntimeError(f"{what}: HTTP {status} {body.strip()}")
+    return body
+
+
 def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
     """POST /v2/repository/models/NAME/load for each name in order, unload the models the server
     still serves that are not in `names` (retired ones), then check readiness."""
     base = url if url.startswith("http") else f"http://{url}"
     for name in names:
-        status, body = _http("POST", f"{base}/v2/repository/models/{name}/load", timeout)
-        if status != 200:
-            raise RuntimeError(f"loading {name}: HTTP {status} {body.strip()}")
+        _http_ok("POST", f"{base}/v2/repository/models/{name}/load", timeout, f"loading {name}")
         print(f"loaded {name}", flush=True)
-    status, body = _http("POST", f"{base}/v2/repository/index", 10.0)
-    if status != 200:
-        raise RuntimeError(f"repository index: HTTP {status} {body.strip()}")
+    body = _http_ok("POST", f"{base}/v2/repository/index", 10.0, "repository index")
     stale = sorted({e["name"] for e in json.loads(body or "[]")
                     if e.get("state") == "READY" and e.get("name") not in set(names)})
     for name in stale:
-        status, body = _http("POST", f"{base}/v2/repository/models/{name}/unload", timeout)
-        if status != 200:
-            raise RuntimeError(f"unloading {name}: HTTP {status} {body.strip()}")
+        _http_ok("POST", f"{base}/v2/repository/models/{name}/unload", timeout, f"unloading {name}")
         print(f"unloaded {name} (no longer in the repository)", flush=True)
-    status, body = _http("GET", f"{base}/v2/health/ready", 10.0)
-    if status != 200:
-        raise RuntimeError(f"server not ready after the load: HTTP {status} {body.strip()}")
+    _http_ok("GET", f"{base}/v2/health/ready", 10.0, "server not ready after the load")
     status, body = _http("POST", f"{base}/v2/repository/index", 10.0)
     if status == 200:
         for entry in json.loads(body or "[]"):

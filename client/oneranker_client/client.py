@@ -359,8 +359,8 @@ def _contract_mismatches(metadata: Mapping[str, Any] | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Synchronous client
 # ---------------------------------------------------------------------------------------------
-class OneRankerClient:
-    """Blocking gRPC client of the public model. Thread-safe (one channel shared by threads)."""
+class _ClientOptions:
+    """Settings shared by the blocking and the asyncio client."""
 
     def __init__(
         self,
@@ -371,13 +371,21 @@ class OneRankerClient:
         backoff_s: float = DEFAULT_BACKOFF_S,
         verbose: bool = False,
     ):
-        import tritonclient.grpc as grpcclient
-
         self.url, self.model = url, model
         self.timeout_s = timeout_s
         self.retries, self.backoff_s = int(retries), float(backoff_s)
+        self._verbose = verbose
+
+
+class OneRankerClient(_ClientOptions):
+    """Blocking gRPC client of the public model. Thread-safe (one channel shared by threads)."""
+
+    def __init__(self, *args, **kwargs):
+        import tritonclient.grpc as grpcclient
+
+        super().__init__(*args, **kwargs)
         try:
-            self._client = grpcclient.InferenceServerClient(url=url, verbose=verbose)
+            self._client = grpcclient.InferenceServerClient(url=self.url, verbose=self._verbose)
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed url
             raise as_oneranker_error(exc) from None
         self._outputs = requested_outputs()
@@ -479,23 +487,12 @@ def is_healthy(health: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------------
 # asyncio client
 # ---------------------------------------------------------------------------------------------
-class AsyncOneRankerClient:
+class AsyncOneRankerClient(_ClientOptions):
     """The same API on ``tritonclient.grpc.aio`` (coroutines). The channel is opened lazily
     inside the running event loop; close it with ``await client.close()`` or ``async with``."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_GRPC_URL,
-        model: str = contract.PUBLIC_MODEL,
-        timeout_s: float | None = DEFAULT_TIMEOUT_S,
-        retries: int = DEFAULT_RETRIES,
-        backoff_s: float = DEFAULT_BACKOFF_S,
-        verbose: bool = False,
-    ):
-        self.url, self.model = url, model
-        self.timeout_s = timeout_s
-        self.retries, self.backoff_s = int(retries), float(backoff_s)
-        self._verbose = verbose
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._client = None
         self._outputs = None
 

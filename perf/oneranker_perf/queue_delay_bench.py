@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .topology_bench import bench_requests, machine, paired_comparison
+from .topology_bench import bench_requests, machine, paired_comparison, reproduce_command
 
 
 def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency: int, concurrency: int,
@@ -126,7 +124,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    command = "python -m oneranker_perf.queue_delay_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = reproduce_command("oneranker_perf.queue_delay_bench", argv)
     run(args.run_dir, args.export, [int(d) for d in args.delays.split(",")], args.out, args.latency_requests,
         args.concurrency, args.seconds, args.requests, command=command)
     return 0

@@ -213,14 +213,9 @@ def write_report(results: dict, out: Path) -> None:
     print((out / "results.md").read_text())
 
 
-def reproduce_command(argv) -> str:
-    import shlex
-    import sys
-
-    return "python -m oneranker_perf.scaling_bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-
-
 def main(argv=None) -> int:
+    from .topology_bench import reproduce_command
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--out", type=Path, default=Path("perf/results/scaling"))
@@ -230,7 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     run(args.preset, args.out, [int(x) for x in args.lengths.split(",")], [int(x) for x in args.candidates.split(",")],
-        args.threads, args.repeats, command=reproduce_command(argv))
+        args.threads, args.repeats, command=reproduce_command("oneranker_perf.scaling_bench", argv))
     return 0
 
 

@@ -434,11 +434,12 @@ def write_report(results: dict, out: Path) -> None:
     print((out / "results.md").read_text())
 
 
-def reproduce_command(argv) -> str:
+def reproduce_command(module: str, argv) -> str:
+    """The command line that reproduces a bench's report: `python -m MODULE ARGS`."""
     import shlex
     import sys
 
-    return "python -m oneranker_perf.topology_bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
 def main(argv=None) -> int:
@@ -455,7 +456,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     run(args.run_dir, args.repository, args.out, args.latency_requests, args.concurrency, args.seconds, args.requests,
-        command=reproduce_command(argv))
+        command=reproduce_command("oneranker_perf.topology_bench", argv))
     return 0
 
 
