@@ -35,7 +35,7 @@ deploy_dir="${ONERANKER_DEPLOY_DIR:-/artifacts}"
 run_dir="${ONERANKER_RUN_DIR:-$deploy_dir/runs/$preset}"
 live="$deploy_dir/repository/$engine"
 
-latest="$(python -m oneranker_build.deploy latest --repository "$live")"
+latest="$(python -m oneranker_deploy latest --repository "$live")"
 if [ "$mode" = render ] && [ -e "$out/$engine" ]; then
   echo "[builder] $out/$engine exists: releases are immutable, pick a new release name" >&2
   exit 1
@@ -72,9 +72,9 @@ stage="$deploy_dir/staging/$(date -u +%Y%m%dT%H%M%SZ)"
 echo "[builder] oneranker build --engine $engine -> $stage"
 oneranker build --run-dir "$run_dir" --engine "$engine" --out "$stage"
 
-python -m oneranker_build.deploy promote --staging "$stage/$engine" --repository "$live"
+python -m oneranker_deploy promote --staging "$stage/$engine" --repository "$live"
 stamp "$live"
-echo "[builder] $live now holds version $(python -m oneranker_build.deploy latest --repository "$live")"
+echo "[builder] $live now holds version $(python -m oneranker_deploy latest --repository "$live")"
 
 # Load for the perf and locust services, from the served run's own dataset (needs torch: here).
 python -m oneranker_perf.make_inputs --run-dir "$run_dir" --n 256 --out-dir "$deploy_dir/perf-inputs"

@@ -28,11 +28,11 @@ ENV PYTHONPATH=/opt/perfenv:/opt/oneranker/training:/opt/oneranker/build:/opt/on
     PATH=/opt/perfenv/bin:${PATH} \
     ONERANKER_PA_DIR=/opt/pa
 
-# oneranker_build.perf_tools looks for perf_analyzer as scripts/bootstrap.sh installs it on the
+# oneranker_perf.perf_analyzer_bin looks for perf_analyzer as scripts/bootstrap.sh installs it on the
 # CPU machines: $ONERANKER_PA_DIR/bin/perf_analyzer plus lib/libb64.so.0d and lib/libcudart.so.12
 # (the 2.50 wheel's binary loads those). Point that layout at the SDK image's own binary, which
 # finds its own libraries; the lib/ links are the ones it resolves (or /dev/null when it links
-# none: they only satisfy perf_tools' existence check, nothing loads them under that name).
+# none: they only satisfy perf_analyzer_bin's existence check, nothing loads them under that name).
 RUN set -eu; \
     pa="$(command -v perf_analyzer)"; \
     mkdir -p /opt/pa/bin /opt/pa/lib; \
@@ -42,5 +42,5 @@ RUN set -eu; \
       ln -s "${found:-/dev/null}" "/opt/pa/lib/${pair#*:}"; \
     done; \
     locust --version; \
-    python3 -c "import numpy, tritonclient.grpc, oneranker_client, oneranker_build.perf_tools as t; \
+    python3 -c "import numpy, tritonclient.grpc, oneranker_client, oneranker_perf.perf_analyzer_bin as t; \
 print(t.perf_analyzer_command()[0])"

@@ -29,19 +29,16 @@ RUN set -eu; \
     basename "$(readlink -f "$so")" | sed -n 's/^libnvinfer\.so\.//p' >/opt/oneranker/tensorrt_version; \
     echo "TensorRT $(cat /opt/oneranker/tensorrt_version)"
 
-# The project package, without its dependencies (the Python models import oneranker,
-# oneranker_build and oneranker_client; their training-only dependencies stay out).
-COPY pyproject.toml README.md /tmp/oneranker/
-COPY training /tmp/oneranker/training
-COPY build /tmp/oneranker/build
+# The serving package and the client's contract, without their dependencies: the Python models
+# import only oneranker_serving and oneranker_client.contract; no training code enters the image.
+COPY serving /tmp/oneranker/serving
 COPY client /tmp/oneranker/client
-COPY perf /tmp/oneranker/perf
-RUN python3 -m pip install --no-deps /tmp/oneranker && rm -rf /tmp/oneranker
+RUN python3 -m pip install --no-deps /tmp/oneranker/serving /tmp/oneranker/client && rm -rf /tmp/oneranker
 
 # Fail the image build, not the first model load: every import the Python models make works,
 # and nothing pulled numpy up to 2.x.
 RUN python3 -c "import sys, numpy, safetensors.numpy, onnxruntime; \
-import oneranker_build.service, oneranker_build.runners, oneranker_client.contract; \
+import oneranker_serving.triton.models, oneranker_serving.runners.onnxruntime, oneranker_client.contract; \
 sys.exit(0 if numpy.__version__.startswith('1.') else 'numpy must be < 2, got ' + numpy.__version__)"
 
 COPY deploy/triton-start.sh /opt/oneranker/triton-start.sh

@@ -106,7 +106,7 @@ def request_dict(req) -> dict:
 @pytest.fixture(scope="session")
 def served_repository(tiny_run, tiny_repository, tmp_path_factory):
     from oneranker.cli import example_request
-    from oneranker_build.tritonserver import TritonServer
+    from oneranker_serving.local_server import TritonServer
 
     log = tmp_path_factory.mktemp("triton_logs") / "tritonserver.log"
     server = TritonServer(tiny_repository, log_file=log)

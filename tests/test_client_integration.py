@@ -53,7 +53,7 @@ def _write_jsonl(path: Path, reqs) -> Path:
 
 
 def _require_perf_analyzer():
-    from oneranker_build.perf_tools import perf_analyzer_command
+    from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     try:
         perf_analyzer_command()

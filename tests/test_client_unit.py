@@ -213,7 +213,7 @@ def test_backoff_is_capped_and_errors_convert():
 
 
 def test_client_against_a_closed_port_raises_unavailable_after_retries():
-    from oneranker_build.tritonserver import find_free_port
+    from oneranker_serving.local_server import find_free_port
     from oneranker_client import OneRankerClient
 
     client = OneRankerClient(f"127.0.0.1:{find_free_port()}", timeout_s=5, retries=1, backoff_s=0.01)
@@ -295,7 +295,7 @@ def test_cli_bad_input_files_exit_2(tmp_path, capsys):
 
 
 def test_cli_unreachable_server_exits_1_with_message(capsys):
-    from oneranker_build.tritonserver import find_free_port
+    from oneranker_serving.local_server import find_free_port
 
     rc = cli.main(["health", "--url", f"127.0.0.1:{find_free_port()}", "--retries", "0", "--timeout", "5"])
     err = capsys.readouterr().err

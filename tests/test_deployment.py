@@ -13,7 +13,7 @@
     docs/deployment.md (+ the README's deployment section, when there is one): every command and
     flag named there, in the compose file, the scripts, the Dockerfiles and the manifests exists
     (its --help is run; a program that is not installed here is skipped with the reason)
-    oneranker_build.deploy    shm arithmetic, promote/retire/latest/load
+    oneranker_deploy.rollout  shm arithmetic, promote/retire/latest/load
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from oneranker.config import ExperimentConfig, PRESETS, preset
-from oneranker_build import deploy
+from oneranker_deploy import rollout as deploy
 from oneranker_client import contract, defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,7 +424,7 @@ def test_shm_size_equals_the_contract_computation():
         want = deploy.shm_size_for_preset(preset_name, counts)
         assert deploy.parse_size(svc["shm_size"]) == want, (
             f"{name}: shm_size {svc['shm_size']} != {deploy.format_size(want)} computed for preset "
-            f"{preset_name} and instances {counts} (python -m oneranker_build.deploy shm "
+            f"{preset_name} and instances {counts} (python -m oneranker_deploy shm "
             f"--compose docker-compose.yml --service {name})")
         engine = _labels(svc)["oneranker.engine"]
         try:
@@ -448,7 +448,7 @@ def test_shm_size_equals_the_contract_computation():
 
 
 def test_shm_cli_prints_the_compose_value():
-    r = subprocess.run([PY, "-m", "oneranker_build.deploy", "shm", "--compose", str(COMPOSE_FILE),
+    r = subprocess.run([PY, "-m", "oneranker_deploy", "shm", "--compose", str(COMPOSE_FILE),
                         "--service", "triton"], capture_output=True, text=True, env=_env(), cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(services()["triton"]["shm_size"])
@@ -801,14 +801,14 @@ def test_cli_port_defaults_agree_with_the_defaults_module():
 # ---------------------------------------------------------------------------------------------
 PY_MODULES = {
     "oneranker.cli": "oneranker", "oneranker_client.cli": "oneranker-client",
-    "oneranker_build.deploy": "oneranker_build.deploy", "oneranker_build.tritonserver": "oneranker_build.tritonserver",
+    "oneranker_deploy": "oneranker_deploy", "oneranker_serving.local_server": "oneranker_serving.local_server",
     "oneranker_perf.perf_analyzer_suite": "oneranker_perf.perf_analyzer_suite",
     "oneranker_perf.locust_run": "oneranker_perf.locust_run", "oneranker_perf.make_inputs": "oneranker_perf.make_inputs",
     "locust": "locust", "torch.distributed.run": "torchrun",
 }
 PROGRAMS = {"oneranker", "oneranker-client", "torchrun", "tritonserver", "triton-start.sh", "builder.sh",
             "locust", "curl", "kubectl", "nvidia-smi", "nvidia-ctk"}
-WITH_SUBCOMMANDS = {"oneranker", "oneranker-client", "oneranker_build.deploy"}
+WITH_SUBCOMMANDS = {"oneranker", "oneranker-client", "oneranker_deploy"}
 SEPARATORS = {"&&", "||", "|", ";", "&", ";;", "(", ")"}
 REDIRECTS = {">", ">>", "<", ">&", "<&", "&>", "2>", "2>>"}
 DOCKER_RUN_VALUE_FLAGS = {"-v", "--volume", "-e", "--env", "--network", "--ipc", "--name", "-p", "--publish",
@@ -999,7 +999,7 @@ USAGES = collect_usages()
 
 @functools.lru_cache(maxsize=None)
 def _tritonserver_help() -> str:
-    from oneranker_build import tritonserver as ts
+    from oneranker_serving import local_server as ts
 
     try:
         binary, libs = ts.find_tritonserver(), ts.pytriton_libs_dir()
@@ -1129,8 +1129,8 @@ def _check_set_fields(args: list[str]) -> list[str]:
 def test_commands_are_found_everywhere():
     keys = set(USAGES)
     for expected in ("oneranker train", "oneranker build", "tritonserver", "triton-start.sh", "torchrun",
-                     "oneranker_perf.perf_analyzer_suite", "oneranker_perf.locust_run", "oneranker_build.deploy load",
-                     "oneranker_build.deploy promote", "oneranker-client recommend", "kubectl apply", "curl"):
+                     "oneranker_perf.perf_analyzer_suite", "oneranker_perf.locust_run", "oneranker_deploy load",
+                     "oneranker_deploy promote", "oneranker-client recommend", "kubectl apply", "curl"):
         assert expected in keys, f"{expected} not found among {sorted(keys)}"
 
 
@@ -1167,7 +1167,7 @@ def test_runbook_covers_every_topic_of_the_issue():
         "--profile cpu", "/v2/health/ready", "oneranker-client recommend",           # CPU profile, check
         "oneranker_perf.perf_analyzer_suite", "oneranker_perf.locust_run",           # perf, locust
         "--model-control-mode=explicit", "/v2/repository/models/", "builder.sh release",  # rollout
-        "oneranker_build.deploy retire", "NGC_TAG",
+        "oneranker_deploy retire", "NGC_TAG",
         "kubectl -n oneranker apply -k deploy/k8s", "set env deployment/oneranker-triton",  # scaling out
         "HorizontalPodAutoscaler", "torchrun --nnodes", "--rdzv-backend c10d",        # multi-node training
         "-m oneranker.cli train",

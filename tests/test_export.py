@@ -14,7 +14,7 @@ import torch
 from oneranker_build.export import (
     GeneratorGraph, example_candidates, example_generator_inputs,
 )
-from oneranker_build.runners import OrtRunner
+from oneranker_serving.runners.onnxruntime import OrtRunner
 from oneranker_client import contract
 
 SCORE_TOL = 1e-4

@@ -6,7 +6,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from oneranker_build import service
+from oneranker_serving.triton import arrays
+from oneranker_serving import artifacts
 from oneranker_build.render import RenderError, fill
 from oneranker_client import contract
 
@@ -68,24 +69,24 @@ def test_dynamic_batching_and_queue_policy(tiny_repository):
 def test_glue_outputs_follow_contract(tiny_run, tiny_export):
     from oneranker.cli import example_request
 
-    rec = service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
     req = example_request(tiny_run.prep, 0)
-    tokens = service.tokens_to_arrays(rec, req)
+    tokens = arrays.tokens_to_arrays(rec, req)
     assert list(tokens) == [t.name for t in contract.PREPROCESS.outputs]
     for spec in contract.PREPROCESS.outputs:
         assert tokens[spec.name].dtype == spec.numpy_dtype, spec.name
         assert tokens[spec.name].ndim == len(spec.dims) + 1, spec.name
-    parsed = service.parsed_from_arrays(0, tokens)
+    parsed = arrays.parsed_from_arrays(0, tokens)
     response = rec.recommend_parsed([parsed])[0]
-    arrays = service.response_arrays(response)
+    arrays = arrays.response_arrays(response)
     assert list(arrays) == [t.name for t in contract.PUBLIC.outputs]
     for spec in contract.PUBLIC.outputs:
         assert arrays[spec.name].dtype == spec.numpy_dtype
 
 
 def test_artifacts_refuse_a_foreign_checkpoint(tiny_export):
-    with pytest.raises(service.ArtifactMismatch):
-        service.load_recommender(tiny_export / "export", engine="onnxruntime", expected_checkpoint="0" * 64)
+    with pytest.raises(artifacts.ArtifactMismatch):
+        artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", expected_checkpoint="0" * 64)
 
 
 def test_fill_fails_on_missing_unused_and_leftover(tmp_path):
@@ -119,7 +120,7 @@ def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tm
     and BLS outputs preferred in GPU memory (what keeps the KV on the device)."""
     from oneranker_build.render import RenderSettings, render_repository
 
-    export, dims, sha = tiny_export / "export", _dims(tiny_export), service.read_export_info(
+    export, dims, sha = tiny_export / "export", _dims(tiny_export), artifacts.read_export_info(
         tiny_export / "export")["checkpoint_sha256"]
     cases = {
         ("onnxruntime", "KIND_CPU"): ("numpy", "yes", "cpu"),
@@ -152,15 +153,15 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     from oneranker_build.render import CascadeExports, RenderError, render_repository
 
     export, dims = tiny_export / "export", _dims(tiny_export)
-    sha = service.read_export_info(export)["checkpoint_sha256"]
-    halves = {h: tiny_export / "export_cascade" / h for h in service.CASCADE_HALVES}
+    sha = artifacts.read_export_info(export)["checkpoint_sha256"]
+    halves = {h: tiny_export / "export_cascade" / h for h in artifacts.CASCADE_HALVES}
     cascade = CascadeExports(halves["generator"], halves["ranker"])
     repo = render_repository(export, tmp_path / "ok", "onnxruntime", dims, sha, cascade=cascade)
     cfg = _parse(repo / contract.CASCADE_MODEL / "config.pbtxt")
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["pipeline"] == "cascade"
     assert params["checkpoint_sha256"].split(",") == [
-        service.read_export_info(halves[h])["checkpoint_sha256"] for h in service.CASCADE_HALVES]
+        artifacts.read_export_info(halves[h])["checkpoint_sha256"] for h in artifacts.CASCADE_HALVES]
     assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()
     with pytest.raises(RenderError, match="onnxruntime and torch"):
         render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, default_topology="ensemble", cascade=cascade)

@@ -8,7 +8,7 @@ import torch
 
 from oneranker.pipeline import sample_arrays, to_batch
 from oneranker.reference import generation_tables
-from oneranker.selection import beam_search, merge_candidates
+from oneranker_serving.selection import beam_search, merge_candidates
 
 
 def _logits_and_tables(tiny_run, rows=3):

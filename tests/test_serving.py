@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from oneranker.serving import Request
-from oneranker_build import service
+from oneranker_serving.recommender import Request
+from oneranker_serving import artifacts
 from oneranker_client import contract
 
 pytestmark = pytest.mark.triton
@@ -53,7 +53,7 @@ def infer(url: str, fields: dict, dtypes=None):
 
 @pytest.fixture(scope="module")
 def in_process(tiny_export):
-    return service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
 
 
 def as_request(req: dict, **options) -> Request:
@@ -209,7 +209,7 @@ def test_every_topology_equals_in_process_pipeline(served_repository, in_process
 
 
 def _serve(repository, log):
-    from oneranker_build.tritonserver import TritonServer
+    from oneranker_serving.local_server import TritonServer
 
     server = TritonServer(repository, log_file=log)
     server.start()
@@ -323,7 +323,7 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
         got = grpcclient.InferenceServerClient(server.grpc_url).infer(contract.CASCADE_PUBLIC_MODEL,
                                                                       make_inputs(fields_of(req)))
-        want = service.load_cascade_recommender(halves, engine="onnxruntime", threads=1).recommend([as_request(req)])[0]
+        want = artifacts.load_cascade_recommender(halves, engine="onnxruntime", threads=1).recommend([as_request(req)])[0]
         np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
     finally:
         server.stop()
@@ -334,7 +334,7 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
 
 @pytest.fixture(scope="module")
 def cascade_in_process(tiny_export):
-    return service.load_cascade_recommender(tiny_export / "export_cascade", engine="onnxruntime", threads=1)
+    return artifacts.load_cascade_recommender(tiny_export / "export_cascade", engine="onnxruntime", threads=1)
 
 
 def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_process):

@@ -8,16 +8,19 @@ import pytest
 
 from oneranker.cli import example_request
 from oneranker.pipeline import sample_arrays
-from oneranker_build import service
+from oneranker_serving.triton import arrays
+from oneranker_serving import artifacts
+from oneranker_serving.triton import batching
+from oneranker_serving.triton import codec
 from oneranker_client import contract
 
 
 def test_raw_events_tokenize_like_training(tiny_run, tiny_export):
     """Equal raw events give equal tokens: the served preprocess vs the training tensors."""
-    rec = service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
     arrays = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
     for row in range(0, len(tiny_run.prep.splits["test"]), 37):
-        served = service.tokens_to_arrays(rec, example_request(tiny_run.prep, row))
+        served = arrays.tokens_to_arrays(rec, example_request(tiny_run.prep, row))
         n = int(arrays["hist_len"][row])
         assert int(served["hist_len"][0, 0]) == n
         np.testing.assert_array_equal(served["user_features"][0], arrays["user_features"][row])
@@ -28,7 +31,7 @@ def test_raw_events_tokenize_like_training(tiny_run, tiny_export):
 
 
 def test_mixed_length_batch_equals_each_request_alone(tiny_run, tiny_export):
-    rec = service.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
     requests = [example_request(tiny_run.prep, row) for row in range(0, 200, 25)]
     assert len({len(r.item_ids) for r in requests}) > 2  # really mixed lengths
     together = rec.recommend(requests)
@@ -44,27 +47,24 @@ def test_split_topology_helpers_round_trip(tiny_run, tiny_export, engine):
     torch engine the KV stays a torch tensor all the way (the DLPack transport's path)."""
     import torch
 
-    from oneranker.reference import TorchRunner
-
-    runner = TorchRunner(tiny_run.model) if engine == "torch" else None
-    rec = service.load_recommender(tiny_export / "export", engine=engine, threads=1, bind_kv=False, runner=runner)
-    info = service.read_export_info(tiny_export / "export")
+    rec = artifacts.load_recommender(tiny_export / "export", engine=engine, threads=1, bind_kv=False)
+    info = artifacts.read_export_info(tiny_export / "export")
     f, t2 = info["dims"]["F"], info["num_step2_tokens"]
     requests = [example_request(tiny_run.prep, row) for row in (0, 50, 120)]
-    tokens = [service.tokens_to_arrays(rec, r) for r in requests]
-    batch, own = service.stack_generator_inputs(tokens)
-    logits, kv = service.generate_split(rec.runner, batch, keep_device=engine == "torch")
+    tokens = [arrays.tokens_to_arrays(rec, r) for r in requests]
+    batch, own = batching.stack_generator_inputs(tokens)
+    logits, kv = batching.generate_split(rec.runner, batch, keep_device=engine == "torch")
     assert isinstance(kv, torch.Tensor if engine == "torch" else np.ndarray)
-    outs = service.split_generator_outputs(tokens, logits, kv, own, f)
+    outs = batching.split_generator_outputs(tokens, logits, kv, own, f)
     ranked = []
     for tok, out in zip(tokens, outs):
-        cands = service.select_arrays(rec, out["level_logits"], tok["options"], tok["exclude_idx"])
+        cands = arrays.select_arrays(rec.tables, rec.gen_tables, out["level_logits"], tok["options"], tok["exclude_idx"])
         ranked.append((cands, {"kv": out["kv"], "hist_len": tok["hist_len"], **cands}))
-    rbatch, shapes = service.stack_ranker_inputs([r[1] for r in ranked], f, t2)
+    rbatch, shapes = batching.stack_ranker_inputs([r[1] for r in ranked], f, t2)
     assert isinstance(rbatch["kv"], torch.Tensor if engine == "torch" else np.ndarray)
-    scores = service.split_scores(service.rank_split(rec.runner, rbatch), shapes)
+    scores = batching.split_scores(batching.rank_split(rec.runner, rbatch), shapes)
     for req, tok, (cands, _), sc in zip(requests, tokens, ranked, scores):
-        got = service.topk_arrays(sc[0], cands["cand_item_ids"], cands["cand_logp"], cands["cand_head"], tok["options"])
+        got = arrays.topk_arrays(sc[0], cands["cand_item_ids"], cands["cand_logp"], cands["cand_head"], tok["options"])
         want = rec.recommend([req])[0]
         np.testing.assert_array_equal(got["rec_item_ids"][0], want.item_ids)
         np.testing.assert_allclose(got["rec_scores"][0], want.scores, atol=1e-5)
@@ -114,7 +114,7 @@ def test_tensor_codec_moves_kv_by_dlpack_without_copy():
     import torch
 
     kv = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
-    codec = service.TensorCodec(_FakePb, "dlpack", "gpu:1")
+    codec = codec.TensorCodec(_FakePb, "dlpack", "gpu:1")
     sent = codec.tensor("kv", kv)
     received = codec.kv(sent)
     assert isinstance(received, torch.Tensor) and received.data_ptr() == kv.data_ptr()  # zero copy
@@ -123,13 +123,13 @@ def test_tensor_codec_moves_kv_by_dlpack_without_copy():
     arrays = codec.inputs(request, contract.RANKER)
     assert isinstance(arrays["kv"], torch.Tensor) and isinstance(arrays["hist_len"], np.ndarray)
     assert codec.preferred_memory() == ("GPU", 1)
-    host = service.TensorCodec(_FakePb, "numpy")
+    host = codec.TensorCodec(_FakePb, "numpy")
     assert isinstance(host.kv(_FakeTensor("kv", kv.numpy())), np.ndarray)
     assert host.preferred_memory() == ("CPU", 0)
     with pytest.raises(ValueError, match="kv_transport"):
-        service.TensorCodec(_FakePb, "shm")
+        codec.TensorCodec(_FakePb, "shm")
     with pytest.raises(ValueError, match="kv_memory"):
-        service.TensorCodec(_FakePb, "dlpack", "tpu:0")
+        codec.TensorCodec(_FakePb, "dlpack", "tpu:0")
 
 
 def test_kv_relayout_is_the_same_in_torch_and_numpy():
@@ -137,7 +137,7 @@ def test_kv_relayout_is_the_same_in_torch_and_numpy():
 
     kv = np.random.default_rng(0).standard_normal((2, 4, 3 + 5 + 2, 8)).astype(np.float32)
     for to_len in (2, 5, 9):
-        want = service.relayout_kv(kv, 3, 5, to_len)
-        got = service.relayout_kv(torch.from_numpy(kv), 3, 5, to_len)
+        want = batching.relayout_kv(kv, 3, 5, to_len)
+        got = batching.relayout_kv(torch.from_numpy(kv), 3, 5, to_len)
         assert isinstance(got, torch.Tensor)
         np.testing.assert_array_equal(got.numpy(), want)

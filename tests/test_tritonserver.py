@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oneranker_build import tritonserver as ts
-from oneranker_build.perf_tools import perf_analyzer_command
+from oneranker_serving import local_server as ts
+from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
 pytestmark = pytest.mark.triton
 
@@ -244,7 +244,7 @@ def test_cli_foreground_and_sigterm(repository, tmp_path):
     _require_tritonserver()
     log = tmp_path / "cli.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oneranker_build.tritonserver",
+        [sys.executable, "-m", "oneranker_serving.local_server",
          "--model-repository", str(repository),
          "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--log-file", str(log)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

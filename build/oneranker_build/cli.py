@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from oneranker_serving.local_server import TritonServer
+
 BUILDABLE = ("onnxruntime", "torch")
 
 
@@ -55,14 +57,14 @@ def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KI
         exports = {half: Path(out) / "export_cascade" / half for half in (GENERATOR, RANKER)}
         for half, folder in exports.items():
             export_run(cascade_run / half, folder)
-        cascade = CascadeExports(exports[GENERATOR], exports[RANKER], cascade_run / GENERATOR, cascade_run / RANKER)
+        cascade = CascadeExports(exports[GENERATOR], exports[RANKER])
     rendered = {}
     for engine in engines:
         settings = RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU")
         if max_queue_delay_us is not None:
             settings.max_queue_delay_us = max_queue_delay_us
         repo = render_repository(Path(out) / "export", Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
-                                 settings=settings, run_dir=Path(run_dir), default_topology=default_topology(engine),
+                                 settings=settings, default_topology=default_topology(engine),
                                  cascade=cascade if engine != "tensorrt" else None)
         rendered[engine] = str(repo)
         print(f"[build] rendered {engine} repository -> {repo}"
@@ -126,8 +128,6 @@ def register(sub, common, make_config, run_dir_of) -> None:
         import signal
         import threading
 
-        from .tritonserver import TritonServer
-
         repo = args.repository or ARTIFACTS / "model_repository" / args.engine
         if not (repo / "oneranker" / "config.pbtxt").exists():
             raise FileNotFoundError(f"{repo} has no rendered repository; run `oneranker build --engine {args.engine}`")
@@ -179,8 +179,6 @@ def serve_and_query(run_dir: Path, repo: Path, keep: bool, started: float) -> in
     from oneranker.pipeline import prepare
     from oneranker.reference import load_reference
     from oneranker_client import contract
-
-    from .tritonserver import TritonServer
 
     cfg, _, sids, _ = load_run(run_dir)
     prep = prepare(cfg, sids=sids)

@@ -1,4 +1,6 @@
-"""Export the generator (Steps 1-2 + KV projection) and ranker (Step 3) graphs to ONNX.
+"""Export the generator (Steps 1-2 + KV projection) and ranker (Step 3) graphs: one
+`torch.export` program each, saved as `<name>.pt2` (the torch engine's input) and converted to
+`<name>.onnx` (ONNX Runtime, and TensorRT on NGC hosts).
 
     generator.onnx: user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L],
                     hist_len [B] -> level_logits [B,H,D,K], kv [B,R2,S,DM]   (S = F + L + T2)
@@ -15,11 +17,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
+import onnx
 import torch
+from safetensors.numpy import save_file
 from torch import nn
 
+from oneranker.reference import generation_tables
 from oneranker_client import contract
+from oneranker_serving.tables import generation_table_arrays
 
 OPSET = 20  # torch 2.13's dynamo exporter default; TensorRT 10.x parses opset <= 22
 
@@ -76,17 +81,19 @@ def example_candidates(model, batch: int, n: int, num_advertisers: int, num_cate
 
 
 def _export(module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes, path: Path) -> None:
-    program = torch.onnx.export(
-        module, args, dynamo=True, input_names=list(names_in), output_names=list(names_out),
-        dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
+    """path.pt2 (exported program) and path.onnx from ONE torch.export trace, in eval mode."""
+    module = module.eval()
+    program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+    torch.export.save(program, str(path.with_suffix(".pt2")))
+    onnx_program = torch.onnx.export(
+        program, args, dynamo=True, input_names=list(names_in), output_names=list(names_out),
+        opset_version=OPSET, external_data=False, verbose=False,
     )
-    program.save(str(path), external_data=False)
+    onnx_program.save(str(path.with_suffix(".onnx")), external_data=False)
 
 
 def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int) -> dict:
-    """Write generator.onnx and ranker.onnx; returns timings and sizes."""
-    import onnx
-
+    """Write generator.{pt2,onnx} and ranker.{pt2,onnx}; returns timings and sizes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -103,7 +110,7 @@ def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int,
             [t.name for t in contract.GENERATOR.outputs],
             {"user_features": {0: B}, "hist_sids": {0: B, 1: L}, "hist_actions": {0: B, 1: L},
              "hist_dt": {0: B, 1: L}, "hist_len": {0: B}},
-            out_dir / "generator.onnx")
+            out_dir / "generator")
     info["generator_export_s"] = time.time() - t0
     with torch.no_grad():
         _, kv = GeneratorGraph(model)(*(gen_in[k] for k in gen_names))
@@ -115,30 +122,22 @@ def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int,
             [t.name for t in contract.RANKER.outputs],
             {"kv": {0: B, 2: S}, "hist_len": {0: B}, "cand_sids": {0: B, 1: N}, "cand_attrs": {0: B, 1: N},
              "cand_bid": {0: B, 1: N}},
-            out_dir / "ranker.onnx")
+            out_dir / "ranker")
     info["ranker_export_s"] = time.time() - t0
     for name in ("generator", "ranker"):
         path = out_dir / f"{name}.onnx"
         onnx.checker.check_model(str(path))
         info[f"{name}_bytes"] = path.stat().st_size
         info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
+        info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
     info["opset"] = OPSET
     return info
 
 
 def write_generation_tables(model, sids, tables, out_dir: Path) -> None:
     """Everything the orchestrator needs beside the graphs, as one safetensors file."""
-    from safetensors.numpy import save_file
-
-    from oneranker.reference import generation_tables
-
-    gen = generation_tables(model, sids)
-    arrays = {"transitions": gen.transitions.astype(np.float32)}
-    for level, child in enumerate(gen.trie_children):
-        arrays[f"trie_{level}"] = np.ascontiguousarray(child)
-    for key in ("ad_ids", "ad_codes", "ad_advertiser", "ad_category", "ad_bid", "content_ids", "content_codes"):
-        arrays[f"item_{key}"] = np.ascontiguousarray(getattr(tables, key))
-    save_file(arrays, str(Path(out_dir) / "generation_tables.safetensors"))
+    save_file(generation_table_arrays(generation_tables(model, sids), tables),
+              str(Path(out_dir) / "generation_tables.safetensors"))
 
 
 def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.ContractDims, cfg) -> dict:
@@ -152,6 +151,7 @@ def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.
         "num_step2_tokens": cfg.model.num_step2_tokens,
         "feature_cardinality": max(cfg.data.profile_cardinality, cfg.data.context_cardinality),
         "serve": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.serve.__dict__.items()},
+        "contract_version": contract.CONTRACT_VERSION,
         **info,
     }
     (Path(out_dir) / "export_info.json").write_text(json.dumps(payload, indent=2))

@@ -9,6 +9,7 @@ Rendering fails on a template variable that is missing or left over.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import string
@@ -35,8 +36,15 @@ class RenderSettings:
     max_queue_delay_us: int = 500
     max_queue_size: int = 64  # beyond this Triton answers UNAVAILABLE at once (overload shedding)
     queue_timeout_us: int = 2_000_000  # a request queued longer than 2 s is rejected, not served late
-    preprocess_instances: int = 1  # tokenization is light: one instance
-    recommender_instances: int = 1  # one instance owning both cores through intra-op threads
+    # Instances per model (the one home of every instance count). Two cores: one instance each,
+    # the engine models owning both cores through intra-op threads.
+    preprocess_instances: int = 1  # tokenization is light
+    recommender_instances: int = 1  # fused model and the cascade baseline
+    generator_instances: int = 1  # split topologies
+    ranker_instances: int = 1
+    select_instances: int = 1
+    topk_instances: int = 1
+    bls_instances: int = 1
     intra_op_threads: int = 2  # ONNX Runtime / torch threads inside the recommender
     instance_kind: str = "KIND_CPU"
 
@@ -93,8 +101,11 @@ def ensemble_steps(steps: list[tuple[str, contract.ModelSpec, dict, dict]]) -> s
     return "\n".join(blocks)
 
 
-def fill(template_path: Path, values: dict) -> str:
+def fill(template_path: Path, values: dict, keep_comments: bool = True) -> str:
+    """Substitute every ${name} of a template; unused values and leftovers are errors."""
     text = template_path.read_text()
+    if not keep_comments:
+        text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
     used = set(re.findall(r"\$\{([^}]*)\}", text))
     unused = set(values) - used
     if unused:
@@ -157,22 +168,16 @@ def cascade_steps() -> list:
 class CascadeExports:
     """The two exports of a cascade run (`oneranker.cascade`), served as `oneranker_cascade`."""
 
-    generator: Path  # export dir of run_dir/generator (generator.onnx, tables, export_info.json)
+    generator: Path  # export dir of run_dir/generator (graphs, tables, export_info.json)
     ranker: Path  # export dir of run_dir/ranker
-    generator_run: Path | None = None  # run dirs, copied for the torch engine
-    ranker_run: Path | None = None
 
     def checkpoints(self) -> str:
         """"GENERATOR_SHA,RANKER_SHA": what the cascade model checks its artifacts against."""
-        import json
-
         return ",".join(json.loads((d / "export_info.json").read_text())["checkpoint_sha256"]
                         for d in (self.generator, self.ranker))
 
     def check_preprocess_compatible(self, export_dir: Path) -> None:
         """The cascade shares OneRanker's preprocess: same semantic IDs and item tables required."""
-        import json
-
         unified = json.loads((Path(export_dir) / "export_info.json").read_text())
         for half, folder in (("generator", self.generator), ("ranker", self.ranker)):
             info = json.loads((folder / "export_info.json").read_text())
@@ -190,7 +195,7 @@ DEFAULT_TOPOLOGY = "fused"  # measured: perf/results/topology (highest saturated
 
 def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contract.ContractDims,
                       checkpoint_sha256: str, settings: RenderSettings | None = None,
-                      run_dir: Path | None = None, default_topology: str = DEFAULT_TOPOLOGY,
+                      default_topology: str = DEFAULT_TOPOLOGY,
                       placeholder_engine: str | None = None, cascade: CascadeExports | None = None) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
@@ -204,9 +209,10 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    common = {"max_batch_size": s.max_batch_size}
-    queue = {"max_queue_delay_us": s.max_queue_delay_us, "max_queue_size": s.max_queue_size,
-             "queue_timeout_us": s.queue_timeout_us}
+    common = {"max_batch_size": s.max_batch_size, "contract_version": contract.CONTRACT_VERSION}
+    queue = {"dynamic_batching": fill(TEMPLATES / "dynamic_batching.pbtxt.tmpl", {
+        "max_queue_delay_us": s.max_queue_delay_us, "max_queue_size": s.max_queue_size,
+        "queue_timeout_us": s.queue_timeout_us}, keep_comments=False)}
     native_trt = engine == "tensorrt" and placeholder_engine is None
     runner_engine = placeholder_engine or engine
     topologies = ("bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
@@ -231,8 +237,6 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
         if artifacts:
             target = folder / "1" / "artifacts"
             shutil.copytree(export_dir, target)
-            if runner_engine == "torch" and run_dir is not None:
-                shutil.copytree(run_dir, target / "run", ignore=shutil.ignore_patterns("train_state.*"))
 
     python_model = {**common, **queue, "checkpoint_sha256": checkpoint_sha256}
     engine_model = {**python_model, "instance_kind": s.instance_kind, "engine": runner_engine,
@@ -247,34 +251,31 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
                                       "instance_count": s.preprocess_instances,
                                       **blocks(contract.PREPROCESS, True)}, artifacts=True)
     if "fused" in topologies:
-        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "pipeline": "unified",
+        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "system": "unified",
                                      "instance_count": s.recommender_instances, **blocks(contract.FUSED, True)},
               artifacts=True)
+    instances = {contract.GENERATOR_MODEL: s.generator_instances, contract.RANKER_MODEL: s.ranker_instances,
+                 contract.SELECT_MODEL: s.select_instances, contract.TOPK_MODEL: s.topk_instances}
     for spec in (contract.GENERATOR, contract.RANKER):
         if native_trt:
-            write(spec.name, {"name": spec.name, **common, **queue, "instance_count": 1, **blocks(spec, False)},
+            write(spec.name, {"name": spec.name, **common, **queue, "instance_count": instances[spec.name],
+                              **blocks(spec, False)},
                   artifacts=False, template="config.tensorrt.pbtxt.tmpl", code=False)
         else:
-            write(spec.name, {"name": spec.name, **engine_model, "instance_count": 1, **transport.engine_values(),
-                              **blocks(spec, engine != "tensorrt")}, artifacts=True)
+            write(spec.name, {"name": spec.name, **engine_model, "instance_count": instances[spec.name],
+                              **transport.engine_values(), **blocks(spec, engine != "tensorrt")}, artifacts=True)
     for spec in (contract.SELECT, contract.TOPK):
-        write(spec.name, {"name": spec.name, **python_model, "instance_count": 1, **blocks(spec, True)},
-              artifacts=spec.name != contract.TOPK_MODEL)
-    write(contract.BLS_MODEL, {"name": contract.BLS_MODEL, **python_model, "instance_count": 1,
+        write(spec.name, {"name": spec.name, **python_model, "instance_count": instances[spec.name],
+                          **blocks(spec, True)}, artifacts=spec.name != contract.TOPK_MODEL)
+    write(contract.BLS_MODEL, {"name": contract.BLS_MODEL, **python_model, "instance_count": s.bls_instances,
                                **transport.bls_values(), **blocks(contract.BLS, True)}, artifacts=True)
     if cascade is not None:
         write(contract.PUBLIC_MODEL, {"name": contract.CASCADE_PUBLIC_MODEL, **common, **blocks(contract.PUBLIC, False),
                                       "steps": ensemble_steps(cascade_steps())}, artifacts=False)
-        write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "pipeline": "cascade",
+        write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "system": "cascade",
                                      "checkpoint_sha256": cascade.checkpoints(),
                                      "instance_count": s.recommender_instances, **blocks(contract.CASCADE, True)},
               artifacts=False)
-        for half, folder, run in (("generator", cascade.generator, cascade.generator_run),
-                                  ("ranker", cascade.ranker, cascade.ranker_run)):
-            target = out_dir / contract.CASCADE_MODEL / "1" / "artifacts" / half
-            shutil.copytree(folder, target)
-            if runner_engine == "torch":
-                if run is None:
-                    raise RenderError("the torch engine serves the cascade from its run dirs: pass generator_run/ranker_run")
-                shutil.copytree(run, target / "run", ignore=shutil.ignore_patterns("train_state.*"))
+        for half, folder in (("generator", cascade.generator), ("ranker", cascade.ranker)):
+            shutil.copytree(folder, out_dir / contract.CASCADE_MODEL / "1" / "artifacts" / half)
     return out_dir

@@ -15,6 +15,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Version of this contract (tensor names, dtypes, dims, meanings, action codes). Every rendered
+# model reports it as the config parameter `contract_version`; the client compares it with its own
+# (`OneRankerClient.check_contract`). Bump it on any change a client or an export would notice.
+CONTRACT_VERSION = 2
+
+# Action codes of behaviour events (`actions` input). 0 is padding inside the model. Order = the
+# funnel order of the task tokens.
+ACTION_PAD = 0
+ACTION_CONTENT_VIEW = 1  # X token: organic content consumed
+ACTION_IMPRESSION = 2  # I token: ad shown
+ACTION_CLICK = 3  # I token: ad clicked
+ACTION_CONVERSION = 4  # I token: ad converted
+NUM_ACTIONS = 5
+AD_ACTIONS = (ACTION_IMPRESSION, ACTION_CLICK, ACTION_CONVERSION)
+
 PUBLIC_MODEL = "oneranker"
 GENERATOR_MODEL = "generator"
 RANKER_MODEL = "ranker"
@@ -109,7 +124,8 @@ PUBLIC = ModelSpec(
         TensorSpec("top_k", "TYPE_INT32", (1,), "items returned (default 10, 1..max_top_k)", optional=True),
         TensorSpec("num_candidates", "TYPE_INT32", (1,), "candidates ranked (default 64)", optional=True),
         TensorSpec("beam_width", "TYPE_INT32", (1,), "beam width per head (default 16)", optional=True),
-        TensorSpec("exclude_item_ids", "TYPE_INT64", (-1,), "ad ids never returned", optional=True),
+        TensorSpec("exclude_item_ids", "TYPE_INT64", (-1,), "ad ids never returned (at most max_exclude_items, default 1024)",
+                   optional=True),
     ),
     outputs=(
         TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first"),

@@ -1,7 +1,7 @@
 """Default network endpoints of a oneranker Triton server: one source of truth.
 
 The client CLI, the perf suites (perf_analyzer, locust), `oneranker serve`, the
-`python -m oneranker_build.tritonserver` launcher, `docker-compose.yml` and the Kubernetes
+`python -m oneranker_serving.local_server` launcher, `docker-compose.yml` and the Kubernetes
 manifests in `deploy/k8s/` all use these ports; `tests/test_deployment.py` checks that they
 agree. They are Triton's own defaults (KServe v2 HTTP/REST, gRPC, Prometheus metrics).
 """

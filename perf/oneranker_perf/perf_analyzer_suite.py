@@ -15,7 +15,7 @@ throughput and p50/p90/p95/p99/avg latency into
 * ``OUT/results.png``: latency percentiles against throughput, each point labelled with its level.
 
 Exit code 0 when every level measured without error, 1 otherwise (the files are written anyway),
-2 for usage errors. perf_analyzer is found by ``oneranker_build.perf_tools.perf_analyzer_command``.
+2 for usage errors. perf_analyzer is found by ``oneranker_perf.perf_analyzer_bin.perf_analyzer_command``.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def pa_args(args: argparse.Namespace, mode: str, level: float, csv_path: Path,
 
 
 def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, str]:
-    from oneranker_build.perf_tools import perf_analyzer_command
+    from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     argv, env = perf_analyzer_command()
     tag = f"{'c' if mode == 'concurrency' else 'rps'}{level:g}" + (f"-retry{attempt}" if attempt else "")
@@ -387,7 +387,7 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
         if not r.ok and args.stop_on_error:
             break
     write_csv(results, out / "results.csv")
-    from oneranker_build.perf_tools import perf_analyzer_command
+    from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     try:
         argv, _ = perf_analyzer_command()

@@ -26,13 +26,13 @@ from .topology_bench import bench_requests, machine, paired_comparison, reproduc
 
 def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency: int, concurrency: int,
         seconds: float, n_requests: int, command: str = "") -> dict:
-    from oneranker_build import service
+    from oneranker_serving import artifacts
     from oneranker_build.render import RenderSettings, render_repository
-    from oneranker_build.tritonserver import TritonServer
+    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
 
     cfg, _, reqs = bench_requests(run_dir, n_requests)
-    info = service.read_export_info(export_dir)
+    info = artifacts.read_export_info(export_dir)
     dims = contract.ContractDims(**info["dims"])
     paths = {"fused": contract.PUBLIC_MODEL, "ensemble": contract.TOPOLOGY_MODELS["ensemble"]}
     servers, targets = [], {}

@@ -64,9 +64,9 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
     import torch
 
     from oneranker.config import preset
-    from oneranker.reference import TorchRunner
+    from oneranker.reference import ModuleRunner
     from oneranker_build.export import export_onnx, example_candidates, example_generator_inputs
-    from oneranker_build.runners import OrtRunner
+    from oneranker_serving.runners.onnxruntime import OrtRunner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
         "dims": {"F": model.num_prefix, "D": model.depth, "K": model.codes, "H": cfg.model.num_task_tokens,
                  "R2": 2 * cfg.model.r_layers, "DM": cfg.model.d_model},
         "num_step2_tokens": cfg.model.num_step2_tokens}))
-    engines = {"onnxruntime": OrtRunner(export_dir, threads=threads), "torch": TorchRunner(model)}
+    engines = {"onnxruntime": OrtRunner(export_dir, threads=threads), "torch": ModuleRunner(model)}
     rows = []
     for length in lengths:
         inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 1, length).items()}
@@ -118,7 +118,7 @@ def bound_vs_unbound(export_dir: Path, model, length: int, n: int, threads: int,
     """generate + rank with the KV bound in place (pooled OrtValue, IOBinding) vs returned to
     numpy and fed back (plain session.run), interleaved so drift hits both alike."""
     from oneranker_build.export import example_candidates, example_generator_inputs
-    from oneranker_build.runners import OrtRunner
+    from oneranker_serving.runners.onnxruntime import OrtRunner
 
     inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 1, length).items()}
     cands = {k: v.numpy() for k, v in example_candidates(model, 1, n, 64, 32).items()}

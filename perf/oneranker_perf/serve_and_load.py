@@ -23,7 +23,7 @@ from pathlib import Path
 def floor_note(run_dir: Path, requests_jsonl: Path) -> str:
     """One line: the compute floor of the benchmark's requests on this machine."""
     from oneranker.checkpoint import load_run
-    from oneranker.features import bucket_for
+    from oneranker_serving.tokenize import bucket_for
 
     from .topology_bench import compute_floor
 
@@ -36,7 +36,7 @@ def floor_note(run_dir: Path, requests_jsonl: Path) -> str:
 
 
 def main(argv=None) -> int:
-    from oneranker_build.tritonserver import TritonServer
+    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -215,29 +215,29 @@ def bench_requests(run_dir: Path, n_requests: int) -> tuple:
 
 def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
         n_requests: int, command: str = "") -> dict:
-    from oneranker.features import bucket_for
+    from oneranker_serving.tokenize import bucket_for
     from oneranker.reference import load_reference
-    from oneranker_build import service
-    from oneranker_build.tritonserver import TritonServer
+    from oneranker_serving import artifacts
+    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
     from oneranker_client.client import OneRankerClient
 
     cfg, raw, reqs = bench_requests(run_dir, n_requests)
-    info = service.read_export_info(repository / contract.FUSED_MODEL / "1" / "artifacts")
+    info = artifacts.read_export_info(repository / contract.FUSED_MODEL / "1" / "artifacts")
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
 
     results: dict = {"machine": machine(), "command": command, "preset": cfg.name, "requests": n_requests, "repository": str(repository),
                      "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
     print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
-    local = service.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
+    local = artifacts.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
     results["in_process_onnxruntime"] = latency_loop(lambda r: local.recommend([r]), raw, n_latency)
     reference = load_reference(run_dir)
     results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)
 
     cascade_dir = repository / contract.CASCADE_MODEL / "1" / "artifacts"
     if cascade_dir.exists():
-        local_cascade = service.load_cascade_recommender(cascade_dir, "onnxruntime", threads=2)
+        local_cascade = artifacts.load_cascade_recommender(cascade_dir, "onnxruntime", threads=2)
         results["in_process_cascade_onnxruntime"] = latency_loop(lambda r: local_cascade.recommend([r]), raw, n_latency)
         del local_cascade
     results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])

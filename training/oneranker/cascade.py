@@ -16,11 +16,11 @@ safetensors, semantic IDs, item tables, manifest), so each exports and serves on
 serving side can render the cascade as a second ensemble from the two. `run_dir/cascade.json`
 ties them together (same semantic-ID version, required).
 
-`CascadeRecommender` is the in-process reference of the cascade: a `serving.Recommender` whose
+`CascadeRecommender` is the in-process reference of the cascade: a `oneranker_serving` Recommender whose
 runner takes the level logits from the generator (candidates = its beam search) and the K/V and
 scores from the ranker (which encodes the user a second time). The served cascade
 (`oneranker_cascade`, rendered by `oneranker build --cascade-run`) runs the same
-`serving.CascadeRunner` over ONNX Runtime or PyTorch runners of the two exports.
+`oneranker_serving.recommender.CascadeRunner` over ONNX Runtime or PyTorch runners of the two exports.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from oneranker_serving.recommender import CascadeRunner, Recommender
+
+from .checkpoint import load_run
 from .config import ExperimentConfig
-from .reference import TorchRunner
-from .serving import CascadeRunner, Recommender
+from .reference import ModuleRunner, generation_tables, tables_from_run
 
 GENERATOR, RANKER = "generator", "ranker"
 
@@ -94,15 +96,13 @@ def train_cascade(cfg: ExperimentConfig, run_dir: Path, prep=None, progress: boo
 
 
 class CascadeRecommender(Recommender):
-    """serving.Recommender over the cascade: candidates = the generator's beam search (same
+    """Recommender over the cascade: candidates = the generator's beam search (same
     trie, streams and merge as OneRanker), scores = the independent ranker."""
 
     def __init__(self, generator, ranker, sids, tables, cfg: ExperimentConfig, device: str = "cpu"):
-        from .reference import generation_tables
-
         if ranker.cfg.use_generation and ranker.cfg.use_h2_in_kv:
             raise ValueError("the cascade ranker must not read a generator's H2 (train it with use_generation=False)")
-        runner = CascadeRunner(TorchRunner(generator, device), TorchRunner(ranker, device))
+        runner = CascadeRunner(ModuleRunner(generator, device), ModuleRunner(ranker, device))
         super().__init__(runner, tables, generation_tables(generator, sids),
                          cfg.serve, feature_cardinality=generator.feature_cardinality,
                          num_user_features=generator.num_prefix)
@@ -111,9 +111,6 @@ class CascadeRecommender(Recommender):
 
 def load_cascade(run_dir: Path, device: str = "cpu") -> CascadeRecommender:
     """CascadeRecommender from `run_dir/generator` + `run_dir/ranker` (semantic IDs must match)."""
-    from .checkpoint import load_run
-    from .reference import tables_from_run
-
     run_dir = Path(run_dir)
     gcfg, gen, gsids, gman = load_run(run_dir / GENERATOR)
     _, rank, _, rman = load_run(run_dir / RANKER)

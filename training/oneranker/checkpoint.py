@@ -11,7 +11,6 @@ Layout of a run directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,14 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ExperimentConfig
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from .files import file_sha256
+from .pipeline import build_model
+from .tokenizer import SemanticIds
 
 
 def save_checkpoint(run_dir: Path, model, cfg: ExperimentConfig, sids, step: int,
@@ -62,8 +56,6 @@ def save_checkpoint(run_dir: Path, model, cfg: ExperimentConfig, sids, step: int
 
 def load_run(run_dir: Path):
     """-> (cfg, model in eval mode, sids, manifest). Refuses mismatched item tables."""
-    from .pipeline import build_model
-    from .tokenizer import SemanticIds
 
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():

@@ -178,8 +178,9 @@ def example_request(prep, row: int = 0, split: str = "test"):
     """A raw request for sample `row` of a split: ids, actions and timestamps as a client sends them."""
     import numpy as np
 
+    from oneranker_serving.recommender import Request
+
     from .config import ACTION_CONTENT_VIEW
-    from .serving import Request
 
     s = prep.splits[split]
     log, cat = prep.dataset.log, prep.dataset.catalog
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     from .config import ConfigError
-    from .features import RequestError
+    from oneranker_serving.tokenize import RequestError
 
     try:
         return args.func(args)

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# Action codes of behaviour tokens. 0 is padding. Order = the funnel order of the task tokens.
-ACTION_PAD = 0
-ACTION_CONTENT_VIEW = 1  # X token: organic content consumed
-ACTION_IMPRESSION = 2  # I token: ad shown
-ACTION_CLICK = 3  # I token: ad clicked
-ACTION_CONVERSION = 4  # I token: ad converted
-NUM_ACTIONS = 5
-AD_ACTIONS = (ACTION_IMPRESSION, ACTION_CLICK, ACTION_CONVERSION)
+from oneranker_client.contract import (  # noqa: F401  (re-exported: the action codes live in the contract)
+    ACTION_CLICK,
+    ACTION_CONTENT_VIEW,
+    ACTION_CONVERSION,
+    ACTION_IMPRESSION,
+    ACTION_PAD,
+    AD_ACTIONS,
+    NUM_ACTIONS,
+)
+from oneranker_serving.config import ServeConfig
 
 
 class ConfigError(ValueError):
@@ -178,20 +180,6 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     num_threads: int = 2  # torch intra-op threads (2-core machines)
     log_every: int = 25
-
-
-@dataclass
-class ServeConfig:
-    """Inference knobs shared by the reference path and the Triton orchestrator."""
-
-    top_k: int = 10
-    num_candidates: int = 64
-    beam_width: int = 16
-    max_top_k: int = 256
-    max_num_candidates: int = 1024
-    max_beam_width: int = 256
-    length_buckets: tuple[int, ...] = (16, 32, 64, 128)  # history padded up to one of these
-    max_batch_size: int = 8
 
 
 @dataclass

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from oneranker_serving.tables import ItemTables
+
 from .config import ACTION_IMPRESSION, ExperimentConfig
 from .data.schema import Dataset, Samples
-from .features import ItemTables
 from .model import OneRanker
 
 

@@ -1,7 +1,9 @@
 """Reference inference in pure PyTorch: the oracle the served system must match.
 
-`load_reference(run_dir)` -> a `serving.Recommender` whose runner calls the PyTorch module
-directly (`TorchRunner`): recommend(request) -> top-k items with value scores.
+`load_reference(run_dir)` -> a `oneranker_serving.Recommender` whose runner calls the PyTorch
+module directly (`ModuleRunner`, eager, no export): recommend(request) -> top-k items with value
+scores. The served engines run the exported graphs of the same module through the same
+Recommender, so any difference is the export's or the engine's.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file, save_file
+
+from oneranker_serving.recommender import Recommender
+from oneranker_serving.tables import ITEM_TABLE_FIELDS, GenerationTables, ItemTables
 
 from .checkpoint import load_run
 from .pipeline import item_tables
-from .selection import GenerationTables
-from .serving import Recommender
 
 
-class TorchRunner:
+class ModuleRunner:
     """EngineRunner over the PyTorch module; the KV stays a torch tensor between the stages."""
 
     def __init__(self, model, device: str = "cpu"):
@@ -34,7 +38,7 @@ class TorchRunner:
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         dev = self.device
         kv = torch.from_numpy(kv) if isinstance(kv, np.ndarray) else kv
-        kv = kv.to(dev)  # no-op when the KV already lives on this device (fused, or DLPack on the GPU)
+        kv = kv.to(dev)
         hist_len = torch.from_numpy(np.asarray(hist_len)).to(dev)
         kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
         scores = self.model.rank(kv, kv_valid, torch.from_numpy(cand_sids).to(dev),
@@ -53,18 +57,22 @@ def generation_tables(model, sids) -> GenerationTables:
     )
 
 
-def tables_from_run(run_dir: Path, sids):
-    """Item tables stored with the run (catalogue attributes travel with the checkpoint)."""
-    from .features import ItemTables
-    from safetensors.numpy import load_file
+ITEM_TABLES_FILE = "item_tables.safetensors"
 
-    arrays = load_file(str(Path(run_dir) / "item_tables.safetensors"))
-    return ItemTables(**arrays)
+
+def tables_from_run(run_dir: Path, sids=None) -> ItemTables:
+    """Item tables stored with the run (catalogue attributes travel with the checkpoint)."""
+    return ItemTables(**load_file(str(Path(run_dir) / ITEM_TABLES_FILE)))
+
+
+def save_item_tables(run_dir: Path, prep) -> None:
+    t = item_tables(prep.dataset, prep.sids)
+    save_file({k: np.ascontiguousarray(getattr(t, k)) for k in ITEM_TABLE_FIELDS}, str(Path(run_dir) / ITEM_TABLES_FILE))
 
 
 def build_recommender(model, sids, tables, cfg, runner=None) -> Recommender:
     return Recommender(
-        runner or TorchRunner(model),
+        runner or ModuleRunner(model),
         tables,
         generation_tables(model, sids),
         cfg.serve,
@@ -75,13 +83,4 @@ def build_recommender(model, sids, tables, cfg, runner=None) -> Recommender:
 
 def load_reference(run_dir: Path) -> Recommender:
     cfg, model, sids, _ = load_run(run_dir)
-    return build_recommender(model, sids, tables_from_run(run_dir, sids), cfg)
-
-
-def save_item_tables(run_dir: Path, prep) -> None:
-    from safetensors.numpy import save_file
-
-    t = item_tables(prep.dataset, prep.sids)
-    save_file({k: np.ascontiguousarray(getattr(t, k)) for k in
-               ("ad_ids", "ad_codes", "ad_advertiser", "ad_category", "ad_bid", "content_ids", "content_codes")},
-              str(Path(run_dir) / "item_tables.safetensors"))
+    return build_recommender(model, sids, tables_from_run(run_dir), cfg)

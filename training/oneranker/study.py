@@ -291,8 +291,9 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
     import torch
 
     from .pipeline import sample_arrays, to_batch
+    from oneranker_serving.selection import beam_search, merge_candidates, top_k
+
     from .reference import generation_tables
-    from .selection import beam_search, merge_candidates, top_k
 
     cfg = prep.cfg
     samples = prep.splits[split]

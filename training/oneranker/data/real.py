@@ -91,7 +91,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..checkpoint import file_sha256
+from ..files import file_sha256
 from ..config import (
     ACTION_CLICK,
     ACTION_CONTENT_VIEW,

@@ -2,7 +2,7 @@
 
 Data flow: a source builds a `Catalog` (ads + organic content) and an `EventLog` (one row per
 behaviour event, sorted by user then time); `oneranker.data.splits` cuts it into `Samples`
-(leave-last-out per user, by time); `oneranker.features` turns samples into model tensors.
+(leave-last-out per user, by time); `oneranker.pipeline` turns samples into model tensors.
 
 Item indices (`ad_idx`, `content_idx`) are dense 0-based positions in the catalog arrays; the
 external ids (`ad_ids`, `content_ids`) are what clients send. Ads and contents are two id

@@ -1,5 +1,5 @@
-"""The serving pipeline, engine-agnostic (numpy + an `EngineRunner`): the Triton orchestrator and
-the in-process reference both run exactly this code.
+"""The Recommender, engine-agnostic (numpy + an `EngineRunner`): the Triton models and the
+in-process reference both run exactly this code.
 
     requests (raw) -> validate + tokenize (features.tokenize_request)   per request, errors kept
       -> pad the valid ones to one length bucket -> runner.generate      once per batch
@@ -18,8 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import ServeConfig
-from .features import ItemTables, RequestError, bucket_for, pad_batch, tokenize_request
-from .selection import GenerationTables, beam_search, merge_candidates, top_k
+from .selection import beam_search, merge_candidates, top_k
+from .tables import GenerationTables, ItemTables
+from .tokenize import RequestError, UserTokens, bucket_for, pad_batch, tokenize_request
 
 
 class EngineRunner(Protocol):
@@ -95,14 +96,17 @@ def _option(value, default: int, low: int, high: int, name: str) -> int:
     return value
 
 
-class Recommender:
-    def __init__(self, runner: EngineRunner, tables: ItemTables, gen_tables: GenerationTables,
-                 serve: ServeConfig, feature_cardinality: int, num_user_features: int):
-        self.runner, self.tables, self.gen_tables, self.serve = runner, tables, gen_tables, serve
-        self.feature_cardinality, self.num_user_features = feature_cardinality, num_user_features
-        self.max_history = serve.length_buckets[-1]
+class RequestValidator:
+    """Validates and tokenizes one raw request against a model version's item tables and limits;
+    what the preprocess step runs, with no engine behind it."""
 
-    def validate(self, req: Request):
+    def __init__(self, tables: ItemTables, serve: ServeConfig, feature_cardinality: int, num_user_features: int):
+        self.tables, self.serve = tables, serve
+        self.feature_cardinality, self.num_user_features = feature_cardinality, num_user_features
+        self.max_history = serve.max_history
+
+    def validate(self, req: Request) -> tuple[UserTokens, int, int, int, np.ndarray]:
+        """-> (tokens, top_k, num_candidates, beam_width, excluded dense ad indices)."""
         s = self.serve
         feats = np.asarray(req.user_features)
         if feats.reshape(-1).shape[0] != self.num_user_features:
@@ -114,8 +118,29 @@ class Recommender:
             raise RequestError(f"top_k={k} is larger than num_candidates={n}")
         tokens = tokenize_request(self.tables, req.user_features, req.item_ids, req.actions, req.timestamps,
                                   req.request_time, self.feature_cardinality, self.max_history)
-        exclude = self.tables.ad_index(np.asarray(req.exclude_item_ids, dtype=np.int64).reshape(-1))
+        exclude_ids = np.asarray(req.exclude_item_ids, dtype=np.int64).reshape(-1)
+        if exclude_ids.size > s.max_exclude_items:
+            raise RequestError(f"exclude_item_ids has {exclude_ids.size} ids, the maximum is {s.max_exclude_items}")
+        exclude = self.tables.ad_index(exclude_ids)
         return tokens, k, n, w, exclude[exclude >= 0]
+
+
+class Recommender:
+    """validate -> generate (once per batch) -> beam search (per request) -> rank (once per batch)."""
+
+    def __init__(self, runner: EngineRunner, tables: ItemTables, gen_tables: GenerationTables,
+                 serve: ServeConfig, feature_cardinality: int, num_user_features: int):
+        self.runner, self.gen_tables = runner, gen_tables
+        self.validator = RequestValidator(tables, serve, feature_cardinality, num_user_features)
+        self.tables, self.serve = tables, serve
+
+    @classmethod
+    def from_validator(cls, runner: EngineRunner, validator: RequestValidator, gen_tables: GenerationTables):
+        return cls(runner, validator.tables, gen_tables, validator.serve, validator.feature_cardinality,
+                   validator.num_user_features)
+
+    def validate(self, req: Request):
+        return self.validator.validate(req)
 
     def recommend(self, requests: list[Request], times: StageTimes | None = None) -> list[Response | RequestError]:
         """One batch of raw requests; an invalid request yields its RequestError without
@@ -182,7 +207,7 @@ class Parsed:
     """A validated request: its slot in the batch, tokens and options."""
 
     slot: int
-    tokens: Any  # features.UserTokens
+    tokens: UserTokens
     top_k: int
     num_candidates: int
     beam_width: int

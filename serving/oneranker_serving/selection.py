@@ -1,4 +1,4 @@
-"""Candidate selection between the generator and the ranker (numpy only, no torch, no Triton).
+"""Reference candidate selection between the generator and the ranker (numpy only).
 
     level_logits [H, D, K] (one user) + transitions [D, D, K, K] + trie
       -> per generation stream (6 interest heads + 1 bagged value stream) beam search over the
@@ -10,23 +10,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from .tables import GenerationTables
+
 NEG = -1e30
-
-
-@dataclass
-class GenerationTables:
-    transitions: np.ndarray  # [D, D, K, K] float32
-    trie_children: list  # level l: [nodes_l, K] int, child node (last level: ad_idx) or -1
-    num_interest_heads: int
-    num_value_heads: int
-
-    @property
-    def num_streams(self) -> int:
-        return self.num_interest_heads + (1 if self.num_value_heads else 0)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ Torch-free on purpose: importable from thin client/perf environments.
 
 CLI::
 
-    python -m oneranker_build.tritonserver --model-repository DIR \\
+    python -m oneranker_serving.local_server --model-repository DIR \\
         [--grpc-port 8001 --http-port 8000 --metrics-port 8002 --log-file F]
 """
 
@@ -470,7 +470,7 @@ class TritonServer:
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m oneranker_build.tritonserver",
+        prog="python -m oneranker_serving.local_server",
         description="Run the CPU tritonserver from the nvidia-pytriton wheel in the foreground.",
     )
     ap.add_argument("--model-repository", required=True, type=Path)

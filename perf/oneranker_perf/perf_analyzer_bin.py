@@ -27,7 +27,7 @@ _NEEDED_LIBS = ("libb64.so.0d", "libcudart.so.12")
 
 
 def _repo_root() -> Path:
-    # build/oneranker_build/perf_tools.py -> repo root (the package is installed editable)
+    # perf/oneranker_perf/perf_analyzer_bin.py -> repo root (the package is installed editable)
     return Path(__file__).resolve().parents[2]
 
 

@@ -53,12 +53,12 @@ the new one is loaded. ``retire`` hides version V again (rollback: retire, then 
 
 CLI::
 
-    python -m oneranker_build.deploy shm --preset paper [--instances preprocess=2,...] [--bytes]
-    python -m oneranker_build.deploy shm --compose docker-compose.yml --service triton
-    python -m oneranker_build.deploy promote --staging STAGE/tensorrt --repository LIVE [--version V]
-    python -m oneranker_build.deploy retire --repository LIVE --version V
-    python -m oneranker_build.deploy latest --repository LIVE
-    python -m oneranker_build.deploy load --url HOST:8000 --repository LIVE
+    python -m oneranker_deploy shm --preset paper [--instances preprocess=2,...] [--bytes]
+    python -m oneranker_deploy shm --compose docker-compose.yml --service triton
+    python -m oneranker_deploy promote --staging STAGE/tensorrt --repository LIVE [--version V]
+    python -m oneranker_deploy retire --repository LIVE --version V
+    python -m oneranker_deploy latest --repository LIVE
+    python -m oneranker_deploy load --url HOST:8000 --repository LIVE
 """
 
 from __future__ import annotations
@@ -179,11 +179,11 @@ def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Pa
     artifacts. For inspecting what a deployment serves without a trained run."""
     import inspect
 
-    from . import render
+    from oneranker_build import render
 
     kwargs = {"settings": settings}
     if "default_topology" in inspect.signature(render.render_repository).parameters:
-        from .cli import default_topology  # the topology `oneranker build` picks per engine
+        from oneranker_build.cli import default_topology  # the topology `oneranker build` picks per engine
 
         kwargs["default_topology"] = default_topology(engine)
     export = Path(out_dir) / ".empty-export"
@@ -234,7 +234,7 @@ def _variable_length(tensor: TensorSpec, dims: ContractDims, max_history: int,
     kind = VARIABLE_DIMS.get(tensor.name)
     if kind is None:
         raise ValueError(
-            f"tensor {tensor.name!r} has a variable dimension that oneranker_build.deploy."
+            f"tensor {tensor.name!r} has a variable dimension that oneranker_deploy."
             "VARIABLE_DIMS does not classify (history, kv or candidates): add it there"
         )
     if kind == "history":
@@ -511,7 +511,7 @@ def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
 # CLI
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oneranker_build.deploy",
+    ap = argparse.ArgumentParser(prog="python -m oneranker_deploy",
                                  description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
 

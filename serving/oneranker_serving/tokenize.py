@@ -1,4 +1,4 @@
-"""Raw behaviour events -> model tensors. numpy only: training and the Triton preprocess share it.
+"""Request validation and tokenization: raw behaviour events -> model tensors (numpy only).
 
 Data flow (one request):
     user_features [F] int, events (item ids [L], actions [L], timestamps [L]), request_time
@@ -15,63 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ACTION_CONTENT_VIEW, NUM_ACTIONS
+from oneranker_client.contract import ACTION_CONTENT_VIEW, NUM_ACTIONS
+
+from .tables import ItemTables
 
 
 class RequestError(ValueError):
-    """A request (or data row) is invalid; the message says which field and why."""
-
-
-@dataclass
-class ItemTables:
-    """Id <-> index <-> semantic-ID lookups, versioned with the checkpoint that uses them."""
-
-    ad_ids: np.ndarray  # [A] int64
-    ad_codes: np.ndarray  # [A, D] int64
-    ad_advertiser: np.ndarray  # [A] int64
-    ad_category: np.ndarray  # [A] int64
-    ad_bid: np.ndarray  # [A] float32
-    content_ids: np.ndarray  # [C] int64
-    content_codes: np.ndarray  # [C, D] int64
-
-    def __post_init__(self):
-        self._ad_order = np.argsort(self.ad_ids, kind="stable")
-        self._content_order = np.argsort(self.content_ids, kind="stable")
-
-    @staticmethod
-    def _lookup(ids: np.ndarray, table: np.ndarray, order: np.ndarray) -> np.ndarray:
-        """Indices of `ids` in `table` (-1 where unknown), vectorized by binary search."""
-        if len(table) == 0:
-            return np.full(ids.shape, -1, dtype=np.int64)
-        sorted_table = table[order]
-        pos = np.clip(np.searchsorted(sorted_table, ids), 0, len(table) - 1)
-        found = sorted_table[pos] == ids
-        return np.where(found, order[pos], -1).astype(np.int64)
-
-    def ad_index(self, ids: np.ndarray) -> np.ndarray:
-        return self._lookup(np.asarray(ids, dtype=np.int64), self.ad_ids, self._ad_order)
-
-    def content_index(self, ids: np.ndarray) -> np.ndarray:
-        return self._lookup(np.asarray(ids, dtype=np.int64), self.content_ids, self._content_order)
-
-    @property
-    def sid_depth(self) -> int:
-        return int(self.ad_codes.shape[1])
-
-    def event_codes(self, item_idx: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """[L, D] semantic-ID paths of events given dense indices (content vs ad by action)."""
-        is_content = actions == ACTION_CONTENT_VIEW
-        codes = np.empty((len(item_idx), self.sid_depth), dtype=np.int64)
-        if is_content.any():
-            codes[is_content] = self.content_codes[item_idx[is_content]]
-        if (~is_content).any():
-            codes[~is_content] = self.ad_codes[item_idx[~is_content]]
-        return codes
-
-    def candidate_features(self, ad_idx: np.ndarray):
-        """ad_idx [..., n] -> (cand_sids [..., n, D], cand_attrs [..., n, 2], cand_bid [..., n])."""
-        attrs = np.stack([self.ad_advertiser[ad_idx], self.ad_category[ad_idx]], axis=-1)
-        return self.ad_codes[ad_idx], attrs.astype(np.int64), self.ad_bid[ad_idx].astype(np.float32)
+    """A request is invalid; the message says which field and why (sent back as INVALID_ARG)."""
 
 
 @dataclass

@@ -1,0 +1,5 @@
+import sys
+
+from .rollout import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Request and response arrays of the Triton models, named by the contract (numpy only).
+
+    preprocess:  raw arrays (contract.PUBLIC inputs) -> Request -> validate/tokenize
+                 -> token arrays (contract.PREPROCESS outputs, history padded to its bucket)
+    recommender: token arrays -> Parsed -> Recommender.recommend_parsed -> Response -> rec_* arrays
+    select/topk: level logits -> candidate arrays; scores -> rec_* arrays (split topologies)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oneranker_client import contract
+
+from ..recommender import Parsed, Request, RequestValidator, Response
+from ..selection import beam_search, merge_candidates, top_k
+from ..tables import GenerationTables, ItemTables
+from ..tokenize import RequestError, UserTokens, bucket_for, pad_batch
+
+
+def _first(value, name: str):
+    arr = np.asarray(value).reshape(-1)
+    if arr.size != 1:
+        raise RequestError(f"{name} must hold exactly one value, got {arr.size}")
+    return arr[0]
+
+
+def _check_batch_one(arrays: dict) -> None:
+    for name, value in arrays.items():
+        if value is not None and np.asarray(value).shape[:1] != (1,):
+            raise RequestError(f"{name} must have a leading batch dimension of 1, got shape {np.shape(value)}")
+
+
+def request_from_arrays(arrays: dict) -> Request:
+    """contract.PUBLIC input arrays ([1, ...] each; optional ones may be None) -> Request."""
+    _check_batch_one(arrays)
+    for spec in contract.PUBLIC.inputs:
+        value = arrays.get(spec.name)
+        if value is None:
+            if not spec.optional:
+                raise RequestError(f"missing input {spec.name}")
+            continue
+        if np.asarray(value).dtype != spec.numpy_dtype:
+            raise RequestError(f"{spec.name} must be {spec.wire_dtype}, got {np.asarray(value).dtype}")
+        if np.asarray(value).ndim != len(spec.dims) + 1:
+            raise RequestError(f"{spec.name} must have {len(spec.dims) + 1} dims (batch first), got {np.ndim(value)}")
+    if np.issubdtype(arrays["timestamps"].dtype, np.floating) and not np.isfinite(arrays["timestamps"]).all():
+        raise RequestError("timestamps must be finite")
+
+    def option(name):
+        value = arrays.get(name)
+        return None if value is None else int(_first(value, name))
+
+    exclude = arrays.get("exclude_item_ids")
+    return Request(
+        user_features=arrays["user_features"][0],
+        item_ids=arrays["item_ids"][0],
+        actions=arrays["actions"][0],
+        timestamps=arrays["timestamps"][0],
+        request_time=int(_first(arrays["request_time"], "request_time")),
+        top_k=option("top_k"),
+        num_candidates=option("num_candidates"),
+        beam_width=option("beam_width"),
+        exclude_item_ids=np.zeros(0, np.int64) if exclude is None else exclude[0],
+    )
+
+
+def tokens_to_arrays(validator: RequestValidator, req: Request) -> dict[str, np.ndarray]:
+    """Validate + tokenize one raw request -> contract.PREPROCESS outputs (batch dim 1, history
+    right-padded to its length bucket so same-bucket requests batch in shape-strict engines)."""
+    tokens, k, n, w, exclude = validator.validate(req)
+    padded = pad_batch([tokens], bucket_for(tokens.length, validator.serve.length_buckets))  # one shape per bucket
+    return {
+        "user_features": padded["user_features"],
+        "hist_sids": padded["hist_sids"],
+        "hist_actions": padded["hist_actions"],
+        "hist_dt": padded["hist_dt"],
+        "hist_len": np.array([[tokens.length]], dtype=np.int64),
+        "options": np.array([[k, n, w]], dtype=np.int32),
+        "exclude_idx": exclude.astype(np.int64)[None],
+    }
+
+
+def parsed_from_arrays(slot: int, arrays: dict) -> Parsed:
+    """contract.PREPROCESS outputs of one request -> Parsed (padding stripped by hist_len)."""
+    length = int(np.asarray(arrays["hist_len"]).reshape(-1)[0])
+    k, n, w = (int(x) for x in np.asarray(arrays["options"]).reshape(-1))
+    tokens = UserTokens(
+        user_features=np.asarray(arrays["user_features"])[0],
+        hist_sids=np.asarray(arrays["hist_sids"])[0, :length],
+        hist_actions=np.asarray(arrays["hist_actions"])[0, :length],
+        hist_dt=np.asarray(arrays["hist_dt"])[0, :length],
+    )
+    return Parsed(slot, tokens, k, n, w, np.asarray(arrays["exclude_idx"]).reshape(-1))
+
+
+def response_arrays(resp: Response) -> dict[str, np.ndarray]:
+    """Response -> contract.PUBLIC outputs, batch dim 1."""
+    values = {"rec_item_ids": resp.item_ids, "rec_scores": resp.scores, "rec_gen_logp": resp.gen_logp,
+              "rec_source_head": resp.source_head}
+    return {spec.name: np.asarray(values[spec.name], dtype=spec.numpy_dtype)[None] for spec in contract.PUBLIC.outputs}
+
+
+def select_arrays(tables: ItemTables, gen_tables: GenerationTables, level_logits: np.ndarray, options: np.ndarray,
+                  exclude_idx: np.ndarray) -> dict:
+    """Selection step of topologies (b)/(c): one request's level logits -> candidate tensors."""
+    k, n, w = (int(x) for x in np.asarray(options).reshape(-1))
+    ads, lp, head = merge_candidates(*beam_search(np.asarray(level_logits)[0], gen_tables, w), n,
+                                     np.asarray(exclude_idx).reshape(-1))
+    if len(ads) == 0:
+        raise RequestError("no candidate left after exclusions")
+    sids, attrs, bid = tables.candidate_features(ads)
+    return {"cand_sids": sids[None], "cand_attrs": attrs[None], "cand_bid": bid[None],
+            "cand_item_ids": tables.ad_ids[ads].astype(np.int64)[None],
+            "cand_logp": lp.astype(np.float32)[None], "cand_head": head.astype(np.int32)[None]}
+
+
+def topk_arrays(scores, cand_item_ids, cand_logp, cand_head, options) -> dict:
+    """Final step of topologies (b)/(c): value scores -> contract.PUBLIC outputs."""
+    k = int(np.asarray(options).reshape(-1)[0])
+    scores = np.asarray(scores).reshape(-1)
+    best = top_k(scores, k)
+    resp = Response(item_ids=np.asarray(cand_item_ids).reshape(-1)[best], scores=scores[best],
+                    gen_logp=np.asarray(cand_logp).reshape(-1)[best], source_head=np.asarray(cand_head).reshape(-1)[best])
+    return response_arrays(resp)

@@ -1,0 +1,83 @@
+"""pb_utils.Tensor <-> arrays for one Python model; `pb` (triton_python_backend_utils) is
+injected so everything here is testable with a fake.
+
+    transport "numpy":  every tensor is a host numpy array (ONNX Runtime engine).
+    transport "dlpack": (torch engine) the KV moves as a torch tensor through DLPack, zero copy and
+                        on the device it lives on (GPU memory for KIND_GPU instances); token and
+                        score tensors, which the numpy selection code reads, come to the host.
+BLS requests ask for outputs in `kv_memory` (Triton's preferred_memory), so a generator's KV
+reaches the orchestrator on the GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+KV_TRANSPORTS = ("numpy", "dlpack")
+
+
+def kv_memory(spec: str) -> tuple[bool, int]:
+    """Render parameter `kv_memory` ("cpu" or "gpu:N") -> (is_gpu, device id)."""
+    kind, _, device = spec.partition(":")
+    if kind not in ("cpu", "gpu"):
+        raise ValueError(f"kv_memory must be cpu or gpu:N, got {spec!r}")
+    return kind == "gpu", int(device or 0)
+
+
+def is_torch(value) -> bool:
+    """True for a torch tensor, without importing torch (a numpy-only model never loads it)."""
+    return type(value).__module__.startswith("torch")
+
+
+class TensorCodec:
+    def __init__(self, pb, transport: str = "numpy", memory: str = "cpu"):
+        if transport not in KV_TRANSPORTS:
+            raise ValueError(f"kv_transport must be one of {KV_TRANSPORTS}, got {transport!r}")
+        self.pb, self.dlpack = pb, transport == "dlpack"
+        self.gpu, self.device_id = kv_memory(memory)
+        self._torch = None
+
+    @property
+    def torch_runner(self):
+        """The torch runner module, which owns every torch import of the serving package; loaded
+        on first use (dlpack transport, or a tensor that lives on a GPU)."""
+        if self._torch is None:
+            self._torch = importlib.import_module("oneranker_serving.runners.torch")
+        return self._torch
+
+    def host(self, tensor) -> np.ndarray:
+        """Any input/output tensor -> numpy on the host."""
+        if tensor.is_cpu():
+            return tensor.as_numpy()
+        return self.torch_runner.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+    def kv(self, tensor):
+        """The KV tensor -> torch (DLPack, where it lives) or numpy."""
+        if not self.dlpack:
+            return self.host(tensor)
+        return self.torch_runner.from_dlpack(tensor.to_dlpack())
+
+    def tensor(self, name: str, value):
+        """numpy or torch -> pb_utils.Tensor (torch tensors by DLPack, no copy)."""
+        if is_torch(value):
+            return self.pb.Tensor.from_dlpack(name, self.torch_runner.to_dlpack(value))
+        return self.pb.Tensor(name, np.ascontiguousarray(value))
+
+    def inputs(self, request, spec) -> dict:
+        """One request's inputs named by `spec` (a contract.ModelSpec): kv via `kv()`, the rest
+        on the host."""
+        out = {}
+        for t in spec.inputs:
+            tensor = self.pb.get_input_tensor_by_name(request, t.name)
+            out[t.name] = self.kv(tensor) if t.name == "kv" else self.host(tensor)
+        return out
+
+    def outputs(self, values: dict) -> list:
+        return [self.tensor(name, value) for name, value in values.items()]
+
+    def preferred_memory(self):
+        """preferred_memory for BLS requests: where the callee's outputs (the KV) should land."""
+        kind = self.pb.TRITONSERVER_MEMORY_GPU if self.gpu else self.pb.TRITONSERVER_MEMORY_CPU
+        return self.pb.PreferredMemory(kind, self.device_id)
