@@ -511,25 +511,24 @@ def test_shm_arithmetic_by_hand():
 # Requirements = what the code imports
 # ---------------------------------------------------------------------------------------------
 PACKAGES = {"oneranker": ROOT / "training" / "oneranker", "oneranker_build": ROOT / "build" / "oneranker_build",
-            "oneranker_client": ROOT / "client" / "oneranker_client", "oneranker_perf": ROOT / "perf" / "oneranker_perf"}
+            "oneranker_client": ROOT / "client" / "oneranker_client", "oneranker_perf": ROOT / "perf" / "oneranker_perf",
+            "oneranker_serving": ROOT / "serving" / "oneranker_serving",
+            "oneranker_deploy": ROOT / "deploy" / "oneranker_deploy"}
 IMPORT_TO_DIST = {"grpc": "grpcio", "yaml": "pyyaml", "google": "protobuf", "PIL": "pillow"}
 PROVIDED = {"triton_python_backend_utils", "__future__"}
 
 # The Triton image: code paths the server never executes, and why.
 TRITON_SKIP_MODULES = {
-    "oneranker.reference": "the torch engine's runner (TorchRunner): this image serves tensorrt and onnxruntime",
-    "oneranker.checkpoint": "loads training checkpoints for the torch engine only",
+    "oneranker_serving.runners.torch": "the torch engine's runner: this image serves tensorrt and onnxruntime",
 }
 TRITON_SKIP_IMPORTS = {
     "tritonclient": "oneranker_client.client's network functions: the models only use its arrays and contract",
     "tqdm": "optional progress bars of oneranker_client.client, guarded by ImportError",
-    "onnx": "oneranker_build.export's export functions run in the builder, not at model load",
     "tensorrt": "TrtRunner: no Python model of the tensorrt repository runs engine tensorrt (generator and "
                 "ranker are native tensorrt_plan models; test_tensorrt_repository_runs_plans_natively)",
-    "torch": "oneranker_build.runners imports it only inside TrtRunner and make_runner('torch'), and "
-             "oneranker_build.service only on the DLPack KV transport, which is rendered for the torch engine "
-             "alone: this image serves the onnxruntime and tensorrt repositories (the torch engine is for GPU "
-             "hosts' own images)",
+    "torch": "TrtRunner's guarded import (never built here, see tensorrt); the torch runner module is loaded "
+             "only for the torch engine or the DLPack KV transport, rendered for the torch engine alone: this "
+             "image serves the onnxruntime and tensorrt repositories (the torch engine is for GPU hosts' own images)",
 }
 # The perf image.
 PERF_SKIP_MODULES = {"oneranker_perf.make_inputs": "runs in the builder (it loads a run with torch)"}
@@ -570,7 +569,8 @@ def _imports(path: Path, module: str) -> list[str]:
 
 def third_party_imports(roots: list[tuple[Path, str]], skip_modules: dict, skip_imports: dict) -> dict[str, str]:
     """{distribution: 'why (first importer)'} reached from `roots` through the project's packages."""
-    local = {p.stem for p, _ in roots} | {p.parent.name for p, _ in roots}
+    models = [p for p, _ in roots if "model_repository" in p.parts]  # a model folder's own modules
+    local = {p.stem for p in models} | {p.parent.name for p in models}
     seen, found, todo = set(), {}, list(roots)
     while todo:
         path, module = todo.pop()
@@ -607,10 +607,42 @@ def _requirements(path: Path) -> dict[str, str]:
     return out
 
 
+def test_python_models_reach_only_the_serving_package_and_the_client_contract():
+    """The Triton image installs oneranker_serving and oneranker_client alone: no model.py may reach
+    training or build code, directly or through the serving package (every import counts, at any
+    depth, including imports inside functions)."""
+    todo = [(p, p.stem) for p in sorted((ROOT / "model_repository").glob("*/*/*.py"))]
+    seen, reached = set(), set()
+    while todo:
+        path, module = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path, module):
+            if name.split(".")[0] in PACKAGES:
+                reached.add(name.split(".")[0])
+                parts = name.split(".")
+                for i in range(1, len(parts) + 1):
+                    f = _module_file(".".join(parts[:i]))
+                    if f is not None:
+                        todo.append((f, ".".join(parts[:i])))
+    assert reached == {"oneranker_serving", "oneranker_client"}, reached
+    client_files = {p.name for p in seen if "oneranker_client" in p.parts}
+    assert client_files <= {"__init__.py", "contract.py", "client.py", "defaults.py"}, client_files
+
+
 def test_triton_requirements_are_exactly_what_the_python_models_import():
     roots = [(p, p.stem) for p in sorted((ROOT / "model_repository").glob("*/*/*.py"))]
     if not roots:
         pytest.skip("model_repository/ holds no Python model yet")
+    # make_runner loads the runner module of the rendered engine by name (runners.ENGINE_RUNNERS);
+    # the image serves the onnxruntime and tensorrt repositories, so both modules are reached.
+    from oneranker_serving.runners import ENGINE_RUNNERS
+
+    served_engines = ("onnxruntime", "tensorrt")
+    assert set(served_engines) <= set(ENGINE_RUNNERS)
+    roots += [(ROOT / "serving" / "oneranker_serving" / "runners" / f"{e}.py", f"oneranker_serving.runners.{e}")
+              for e in served_engines]
     needed = third_party_imports(roots, TRITON_SKIP_MODULES, TRITON_SKIP_IMPORTS)
     reqs = _requirements(ROOT / "deploy" / "requirements-triton.txt")
     listed = set(reqs)
@@ -776,6 +808,7 @@ def test_cli_port_defaults_agree_with_the_defaults_module():
             "--metrics-port": defaults.DEFAULT_METRICS_PORT}
     checked = 0
     for path in [*ROOT.glob("client/**/*.py"), *ROOT.glob("perf/**/*.py"), *ROOT.glob("build/**/*.py"),
+                 *ROOT.glob("serving/**/*.py"), *ROOT.glob("deploy/**/*.py"),
                  ROOT / "training" / "oneranker" / "cli.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
@@ -1024,7 +1057,8 @@ def _run_help(argv: list[str], what: str) -> str:
 
 # argparse CLIs of the project, asked in-process (main(argv) with --help): no interpreter start.
 IN_PROCESS = {"oneranker": "oneranker.cli", "oneranker-client": "oneranker_client.cli",
-              **{m: m for m in PY_MODULES.values() if m.startswith("oneranker_")}}
+              **{m: m for m in PY_MODULES.values() if m.startswith("oneranker_")},
+              "oneranker_deploy": "oneranker_deploy.rollout"}
 
 
 def _in_process_help(key: str) -> str:

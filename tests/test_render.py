@@ -78,10 +78,10 @@ def test_glue_outputs_follow_contract(tiny_run, tiny_export):
         assert tokens[spec.name].ndim == len(spec.dims) + 1, spec.name
     parsed = arrays.parsed_from_arrays(0, tokens)
     response = rec.recommend_parsed([parsed])[0]
-    arrays = arrays.response_arrays(response)
-    assert list(arrays) == [t.name for t in contract.PUBLIC.outputs]
+    outputs = arrays.response_arrays(response)
+    assert list(outputs) == [t.name for t in contract.PUBLIC.outputs]
     for spec in contract.PUBLIC.outputs:
-        assert arrays[spec.name].dtype == spec.numpy_dtype
+        assert outputs[spec.name].dtype == spec.numpy_dtype
 
 
 def test_artifacts_refuse_a_foreign_checkpoint(tiny_export):
@@ -129,7 +129,7 @@ def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tm
     }
     for (engine, kind), (transport, force_cpu, memory) in cases.items():
         repo = render_repository(export, tmp_path / f"{engine}-{kind}", engine, dims, sha,
-                                 settings=RenderSettings(instance_kind=kind), run_dir=tiny_run.run_dir)
+                                 settings=RenderSettings(instance_kind=kind))
         for model in (contract.GENERATOR_MODEL, contract.RANKER_MODEL, contract.BLS_MODEL):
             cfg = _parse(repo / model / "config.pbtxt")
             params = {k: v.string_value for k, v in cfg.parameters.items()}
@@ -159,7 +159,7 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     repo = render_repository(export, tmp_path / "ok", "onnxruntime", dims, sha, cascade=cascade)
     cfg = _parse(repo / contract.CASCADE_MODEL / "config.pbtxt")
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params["pipeline"] == "cascade"
+    assert params["system"] == "cascade"
     assert params["checkpoint_sha256"].split(",") == [
         artifacts.read_export_info(halves[h])["checkpoint_sha256"] for h in artifacts.CASCADE_HALVES]
     assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()

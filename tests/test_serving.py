@@ -308,10 +308,9 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
     halves = tiny_export / "export_cascade"
-    cascade = CascadeExports(halves / "generator", halves / "ranker", tiny_cascade.generator_dir,
-                             tiny_cascade.ranker_dir)
+    cascade = CascadeExports(halves / "generator", halves / "ranker")
     repo = render_repository(tiny_export / "export", tmp_path / "torch", "torch", contract.ContractDims(**info["dims"]),
-                             info["checkpoint_sha256"], run_dir=tiny_run.run_dir, cascade=cascade)
+                             info["checkpoint_sha256"], cascade=cascade)
     start = time.perf_counter()
     server = _serve(repo, tmp_path / "torch.log")
     try:
@@ -342,7 +341,7 @@ def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_
     re-encoding the history) equals the in-process run of the same graphs and code exactly."""
     def cascade_requests():
         text = urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
-        return _metric(text, "oneranker_requests_total", 'pipeline="cascade"')
+        return _metric(text, "oneranker_requests_total", 'system="cascade"')
 
     before = cascade_requests()
     client = grpcclient.InferenceServerClient(served_repository.grpc_url)

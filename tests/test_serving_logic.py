@@ -18,15 +18,15 @@ from oneranker_client import contract
 def test_raw_events_tokenize_like_training(tiny_run, tiny_export):
     """Equal raw events give equal tokens: the served preprocess vs the training tensors."""
     rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
-    arrays = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
+    training = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
     for row in range(0, len(tiny_run.prep.splits["test"]), 37):
         served = arrays.tokens_to_arrays(rec, example_request(tiny_run.prep, row))
-        n = int(arrays["hist_len"][row])
+        n = int(training["hist_len"][row])
         assert int(served["hist_len"][0, 0]) == n
-        np.testing.assert_array_equal(served["user_features"][0], arrays["user_features"][row])
-        np.testing.assert_array_equal(served["hist_sids"][0, :n], arrays["hist_sids"][row, :n])
-        np.testing.assert_array_equal(served["hist_actions"][0, :n], arrays["hist_actions"][row, :n])
-        np.testing.assert_allclose(served["hist_dt"][0, :n], arrays["hist_dt"][row, :n])
+        np.testing.assert_array_equal(served["user_features"][0], training["user_features"][row])
+        np.testing.assert_array_equal(served["hist_sids"][0, :n], training["hist_sids"][row, :n])
+        np.testing.assert_array_equal(served["hist_actions"][0, :n], training["hist_actions"][row, :n])
+        np.testing.assert_allclose(served["hist_dt"][0, :n], training["hist_dt"][row, :n])
         assert not served["hist_actions"][0, n:].any()  # padding up to the bucket is empty
 
 
@@ -114,15 +114,15 @@ def test_tensor_codec_moves_kv_by_dlpack_without_copy():
     import torch
 
     kv = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
-    codec = codec.TensorCodec(_FakePb, "dlpack", "gpu:1")
-    sent = codec.tensor("kv", kv)
-    received = codec.kv(sent)
+    dl = codec.TensorCodec(_FakePb, "dlpack", "gpu:1")
+    sent = dl.tensor("kv", kv)
+    received = dl.kv(sent)
     assert isinstance(received, torch.Tensor) and received.data_ptr() == kv.data_ptr()  # zero copy
     request = {"kv": sent, "hist_len": _FakeTensor("hist_len", np.array([[3]], np.int64)),
                **{name: _FakeTensor(name, np.zeros((1, 2, 1))) for name in ("cand_sids", "cand_attrs", "cand_bid")}}
-    arrays = codec.inputs(request, contract.RANKER)
-    assert isinstance(arrays["kv"], torch.Tensor) and isinstance(arrays["hist_len"], np.ndarray)
-    assert codec.preferred_memory() == ("GPU", 1)
+    got = dl.inputs(request, contract.RANKER)
+    assert isinstance(got["kv"], torch.Tensor) and isinstance(got["hist_len"], np.ndarray)
+    assert dl.preferred_memory() == ("GPU", 1)
     host = codec.TensorCodec(_FakePb, "numpy")
     assert isinstance(host.kv(_FakeTensor("kv", kv.numpy())), np.ndarray)
     assert host.preferred_memory() == ("CPU", 0)

@@ -61,10 +61,22 @@ def _delta(before, after, name: str, *labels: str) -> float:
     return total(after) - total(before)
 
 
+def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: float = 5.0):
+    """Scrape until the ensemble's success counter shows all `expected` requests: Triton counts a
+    request after its response is sent, so a scrape right after the last answer can miss it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = scrape_metrics(url)
+        done = _delta(before, after, "nv_inference_request_success", f'model="{ensemble}"') >= expected
+        if done or time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
+
+
 def stage_breakdown(before, after, models: list[str], ensemble: str, pipeline: str | None) -> dict:
     """Server-side mean ms per request over a window, from Triton's counters: the ensemble's
     request time, each composing model's compute and queue time and, inside a fused-style model,
-    its own generate / select / rank counters (`pipeline` label)."""
+    its own generate / select / rank counters (`system` label)."""
     out: dict = {}
     served = _delta(before, after, "nv_inference_request_success", f'model="{ensemble}"')
     if served <= 0:
@@ -77,7 +89,7 @@ def stage_breakdown(before, after, models: list[str], ensemble: str, pipeline: s
         out[f"{model}_queue_ms"] = _delta(before, after, "nv_inference_queue_duration_us", label) / served / 1e3
     if pipeline:
         for stage in ("generate", "select", "rank"):
-            seconds = _delta(before, after, "oneranker_stage_seconds_total", f'stage="{stage}"', f'pipeline="{pipeline}"')
+            seconds = _delta(before, after, "oneranker_stage_seconds_total", f'stage="{stage}"', f'system="{pipeline}"')
             out[f"{stage}_ms"] = seconds / served * 1e3
     return out
 
@@ -250,8 +262,8 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
         print(f"[bench] {model}: concurrency 1 ...", flush=True)
         before = scrape_metrics(server.metrics_url)
         c1 = latency_loop(client.recommend, reqs, n_latency)
-        c1["stages"] = stage_breakdown(before, scrape_metrics(server.metrics_url), [step[0] for step in steps], model,
-                                       pipeline)
+        c1["stages"] = stage_breakdown(before, settled_metrics(server.metrics_url, before, model, n_latency),
+                                       [step[0] for step in steps], model, pipeline)
         print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
         rest = tree_rss_mb(server.pid)
         with RssSampler(server.pid) as rss:

@@ -1,0 +1,212 @@
+"""The Triton models' logic under a fake `pb_utils` (no server, no trained run): per-request
+errors in a dynamic batch, BLS orchestration and its failure paths, output names of the contract.
+
+The artifacts are synthetic: 6 ads on a 2-level trie (3 codes per level), random transitions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from oneranker_client import contract
+from oneranker_serving.tables import GenerationTables, ItemTables, generation_table_arrays
+from oneranker_serving.triton import models
+
+F, D, K, H, R2, DM, T2 = 2, 2, 3, 3, 2, 4, 2
+AD_IDS = np.array([100, 101, 102, 103, 104, 105], np.int64)
+
+
+class FakeTensor:
+    def __init__(self, name, value):
+        self.name, self.value = name, np.asarray(value)
+
+    def as_numpy(self):
+        return self.value
+
+    def is_cpu(self):
+        return True
+
+
+@dataclass
+class FakeResponse:
+    output_tensors: list = field(default_factory=list)
+    failure: object = None
+
+    def has_error(self):
+        return self.failure is not None
+
+    def error(self):
+        return self.failure
+
+
+class FakeError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, msg, code="INTERNAL"):
+        self.msg, self.code = msg, code
+
+    def message(self):
+        return self.msg
+
+
+class FakePb:
+    """The parts of triton_python_backend_utils the models use; `handlers` answer BLS calls."""
+
+    Tensor = FakeTensor
+    TritonError = FakeError
+    TRITONSERVER_MEMORY_CPU, TRITONSERVER_MEMORY_GPU = "CPU", "GPU"
+    handlers: dict = {}
+    calls: list = []
+
+    @staticmethod
+    def InferenceResponse(output_tensors, error=None):
+        return FakeResponse(list(output_tensors), error)
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return request.get(name)
+
+    @staticmethod
+    def get_output_tensor_by_name(response, name):
+        return next(t for t in response.output_tensors if t.name == name)
+
+    @staticmethod
+    def PreferredMemory(kind, device):
+        return kind, device
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs, preferred_memory=None):
+            self.model_name, self.names, self.inputs = model_name, requested_output_names, inputs
+
+        def exec(self):
+            FakePb.calls.append(self.model_name)
+            arrays = {t.name: t.as_numpy() for t in self.inputs}
+            return FakePb.handlers[self.model_name](arrays)
+
+
+def _outputs(response) -> dict:
+    return {t.name: t.as_numpy() for t in response.output_tensors}
+
+
+@pytest.fixture()
+def artifacts(tmp_path):
+    """A model version's artifacts folder with synthetic tables and export_info.json."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "1" / "artifacts"
+    root.mkdir(parents=True)
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 2], [2, 1], [2, 2]], np.int64)
+    level1 = np.full((3, K), -1, np.int64)
+    for ad, (a, b) in enumerate(codes):
+        level1[a, b] = ad
+    trie = [np.array([[0, 1, 2]], np.int64), level1]
+    gen = GenerationTables(rng.standard_normal((D, D, K, K)).astype(np.float32), trie, 2, 1)
+    items = ItemTables(ad_ids=AD_IDS, ad_codes=codes, ad_advertiser=np.arange(6, dtype=np.int64),
+                       ad_category=np.zeros(6, np.int64), ad_bid=np.array([1, 6, 2, 5, 3, 4], np.float32),
+                       content_ids=np.array([7], np.int64), content_codes=np.zeros((1, D), np.int64))
+    save_file(generation_table_arrays(gen, items), str(root / "generation_tables.safetensors"))
+    info = {"checkpoint_sha256": "abc", "sid_version": "v", "dims": dict(F=F, D=D, K=K, H=H, R2=R2, DM=DM),
+            "num_interest_heads": 2, "num_value_heads": 1, "num_step2_tokens": T2, "feature_cardinality": 4,
+            "serve": {"top_k": 2, "num_candidates": 4, "beam_width": 3, "max_exclude_items": 3,
+                      "length_buckets": [4, 8]}}
+    (root / "export_info.json").write_text(json.dumps(info))
+    return tmp_path
+
+
+def _args(repo, **params) -> dict:
+    config = {"parameters": {k: {"string_value": v} for k, v in {"checkpoint_sha256": "abc", **params}.items()}}
+    return {"model_config": json.dumps(config), "model_repository": str(repo), "model_version": "1"}
+
+
+def _raw(item_ids=(100, 103), actions=(3, 2), **options) -> dict:
+    n = len(item_ids)
+    request = {"user_features": np.array([[1, 2]], np.int64), "item_ids": np.array([item_ids], np.int64),
+               "actions": np.array([actions], np.int64), "timestamps": np.arange(n, dtype=np.int64)[None],
+               "request_time": np.array([[n + 5]], np.int64)}
+    request.update({k: np.asarray(v).reshape(1, -1) for k, v in options.items()})
+    return {k: FakeTensor(k, v) for k, v in request.items()}
+
+
+def _model(cls, repo, **params):
+    model = type("Model", (cls,), {"pb": FakePb})()
+    model.initialize(_args(repo, **params))
+    return model
+
+
+def test_preprocess_answers_each_request_of_a_batch_on_its_own(artifacts):
+    model = _model(models.PreprocessModel, artifacts)
+    bad_action = _raw(actions=(3, 9))
+    too_many_excluded = _raw(exclude_item_ids=np.array([100, 101, 102, 103], np.int64))
+    responses = model.execute([_raw(), bad_action, _raw(item_ids=(100, 101, 102), actions=(3, 2, 2)), too_many_excluded])
+    assert [r.has_error() for r in responses] == [False, True, False, True]
+    assert "unknown action code 9" in responses[1].error().message() and responses[1].error().code == "INVALID_ARG"
+    assert "maximum is 3" in responses[3].error().message()
+    out = _outputs(responses[0])
+    assert list(out) == [t.name for t in contract.PREPROCESS.outputs]
+    assert out["hist_sids"].shape == (1, 4, D)  # padded to the first length bucket
+    np.testing.assert_array_equal(out["hist_sids"][0, :2], [[0, 0], [1, 2]])
+    np.testing.assert_array_equal(out["options"], [[2, 4, 3]])  # serve defaults from export_info
+
+
+def _tokens(repo, raw_requests) -> list[dict]:
+    pre = _model(models.PreprocessModel, repo)
+    return [{k: FakeTensor(k, v) for k, v in _outputs(r).items()} for r in pre.execute(raw_requests)]
+
+
+def _generator(arrays):
+    b, length = arrays["hist_actions"].shape
+    logits = np.zeros((b, H, D, K), np.float32)
+    kv = np.zeros((b, R2, F + length + T2, DM), np.float32)
+    return FakeResponse([FakeTensor("level_logits", logits), FakeTensor("kv", kv)])
+
+
+def _ranker_by_bid(arrays):
+    return FakeResponse([FakeTensor("scores", arrays["cand_bid"].astype(np.float32))])
+
+
+def test_bls_orchestrates_generator_then_ranker_and_keeps_errors_per_request(artifacts):
+    FakePb.handlers = {contract.GENERATOR_MODEL: _generator, contract.RANKER_MODEL: _ranker_by_bid}
+    FakePb.calls = []
+    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
+    wide = dict(beam_width=np.int32(6), num_candidates=np.int32(6))  # every ad becomes a candidate
+    best_excluded = _raw(exclude_item_ids=np.array([101], np.int64), **wide)
+    tokens = _tokens(artifacts, [_raw(), best_excluded, _raw(top_k=np.int32(3), **wide)])
+    responses = bls.execute(tokens)
+    assert FakePb.calls == [contract.GENERATOR_MODEL, contract.RANKER_MODEL]  # one call each per batch
+    assert [r.has_error() for r in responses] == [False, False, False]
+    first, second, third = (_outputs(r) for r in responses)
+    assert list(first) == [t.name for t in contract.PUBLIC.outputs]
+    # scores = bids: top-k is the candidates sorted by bid
+    np.testing.assert_array_equal(third["rec_item_ids"][0], [101, 103, 105])
+    np.testing.assert_array_equal(second["rec_item_ids"][0], [103, 105])  # 101 excluded
+    np.testing.assert_allclose(second["rec_scores"][0], [5, 4])
+    assert first["rec_item_ids"].shape == (1, 2)  # the serve default top_k
+
+
+def test_bls_reports_a_failed_composing_model_on_every_request(artifacts):
+    FakePb.handlers = {contract.GENERATOR_MODEL: lambda a: FakeResponse(failure=FakeError("out of memory")),
+                       contract.RANKER_MODEL: _ranker_by_bid}
+    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
+    responses = bls.execute(_tokens(artifacts, [_raw(), _raw()]))
+    assert all(r.has_error() and r.error().message() == "generator: out of memory" for r in responses)
+
+
+def _generator_preferring_ad_100(arrays):
+    """Level logits that make code 0 win at both levels (ad 100 = path [0, 0]) for every head."""
+    response = _generator(arrays)
+    response.output_tensors[0].value[..., 0] = 100.0
+    return response
+
+
+def test_bls_gives_a_request_with_no_candidate_left_its_own_error(artifacts):
+    FakePb.handlers = {contract.GENERATOR_MODEL: _generator_preferring_ad_100, contract.RANKER_MODEL: _ranker_by_bid}
+    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
+    narrow = dict(beam_width=np.int32(1), top_k=np.int32(1), num_candidates=np.int32(1))
+    pre = _tokens(artifacts, [_raw(**narrow), _raw(exclude_item_ids=AD_IDS[:1], **narrow)])
+    responses = bls.execute(pre)
+    np.testing.assert_array_equal(_outputs(responses[0])["rec_item_ids"], [[100]])
+    assert responses[1].has_error() and "no candidate left after exclusions" in responses[1].error().message()
