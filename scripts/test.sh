@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI entry point: bootstrap the venv (fast when up to date), then run the non-slow tests.
-# Extra arguments go to pytest:  bash scripts/test.sh tests/test_tritonserver.py -x
+# Extra arguments go to pytest:  bash scripts/test.sh tests/integration/test_tritonserver.py -x
 # pytest's "no tests collected" (exit 5) fails too: CI must run tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -1,7 +1,7 @@
 """The tensor contract of every Triton model of oneranker: one source of truth (torch-free).
 
 Export (ONNX input/output names), the rendered `config.pbtxt` files, the Python models and the
-client all read these specs; `tests/test_contract.py` proves they agree.
+client all read these specs; `tests/model/test_render.py` proves they agree.
 
 Symbolic dims resolved by `ContractDims`: F user features, D semantic-ID depth, K codes per
 level, H task-token heads, R2 = 2 x R-Decoder layers (K and V per layer), DM model width.

@@ -2,7 +2,7 @@
 
 The client CLI, the perf suites (perf_analyzer, locust), `oneranker serve`, the
 `python -m oneranker_serving.local_server` launcher, `docker-compose.yml` and the Kubernetes
-manifests in `deploy/k8s/` all use these ports; `tests/test_deployment.py` checks that they
+manifests in `deploy/k8s/` all use these ports; `tests/deployment/test_deployment.py` checks that they
 agree. They are Triton's own defaults (KServe v2 HTTP/REST, gRPC, Prometheus metrics).
 """
 

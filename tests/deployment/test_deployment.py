@@ -41,7 +41,7 @@ from oneranker.config import ExperimentConfig, PRESETS, preset
 from oneranker_deploy import rollout as deploy
 from oneranker_client import contract, defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 K8S_DIR = ROOT / "deploy" / "k8s"

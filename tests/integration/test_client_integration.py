@@ -22,7 +22,7 @@ from oneranker_client.client import is_healthy
 
 pytestmark = pytest.mark.triton
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict:

@@ -25,7 +25,7 @@ from oneranker_client.client import (
     parse_result,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 REQ = {
     "user_features": [3, 1, 7, 0],

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 14
 OVERRIDES = ["train.warmup_steps=2", "train.lr=0.004", "train.batch_size=16", "train.log_every=1"]
 

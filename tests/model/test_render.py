@@ -111,7 +111,7 @@ def test_markdown_contract_lists_every_tensor():
 def test_repository_readme_shows_current_contract():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "model_repository" / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "model_repository" / "README.md").read_text()
     assert contract.markdown_tables() in readme, "run: python -m oneranker_client.contract model_repository/README.md"
 
 
