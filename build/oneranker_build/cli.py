@@ -18,24 +18,35 @@ def default_topology(engine: str) -> str:
     return "ensemble" if engine == "tensorrt" else DEFAULT_TOPOLOGY
 
 
-def export_run(run_dir: Path, export_dir: Path) -> tuple[dict, object, dict, object]:
-    """One run dir -> export_dir (ONNX graphs, generation tables, export_info.json);
-    returns (export info, contract dims, manifest, config)."""
+def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True) -> tuple[dict, object, dict, object]:
+    """One run dir -> export_dir (graphs, generation tables, export_info.json); returns (export
+    info, contract dims, manifest, config). The cascade's halves need the level-logit graphs only."""
     from oneranker.checkpoint import load_run
     from oneranker.reference import tables_from_run
 
-    from .export import dims_for, export_onnx, write_export_info, write_generation_tables
+    from .export import (
+        dims_for,
+        export_beam_search_graphs,
+        export_level_logit_graphs,
+        write_export_info,
+        write_generation_tables,
+    )
 
     cfg, model, sids, manifest = load_run(run_dir)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     print(f"[build] exporting ONNX graphs of {run_dir} ...", flush=True)
-    info = export_onnx(model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history)
-    write_generation_tables(model, sids, tables_from_run(run_dir, sids), export_dir)
+    info = export_level_logit_graphs(model, export_dir, manifest["num_advertisers"], manifest["num_categories"],
+                                     cfg.model.max_history)
+    tables = tables_from_run(run_dir, sids)
+    if beam_search_graphs:
+        info.update(export_beam_search_graphs(model, sids, tables, export_dir, cfg.model.max_history))
+    write_generation_tables(model, sids, tables, export_dir)
     dims = dims_for(model)
     info = write_export_info(export_dir, manifest, info, dims, cfg)
-    print(f"[build] generator.onnx {info['generator_bytes'] / 1e6:.2f} MB ({info['generator_export_s']:.1f}s), "
-          f"ranker.onnx {info['ranker_bytes'] / 1e6:.2f} MB ({info['ranker_export_s']:.1f}s)", flush=True)
+    graphs = [g for g in ("generation", "ranking", "generator", "ranker") if f"{g}_bytes" in info]
+    print("[build] " + ", ".join(f"{g}.onnx {info[f'{g}_bytes'] / 1e6:.2f} MB ({info[f'{g}_export_s']:.1f}s)"
+                                 for g in graphs), flush=True)
     return info, dims, manifest, cfg
 
 
@@ -56,7 +67,7 @@ def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KI
         cascade_run = Path(cascade_run)
         exports = {half: Path(out) / "export_cascade" / half for half in (GENERATOR, RANKER)}
         for half, folder in exports.items():
-            export_run(cascade_run / half, folder)
+            export_run(cascade_run / half, folder, beam_search_graphs=False)
         cascade = CascadeExports(exports[GENERATOR], exports[RANKER])
     rendered = {}
     for engine in engines:

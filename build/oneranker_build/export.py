@@ -1,6 +1,14 @@
-"""Export the generator (Steps 1-2 + KV projection) and ranker (Step 3) graphs: one
-`torch.export` program each, saved as `<name>.pt2` (the torch engine's input) and converted to
-`<name>.onnx` (ONNX Runtime, and TensorRT on NGC hosts).
+"""Export the serving graphs: one `torch.export` program each, saved as `<name>.pt2` (the torch
+engine's input) and converted to `<name>.onnx` (ONNX Runtime, and TensorRT on NGC hosts).
+
+In-graph beam search (the served path; tensor names: `contract.GENERATION`, `contract.RANKING`):
+    generation: tokens + beam_width [B], num_candidates [B], exclude_idx [B,E]
+                -> cand_idx [B,N], cand_logp [B,N], cand_stream [B,N], kv [B,R2,S,DM]
+    ranking:    kv, hist_len [B], cand_* [B,N], top_k [B]
+                -> rec_item_ids, rec_scores, rec_gen_logp, rec_source_head [B,k], rec_count [B]
+The trie, the transition tables and the item tables are constants of these graphs.
+
+Level-logit graphs (the numpy beam search baseline and the cascade):
 
     generator.onnx: user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L],
                     hist_len [B] -> level_logits [B,H,D,K], kv [B,R2,S,DM]   (S = F + L + T2)
@@ -22,6 +30,7 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
+from oneranker.beam_search import NEG, FactorizedDecoder, TrieBeamSearch, stream_matrix
 from oneranker.reference import generation_tables
 from oneranker_client import contract
 from oneranker_serving.tables import generation_table_arrays
@@ -47,6 +56,54 @@ class RankerGraph(nn.Module):
     def forward(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
         return self.model.rank(kv, kv_valid, cand_sids, cand_attrs, cand_bid)
+
+
+class GenerationGraph(nn.Module):
+    """Steps 1-2 + KV projection + trie-constrained beam search (`oneranker.beam_search`)."""
+
+    def __init__(self, model, sids):
+        super().__init__()
+        gen = generation_tables(model, sids)
+        streams = stream_matrix(gen.num_interest_heads, gen.num_value_heads)
+        self.model = model
+        self.search = TrieBeamSearch(FactorizedDecoder(torch.from_numpy(gen.transitions), streams), gen.trie_children)
+
+    def forward(self, user_features, hist_sids, hist_actions, hist_dt, hist_len, beam_width, num_candidates,
+                exclude_idx):
+        enc = self.model.encode_user(user_features, hist_sids, hist_actions, hist_dt, hist_len)
+        cand_idx, cand_logp, cand_stream = self.search(enc.level_logits, beam_width, num_candidates, exclude_idx)
+        return cand_idx, cand_logp, cand_stream, enc.kv
+
+
+class RankingGraph(nn.Module):
+    """Step 3 over the generation graph's KV and candidates, then top-k by value score (ties: the
+    candidate with the better generation log-prob, i.e. the lower position, first)."""
+
+    def __init__(self, model, tables):
+        super().__init__()
+        self.model = model
+        self.register_buffer("ad_ids", torch.as_tensor(tables.ad_ids, dtype=torch.int64))
+        self.register_buffer("ad_codes", torch.as_tensor(tables.ad_codes, dtype=torch.int64))
+        attrs = torch.stack([torch.as_tensor(tables.ad_advertiser), torch.as_tensor(tables.ad_category)], -1)
+        self.register_buffer("ad_attrs", attrs.to(torch.int64))
+        self.register_buffer("ad_bid", torch.as_tensor(tables.ad_bid, dtype=torch.float32))
+
+    def forward(self, kv, hist_len, cand_idx, cand_logp, cand_stream, top_k):
+        valid = cand_idx >= 0
+        safe = cand_idx.clamp(min=0)
+        kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
+        scores = self.model.rank(kv, kv_valid, self.ad_codes[safe], self.ad_attrs[safe], self.ad_bid[safe])
+        scores = torch.where(valid, scores, torch.full_like(scores, NEG))
+        wanted = top_k.max().item()
+        torch._check(wanted >= 1)
+        k = torch.sym_min(wanted, cand_idx.shape[1])
+        top, pos = torch.topk(scores, k, dim=-1)
+        keep = (torch.arange(k, device=top.device).view(1, -1) < top_k.view(-1, 1)) & (top > NEG / 2)
+        chosen = torch.gather(safe, 1, pos)
+        item_ids = torch.where(keep, self.ad_ids[chosen], torch.full_like(chosen, -1))
+        gen_logp = torch.where(keep, torch.gather(cand_logp, 1, pos), torch.zeros_like(top))
+        head = torch.where(keep, torch.gather(cand_stream, 1, pos), torch.full_like(chosen, -1)).to(torch.int32)
+        return item_ids, torch.where(keep, top, torch.zeros_like(top)), gen_logp, head, keep.sum(-1)
 
 
 def dims_for(model) -> contract.ContractDims:
@@ -92,25 +149,43 @@ def _export(module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes,
     onnx_program.save(str(path.with_suffix(".onnx")), external_data=False)
 
 
-def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int) -> dict:
-    """Write generator.{pt2,onnx} and ranker.{pt2,onnx}; returns timings and sizes."""
+def _dims(max_history: int) -> dict:
+    return {"B": torch.export.Dim("batch", min=1, max=1024), "L": torch.export.Dim("hist", min=1, max=max_history),
+            "N": torch.export.Dim("cands", min=1, max=4096),
+            "S": torch.export.Dim("kv_len", min=1, max=max_history + 4096),
+            "E": torch.export.Dim("excluded", min=1, max=65536)}
+
+
+def _history_shapes(d: dict) -> dict:
+    B, L = d["B"], d["L"]
+    return {"user_features": {0: B}, "hist_sids": {0: B, 1: L}, "hist_actions": {0: B, 1: L},
+            "hist_dt": {0: B, 1: L}, "hist_len": {0: B}}
+
+
+def _describe(out_dir: Path, names, info: dict) -> None:
+    for name in names:
+        path = out_dir / f"{name}.onnx"
+        onnx.checker.check_model(str(path))
+        info[f"{name}_bytes"] = path.stat().st_size
+        info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
+        info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
+
+
+def export_level_logit_graphs(model, out_dir: Path, num_advertisers: int, num_categories: int,
+                              max_history: int) -> dict:
+    """generator.{pt2,onnx} (level logits + kv) and ranker.{pt2,onnx} (scores): the numpy beam
+    search baseline's graphs, and the cascade's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     batch, length, n = 2, min(8, max_history), 5
     gen_in = example_generator_inputs(model, batch, length)
-    B = torch.export.Dim("batch", min=1, max=1024)
-    L = torch.export.Dim("hist", min=1, max=max_history)
-    N = torch.export.Dim("cands", min=1, max=4096)
-    S = torch.export.Dim("kv_len", min=1, max=max_history + 4096)
+    d = _dims(max_history)
     info = {}
     t0 = time.time()
     gen_names = [t.name for t in contract.GENERATOR.inputs]
     _export(GeneratorGraph(model), tuple(gen_in[k] for k in gen_names), gen_names,
-            [t.name for t in contract.GENERATOR.outputs],
-            {"user_features": {0: B}, "hist_sids": {0: B, 1: L}, "hist_actions": {0: B, 1: L},
-             "hist_dt": {0: B, 1: L}, "hist_len": {0: B}},
-            out_dir / "generator")
+            [t.name for t in contract.GENERATOR.outputs], _history_shapes(d), out_dir / "generator")
     info["generator_export_s"] = time.time() - t0
     with torch.no_grad():
         _, kv = GeneratorGraph(model)(*(gen_in[k] for k in gen_names))
@@ -118,19 +193,50 @@ def export_onnx(model, out_dir: Path, num_advertisers: int, num_categories: int,
     rank_names = [t.name for t in contract.RANKER.inputs]
     rank_args = {"kv": kv, "hist_len": gen_in["hist_len"], **cands}
     t0 = time.time()
+    B, N = d["B"], d["N"]
     _export(RankerGraph(model), tuple(rank_args[k] for k in rank_names), rank_names,
             [t.name for t in contract.RANKER.outputs],
-            {"kv": {0: B, 2: S}, "hist_len": {0: B}, "cand_sids": {0: B, 1: N}, "cand_attrs": {0: B, 1: N},
+            {"kv": {0: B, 2: d["S"]}, "hist_len": {0: B}, "cand_sids": {0: B, 1: N}, "cand_attrs": {0: B, 1: N},
              "cand_bid": {0: B, 1: N}},
             out_dir / "ranker")
     info["ranker_export_s"] = time.time() - t0
-    for name in ("generator", "ranker"):
-        path = out_dir / f"{name}.onnx"
-        onnx.checker.check_model(str(path))
-        info[f"{name}_bytes"] = path.stat().st_size
-        info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
-        info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
+    _describe(out_dir, ("generator", "ranker"), info)
     info["opset"] = OPSET
+    return info
+
+
+def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: int) -> dict:
+    """generation.{pt2,onnx} and ranking.{pt2,onnx}: the in-graph beam search path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    gen_in = example_generator_inputs(model, 2, min(8, max_history))
+    d = _dims(max_history)
+    B, N = d["B"], d["N"]
+    info = {}
+    knobs = {"beam_width": torch.tensor([3, 2]), "num_candidates": torch.tensor([4, 6]),
+             "exclude_idx": torch.tensor([[0, -1], [-1, -1]])}
+    gen_names = [t.name for t in contract.GENERATION.inputs]
+    gen_args = tuple({**gen_in, **knobs}[k] for k in gen_names)
+    generation = GenerationGraph(model, sids).eval()
+    t0 = time.time()
+    _export(generation, gen_args, gen_names, [t.name for t in contract.GENERATION.outputs],
+            {**_history_shapes(d), "beam_width": {0: B}, "num_candidates": {0: B}, "exclude_idx": {0: B, 1: d["E"]}},
+            out_dir / "generation")
+    info["generation_export_s"] = time.time() - t0
+    with torch.no_grad():
+        cand_idx, cand_logp, cand_stream, kv = generation(*gen_args)
+    rank_args = {"kv": kv, "hist_len": gen_in["hist_len"], "cand_idx": cand_idx, "cand_logp": cand_logp,
+                 "cand_stream": cand_stream, "top_k": torch.tensor([2, 3])}
+    rank_names = [t.name for t in contract.RANKING.inputs]
+    t0 = time.time()
+    _export(RankingGraph(model, tables).eval(), tuple(rank_args[k] for k in rank_names), rank_names,
+            [t.name for t in contract.RANKING.outputs],
+            {"kv": {0: B, 2: d["S"]}, "hist_len": {0: B}, "cand_idx": {0: B, 1: N}, "cand_logp": {0: B, 1: N},
+             "cand_stream": {0: B, 1: N}, "top_k": {0: B}},
+            out_dir / "ranking")
+    info["ranking_export_s"] = time.time() - t0
+    _describe(out_dir, ("generation", "ranking"), info)
     return info
 
 

@@ -157,11 +157,21 @@ def topology_steps(topology: str) -> list:
     raise RenderError(f"unknown topology {topology!r}")
 
 
-def cascade_steps() -> list:
-    """Ensemble steps of `oneranker_cascade`: the same preprocess, then the cascade model."""
+def _after_preprocess(model: str, spec: contract.ModelSpec) -> list:
+    """Ensemble steps: the shared preprocess, then one fused-style model."""
     pre_out = _internal(contract.PREPROCESS.outputs)
     return [(contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out),
-            (contract.CASCADE_MODEL, contract.CASCADE, pre_out, _identity(contract.PUBLIC.outputs))]
+            (model, spec, pre_out, _identity(contract.PUBLIC.outputs))]
+
+
+def cascade_steps() -> list:
+    """Ensemble steps of `oneranker_cascade`: the same preprocess, then the cascade model."""
+    return _after_preprocess(contract.CASCADE_MODEL, contract.CASCADE)
+
+
+def numpy_beam_steps() -> list:
+    """Ensemble steps of `oneranker_numpy_beam`: the same preprocess, then the baseline model."""
+    return _after_preprocess(contract.NUMPY_BEAM_MODEL, contract.NUMPY_BEAM)
 
 
 @dataclass(frozen=True)
@@ -252,8 +262,14 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
                                       **blocks(contract.PREPROCESS, True)}, artifacts=True)
     if "fused" in topologies:
         write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "system": "unified",
-                                     "instance_count": s.recommender_instances, **blocks(contract.FUSED, True)},
-              artifacts=True)
+                                     "beam_search": "graph", "instance_count": s.recommender_instances,
+                                     **blocks(contract.FUSED, True)}, artifacts=True)
+        write(contract.FUSED_MODEL, {"name": contract.NUMPY_BEAM_MODEL, **engine_model, "system": "unified",
+                                     "beam_search": "numpy", "instance_count": s.recommender_instances,
+                                     **blocks(contract.NUMPY_BEAM, True)}, artifacts=True)
+        write(contract.PUBLIC_MODEL, {"name": contract.NUMPY_BEAM_PUBLIC_MODEL, **common,
+                                      **blocks(contract.PUBLIC, False),
+                                      "steps": ensemble_steps(numpy_beam_steps())}, artifacts=False)
     instances = {contract.GENERATOR_MODEL: s.generator_instances, contract.RANKER_MODEL: s.ranker_instances,
                  contract.SELECT_MODEL: s.select_instances, contract.TOPK_MODEL: s.topk_instances}
     for spec in (contract.GENERATOR, contract.RANKER):
@@ -273,6 +289,7 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
         write(contract.PUBLIC_MODEL, {"name": contract.CASCADE_PUBLIC_MODEL, **common, **blocks(contract.PUBLIC, False),
                                       "steps": ensemble_steps(cascade_steps())}, artifacts=False)
         write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "system": "cascade",
+                                     "beam_search": "numpy",
                                      "checkpoint_sha256": cascade.checkpoints(),
                                      "instance_count": s.recommender_instances, **blocks(contract.CASCADE, True)},
               artifacts=False)

@@ -46,6 +46,15 @@ TOPOLOGY_MODELS = {"fused": "oneranker_fused", "bls": "oneranker_bls", "ensemble
 # generates and an independent ranker that re-encodes the history. Same public contract.
 CASCADE_MODEL = "cascade"
 CASCADE_PUBLIC_MODEL = "oneranker_cascade"
+# The fused model before the in-graph beam search (level-logit graphs, numpy beam search between
+# them), served beside it as a benchmark baseline: same preprocess, same contract.
+NUMPY_BEAM_MODEL = "recommender_numpy_beam"
+NUMPY_BEAM_PUBLIC_MODEL = "oneranker_numpy_beam"
+# The two graphs of the in-graph beam search path: generation (Steps 1-2, beam search over the
+# semantic-ID trie, merge, exclusions; -> candidates + KV) and ranking (Step 3 over the KV,
+# top-k). Served natively as tensorrt_plan models on GPU hosts, inside `recommender` on CPU.
+GENERATION_MODEL = "generation"
+RANKING_MODEL = "ranking"
 
 TRITON_TO_NUMPY = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 TRITON_TO_WIRE = {"TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}
@@ -150,7 +159,8 @@ FUSED = ModelSpec(
     FUSED_MODEL,
     inputs=PREPROCESS.outputs,
     outputs=PUBLIC.outputs,
-    doc="Topology (a): generator, beam search and ranker in one process; KV never leaves it.",
+    doc="Topology (a): the generation graph (beam search inside) and the ranking graph in one process; "
+        "the KV never leaves it.",
 )
 
 GENERATOR = ModelSpec(
@@ -174,6 +184,41 @@ RANKER = ModelSpec(
     ),
     outputs=(TensorSpec("scores", "TYPE_FP32", (-1,), "value score per candidate"),),
     doc="Step 3 R-Decoder (ONNX / TensorRT graph) over the generator's KV buffers.",
+)
+
+_KNOB = {"dims": (1,), "reshape": ()}
+
+GENERATION = ModelSpec(
+    GENERATION_MODEL,
+    inputs=_HIST + (
+        TensorSpec("beam_width", "TYPE_INT64", **_KNOB, meaning="beam width per stream (validated)"),
+        TensorSpec("num_candidates", "TYPE_INT64", **_KNOB, meaning="candidates kept (validated)"),
+        TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices never generated, -1 = padding"),
+    ),
+    outputs=(
+        TensorSpec("cand_idx", "TYPE_INT64", (-1,), "candidate ad indices, by generation log-prob; -1 = empty"),
+        TensorSpec("cand_logp", "TYPE_FP32", (-1,), "generation log-probability of each candidate"),
+        TensorSpec("cand_stream", "TYPE_INT64", (-1,), "generating stream of each candidate"),
+        TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "Step-3 keys/values over [H1 ; H2]"),
+    ),
+    doc="Steps 1-2, trie-constrained beam search per stream, merge, dedupe and exclusions in one graph.",
+)
+
+RANKING = ModelSpec(
+    RANKING_MODEL,
+    inputs=(
+        TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "the generation graph's kv"),
+        TensorSpec("hist_len", "TYPE_INT64", (1,), "true history length", reshape=()),
+        TensorSpec("cand_idx", "TYPE_INT64", (-1,), "the generation graph's candidates"),
+        TensorSpec("cand_logp", "TYPE_FP32", (-1,), "their generation log-probabilities"),
+        TensorSpec("cand_stream", "TYPE_INT64", (-1,), "their generating streams"),
+        TensorSpec("top_k", "TYPE_INT64", **_KNOB, meaning="items returned (validated)"),
+    ),
+    outputs=PUBLIC.outputs + (
+        TensorSpec("rec_count", "TYPE_INT64", (1,), "valid entries of the rec_* outputs (the rest is padding, "
+                   "item id -1)", reshape=()),
+    ),
+    doc="Step 3 R-Decoder over the generation graph's KV and candidates, then top-k by value score.",
 )
 
 _CANDIDATES = (
@@ -217,6 +262,14 @@ BLS = ModelSpec(
     doc="Topology (b): BLS calls to `generator` and `ranker`, selection in between.",
 )
 
+NUMPY_BEAM = ModelSpec(
+    NUMPY_BEAM_MODEL,
+    inputs=PREPROCESS.outputs,
+    outputs=PUBLIC.outputs,
+    doc="The fused model with the numpy beam search between a level-logit generator graph and a ranker "
+        "graph (ensemble `oneranker_numpy_beam`): the baseline the in-graph beam search is measured against.",
+)
+
 CASCADE = ModelSpec(
     CASCADE_MODEL,
     inputs=PREPROCESS.outputs,
@@ -225,15 +278,18 @@ CASCADE = ModelSpec(
         "an independent ranker that encodes the history a second time. Same contract as the fused model.",
 )
 
-MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE)}
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE,
+                                     NUMPY_BEAM)}
+# The graphs of the in-graph beam search path (ONNX / TensorRT / torch.export tensor names).
+GRAPHS = {m.name: m for m in (GENERATION, RANKING)}
 # Public ensembles: every one has the PUBLIC contract.
-ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)
+ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL, NUMPY_BEAM_PUBLIC_MODEL)
 
 
 def markdown_tables(dims: ContractDims | None = None) -> str:
     """One Markdown table per model (used for model_repository/README.md)."""
     parts = []
-    for spec in MODELS.values():
+    for spec in (*MODELS.values(), *GRAPHS.values()):
         spec = spec.resolve(dims) if dims else spec
         parts.append(f"### `{spec.name}`\n\n{spec.doc}\n\n| tensor | io | dtype | dims | meaning |\n|---|---|---|---|---|")
         for io, tensors in (("in", spec.inputs), ("out", spec.outputs)):

@@ -65,7 +65,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
 
     from oneranker.config import preset
     from oneranker.reference import ModuleRunner
-    from oneranker_build.export import export_onnx, example_candidates, example_generator_inputs
+    from oneranker_build.export import example_candidates, example_generator_inputs, export_level_logit_graphs
     from oneranker_serving.runners.onnxruntime import OrtRunner
 
     torch.set_num_threads(threads)
@@ -76,7 +76,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
     peak = matmul_gflops(threads)
     export_dir = Path(tempfile.mkdtemp(prefix="oneranker_scaling_"))
     print(f"[scaling] exporting {preset_name} graphs ...", flush=True)
-    export_onnx(model, export_dir, 64, 32, cfg.model.max_history)
+    export_level_logit_graphs(model, export_dir, 64, 32, cfg.model.max_history)
     (export_dir / "export_info.json").write_text(json.dumps({
         "dims": {"F": model.num_prefix, "D": model.depth, "K": model.codes, "H": cfg.model.num_task_tokens,
                  "R2": 2 * cfg.model.r_layers, "DM": cfg.model.d_model},

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .config import ServeConfig
-from .recommender import CascadeRunner, Recommender, RequestValidator
+from .recommender import CascadeRunner, GraphRecommender, Recommender, RequestValidator
 from .runners import make_runner
 from .tables import GenerationTables, load_generation_tables
 
@@ -53,9 +53,14 @@ def load_validator(artifact_dir: Path, expected_checkpoint: str | None = None) -
 
 
 def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoint: str | None = None,
-                     runner=None, bind_kv: bool = True, device: str = "cpu") -> Recommender:
+                     runner=None, bind_kv: bool = True, device: str = "cpu", search: str = "numpy") -> Recommender:
+    """search "graph": GraphRecommender over generation/ranking graphs (beam search inside);
+    "numpy": Recommender over generator/ranker graphs with the numpy beam search between them."""
     validator, gen = load_selector(artifact_dir, expected_checkpoint)
-    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv, device=device)
+    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv, device=device,
+                                   search=search)
+    if search == "graph":
+        return GraphRecommender(runner, validator)
     return Recommender.from_validator(runner, validator, gen)
 
 
@@ -81,7 +86,8 @@ def load_cascade_recommender(artifact_dir: Path, engine: str, threads: int = 2, 
 
 
 def load_system(params: dict, artifacts: Path, device: str = "cpu") -> Recommender:
-    """The Recommender a fused-style model serves: `system` unified (OneRanker) or cascade."""
+    """The Recommender a fused-style model serves: `system` unified (OneRanker) or cascade;
+    `beam_search` graph (in the generation graph) or numpy (the baseline between two graphs)."""
     system = params.get("system", "unified")
     threads = int(params["intra_op_threads"])
     if system == "cascade":
@@ -89,4 +95,5 @@ def load_system(params: dict, artifacts: Path, device: str = "cpu") -> Recommend
     if system != "unified":
         raise ValueError(f"unknown system {system!r}: one of {SYSTEMS}")
     return load_recommender(artifacts, engine=params["engine"], threads=threads,
-                            expected_checkpoint=params["checkpoint_sha256"], device=device)
+                            expected_checkpoint=params["checkpoint_sha256"], device=device,
+                            search=params.get("beam_search", "numpy"))

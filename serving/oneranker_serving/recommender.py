@@ -202,6 +202,66 @@ class Recommender:
         return out
 
 
+class GraphRecommender(Recommender):
+    """validate -> generation graph (beam search inside) -> ranking graph (top-k inside): two
+    engine calls per batch, nothing back on the host between them.
+
+    The runner is an OrtGraphRunner / TorchGraphRunner: generate(inputs, knobs) -> (candidates,
+    kv); rank(kv, hist_len, candidates, top_k) -> rec_* [B, k], rec_count [B] and num_generated [B]
+    (candidates the generation graph kept)."""
+
+    def __init__(self, runner, validator: RequestValidator):
+        super().__init__(runner, validator.tables, None, validator.serve, validator.feature_cardinality,
+                         validator.num_user_features)
+
+    @staticmethod
+    def knobs(parsed: list[Parsed]) -> dict[str, np.ndarray]:
+        """Per-request knobs of a batch: beam_width, num_candidates, top_k [B]; exclude_idx [B, E]
+        padded with -1 to the batch's longest list (E >= 1)."""
+        longest = max(1, max(len(p.exclude) for p in parsed))
+        exclude = np.full((len(parsed), longest), -1, dtype=np.int64)
+        for row, p in enumerate(parsed):
+            exclude[row, : len(p.exclude)] = p.exclude
+        return {"beam_width": np.array([p.beam_width for p in parsed], np.int64),
+                "num_candidates": np.array([p.num_candidates for p in parsed], np.int64),
+                "exclude_idx": exclude, "top_k": np.array([p.top_k for p in parsed], np.int64)}
+
+    def recommend_parsed(self, parsed: list[Parsed], times: StageTimes | None = None) -> list[Response | RequestError]:
+        times = times if times is not None else StageTimes()
+        if not parsed:
+            return []
+        users = [p.tokens for p in parsed]
+        inputs = pad_batch(users, bucket_for(max(u.length for u in users), self.serve.length_buckets))
+        knobs = self.knobs(parsed)
+        top = knobs.pop("top_k")
+        t0 = time.perf_counter()
+        cands, kv = self.runner.generate(inputs, knobs)
+        t1 = time.perf_counter()
+        rec = self.runner.rank(kv, inputs["hist_len"], cands, top)
+        release = getattr(self.runner, "release", None)
+        if release is not None:
+            release(kv)
+        t2 = time.perf_counter()
+        times.generate_s += t1 - t0
+        times.rank_s += t2 - t1
+        generated = rec["num_generated"]
+        out: list[Any] = []
+        for row in range(len(parsed)):
+            n = int(rec["rec_count"][row])
+            if n == 0:
+                out.append(RequestError("no candidate left after exclusions"))
+                continue
+            times.candidates += int(generated[row])
+            out.append(Response(
+                item_ids=rec["rec_item_ids"][row, :n].astype(np.int64),
+                scores=rec["rec_scores"][row, :n].astype(np.float32),
+                gen_logp=rec["rec_gen_logp"][row, :n].astype(np.float32),
+                source_head=rec["rec_source_head"][row, :n].astype(np.int32),
+                num_candidates=int(generated[row]),
+            ))
+        return out
+
+
 @dataclass
 class Parsed:
     """A validated request: its slot in the batch, tokens and options."""

@@ -32,10 +32,13 @@ def stream_matrix(tables: GenerationTables) -> np.ndarray:
     return mat
 
 
-def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: int):
+def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: int, margins: list | None = None):
     """level_logits [H, D, K] -> (ad_idx [S, W], logp [S, W]) per stream S. A stream's level
     log-probs are the mean of its heads' log-softmaxes (bagging for the value stream). Paths
-    follow the trie only; streams with fewer than W legal paths pad with ad_idx -1, logp NEG."""
+    follow the trie only; streams with fewer than W legal paths pad with ad_idx -1, logp NEG.
+    `margins`, when given, receives per level the smallest gap between the last kept and the
+    first dropped path log-prob over the streams (inf where nothing was dropped): how close a
+    cut came to a tie, which decides whether float32 and float64 searches may differ."""
     _, depth, codes = level_logits.shape
     avg = stream_matrix(tables)
     head_stream = avg.argmax(0)  # [H] stream each head belongs to
@@ -54,6 +57,8 @@ def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: 
         allowed = (children >= 0) & alive[..., None]
         total = np.where(allowed, logp[..., None] + step, NEG).reshape(s, -1)
         width = min(beam_width, total.shape[1])
+        if margins is not None:
+            margins.append(_cut_margin(total, width))
         top = np.argpartition(-total, width - 1, axis=1)[:, :width]
         order = np.argsort(-np.take_along_axis(total, top, 1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, 1)
@@ -63,6 +68,16 @@ def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: 
         prefix = np.concatenate([np.take_along_axis(prefix, beam[..., None], 1), code[..., None]], axis=2)
     alive = logp > NEG / 2
     return np.where(alive, nodes, -1), np.where(alive, logp, NEG)
+
+
+def _cut_margin(total: np.ndarray, width: int) -> float:
+    """[S, M] path log-probs, `width` kept per row -> smallest (kept - dropped) over live rows."""
+    if width >= total.shape[1]:
+        return float("inf")
+    ranked = -np.sort(-total, axis=1)
+    kept, dropped = ranked[:, width - 1], ranked[:, width]
+    live = dropped > NEG / 2
+    return float((kept - dropped)[live].min()) if live.any() else float("inf")
 
 
 def merge_candidates(ad_idx: np.ndarray, logp: np.ndarray, num_candidates: int,

@@ -53,7 +53,19 @@ def infer(url: str, fields: dict, dtypes=None):
 
 @pytest.fixture(scope="module")
 def in_process(tiny_export):
-    return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+    """What the fused model serves: the generation and ranking graphs (beam search in the graph)."""
+    return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1, search="graph")
+
+
+@pytest.fixture(scope="module")
+def in_process_numpy(tiny_export):
+    """What the split topologies and `oneranker_numpy_beam` serve: level-logit graphs, numpy beam search."""
+    return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1, search="numpy")
+
+
+def expected_for(model: str, in_process, in_process_numpy):
+    graph_models = {contract.PUBLIC_MODEL, contract.TOPOLOGY_MODELS["fused"]}
+    return in_process if model in graph_models else in_process_numpy
 
 
 def as_request(req: dict, **options) -> Request:
@@ -198,12 +210,13 @@ def test_stage_metrics_rise_per_request(served_repository):
             _metric(before, "nv_inference_compute_infer_duration_us", label), model
 
 
-@pytest.mark.parametrize("model", sorted(contract.TOPOLOGY_MODELS.values()))
-def test_every_topology_equals_in_process_pipeline(served_repository, in_process, model):
+@pytest.mark.parametrize("model", sorted([*contract.TOPOLOGY_MODELS.values(), contract.NUMPY_BEAM_PUBLIC_MODEL]))
+def test_every_topology_equals_in_process_pipeline(served_repository, in_process, in_process_numpy, model):
+    expected = expected_for(model, in_process, in_process_numpy)
     for req in served_repository.requests[:8]:
         client = grpcclient.InferenceServerClient(served_repository.grpc_url)
         result = client.infer(model, make_inputs(fields_of(req, top_k=6)), client_timeout=60)
-        local = in_process.recommend([as_request(req, top_k=6)])[0]
+        local = expected.recommend([as_request(req, top_k=6)])[0]
         np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
         np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-5)
 
@@ -217,7 +230,7 @@ def _serve(repository, log):
     return server
 
 
-def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, in_process, tmp_path):
+def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, in_process_numpy, tmp_path):
     """The `tensorrt` repository's ensembles and tensor blocks, with Python placeholder models
     (same contract, ONNX Runtime inside) in place of the plans, load and answer correctly."""
     import json
@@ -246,7 +259,7 @@ def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, i
             req = request_dict(example_request(tiny_run.prep, row))
             for model in (contract.PUBLIC_MODEL, contract.TOPOLOGY_MODELS["bls"]):
                 got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
-                want = in_process.recommend([as_request(req)])[0]
+                want = in_process_numpy.recommend([as_request(req)])[0]
                 np.testing.assert_array_equal(got.as_numpy("rec_item_ids")[0], want.item_ids)
     finally:
         server.stop()
@@ -294,7 +307,8 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
         server.stop()
 
 
-def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_cascade, in_process, tmp_path):
+def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_cascade, in_process, in_process_numpy,
+                                                   tmp_path):
     """The `torch` engine repository (PyTorch runner inside the Python models; the split
     topologies pass the KV by DLPack) loads within 60 s and answers like the ONNX Runtime
     pipeline up to float tolerance; so does its cascade baseline."""
@@ -316,9 +330,9 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
     try:
         assert time.perf_counter() - start < 60
         req = request_dict(example_request(tiny_run.prep, 3))
-        for model in contract.TOPOLOGY_MODELS.values():
+        for model in (*contract.TOPOLOGY_MODELS.values(), contract.NUMPY_BEAM_PUBLIC_MODEL):
             got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
-            want = in_process.recommend([as_request(req)])[0]
+            want = expected_for(model, in_process, in_process_numpy).recommend([as_request(req)])[0]
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
         got = grpcclient.InferenceServerClient(server.grpc_url).infer(contract.CASCADE_PUBLIC_MODEL,
                                                                       make_inputs(fields_of(req)))

@@ -30,8 +30,9 @@ def test_raw_events_tokenize_like_training(tiny_run, tiny_export):
         assert not served["hist_actions"][0, n:].any()  # padding up to the bucket is empty
 
 
-def test_mixed_length_batch_equals_each_request_alone(tiny_run, tiny_export):
-    rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
+@pytest.mark.parametrize("search", ["graph", "numpy"])
+def test_mixed_length_batch_equals_each_request_alone(tiny_run, tiny_export, search):
+    rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1, search=search)
     requests = [example_request(tiny_run.prep, row) for row in range(0, 200, 25)]
     assert len({len(r.item_ids) for r in requests}) > 2  # really mixed lengths
     together = rec.recommend(requests)

@@ -1,9 +1,14 @@
 """Engine runners: `generate` (Steps 1-2) then `rank` (Step 3) over KV buffers that stay inside
 the runner. One module per engine:
 
-    onnxruntime.OrtRunner   ONNX Runtime, CPU (the embedded default)
-    torch.TorchRunner       PyTorch exported programs, CPU or CUDA
-    tensorrt.TrtRunner      TensorRT 10 plans (NGC hosts)
+    onnxruntime   ONNX Runtime, CPU (the embedded default)
+    torch         PyTorch exported programs, CPU or CUDA
+    tensorrt      TensorRT 10 plans (NGC hosts)
+
+Two graph pairs, chosen by `search`: "graph" (generation -> ranking, beam search and top-k inside
+the graphs: OrtGraphRunner, TorchGraphRunner) and "numpy" (generator -> ranker over level
+logits, the numpy beam search between them: OrtRunner, TorchRunner, TrtRunner; the baseline and
+the cascade).
 
 `make_runner` loads the module of the chosen engine only: a Python model serving ONNX Runtime
 never pays torch's import time and memory, and the Triton image of one engine needs no other
@@ -17,18 +22,24 @@ import importlib
 from pathlib import Path
 
 ENGINE_RUNNERS = {"onnxruntime": "OrtRunner", "torch": "TorchRunner", "tensorrt": "TrtRunner"}
+GRAPH_RUNNERS = {"onnxruntime": "OrtGraphRunner", "torch": "TorchGraphRunner"}
 ENGINES = tuple(ENGINE_RUNNERS)
+SEARCHES = ("graph", "numpy")
 
 
-def runner_class(engine: str):
-    if engine not in ENGINE_RUNNERS:
-        raise ValueError(f"unknown engine {engine!r}: choose one of {ENGINES}")
-    return getattr(importlib.import_module(f"{__name__}.{engine}"), ENGINE_RUNNERS[engine])
+def runner_class(engine: str, search: str = "numpy"):
+    table = GRAPH_RUNNERS if search == "graph" else ENGINE_RUNNERS
+    if search not in SEARCHES:
+        raise ValueError(f"unknown beam search {search!r}: one of {SEARCHES}")
+    if engine not in table:
+        raise ValueError(f"engine {engine!r} has no {search}-search runner: one of {tuple(table)}")
+    return getattr(importlib.import_module(f"{__name__}.{engine}"), table[engine])
 
 
-def make_runner(engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu", bind_kv: bool = True):
+def make_runner(engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu", bind_kv: bool = True,
+                search: str = "numpy"):
     """Runner for a rendered model's artifact folder (`bind_kv=False` where the KV must leave it)."""
-    cls = runner_class(engine)
+    cls = runner_class(engine, search)
     if engine == "onnxruntime":
         return cls(Path(artifact_dir), threads=threads, bind_kv=bind_kv)
     if engine == "tensorrt":

@@ -1,9 +1,10 @@
-"""PyTorch runner over the exported programs `generator.pt2` and `ranker.pt2` (`torch.export`),
-CPU or CUDA. Serving never imports the training code: the programs carry the weights.
+"""PyTorch runners over exported programs (`torch.export`, `<graph>.pt2`), CPU or CUDA. Serving
+never imports the training code: the programs carry the weights and tables.
 
-    generator.pt2: user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L],
-                   hist_len [B] -> level_logits [B,H,D,K], kv [B,R2,S,DM]
-    ranker.pt2:    kv, hist_len [B], cand_sids [B,n,D], cand_attrs [B,n,2], cand_bid [B,n] -> scores [B,n]
+    TorchGraphRunner  generation.pt2 then ranking.pt2 (beam search and top-k inside the graphs;
+                      tensor names in contract.GENERATION / contract.RANKING)
+    TorchRunner       generator.pt2 (level logits + kv) then ranker.pt2 (scores): the numpy beam
+                      search baseline and the cascade
 
 The KV stays a torch tensor on the runner's device between the two calls. This module is the
 only place in `oneranker_serving` that imports torch; it also holds the DLPack helpers the Triton
@@ -25,6 +26,8 @@ except ImportError:  # the ONNX Runtime / TensorRT images carry no torch
     torch = None
 
 PROGRAM_FILES = {"generator": "generator.pt2", "ranker": "ranker.pt2"}
+GRAPH_PROGRAM_FILES = {"generation": "generation.pt2", "ranking": "ranking.pt2"}
+HISTORY_INPUTS = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
 
 
 def require_torch(what: str) -> None:
@@ -59,28 +62,62 @@ def load_program(path: Path, device: str):
     return program.module()
 
 
-class TorchRunner:
-    """EngineRunner over the exported programs; `threads` sets torch's intra-op threads."""
+def load_programs(export_dir: Path, files: dict, device: str, threads: int) -> dict:
+    require_torch("the torch engine")
+    torch.set_num_threads(threads)
+    export_dir = Path(export_dir)
+    missing = [name for name in files.values() if not (export_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{export_dir}: missing exported programs {missing}; re-run `oneranker build`")
+    return {key: load_program(export_dir / name, device) for key, name in files.items()}
 
-    def __init__(self, export_dir: Path, device: str = "cpu", threads: int = 2):
-        require_torch("the torch engine")
-        torch.set_num_threads(threads)
-        export_dir = Path(export_dir)
-        missing = [name for name in PROGRAM_FILES.values() if not (export_dir / name).exists()]
-        if missing:
-            raise FileNotFoundError(f"{export_dir}: missing exported programs {missing}; re-run `oneranker build`")
-        self.device = device
-        self.generator = load_program(export_dir / PROGRAM_FILES["generator"], device)
-        self.ranker = load_program(export_dir / PROGRAM_FILES["ranker"], device)
+
+class _OnDevice:
+    device = "cpu"
 
     def _tensor(self, value):
         value = value if is_torch_tensor(value) else torch.from_numpy(np.ascontiguousarray(value))
         return value.to(self.device)
 
-    def generate(self, inputs):
-        names = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
+
+class TorchGraphRunner(_OnDevice):
+    """generation.pt2 -> ranking.pt2; the KV stays a torch tensor on the device between them."""
+
+    def __init__(self, export_dir: Path, device: str = "cpu", threads: int = 2):
+        programs = load_programs(export_dir, GRAPH_PROGRAM_FILES, device, threads)
+        self.device, self.generation, self.ranking = device, programs["generation"], programs["ranking"]
+
+    def generate(self, inputs: dict, knobs: dict) -> tuple[dict, object]:
+        names = (*HISTORY_INPUTS, "beam_width", "num_candidates", "exclude_idx")
+        feeds = {**inputs, **knobs}
         with torch.inference_mode():
-            level_logits, kv = self.generator(*(self._tensor(inputs[k]) for k in names))
+            cand_idx, cand_logp, cand_stream, kv = self.generation(*(self._tensor(feeds[k]) for k in names))
+        # candidates stay on the device too: the ranking graph takes them as they are
+        return {"cand_idx": cand_idx, "cand_logp": cand_logp, "cand_stream": cand_stream}, kv
+
+    def rank(self, kv, hist_len, cands: dict, top_k) -> dict:
+        kv = getattr(kv, "value", kv)
+        hist_len = hist_len if is_torch_tensor(hist_len) else np.asarray(hist_len, np.int64).reshape(-1)
+        with torch.inference_mode():
+            outs = self.ranking(self._tensor(kv), self._tensor(hist_len), self._tensor(cands["cand_idx"]),
+                                self._tensor(cands["cand_logp"]), self._tensor(cands["cand_stream"]),
+                                self._tensor(np.asarray(top_k, np.int64)))
+        names = ("rec_item_ids", "rec_scores", "rec_gen_logp", "rec_source_head", "rec_count")
+        rec = {name: value.cpu().numpy() for name, value in zip(names, outs)}
+        rec["num_generated"] = (cands["cand_idx"] >= 0).sum(-1).cpu().numpy()
+        return rec
+
+
+class TorchRunner(_OnDevice):
+    """generator.pt2 -> ranker.pt2 (level logits; numpy beam search in between)."""
+
+    def __init__(self, export_dir: Path, device: str = "cpu", threads: int = 2):
+        programs = load_programs(export_dir, PROGRAM_FILES, device, threads)
+        self.device, self.generator, self.ranker = device, programs["generator"], programs["ranker"]
+
+    def generate(self, inputs):
+        with torch.inference_mode():
+            level_logits, kv = self.generator(*(self._tensor(inputs[k]) for k in HISTORY_INPUTS))
         return level_logits.float().cpu().numpy(), kv
 
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
