@@ -224,3 +224,73 @@ def test_harness_smoke_writes_a_run_and_a_report(tmp_path):
     md = (tmp_path / "ml100k" / "results.md").read_text()
     assert "smoke report" in md and "hstu-seed2" in md
     assert (tmp_path / "ml100k" / "learning_curve.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- OneRanker generator
+
+
+@pytest.fixture(scope="module")
+def generator_slice(data1m):
+    from oneranker.baselines import generator_eval as ge
+
+    cfg = ge.GeneratorConfig(batch_size=32, eval_batch_size=16, warmup_steps=1, lr=3e-3)
+    return ge.build(data1m, cfg)
+
+
+def test_generator_full_catalogue_log_probs_equal_path_log_probs(generator_slice, data1m):
+    from oneranker.baselines import generator_eval as ge
+
+    model, gd = generator_slice, generator_slice.ml
+    with torch.no_grad():  # non-zero transitions, so the prefix-dependent term is exercised
+        model.transition.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        model.code_emb.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    rows = ml.split_bounds(data1m)["test"][:3]
+    b = gd.batch(rows)
+    with torch.no_grad():
+        enc = model.encode_user(b["user_features"], b["hist_sids"], b["hist_actions"], b["hist_dt"], b["hist_len"])
+        trans = model.transition_tables()
+        assert trans.abs().max() > 0.1
+        every = ge.all_item_log_probs(enc.level_logits, gd.paths, trans=trans)  # [3, H, I]
+        items = torch.tensor([0, 1, data1m.num_items // 2, data1m.num_items - 1])
+        ref = model.path_log_probs(enc.level_logits, gd.paths[items].unsqueeze(0).expand(3, -1, -1), trans=trans)
+        assert every.shape == (3, model.cfg.num_task_tokens, data1m.num_items)
+        assert torch.allclose(every[:, :, items], ref, atol=1e-4)
+        value = model.generation_scores(enc.level_logits, gd.paths[items].unsqueeze(0).expand(3, -1, -1), trans=trans)
+        streams = ge.stream_scores(every, model.cfg.num_interest_tokens, model.cfg.num_value_tokens)
+        assert torch.allclose(streams["value"][:, items], value, atol=1e-4)
+        assert torch.all(streams["max_streams"] >= streams["value"] - 1e-6)
+        # a probability distribution over paths: mass over the catalogue's paths is at most 1
+        assert torch.all(torch.logsumexp(every, dim=-1) <= 1e-4)
+
+
+def test_generator_trains_and_ranks_on_a_slice(generator_slice, data1m):
+    from oneranker.baselines import generator_eval as ge
+
+    model, gd = generator_slice, generator_slice.ml
+    rng = np.random.default_rng(0)
+    rows = gd.cut_rows(rng)[:32]
+    targets = gd.head_targets(rows, rng)
+    # supervision never reaches a validation or test row of the user
+    user = np.searchsorted(data1m.offsets, rows, side="right") - 1
+    assert np.all(rows < ml.split_bounds(data1m)["train_end"][user])
+    assert np.all(targets[:, 0] == data1m.items[rows]) and np.all(targets[:, 4:6] == -1)
+    opt = torch.optim.AdamW(model.parameters(), lr=gd.cfg.lr)
+    model.train()
+    losses = [ge.train_generator_mtp(model, gd, opt, rows, np.random.default_rng(1), s) for s in range(12)]
+    assert losses[-1] < losses[0] - 0.5
+    res = ge.evaluate(model, ml.eval_inputs(data1m, "test"))
+    assert res["rank"].shape == (data1m.num_users,) and np.all(res["rank"] <= res["rank_unmasked"])
+    assert set(res["other_streams"]) == {"max_streams", "max_streams_unmasked"}
+
+
+def test_harness_smoke_oneranker_generator(tmp_path):
+    from oneranker_perf import ml1m_bench
+
+    path = ml1m_bench.run_one("ml100k", "oneranker", 1, max_minutes=1.0, out=tmp_path, max_users=60, max_epochs=1,
+                              max_steps_per_epoch=2, command="smoke")
+    rec = json.loads(path.read_text())
+    assert path.name == "oneranker-seed1.json" and rec["epochs"] == 1
+    assert rec["config"]["semantic_ids"]["version"]
+    summary = ml1m_bench.report("ml100k", tmp_path)
+    assert summary["oneranker"]["seeds"] == 1 and "hstu-seed0" in summary["_meta"]["missing_runs"]

@@ -162,13 +162,15 @@ class EvalInputs:
     """One query per user: the history before the target, most recent `max_len`, left-aligned.
 
     hist [U, L] int64 dense item index (padding -1 beyond hist_len), hist_ts [U, L] int64,
-    hist_len [U], target [U] dense item index, target_ts [U]."""
+    hist_len [U], target [U] dense item index, target_ts [U], target_row [U] row of the target
+    in SeqData (the history is the hist_len rows before it)."""
 
     hist: np.ndarray
     hist_ts: np.ndarray
     hist_len: np.ndarray
     target: np.ndarray
     target_ts: np.ndarray
+    target_row: np.ndarray | None = None
 
 
 def _window(data: SeqData, end: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +190,7 @@ def eval_inputs(data: SeqData, split: str, max_len: int = MAX_HISTORY) -> EvalIn
     """split in valid | test -> the per-user queries of that split (see module docstring)."""
     target_row = split_bounds(data)[split]
     hist, ts, length = _window(data, target_row, max_len)
-    return EvalInputs(hist, ts, length, data.items[target_row], data.timestamps[target_row])
+    return EvalInputs(hist, ts, length, data.items[target_row], data.timestamps[target_row], target_row)
 
 
 def train_windows(data: SeqData, max_len: int = MAX_HISTORY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
