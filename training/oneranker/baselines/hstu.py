@@ -18,8 +18,9 @@ Data flow (B users, W = max_len + 1 training window, L = max_len, I items, d = d
 
 Defaults of `HSTUBaselineConfig` = the public generative-recommenders ML-1M config
 (configs/ml-1m/hstu-sampled-softmax-n128-final.gin): 2 blocks, d = 50, 1 head, 128 sampled
-negatives, dropout 0.2, lr 1e-3, weight decay 0, no warm-up, batch 128, 101 epochs, softmax
-temperature 0.05, L2-normalised user and item embeddings, max length 200.
+negatives, dropout 0.2, AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0, no warm-up, batch 128,
+101 epochs, softmax temperature 0.05, L2-normalised user and item embeddings, max length 200,
+item embeddings truncated-normal(0.02), position embeddings truncated-normal(sqrt(1/d)).
 
 Known differences from the public code (stated, not tuned):
   * dropout: HSTU drops the attention output inside the block ("linear dropout"); reusing
@@ -64,8 +65,9 @@ class HSTUBaselineConfig:
     num_heads: int = 1
     num_negatives: int = 128
     dropout: float = 0.2
-    lr: float = 1e-3
+    lr: float = 1e-3  # AdamW, constant (HSTU: no warm-up, no schedule)
     weight_decay: float = 0.0
+    adam_betas: tuple = (0.9, 0.98)
     batch_size: int = 128
     max_len: int = ml.MAX_HISTORY  # 200
     temperature: float = 0.05
@@ -96,7 +98,7 @@ class HSTUBaseline(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
         self.pos_emb = nn.Embedding(cfg.max_len, d)
-        nn.init.trunc_normal_(self.pos_emb.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_emb.weight, std=math.sqrt(1.0 / d))  # as HSTU's preprocessor
         block_cfg = ModelConfig(d_model=d, num_heads=cfg.num_heads, position_buckets=cfg.max_len + 1,
                                 time_buckets=cfg.time_buckets, time_bucket_scale=cfg.time_bucket_scale)
         self.blocks = nn.ModuleList(HSTULayer(block_cfg) for _ in range(cfg.num_blocks))
@@ -253,7 +255,8 @@ def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
     windows = _Windows(data, cfg.max_len)
     valid = ml.eval_inputs(data, "valid", cfg.max_len)
     model = HSTUBaseline(cfg, data.num_items)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=tuple(cfg.adam_betas))
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
