@@ -292,5 +292,6 @@ def test_harness_smoke_oneranker_generator(tmp_path):
     rec = json.loads(path.read_text())
     assert path.name == "oneranker-seed1.json" and rec["epochs"] == 1
     assert rec["config"]["semantic_ids"]["version"]
+    assert set(rec["test"]["other_streams"]) == {"max_streams", "max_streams_unmasked"}
     summary = ml1m_bench.report("ml100k", tmp_path)
     assert summary["oneranker"]["seeds"] == 1 and "hstu-seed0" in summary["_meta"]["missing_runs"]
