@@ -109,11 +109,10 @@ def read_inter(source: str, cache: Path | str | None = None, download: bool = Tr
 def build_sequences(raw: dict[str, np.ndarray], name: str, max_users: int = 0) -> SeqData:
     """Rows in file order -> SeqData (see module docstring). `max_users` > 0 keeps the first
     `max_users` users by first appearance in the file (test slices of the real file)."""
-    user_ext, first = np.unique(raw["user"], return_index=True)
+    user_ext, first, user_code = np.unique(raw["user"], return_index=True, return_inverse=True)
     order_of_first = np.argsort(first, kind="stable")
     user_rank = np.empty_like(order_of_first)
     user_rank[order_of_first] = np.arange(order_of_first.size)  # dense index by first appearance
-    _, user_code = np.unique(raw["user"], return_inverse=True)
     user = user_rank[user_code.reshape(-1)]
     rows = np.arange(user.size, dtype=np.int64)
     if max_users:
