@@ -133,8 +133,8 @@ def topology_steps(topology: str) -> list:
     pre_out = _internal(contract.PREPROCESS.outputs)
     preprocess = (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out)
     public_out = _identity(contract.PUBLIC.outputs)
-    if topology == "fused":
-        return [preprocess, (contract.FUSED_MODEL, contract.FUSED, pre_out, public_out)]
+    if topology == "fused":  # one Python model validates, tokenizes, generates and ranks
+        return [(contract.FUSED_MODEL, contract.FUSED, _identity(contract.PUBLIC.inputs), public_out)]
     if topology == "bls":
         return [preprocess, (contract.BLS_MODEL, contract.BLS, pre_out, public_out)]
     if topology == "ensemble":
@@ -262,10 +262,11 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
                                       **blocks(contract.PREPROCESS, True)}, artifacts=True)
     if "fused" in topologies:
         write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "system": "unified",
-                                     "beam_search": "graph", "instance_count": s.recommender_instances,
+                                     "beam_search": "graph", "request_format": "raw", "instance_count": s.recommender_instances,
                                      **blocks(contract.FUSED, True)}, artifacts=True)
         write(contract.FUSED_MODEL, {"name": contract.NUMPY_BEAM_MODEL, **engine_model, "system": "unified",
-                                     "beam_search": "numpy", "instance_count": s.recommender_instances,
+                                     "beam_search": "numpy", "request_format": "tokens",
+                                     "instance_count": s.recommender_instances,
                                      **blocks(contract.NUMPY_BEAM, True)}, artifacts=True)
         write(contract.PUBLIC_MODEL, {"name": contract.NUMPY_BEAM_PUBLIC_MODEL, **common,
                                       **blocks(contract.PUBLIC, False),
@@ -289,7 +290,7 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
         write(contract.PUBLIC_MODEL, {"name": contract.CASCADE_PUBLIC_MODEL, **common, **blocks(contract.PUBLIC, False),
                                       "steps": ensemble_steps(cascade_steps())}, artifacts=False)
         write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "system": "cascade",
-                                     "beam_search": "numpy",
+                                     "beam_search": "numpy", "request_format": "tokens",
                                      "checkpoint_sha256": cascade.checkpoints(),
                                      "instance_count": s.recommender_instances, **blocks(contract.CASCADE, True)},
               artifacts=False)

@@ -157,10 +157,10 @@ PREPROCESS = ModelSpec(
 
 FUSED = ModelSpec(
     FUSED_MODEL,
-    inputs=PREPROCESS.outputs,
+    inputs=PUBLIC.inputs,
     outputs=PUBLIC.outputs,
-    doc="Topology (a): the generation graph (beam search inside) and the ranking graph in one process; "
-        "the KV never leaves it.",
+    doc="Topology (a): validation and tokenization, the generation graph (beam search inside) and the "
+        "ranking graph in one Python model; no preprocess hop, and the KV never leaves the process.",
 )
 
 GENERATOR = ModelSpec(

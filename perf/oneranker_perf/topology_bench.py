@@ -73,10 +73,10 @@ def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: f
         time.sleep(0.05)
 
 
-def stage_breakdown(before, after, models: list[str], ensemble: str, pipeline: str | None) -> dict:
+def stage_breakdown(before, after, models: list[str], ensemble: str, labels: tuple | None) -> dict:
     """Server-side mean ms per request over a window, from Triton's counters: the ensemble's
     request time, each composing model's compute and queue time and, inside a fused-style model,
-    its own generate / select / rank counters (`system` label)."""
+    its own generate / select / rank counters (`labels`: label=value filters, e.g. system, beam_search)."""
     out: dict = {}
     served = _delta(before, after, "nv_inference_request_success", f'model="{ensemble}"')
     if served <= 0:
@@ -87,9 +87,9 @@ def stage_breakdown(before, after, models: list[str], ensemble: str, pipeline: s
         label = f'model="{model}"'
         out[f"{model}_compute_ms"] = _delta(before, after, "nv_inference_compute_infer_duration_us", label) / served / 1e3
         out[f"{model}_queue_ms"] = _delta(before, after, "nv_inference_queue_duration_us", label) / served / 1e3
-    if pipeline:
+    if labels:
         for stage in ("generate", "select", "rank"):
-            seconds = _delta(before, after, "oneranker_stage_seconds_total", f'stage="{stage}"', f'system="{pipeline}"')
+            seconds = _delta(before, after, "oneranker_stage_seconds_total", f'stage="{stage}"', *labels)
             out[f"{stage}_ms"] = seconds / served * 1e3
     return out
 
@@ -128,6 +128,46 @@ def saturation_loop(make_call, requests: list, concurrency: int, seconds: float)
     out = percentiles(times)
     out.update({"throughput_rps": len(times) / elapsed, "errors": errors[0], "concurrency": concurrency})
     return out
+
+
+def paired_in_process(calls: dict, requests: list, n: int) -> dict:
+    """In-process latency of several callables measured interleaved (order rotating per request)."""
+    labels = list(calls)
+    times: dict = {k: [] for k in labels}
+    for i in range(n):
+        for k in labels[i % len(labels):] + labels[: i % len(labels)]:
+            start = time.perf_counter()
+            calls[k](requests[i % len(requests)])
+            times[k].append(time.perf_counter() - start)
+    return {k: percentiles(v) for k, v in times.items()}
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def new_vs_old_summary(results: dict) -> dict:
+    """perf/results/topology/summary.json: the in-graph beam search path ("new", the default
+    fused model) against the numpy beam search baseline ("old"), each pair measured interleaved."""
+    local, served = results["in_process_new_vs_old"], results["new_vs_old"]
+    new, old = contract_names()
+    return {"commit": results["commit"], "machine": results["machine"],
+            "in_process_p50_ms": {"new": local["new"]["p50_ms"], "old": local["old"]["p50_ms"]},
+            "served_c1_p50_ms": {"new": served[new]["c1"]["p50_ms"], "old": served[old]["c1"]["p50_ms"]},
+            "served_c1_p99_ms": {"new": served[new]["c1"]["p99_ms"], "old": served[old]["c1"]["p99_ms"]},
+            "saturated_rps": {"new": served[new]["throughput_rps"], "old": served[old]["throughput_rps"]}}
+
+
+def contract_names() -> tuple[str, str]:
+    from oneranker_client import contract
+
+    return contract.TOPOLOGY_MODELS["fused"], contract.NUMPY_BEAM_PUBLIC_MODEL
 
 
 def paired_comparison(targets: dict[str, tuple[str, str]], requests: list, n_latency: int, concurrency: int,
@@ -239,11 +279,18 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
 
-    results: dict = {"machine": machine(), "command": command, "preset": cfg.name, "requests": n_requests, "repository": str(repository),
+    results: dict = {"machine": machine(), "commit": git_commit(), "command": command, "preset": cfg.name,
+                     "requests": n_requests, "repository": str(repository),
                      "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
     print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
-    local = artifacts.load_recommender(repository / contract.FUSED_MODEL / "1" / "artifacts", "onnxruntime", threads=2)
-    results["in_process_onnxruntime"] = latency_loop(lambda r: local.recommend([r]), raw, n_latency)
+    fused_artifacts = repository / contract.FUSED_MODEL / "1" / "artifacts"
+    local = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=2, search="graph")
+    local_old = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=2, search="numpy")
+    for rec in (local, local_old):  # warm-up: first calls allocate
+        latency_loop(lambda r, rec=rec: rec.recommend([r]), raw, 10)
+    results["in_process_new_vs_old"] = paired_in_process(
+        {"new": lambda r: local.recommend([r]), "old": lambda r: local_old.recommend([r])}, raw, n_latency)
+    results["in_process_onnxruntime"] = results["in_process_new_vs_old"]["new"]
     reference = load_reference(run_dir)
     results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)
 
@@ -254,16 +301,16 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
         del local_cascade
     results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])
 
-    from oneranker_build.render import cascade_steps, topology_steps
+    from oneranker_build.render import cascade_steps, numpy_beam_steps, topology_steps
 
-    def measure(server, model: str, steps: list, pipeline: str | None) -> dict:
+    def measure(server, model: str, steps: list, labels: tuple | None) -> dict:
         client = OneRankerClient(server.grpc_url, model=model, retries=0)
         latency_loop(client.recommend, reqs, 10)  # warm-up
         print(f"[bench] {model}: concurrency 1 ...", flush=True)
         before = scrape_metrics(server.metrics_url)
         c1 = latency_loop(client.recommend, reqs, n_latency)
         c1["stages"] = stage_breakdown(before, settled_metrics(server.metrics_url, before, model, n_latency),
-                                       [step[0] for step in steps], model, pipeline)
+                                       [step[0] for step in steps], model, labels)
         print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
         rest = tree_rss_mb(server.pid)
         with RssSampler(server.pid) as rss:
@@ -280,16 +327,23 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     try:
         server.wait_ready(180)
         for topology, model in contract.TOPOLOGY_MODELS.items():
-            pipeline = "unified" if topology == "fused" else None
-            results["topologies"][topology] = {**measure(server, model, topology_steps(topology), pipeline),
+            labels = ('system="unified"', 'beam_search="graph"') if topology == "fused" else None
+            results["topologies"][topology] = {**measure(server, model, topology_steps(topology), labels),
                                                "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv}
         if cascade_dir.exists():
-            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL, cascade_steps(), "cascade"),
+            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL, cascade_steps(), ('system="cascade"',)),
                                   "kv_bytes_crossing_per_request": 0}
             pair = (contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL)
             print(f"[bench] {pair[0]} vs {pair[1]}, interleaved ...", flush=True)
             results["unified_vs_cascade"] = paired_comparison({m: (server.grpc_url, m) for m in pair}, reqs,
                                                               n_latency, concurrency, seconds)
+        results["numpy_beam"] = measure(server, contract.NUMPY_BEAM_PUBLIC_MODEL, numpy_beam_steps(),
+                                        ('system="unified"', 'beam_search="numpy"'))
+        pair = contract_names()
+        print(f"[bench] {pair[0]} (in-graph beam search) vs {pair[1]} (numpy beam search), interleaved ...",
+              flush=True)
+        results["new_vs_old"] = paired_comparison({m: (server.grpc_url, m) for m in pair}, reqs, n_latency,
+                                                  concurrency, seconds)
     finally:
         server.stop()
     results["default_topology"] = choose_default(results["topologies"])
@@ -318,9 +372,29 @@ def choose_default(topologies: dict) -> str:
     return max(pool, key=lambda name: pool[name]["saturation"]["throughput_rps"])
 
 
+def new_vs_old_section(results: dict) -> list[str]:
+    """Markdown: the issue's three targets, measured side by side in this run."""
+    summ = new_vs_old_summary(results)
+    ip, c1, p99, rps = (summ[k] for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps"))
+    gap_new, gap_old = c1["new"] - ip["new"], c1["old"] - ip["old"]
+    return ["## In-graph beam search (new) vs numpy beam search (old)", "",
+            "new = the default fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
+            "graph with the beam search inside, ranking graph with the top-k inside; two engine calls); old = "
+            "`oneranker_numpy_beam` (preprocess model, then a Python model running the level-logit graph, the "
+            "numpy beam search and the ranker graph). Same checkpoint, same client, each pair interleaved.", "",
+            "| | new | old | new / old | target |", "|---|---|---|---|---|",
+            f"| in-process p50 ms | {ip['new']:.2f} | {ip['old']:.2f} | {ip['new'] / ip['old']:.2f}x | <= 0.75x |",
+            f"| served c1 p50 ms | {c1['new']:.2f} | {c1['old']:.2f} | {c1['new'] / c1['old']:.2f}x | |",
+            f"| served c1 p99 ms | {p99['new']:.2f} | {p99['old']:.2f} | {p99['new'] / p99['old']:.2f}x | |",
+            f"| served c1 p50 - in-process p50, ms | {gap_new:.2f} | {gap_old:.2f} | | new <= 1.5 |",
+            f"| saturated req/s | {rps['new']:.1f} | {rps['old']:.1f} | {rps['new'] / rps['old']:.2f}x | >= 1.4x |",
+            ""]
+
+
 def where_the_time_goes(results: dict) -> list[str]:
     """Markdown: per-path breakdown of one concurrency-1 request (means, ms)."""
-    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {})}
+    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {}),
+             **({"numpy_beam": results["numpy_beam"]} if "numpy_beam" in results else {})}
     lines = ["## Where the time goes (concurrency 1, mean ms per request)", "",
              "From Triton's Prometheus counters over the concurrency-1 loop: the ensemble's server-side request "
              "time, each composing model's compute time (queue time in brackets) and, inside the fused-style "
@@ -350,6 +424,8 @@ def write_report(results: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if "new_vs_old" in results:
+        (out / "summary.json").write_text(json.dumps(new_vs_old_summary(results), indent=2) + "\n")
     lines = [
         f"# Serving topologies ({results['preset']} model)",
         "",
@@ -389,6 +465,8 @@ def write_report(results: dict, out: Path) -> None:
                   f"**{results['default_topology']}**.",
               f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
               f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).", ""]
+    if "new_vs_old" in results:
+        lines += new_vs_old_section(results)
     lines += where_the_time_goes(results)
     floor = results.get("compute_floor")
     if floor:

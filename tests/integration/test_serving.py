@@ -179,10 +179,10 @@ def test_bad_inputs_get_clear_per_request_errors(served_repository, tiny_run):
     assert set(statuses.values()) == {"StatusCode.INVALID_ARGUMENT"}, statuses
 
 
-def _metric(text: str, name: str, label: str = "") -> float:
+def _metric(text: str, name: str, *labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and label in line:
+        if line.startswith(name) and all(label in line for label in labels):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -196,14 +196,19 @@ def test_stage_metrics_rise_per_request(served_repository):
     client = grpcclient.InferenceServerClient(served_repository.grpc_url)
     before = scrape()
     for req in served_repository.requests[:3]:
-        client.infer(contract.TOPOLOGY_MODELS["fused"], make_inputs(fields_of(req)))
-        client.infer(contract.TOPOLOGY_MODELS["ensemble"], make_inputs(fields_of(req)))
+        for model in (contract.TOPOLOGY_MODELS["fused"], contract.NUMPY_BEAM_PUBLIC_MODEL,
+                      contract.TOPOLOGY_MODELS["ensemble"]):
+            client.infer(model, make_inputs(fields_of(req)))
     after = scrape()
-    assert _metric(after, "oneranker_requests_total") >= _metric(before, "oneranker_requests_total") + 3
-    assert _metric(after, "oneranker_candidates_total") > _metric(before, "oneranker_candidates_total")
-    for stage in ("generate", "select", "rank"):
+    graph = 'beam_search="graph"'
+    assert _metric(after, "oneranker_requests_total", graph) == _metric(before, "oneranker_requests_total", graph) + 3
+    assert _metric(after, "oneranker_candidates_total", graph) > _metric(before, "oneranker_candidates_total", graph)
+    # the in-graph path times generate and rank (its beam search is inside generate); the numpy
+    # beam search baseline times its select stage on its own
+    for stage, search in (("generate", "graph"), ("rank", "graph"), ("select", "numpy")):
         label = f'stage="{stage}"'
-        assert _metric(after, "oneranker_stage_seconds_total", label) > _metric(before, "oneranker_stage_seconds_total", label)
+        assert _metric(after, "oneranker_stage_seconds_total", label, f'beam_search="{search}"') > \
+            _metric(before, "oneranker_stage_seconds_total", label, f'beam_search="{search}"'), stage
     for model in (contract.GENERATOR_MODEL, contract.SELECT_MODEL, contract.RANKER_MODEL):
         label = f'model="{model}"'
         assert _metric(after, "nv_inference_compute_infer_duration_us", label) > \

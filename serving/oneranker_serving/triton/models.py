@@ -24,7 +24,7 @@ import numpy as np
 from oneranker_client import contract
 
 from ..artifacts import load_recommender, load_selector, load_system, load_validator, read_export_info
-from ..recommender import Recommender, StageTimes
+from ..recommender import Parsed, Recommender, StageTimes
 from ..tokenize import RequestError
 from . import arrays, batching
 from .codec import TensorCodec
@@ -82,15 +82,18 @@ class PreprocessModel(PythonModel):
 
 
 class RecommenderModel(PythonModel):
-    """Topology (a) and the cascade baseline (`system` = unified | cascade): one generate, beam
-    search per request, one rank, top-k; stage times go to Prometheus counters."""
+    """Topology (a) and the baselines: `request_format` raw (the fused model: validates and tokenizes
+    itself) or tokens (after `preprocess`: the numpy beam search baseline and the cascade);
+    `system` unified | cascade; `beam_search` graph | numpy. One generate and one rank per
+    dynamic batch; stage times go to Prometheus counters."""
 
     STAGES = ("generate", "select", "rank")
 
     def initialize(self, args):
         params, artifacts = model_setup(args)
         self.recommender: Recommender = load_system(params, artifacts, device=instance_device(args))
-        labels = {"system": params.get("system", "unified")}
+        self.raw_inputs = params.get("request_format", "tokens") == "raw"
+        labels = {"system": params.get("system", "unified"), "beam_search": params.get("beam_search", "numpy")}
         family = self.pb.MetricFamily
         # MetricFamily objects must outlive their Metrics: keep them on self.
         self.families = {
@@ -105,10 +108,23 @@ class RecommenderModel(PythonModel):
         self.candidates = self.families["candidates"].Metric(labels=labels)
         self.requests_metric = self.families["requests"].Metric(labels=labels)
 
+    def parse(self, requests, responses: list) -> list:
+        """Requests -> Parsed; an invalid raw request gets its error response in `responses`."""
+        if not self.raw_inputs:
+            return [arrays.parsed_from_arrays(slot, self.host_inputs(request, contract.NUMPY_BEAM))
+                    for slot, request in enumerate(requests)]
+        parsed = []
+        for slot, request in enumerate(requests):
+            try:
+                raw = arrays.request_from_arrays(self.host_inputs(request, contract.PUBLIC))
+                parsed.append(Parsed(slot, *self.recommender.validate(raw)))
+            except RequestError as err:
+                responses[slot] = self.error(str(err))
+        return parsed
+
     def execute(self, requests):
         responses = [None] * len(requests)
-        parsed = [arrays.parsed_from_arrays(slot, self.host_inputs(request, contract.FUSED))
-                  for slot, request in enumerate(requests)]
+        parsed = self.parse(requests, responses)
         times = StageTimes()
         for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times)):
             responses[p.slot] = (self.error(str(result)) if isinstance(result, RequestError)
