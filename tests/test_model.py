@@ -126,12 +126,21 @@ def test_scores_invariant_to_history_padding(tiny_run, batch):
 
 
 def test_bpr_hand_computed():
+    """Two families on one row: engagement pairs (0,1), (0,2); value pairs by eCPM 3 > 2 > 1:
+    (0,1), (0,2), (2,1). L = w * mean(engagement) + (1 - w) * mean(value)."""
     scores = torch.tensor([[2.0, 1.0, 0.0]])
     values = torch.tensor([[3.0, 1.0, 2.0]])
-    # pairs with value_a > value_b: (0,1) d=1, (0,2) d=2, (2,1) d=-1
-    expected = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(-2)))
-                 + math.log(1 / (1 + math.exp(1)))) / 3
-    assert losses.bpr_loss(scores, values).item() == pytest.approx(expected, rel=1e-6)
+    engaged = torch.tensor([[True, False, False]])
+
+    def nls(x):
+        return -math.log(1 / (1 + math.exp(-x)))
+
+    eng = (nls(1) + nls(2)) / 2
+    val = (nls(1) + nls(2) + nls(-1)) / 3
+    loss = losses.bpr_loss(scores, engaged, values, torch.tensor([True]), 0.3)
+    assert loss.item() == pytest.approx(0.3 * eng + 0.7 * val, rel=1e-6)
+    unknown = losses.bpr_loss(scores, engaged, values, torch.tensor([False]), 0.3)
+    assert unknown.item() == pytest.approx(eng, rel=1e-6)  # no value family: all on engagement
 
 
 def test_dc_hand_computed_and_gradient_reaches_only_generator():
