@@ -147,6 +147,9 @@ class ModelConfig:
     use_task_decoupling: bool = True  # False: "w/o MDA": one shared task token feeds every head
     cross_attention_first: bool = True  # False: "w/o CA-Pri": self-attention first
     use_hetero_mask: bool = True  # False: "w/o H-Mask": full attention inside [T; F]
+    # History OOV token: code tokenizer.max_codes (= the contract's K) at every semantic-ID level
+    # is reserved for "an item the model does not know" (one extra `sid_emb` row per level; the
+    # run's manifest records it as `oov_code`); trained by train.oov_history_share.
 
     @property
     def num_task_tokens(self) -> int:
