@@ -190,3 +190,27 @@ def test_train_batches_replace_the_declared_oov_share(tiny_prep, tiny_cfg):
     assert not torch.equal((again["hist_sids"] == oov).all(-1), is_oov)  # redrawn per step
     none = TrainBatcher(tiny_prep, arrays, seed=0, oov_share=0.0, oov_code=oov)(index, step=0)
     assert not (none["hist_sids"] == oov).any()
+
+
+def test_training_loop_redraws_candidates_and_replaces_history_each_step(tiny_cfg, tiny_prep, tmp_path, monkeypatch):
+    """Wiring: `train` builds every step's batch with the per-step sampler and the configured OOV
+    share (recorded through the batcher it uses)."""
+    from oneranker import pipeline
+    from oneranker.train import train
+
+    seen = []
+    original = pipeline.TrainBatcher.__call__
+
+    def recording(self, index, step, buckets=None):
+        batch = original(self, index, step, buckets)
+        seen.append((step, self.oov_share, self.oov_code, batch["cand_sids"].clone()))
+        return batch
+
+    monkeypatch.setattr(pipeline.TrainBatcher, "__call__", recording)
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.steps = 3
+    result = train(cfg, tmp_path, prep=tiny_prep, progress=False)
+    assert [s for s, *_ in seen] == [0, 1, 2]
+    assert all(share == cfg.train.oov_history_share and code == result["model"].oov_code
+               for _, share, code, _ in seen)
+    assert not torch.equal(seen[0][3][:, 1:], seen[1][3][:, 1:])

@@ -1,7 +1,8 @@
 """Dataset -> splits -> semantic IDs -> item tables -> padded sample tensors -> model.
 
 `prepare(cfg)` is the single entry every stage (train, evaluate, export, serve) starts from, so
-they all see the same items, codes and tokenization.
+they all see the same items, codes and tokenization. Training batches: `EpochSampler` (which
+cut points, rotating per epoch) -> `TrainBatcher` (per-step candidates and OOV replacement).
 """
 
 from __future__ import annotations

@@ -254,6 +254,7 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
                "train_samples": n, "padding_fraction": batches.padding_fraction(),
                "sampler_padding_fraction": sampler.padding_fraction(),
                "data_wait_seconds": batches.wait_seconds, "world_size": ctx.world_size, "rank": ctx.rank,
-               "device": str(ctx.device), "examples_seen": examples, "epochs": sampler.epoch + 1,
+               "device": str(ctx.device), "examples_seen": examples,
+               "epochs": sampler.epoch + 1,  # epochs the sampler began (it runs <= 3 batches ahead)
                "stopping": stopping, "manifest": manifest}
     return {"model": model, "prep": prep, "summary": summary}
