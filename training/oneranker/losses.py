@@ -30,8 +30,9 @@ def bpr_pair_weights(engaged: torch.Tensor, values: torch.Tensor, value_known: t
     val = (values.unsqueeze(2) > values.unsqueeze(1)) & ok & value_known.view(-1, 1, 1)
     eng, val = eng.to(values.dtype), val.to(values.dtype)
     n_eng, n_val = eng.sum(), val.sum()
-    w_eng = engagement_weight if n_val > 0 else 1.0
-    w_val = (1.0 - engagement_weight) if n_eng > 0 else 1.0
+    # tensor-valued choices (no host sync on GPU): an empty family hands its share to the other
+    w_eng = torch.where(n_val > 0, n_val.new_tensor(engagement_weight), n_val.new_tensor(1.0))
+    w_val = torch.where(n_eng > 0, n_eng.new_tensor(1.0 - engagement_weight), n_eng.new_tensor(1.0))
     return {"engagement": eng * (w_eng / n_eng.clamp(min=1.0)),
             "value": val * (w_val / n_val.clamp(min=1.0))}
 

@@ -70,9 +70,10 @@ class NegativeSampler:
     def is_positive(self, users: np.ndarray, ads: np.ndarray) -> np.ndarray:
         """bool, same shape: (user, ad) is a positive of the user among the training rows."""
         keys = users.astype(np.int64) * self.num_ads + ads
-        pos = np.searchsorted(self.positive_keys, keys)
-        pos = np.minimum(pos, max(0, self.positive_keys.size - 1))
-        return (self.positive_keys.size > 0) & (self.positive_keys[pos] == keys)
+        if self.positive_keys.size == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.positive_keys, keys), self.positive_keys.size - 1)
+        return self.positive_keys[pos] == keys
 
     def hard_pool(self, i: int) -> np.ndarray:
         """The hard-negative ads of training sample i (may repeat an ad shown twice)."""
