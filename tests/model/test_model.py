@@ -126,12 +126,21 @@ def test_scores_invariant_to_history_padding(tiny_run, batch):
 
 
 def test_bpr_hand_computed():
+    """Two families on one row: engagement pairs (0,1), (0,2); value pairs by eCPM 3 > 2 > 1:
+    (0,1), (0,2), (2,1). L = w * mean(engagement) + (1 - w) * mean(value)."""
     scores = torch.tensor([[2.0, 1.0, 0.0]])
     values = torch.tensor([[3.0, 1.0, 2.0]])
-    # pairs with value_a > value_b: (0,1) d=1, (0,2) d=2, (2,1) d=-1
-    expected = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(-2)))
-                 + math.log(1 / (1 + math.exp(1)))) / 3
-    assert losses.bpr_loss(scores, values).item() == pytest.approx(expected, rel=1e-6)
+    engaged = torch.tensor([[True, False, False]])
+
+    def nls(x):
+        return -math.log(1 / (1 + math.exp(-x)))
+
+    eng = (nls(1) + nls(2)) / 2
+    val = (nls(1) + nls(2) + nls(-1)) / 3
+    loss = losses.bpr_loss(scores, engaged, values, torch.tensor([True]), 0.3)
+    assert loss.item() == pytest.approx(0.3 * eng + 0.7 * val, rel=1e-6)
+    unknown = losses.bpr_loss(scores, engaged, values, torch.tensor([False]), 0.3)
+    assert unknown.item() == pytest.approx(eng, rel=1e-6)  # no value family: all on engagement
 
 
 def test_dc_hand_computed_and_gradient_reaches_only_generator():
@@ -216,3 +225,67 @@ def test_ablation_switch_builds_trains_and_changes_behaviour(switch, tiny_cfg, t
         assert not torch.allclose(out["encoding"].level_logits, base_out["encoding"].level_logits)
     elif switch in ("use_dc_loss", "use_ranker"):
         assert not math.isclose(float(terms["total"]), float(outputs[True][0]["total"]))
+
+
+def _model_with_grad_centroids(cfg, prep):
+    """OneRanker built from centroid tensors that require grad: any use of a centroid-derived
+    feature in the forward pass leaves a gradient on them."""
+    from oneranker.model import OneRanker
+    from oneranker.pipeline import level_sizes
+
+    cat = prep.dataset.catalog
+    centroids = torch.tensor(np.asarray(prep.sids.centroids, dtype=np.float32), requires_grad=True)
+    code_feats = torch.tensor(np.asarray(prep.sids.level_code_features, dtype=np.float32), requires_grad=True)
+    torch.manual_seed(0)
+    model = OneRanker(cfg.model, cfg.tokenizer, cfg.data, centroids, code_feats, level_sizes(cfg),
+                      cat.num_advertisers, cat.num_categories)
+    return model, centroids, code_feats
+
+
+@pytest.mark.parametrize("use_fake_items", [True, False])
+def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, tiny_cfg, tiny_prep):
+    """w/o Target removes every centroid-derived input of the level logits (fake tokens, the
+    target channel and the item-side centroid similarities); the full model (control) uses both."""
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.model.use_fake_items = use_fake_items
+    model, centroids, code_feats = _model_with_grad_centroids(cfg, tiny_prep)
+    batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
+    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
+                            batch["hist_len"])
+    enc.level_logits.clamp(min=-50).sum().backward()
+    derived = [n for n, _ in model.named_parameters() if n.startswith(("fake_", "target_"))]
+    if use_fake_items:
+        assert centroids.grad is not None and centroids.grad.abs().sum() > 0
+        assert code_feats.grad is not None and code_feats.grad.abs().sum() > 0
+        assert derived
+    else:
+        assert centroids.grad is None and code_feats.grad is None
+        assert derived == []
+        assert not [n for n, _ in model.named_buffers() if n in ("fake_centroids", "level_code_features")]
+
+
+def test_without_mda_one_shared_head(tiny_cfg, tiny_prep):
+    """w/o MDA: one task token and one head projection; every head's level logits identical.
+    (Full model as the control: per-head parameters for all H heads and distinct logits.)"""
+    cat = tiny_prep.dataset.catalog
+    H = tiny_cfg.model.num_task_tokens
+    batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
+    models, logits = {}, {}
+    for flag in (True, False):
+        cfg = copy.deepcopy(tiny_cfg)
+        cfg.model.use_task_decoupling = flag
+        torch.manual_seed(0)
+        models[flag] = build_model(cfg, tiny_prep.sids, cat.num_advertisers, cat.num_categories)
+        with torch.no_grad():
+            logits[flag] = models[flag](batch)["encoding"].level_logits
+    full = dict(models[True].named_parameters())
+    shared = dict(models[False].named_parameters())
+    per_head = [n for n, p in full.items() if p.dim() >= 2 and p.shape[0] == H]
+    assert {"task_tokens", "task_head"} <= set(per_head)
+    for name in per_head:
+        assert shared[name].shape == (1, *full[name].shape[1:]), name
+    assert set(full) == set(shared)
+    assert logits[False].shape == logits[True].shape
+    for h in range(1, H):
+        assert torch.equal(logits[False][:, h], logits[False][:, 0])
+        assert not torch.allclose(logits[True][:, h], logits[True][:, 0])

@@ -112,10 +112,13 @@ def test_slate_value_sums(ds):
 
 
 def test_split_sizes(ds, splits, cfg):
+    """Train cut points = every positive before the valid target that has a history."""
     U = ds.log.num_users
     assert len(splits["valid"]) == U and len(splits["test"]) == U
-    assert U <= len(splits["train"]) <= U * cfg.data.max_train_samples_per_user
-    assert np.bincount(splits["train"].user, minlength=U).max() <= cfg.data.max_train_samples_per_user
+    pos = _positive_rows_by_user(ds)
+    first_ts = ds.log.timestamp[ds.log.user_slices()[:-1]]
+    expect = sum(int((ds.log.timestamp[p[:-2]] > first_ts[u]).sum()) for u, p in pos.items())
+    assert len(splits["train"]) == expect > U * cfg.data.train_cuts_per_epoch  # more than one epoch's worth
 
 
 def test_splits_deterministic(ds, cfg, splits):
@@ -160,7 +163,7 @@ def test_history_excludes_same_second_events(cfg):
                   content_ids=np.arange(2), num_advertisers=1, num_categories=1)
     log = EventLog(user=user, item=item, action=action, timestamp=ts, profile=np.zeros((1, 3), int), num_users=1)
     toy = Dataset(name="toy", catalog=cat, log=log)
-    dcfg = dataclasses.replace(cfg.data, max_train_samples_per_user=4, num_train_candidates=5, num_eval_candidates=5)
+    dcfg = dataclasses.replace(cfg.data, num_train_candidates=5, num_eval_candidates=5)
     sp = make_splits(toy, dcfg)
     # test target = row 6 (t=50): history excludes row 5 (same second) -> rows [0, 5)
     assert (sp["test"].hist_start[0], sp["test"].hist_end[0]) == (0, 5)
@@ -191,10 +194,10 @@ def test_targets_ordered_per_user(ds, splits, cfg):
     tt = dict(zip(splits["test"].user.tolist(), splits["test"].request_time.tolist()))
     for u, rt in zip(t.user.tolist(), t.request_time.tolist()):
         assert rt < vt[u] < tt[u]
-    # train targets are the latest eligible positives before the valid target
+    # train targets are every eligible positive before the valid target
     first_ts = ds.log.timestamp[ds.log.user_slices()[:-1]]
     for u in np.unique(t.user):
-        expect = pos[u][:-2][-cfg.data.max_train_samples_per_user:]
+        expect = pos[u][:-2]
         expect = expect[ds.log.timestamp[expect] > first_ts[u]]  # >= 1 event before the target
         np.testing.assert_array_equal(tr_rows[t.user == u], expect)
 
@@ -286,9 +289,9 @@ def test_candidates(ds, splits, cfg, name):
     assert s.candidates.min() >= 0 and s.candidates.max() < ds.catalog.num_ads
     srt = np.sort(s.candidates, axis=1)
     assert (np.diff(srt, axis=1) > 0).all()  # no duplicates in a row
-    # values: target strictly above every sampled candidate; the rest are the true eCPM
-    assert (s.candidate_values[:, :1] > s.candidate_values[:, 1:]).all()
-    np.testing.assert_array_equal(s.candidate_values[:, 1:], s.candidate_ecpm[:, 1:])
+    # value labels are the true expected eCPM, the target's included (no lift: the engagement
+    # family of BPR carries the logged positive)
+    np.testing.assert_array_equal(s.candidate_values, s.candidate_ecpm)
     u = np.repeat(s.user, n)
     e = ds.ground_truth.expected_ecpm(u, s.candidates.ravel(), ds.catalog).reshape(s.candidates.shape)
     g = ds.ground_truth.expected_gmv(u, s.candidates.ravel(), ds.catalog).reshape(s.candidates.shape)

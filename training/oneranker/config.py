@@ -50,14 +50,28 @@ class DataConfig:
     impressions_per_session: int = 4
     contents_per_session: tuple[int, int] = (0, 3)
     max_history: int = 128  # longest history kept per sample (most recent events)
-    # Training samples per user: cut points at the user's positive ad events, excluding the last
-    # two (validation, test: leave-last-out).
-    max_train_samples_per_user: int = 4
+    # Training cut points: every positive ad event of a user before the validation target (the
+    # last two positives are validation and test: leave-last-out). Each epoch takes a rotating
+    # subset of this many cut points per user (a seeded per-user permutation, walked in turn), so
+    # an epoch has about num_users * train_cuts_per_epoch samples whatever the log length.
+    # 4: the old fixed cap, now rotating over every positive instead of the latest four only.
+    train_cuts_per_epoch: int = 4
     # Future window (events) that feeds the MTP heads of one sample; never crosses into the
     # validation/test targets.
     mtp_future_window: int = 24
     num_eval_candidates: int = 30  # paper protocol: target + 29 sampled candidates [#21]
     num_train_candidates: int = 30  # [#12] the DC analysis in the paper uses 30
+    # Training candidates are redrawn at every step (`data.negatives.NegativeSampler`, seeded by
+    # (train.seed, step)); never one of the user's positives in the training rows. Of the
+    # num_train_candidates - 1 negatives, up to this many are hard negatives: ads shown in the
+    # target's session and not engaged with (synthetic: impressions; MovieLens: ratings <= 3, a
+    # PROXY for "seen, not engaged"), the rest uniform over the catalogue. 4 of 29: the eval
+    # candidates are uniform, so most training negatives stay uniform (same task as evaluation);
+    # 4 is about what a session holds (synthetic: impressions_per_session = 4).
+    num_hard_negatives: int = 4
+    # Events of a user closer than this (seconds) belong to one session (hard negatives). 600:
+    # the synthetic log has 5-180 s gaps inside a session and >= 10 minutes between sessions.
+    session_gap_seconds: int = 600
     csv_path: str = ""  # source=csv: interaction file (CSV/TSV/Parquet)
     # --- real sources (movielens100k | tafeng | csv), see oneranker.data.real ------------------
     # Users with fewer positive (click/conversion) events are dropped (count in real.load.last_stats);
@@ -135,6 +149,9 @@ class ModelConfig:
     use_task_decoupling: bool = True  # False: "w/o MDA": one shared task token feeds every head
     cross_attention_first: bool = True  # False: "w/o CA-Pri": self-attention first
     use_hetero_mask: bool = True  # False: "w/o H-Mask": full attention inside [T; F]
+    # History OOV token: code tokenizer.max_codes (= the contract's K) at every semantic-ID level
+    # is reserved for "an item the model does not know" (one extra `sid_emb` row per level; the
+    # run's manifest records it as `oov_code`); trained by train.oov_history_share.
 
     @property
     def num_task_tokens(self) -> int:
@@ -155,12 +172,21 @@ class LossConfig:
     beta: float = 1.0
     gamma: float = 0.1
     tau: float = 1.0  # temperature of the ranker soft label softmax(s / tau)
-    dc_warmup_fraction: float = 0.1  # gamma = 0 for the first 10% of steps [#18]
-    # [#19] BPR pairs: every ordered pair (a, b) of the candidate set with value_a > value_b.
-    # The logged target's value is its realized value lifted above every sampled candidate
-    # (observed engagement beats counterfactual expected value); sampled candidates carry the
-    # ground-truth expected eCPM (synthetic) or 0 (real data without values).
-    bpr_weight_by_gap: bool = False
+    # gamma = 0 for the first 10% of train.steps [#18]; train.steps is the MAXIMUM budget, so the
+    # warm-up is a fraction of the budget, not of the (unknown in advance) stopping step.
+    dc_warmup_fraction: float = 0.1
+    # [#19] BPR over two pair families (`losses.bpr_pair_weights`), each normalised by its own
+    # pair count over the batch, mixed as
+    #   L_rank = w * L_engagement + (1 - w) * L_value,   w = engagement_pair_weight
+    # engagement pairs: the logged positive (column 0) above every candidate the user did not
+    #   engage with; value pairs: candidates ordered by expected eCPM, only where the source knows
+    #   it (synthetic ground truth). Where no value is known (every real source) the value family
+    #   is empty and L_rank = L_engagement (w is then irrelevant).
+    # 0.5, chosen before any comparison: the ranker is judged on two things, HR (engagement) and
+    #   value-graded NDCG / slate eCPM (value), one family for each, and nothing says one matters
+    #   more; per-family normalisation makes 0.5 mean an equal share of the gradient whatever the
+    #   pair counts (29 engagement pairs vs up to 435 value pairs per sample).
+    engagement_pair_weight: float = 0.5
     # Head supervision, 8 task tokens in funnel order [#5]:
     #   0,1 impression: 1st / 2nd ad impression at or after the cut
     #   2,3 click: 1st / 2nd clicked ad        4,5 conversion: 1st / 2nd converted ad
@@ -171,13 +197,35 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    # The MAXIMUM step budget. The LR schedule (linear warm-up, cosine decay to 0 at `steps`) and
+    # the DC warm-up are defined over it, so a run that stops early stops at a higher LR than the
+    # budget's end; the schedule never depends on when stopping happens.
     steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 30
     grad_clip: float = 1.0
-    eval_every: int = 0  # 0: evaluate at the end only
+    # Validation stopping (`train._train`): every `eval_every` steps the final scorer is scored
+    # on the validation split with `stop_metric` (ranking scores when model.use_ranker, else
+    # the generation score: the value heads' path log-probability); after `patience`
+    # evaluations without a strict improvement, or at `steps`, training stops and the best
+    # evaluation's weights are restored. early_stopping=False: a fixed budget of `steps` (the
+    # validation curve is still recorded when eval_every > 0; nothing is restored).
+    # Defaults (chosen before any comparison): HR@5, the paper's headline cut-off; an evaluation
+    # every 50 steps (~3 valid passes per 1000 training batches, cheap next to training);
+    # patience 5 (250 steps: a few epochs of the small preset's rotating subset, longer than the
+    # step-to-step noise of HR@5 on ~1000 validation users).
+    early_stopping: bool = True
+    eval_every: int = 50  # steps between validation evaluations (0: never)
+    patience: int = 5  # evaluations without improvement before stopping
+    stop_metric: str = "HR@5"  # an `evaluate.ranking_metrics` key
+    # Share of (valid) history items replaced by the OOV token at training time (the model's
+    # reserved code `tokenizer.max_codes` at every semantic-ID level; see model.OneRanker), so
+    # the token means "an item the model does not know" at serving time. 0.02: unseen items are
+    # rare in a request, the replacement must barely perturb the history (a 64-event history
+    # loses ~1 item), yet a 32 x 40-event batch still holds ~25 OOV tokens per step to train it.
+    oov_history_share: float = 0.02
     num_threads: int = 2  # torch intra-op threads (2-core machines)
     log_every: int = 25
 
@@ -210,6 +258,15 @@ class ExperimentConfig:
             ("loss.tau", self.loss.tau > 0, "must be > 0"),
             ("train.steps", self.train.steps >= 1, "must be >= 1"),
             ("data.num_train_candidates", self.data.num_train_candidates >= 2, "must be >= 2"),
+            ("data.num_hard_negatives", 0 <= self.data.num_hard_negatives < self.data.num_train_candidates,
+             "must be in [0, num_train_candidates)"),
+            ("data.train_cuts_per_epoch", self.data.train_cuts_per_epoch >= 1, "must be >= 1"),
+            ("loss.engagement_pair_weight", 0.0 <= self.loss.engagement_pair_weight <= 1.0, "must be in [0, 1]"),
+            ("train.oov_history_share", 0.0 <= self.train.oov_history_share < 1.0, "must be in [0, 1)"),
+            ("train.patience", self.train.patience >= 1, "must be >= 1"),
+            ("train.eval_every", self.train.eval_every >= 0 and (self.train.eval_every > 0
+                                                                 or not self.train.early_stopping),
+             "must be >= 0, and > 0 when train.early_stopping"),
         ]
         for name, ok, msg in checks:
             if not ok:
@@ -251,8 +308,13 @@ def _from_dict(kind, raw: dict[str, Any], prefix: str):
 
 def preset(name: str) -> ExperimentConfig:
     """Named presets: `small` (CPU default, trains in minutes on 2 cores) and `paper`."""
+    # early_stopping per preset: small (the README's quickstart, ~2 minutes) and tiny (the test
+    # suite's shared run) keep a fixed budget so their time and output do not depend on when a
+    # validation curve flattens; paper stops on validation.
     if name == "small":
-        return ExperimentConfig(name="small").validate()
+        cfg = ExperimentConfig(name="small")
+        cfg.train.early_stopping, cfg.train.eval_every = False, 0
+        return cfg.validate()
     if name == "tiny":  # test-suite size
         cfg = ExperimentConfig(name="tiny")
         cfg.data.num_users, cfg.data.num_ads, cfg.data.num_contents = 300, 200, 100
@@ -261,6 +323,7 @@ def preset(name: str) -> ExperimentConfig:
         cfg.model.d_model = cfg.model.d_task = 32
         cfg.train.steps, cfg.train.batch_size, cfg.train.lr = 240, 32, 5e-3
         cfg.tokenizer.codebook_size = 8
+        cfg.train.early_stopping, cfg.train.eval_every = False, 0
         return cfg.validate()
     if name == "paper":
         cfg = ExperimentConfig(name="paper")
@@ -273,6 +336,7 @@ def preset(name: str) -> ExperimentConfig:
         cfg.tokenizer.codebook_size = 256
         cfg.data.num_users, cfg.data.num_ads, cfg.data.num_contents = 20000, 20000, 10000
         cfg.data.sessions_per_user = (40, 400)
+        cfg.train.steps, cfg.train.eval_every = 20000, 500  # maximum budget; stops on validation
         return cfg.validate()
     raise ConfigError(f"unknown preset {name!r}: choose small, tiny or paper")
 

@@ -24,7 +24,8 @@ What each piece does (see `oneranker.train.train` for the loop):
   initial parameters are broadcast at construction. Parameters that receive no gradient under the
   config's ablation switches are detected with one probe backward on the first batch
   (find_unused_parameters only then). Buffers are constant item tables: not re-broadcast.
-* `RankBucketSampler`: every rank draws the SAME length bucket at each step (one shared stream)
+* `RankBucketSampler` (benchmarks; training uses `pipeline.EpochSampler`, which splits global
+  batches by rank the same way): every rank draws the SAME length bucket at each step (one shared stream)
   and its OWN examples from it (a per-rank stream), so all ranks run the same padded shape per
   step (no rank waits for a longer bucket) and see different data. `train.batch_size` is the
   per-process batch: the global batch is batch_size x world_size.
@@ -241,11 +242,15 @@ class Prefetcher:
     """Assembles `count` batches in a background thread, `depth` ahead of the training loop.
 
     Batches are padded to their length bucket when `pin_shapes` (fixed shapes per bucket), else
-    to the batch's longest history; pinned (page-locked) on CUDA and copied non-blocking."""
+    to the batch's longest history; pinned (page-locked) on CUDA and copied non-blocking.
+    `make_batch(index, step, buckets)` builds a batch (default: `to_batch` of `arrays`); the
+    i-th batch gets step = start_step + i (per-step candidate draws are seeded by it)."""
 
     def __init__(self, arrays: dict, sampler: BucketSampler, count: int, device: torch.device,
-                 buckets=None, pin_shapes: bool = False, depth: int = 3):
+                 buckets=None, pin_shapes: bool = False, depth: int = 3, make_batch=None, start_step: int = 0):
         self.arrays, self.sampler, self.count = arrays, sampler, count
+        self.make_batch = make_batch or (lambda index, step, bk: to_batch(arrays, index, bk))
+        self.start_step = start_step
         self.device = device
         self.buckets = list(buckets) if (pin_shapes and buckets) else None
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
@@ -258,9 +263,9 @@ class Prefetcher:
 
     def _run(self) -> None:
         try:
-            for _ in range(self.count):
+            for i in range(self.count):
                 index = self.sampler.next()
-                batch = to_batch(self.arrays, index, self.buckets)
+                batch = self.make_batch(index, self.start_step + i, self.buckets)
                 if self.device.type == "cuda":
                     batch = {k: v.pin_memory() for k, v in batch.items()}
                 while not self._stop.is_set():

@@ -49,17 +49,21 @@ def slate_value(scores: np.ndarray, ecpm: np.ndarray, gmv: np.ndarray, k: int = 
 
 
 @torch.no_grad()
-def score_split(model, prep: Prepared, split: str = "test", batch_size: int = 128) -> dict[str, np.ndarray]:
-    arrays = sample_arrays(prep, prep.splits[split])
+def score_split(model, prep: Prepared, split: str = "test", batch_size: int = 128,
+                arrays: dict | None = None) -> dict[str, np.ndarray]:
+    """Scores [S, n] of every scorer on `split` (the model runs on its own device; pass the
+    split's `sample_arrays` as `arrays` to reuse them across calls)."""
+    arrays = sample_arrays(prep, prep.splits[split]) if arrays is None else arrays
     n = len(prep.splits[split])
     rank_scores, gen_scores = [], []
     model.eval()
+    device = next(model.parameters()).device
     for start in range(0, n, batch_size):
         index = np.arange(start, min(n, start + batch_size))
-        batch = to_batch(arrays, index, prep.cfg.serve.length_buckets)
+        batch = {k: v.to(device) for k, v in to_batch(arrays, index, prep.cfg.serve.length_buckets).items()}
         out = model(batch)
-        rank_scores.append(out["scores"].numpy())
-        gen_scores.append(model.generation_scores(out["encoding"].level_logits, batch["cand_sids"]).numpy())
+        rank_scores.append(out["scores"].cpu().numpy())
+        gen_scores.append(model.generation_scores(out["encoding"].level_logits, batch["cand_sids"]).cpu().numpy())
     samples = prep.splits[split]
     return {
         "ranking": np.concatenate(rank_scores),
@@ -79,6 +83,19 @@ def evaluate(model, prep: Prepared, split: str = "test") -> dict[str, dict[str, 
             row.update(slate_value(scores, samples.candidate_ecpm, samples.candidate_gmv))
         table[name] = row
     return table
+
+
+def final_scorer(model) -> str:
+    """The scorer a configuration serves: the ranker's scores, or the generation score without it."""
+    return "ranking" if model.cfg.use_ranker else "generation"
+
+
+def validation_metric(model, prep: Prepared, metric: str, arrays: dict | None = None) -> float:
+    """`metric` (a `ranking_metrics` key, e.g. HR@5) of the final scorer on the valid split:
+    the early-stopping criterion."""
+    scores = score_split(model, prep, "valid", arrays=arrays)[final_scorer(model)]
+    ks = tuple(sorted(set(KS) | {int(metric.split("@")[1])})) if "@" in metric else KS
+    return ranking_metrics(scores, ks=ks)[metric]
 
 
 def format_table(table: dict[str, dict[str, float]], columns=None) -> str:

@@ -12,17 +12,38 @@ def mtp_loss(path_logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return -(path_logp * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def bpr_loss(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None,
-             weight_by_gap: bool = False) -> torch.Tensor:
-    """Pairwise BPR over every ordered pair (a, b) of a candidate set with value_a > value_b:
-    mean of -log sigmoid(s_a - s_b). scores, values [B, n]; mask [B, n] bool for padded slots."""
+def bpr_pair_weights(engaged: torch.Tensor, values: torch.Tensor, value_known: torch.Tensor,
+                     engagement_weight: float, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Weights of the ordered pairs (a, b) ("a should score above b") of the two BPR families.
+
+    engaged [B, n] bool: the user engaged with the candidate (the logged positive, column 0);
+    values [B, n] expected eCPM; value_known [B] bool: the source knows the expected eCPM of
+    this row's candidates (synthetic ground truth); mask [B, n] bool: real (not padded) slots.
+    -> {"engagement": [B, n, n], "value": [B, n, n]}: each family's weights sum to its share,
+    `engagement_weight` and 1 - engagement_weight, spread evenly over its pairs in the batch
+    (each family normalised by its own pair count). An empty family gets no weight: without
+    known values (real sources) the engagement family carries all of it, and vice versa.
+    """
+    valid = torch.ones_like(engaged) if mask is None else mask
+    ok = valid.unsqueeze(2) & valid.unsqueeze(1)
+    eng = engaged.unsqueeze(2) & ~engaged.unsqueeze(1) & ok
+    val = (values.unsqueeze(2) > values.unsqueeze(1)) & ok & value_known.view(-1, 1, 1)
+    eng, val = eng.to(values.dtype), val.to(values.dtype)
+    n_eng, n_val = eng.sum(), val.sum()
+    # tensor-valued choices (no host sync on GPU): an empty family hands its share to the other
+    w_eng = torch.where(n_val > 0, n_val.new_tensor(engagement_weight), n_val.new_tensor(1.0))
+    w_val = torch.where(n_eng > 0, n_eng.new_tensor(1.0 - engagement_weight), n_eng.new_tensor(1.0))
+    return {"engagement": eng * (w_eng / n_eng.clamp(min=1.0)),
+            "value": val * (w_val / n_val.clamp(min=1.0))}
+
+
+def bpr_loss(scores: torch.Tensor, engaged: torch.Tensor, values: torch.Tensor, value_known: torch.Tensor,
+             engagement_weight: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Two-family pairwise BPR: sum over ordered pairs of weight(a, b) * -log sigmoid(s_a - s_b)
+    with `bpr_pair_weights` (scores [B, n]; other arguments as there)."""
+    w = bpr_pair_weights(engaged, values, value_known, engagement_weight, mask)
     diff = scores.unsqueeze(2) - scores.unsqueeze(1)  # [B, n, n] s_a - s_b
-    gap = values.unsqueeze(2) - values.unsqueeze(1)
-    pairs = gap > 0
-    if mask is not None:
-        pairs = pairs & mask.unsqueeze(2) & mask.unsqueeze(1)
-    weight = pairs.to(scores.dtype) * (gap.clamp(min=0) if weight_by_gap else 1.0)
-    return -(torch.nn.functional.logsigmoid(diff) * weight).sum() / weight.sum().clamp(min=1e-12)
+    return -(torch.nn.functional.logsigmoid(diff) * (w["engagement"] + w["value"])).sum()
 
 
 def dc_loss(rank_scores: torch.Tensor, gen_logp: torch.Tensor, tau: float,

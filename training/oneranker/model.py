@@ -14,6 +14,17 @@ depth, K codes per level (padded to the largest level), H = number of task token
       Step 3  R-Decoder, [T_r ; candidates] cross-attend kv, candidates mutually invisible
                                                    -> scores [B, n]
 
+History tokens: hist_sids[b, j] is an item's semantic-ID path, or the OOV path [K] * D for an item
+the model does not know (`OneRanker.oov_code` = K = tokenizer.max_codes: one reserved row per
+level in `sid_emb`, trained by replacing `train.oov_history_share` of history items). Generation
+and candidates never use it (level logits have K codes).
+
+Ablations change the graph, not only the losses: use_fake_items=False builds no fake tokens and no
+centroid-derived item features (no `fake_proj`, `target_*`, `fake_centroids`,
+`level_code_features`: the level logits are e_task . code_emb only); use_task_decoupling=False
+builds one task token and one head projection (`task_head` etc. with a head axis of 1) whose
+level logits are copied to all H heads.
+
 Semantic-ID generation: logits of level l given the prefix p_<l are
     level_logits[b, h, l, :] + sum_{m<l} transitions[l, m, p_m, :]
 (`transition_tables()`, [D, D, K, K], batch independent), so beam search needs no extra graph.
@@ -246,10 +257,14 @@ class OneRanker(nn.Module):
         self.feature_cardinality = max(data.profile_cardinality, data.context_cardinality)
         H = cfg.num_task_tokens
         self.num_heads_gen = H
+        # per-head parameters exist once per head only with task decoupling ("w/o MDA": one)
+        Hp = H if cfg.use_task_decoupling else 1
+        self.oov_code = K  # reserved history code at every level (row K of each level's block)
 
-        # token embeddings (Step 1 and candidate items share the semantic-ID tables)
+        # token embeddings (Step 1 and candidate items share the semantic-ID tables); K + 1 rows
+        # per level: the K codes and the OOV code
         self.feature_emb = nn.Embedding(self.num_prefix * self.feature_cardinality, d)
-        self.sid_emb = nn.Embedding(D * K, d)
+        self.sid_emb = nn.Embedding(D * (K + 1), d)
         self.action_emb = nn.Embedding(NUM_ACTIONS, d)
         self.time_emb = nn.Embedding(cfg.time_buckets, d)
         self.g_layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.g_layers))
@@ -257,22 +272,25 @@ class OneRanker(nn.Module):
 
         # Step 2
         self.task_tokens = nn.Parameter(torch.randn(cfg.num_task_tokens if cfg.use_task_decoupling else 1, d) * 0.02)
-        self.register_buffer("fake_centroids", fake_item_centroids.float().clone())
-        self.fake_proj = nn.Linear(fake_item_centroids.shape[1], d)
+        k = cfg.num_fake_items if cfg.use_fake_items else 0  # target channel width
+        if cfg.use_fake_items:
+            self.register_buffer("fake_centroids", fake_item_centroids.float().clone())
+            self.fake_proj = nn.Linear(fake_item_centroids.shape[1], d)
         self.h_layers = nn.ModuleList(HeteroDecoderLayer(cfg) for _ in range(cfg.h_layers))
         self.h_norm = nn.LayerNorm(d)
-        k = cfg.num_fake_items
-        self.task_head = nn.Parameter(torch.randn(H, d, cfg.d_task) / d**0.5)  # per-head e_task
-        self.target_a = nn.Parameter(torch.randn(H, d, d) / d**0.5)  # MLP([h_T; h_F]) layer 1
-        self.target_b = nn.Parameter(torch.randn(H, d, d) / d**0.5)
-        out_dim = k if cfg.target_channel == "sum_vectors" else 1
-        self.target_out = nn.Parameter(torch.randn(H, d, out_dim) / d**0.5 / k)
+        self.task_head = nn.Parameter(torch.randn(Hp, d, cfg.d_task) / d**0.5)  # per-head e_task
+        if cfg.use_fake_items:
+            self.target_a = nn.Parameter(torch.randn(Hp, d, d) / d**0.5)  # MLP([h_T; h_F]) layer 1
+            self.target_b = nn.Parameter(torch.randn(Hp, d, d) / d**0.5)
+            out_dim = k if cfg.target_channel == "sum_vectors" else 1
+            self.target_out = nn.Parameter(torch.randn(Hp, d, out_dim) / d**0.5 / k)
         d_user = cfg.d_task + k
-        self.level_query = nn.Parameter(torch.randn(D, d_user, cfg.d_task + k) / d_user**0.5)
+        self.level_query = nn.Parameter(torch.randn(D, d_user, d_user) / d_user**0.5)
         self.code_emb = nn.Parameter(torch.randn(D, K, cfg.d_task) * 0.1)
         self.code_bias = nn.Parameter(torch.zeros(D, K))
         self.transition = nn.Parameter(torch.zeros(D, D, cfg.d_task, cfg.d_task))
-        self.register_buffer("level_code_features", level_code_features.float().clone())
+        if cfg.use_fake_items:
+            self.register_buffer("level_code_features", level_code_features.float().clone())
         valid = torch.zeros(D, K, dtype=torch.bool)
         for level, size in enumerate(level_sizes):
             valid[level, :size] = True
@@ -292,8 +310,8 @@ class OneRanker(nn.Module):
     # -- embeddings -------------------------------------------------------------------------
 
     def embed_sids(self, sids: torch.Tensor) -> torch.Tensor:
-        """[..., D] codes -> [..., d] sum of level embeddings."""
-        offsets = torch.arange(self.depth, device=sids.device) * self.codes
+        """[..., D] codes (0..K-1, or K = OOV) -> [..., d] sum of level embeddings."""
+        offsets = torch.arange(self.depth, device=sids.device) * (self.codes + 1)
         return self.sid_emb(sids + offsets).sum(-2)
 
     # -- Step 1 + Step 2 + KV ---------------------------------------------------------------
@@ -334,36 +352,46 @@ class OneRanker(nn.Module):
         h2 = self.h_norm(q)
         level_logits = self._level_logits(h2, num_task)
 
-        # KV pass-through: concat(H1, H2) + segment embedding, projected once per R-layer
+        kv, kv_valid = self.kv_from(h1, h2, key_valid)
+        return UserEncoding(level_logits=level_logits, kv=kv, kv_valid=kv_valid, h1=h1, h2=h2)
+
+    def kv_from(self, h1: torch.Tensor, h2: torch.Tensor, key_valid: torch.Tensor):
+        """KV pass-through: concat(H1 [B,N,d], H2 [B,T2,d]) + segment embedding, projected once
+        per R-layer -> kv [B, 2R, S, d], kv_valid [B, S] (H2 masked out under use_h2_in_kv=False
+        or use_generation=False). key_valid [B, N] marks H1's real tokens."""
+        cfg, b = self.cfg, h1.shape[0]
         memory = torch.cat([h1 + self.segment_emb.weight[0], h2 + self.segment_emb.weight[1]], dim=1)
         memory = self.kv_norm(memory)
         kv = torch.cat([proj(memory).view(b, -1, 2, cfg.d_model).permute(0, 2, 1, 3) for proj in self.kv_proj], dim=1)
-        h2_valid = torch.full((b, h2.shape[1]), cfg.use_h2_in_kv and cfg.use_generation, device=x.device)
-        kv_valid = torch.cat([key_valid, h2_valid], dim=1)
-        return UserEncoding(level_logits=level_logits, kv=kv, kv_valid=kv_valid, h1=h1, h2=h2)
+        h2_valid = torch.full((b, h2.shape[1]), cfg.use_h2_in_kv and cfg.use_generation, device=h1.device)
+        return kv, torch.cat([key_valid, h2_valid], dim=1)
 
     def _level_logits(self, h2: torch.Tensor, num_task: int) -> torch.Tensor:
-        """Dual-channel user vector per head -> [B, H, D, K] prefix-free level logits."""
+        """Dual-channel user vector per head -> [B, H, D, K] prefix-free level logits.
+
+        Hp = H head projections (1 without task decoupling: the single head's logits are
+        repeated for all H heads); without fake items the user vector is e_task alone and the
+        item side code_emb alone (no centroid-derived feature anywhere)."""
         cfg, H = self.cfg, self.num_heads_gen
-        task_out = h2[:, :num_task]
-        if num_task == 1:  # w/o task decoupling: one shared task token feeds every head
-            task_out = task_out.expand(-1, H, -1)
-        e_task = torch.einsum("bhd,hde->bhe", task_out, self.task_head)  # [B, H, d_task]
+        task_out = h2[:, :num_task]  # [B, Hp, d]
+        e_task = torch.einsum("bhd,hde->bhe", task_out, self.task_head)  # [B, Hp, d_task]
         if cfg.use_fake_items:
             fake_out = h2[:, num_task:]  # [B, k, d]
-            a = torch.einsum("bhd,hde->bhe", task_out, self.target_a).unsqueeze(2)  # [B,H,1,d]
-            f = torch.einsum("bld,hde->bhle", fake_out, self.target_b)  # [B,H,k,d]
-            per_fake = torch.einsum("bhle,heo->bhlo", F.silu(a + f), self.target_out)  # [B,H,k,o]
+            a = torch.einsum("bhd,hde->bhe", task_out, self.target_a).unsqueeze(2)  # [B,Hp,1,d]
+            f = torch.einsum("bld,hde->bhle", fake_out, self.target_b)  # [B,Hp,k,d]
+            per_fake = torch.einsum("bhle,heo->bhlo", F.silu(a + f), self.target_out)  # [B,Hp,k,o]
             if cfg.target_channel == "sum_vectors":
-                s_target = per_fake.sum(2)  # [B, H, k]
+                s_target = per_fake.sum(2)  # [B, Hp, k]
             else:
-                s_target = per_fake.squeeze(-1)  # [B, H, k]
+                s_target = per_fake.squeeze(-1)  # [B, Hp, k]
+            e_user = torch.cat([e_task, s_target], dim=-1)  # [B, Hp, d_task + k]
+            item_side = torch.cat([self.code_emb, self.level_code_features], dim=-1)  # [D, K, d_task + k]
         else:
-            s_target = e_task.new_zeros(e_task.shape[0], H, cfg.num_fake_items)
-        e_user = torch.cat([e_task, s_target], dim=-1)  # [B, H, d_task + k]
-        query = torch.einsum("bhu,luv->bhlv", e_user, self.level_query)  # [B, H, D, d_task + k]
-        item_side = torch.cat([self.code_emb, self.level_code_features], dim=-1)  # [D, K, d_task + k]
+            e_user, item_side = e_task, self.code_emb
+        query = torch.einsum("bhu,luv->bhlv", e_user, self.level_query)  # [B, Hp, D, d_user]
         logits = torch.einsum("bhlv,lkv->bhlk", query, item_side) + self.code_bias
+        if logits.shape[1] != H:  # w/o MDA: one head's logits serve every head
+            logits = logits.expand(-1, H, -1, -1)
         return logits.masked_fill(~self.code_valid, NEG_INF)
 
     def transition_tables(self) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Dataset -> splits -> semantic IDs -> item tables -> padded sample tensors -> model.
 
 `prepare(cfg)` is the single entry every stage (train, evaluate, export, serve) starts from, so
-they all see the same items, codes and tokenization.
+they all see the same items, codes and tokenization. Training batches: `EpochSampler` (which
+cut points, rotating per epoch) -> `TrainBatcher` (per-step candidates and OOV replacement).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def sample_arrays(prep: Prepared, samples: Samples) -> dict[str, np.ndarray]:
         "cand_attrs": cand_attrs,
         "cand_bid": cand_bid,
         "cand_values": samples.candidate_values.astype(np.float32),
+        "cand_value_known": np.full(len(samples), ds.ground_truth is not None),
         "head_paths": head_paths.astype(np.int64),
         "head_valid": head_valid,
     }
@@ -161,3 +163,111 @@ class BucketSampler:
 
     def padding_fraction(self) -> float:
         return 1.0 - self.tokens / max(1, self.padded)
+
+
+class EpochSampler:
+    """Bucketed batches over a rotating subset of training cut points (one epoch at a time).
+
+    Cut points = rows of the train `Samples` (every positive before the validation target). Each
+    user's cut points get one seeded permutation; epoch e takes the ones at permutation ranks
+    e*k, ..., e*k + k - 1 (mod the user's count), k = `cuts_per_epoch`, so successive epochs walk
+    through all of them and an epoch has sum_u min(k, n_u) samples. An epoch's samples are
+    shuffled, grouped by history-length bucket and cut into global batches of batch_size * world
+    (a bucket's last partial batch too), whose order is shuffled; rank r takes rows r::world of
+    each global batch, so every rank runs the same bucket at every step. Deterministic in `seed`.
+    """
+
+    def __init__(self, users: np.ndarray, lengths: np.ndarray, buckets, batch_size: int, cuts_per_epoch: int,
+                 seed: int, rank: int = 0, world: int = 1):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.rank, self.world = rank, world
+        self.which = np.searchsorted(np.asarray(list(buckets)), lengths)
+        rng = np.random.default_rng([seed, 0x657063])
+        order = np.lexsort((rng.random(users.size), users))  # by user, then a random key
+        counts = np.bincount(users)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.rank_in_user = np.empty(users.size, dtype=np.int64)
+        self.rank_in_user[order] = np.arange(users.size) - first[users[order]]
+        self.user_count = counts[users]
+        self.k = cuts_per_epoch
+        self.epoch = -1
+        self.queue: list[np.ndarray] = []
+        self.tokens = self.padded = 0
+
+    def epoch_members(self, epoch: int) -> np.ndarray:
+        """Sample indices of `epoch`'s rotating subset."""
+        start = (epoch * self.k) % self.user_count
+        return np.flatnonzero((self.rank_in_user - start) % self.user_count < np.minimum(self.k, self.user_count))
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, 0x657063, self.epoch + 1])
+        members = rng.permutation(self.epoch_members(self.epoch))
+        size = self.batch_size * self.world
+        batches = []
+        for b in np.unique(self.which[members]):
+            group = members[self.which[members] == b]
+            batches += [group[i:i + size] for i in range(0, group.size, size) if group[i:i + size].size >= self.world]
+        self.queue = [batches[i] for i in rng.permutation(len(batches))]
+
+    def next(self) -> np.ndarray:
+        while not self.queue:
+            self._next_epoch()
+        index = self.queue.pop(0)[self.rank::self.world]
+        self.tokens += int(self.lengths[index].sum())
+        self.padded += int(self.lengths[index].max()) * len(index)
+        return index
+
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / max(1, self.padded)
+
+
+_FIXED_CANDIDATE_KEYS = ("cand_sids", "cand_attrs", "cand_bid", "cand_values")
+
+
+class TrainBatcher:
+    """make_batch(index, step, buckets) for training: `to_batch` of the train arrays, plus
+
+    * candidates redrawn for this step (`data.negatives.NegativeSampler`): cand_sids [B,n,D],
+      cand_attrs [B,n,2], cand_bid [B,n], cand_values [B,n] (expected eCPM, 0 where unknown),
+      cand_engaged [B,n] bool (column 0, the logged positive), cand_value_known [B] bool;
+    * the OOV replacement: each real history position is, with probability `oov_share`,
+      replaced by the OOV path [oov_code] * D (its action and time are kept: the event happened,
+      only the item is unknown).
+    Both are seeded by (seed, step): reproducible, different between steps."""
+
+    def __init__(self, prep: Prepared, arrays: dict[str, np.ndarray], seed: int, oov_share: float, oov_code: int):
+        from .data.negatives import NegativeSampler
+
+        self.prep, self.seed = prep, seed
+        self.arrays = {k: v for k, v in arrays.items() if k not in _FIXED_CANDIDATE_KEYS}
+        self.negatives = NegativeSampler(prep.dataset, prep.cfg.data, seed)
+        self.oov_share, self.oov_code = oov_share, oov_code
+
+    def candidates(self, index: np.ndarray, step: int) -> np.ndarray:
+        return self.negatives.draw(index, step)
+
+    def __call__(self, index: np.ndarray, step: int, buckets=None) -> dict[str, torch.Tensor]:
+        batch = to_batch(self.arrays, index, buckets)
+        ds, tables = self.prep.dataset, self.prep.tables
+        cands = self.candidates(index, step)
+        cand_sids, cand_attrs, cand_bid = tables.candidate_features(cands)
+        if ds.ground_truth is not None:
+            users = np.repeat(self.negatives.users[index], cands.shape[1])
+            values = ds.ground_truth.expected_ecpm(users, cands.ravel(), ds.catalog).reshape(cands.shape)
+        else:
+            values = np.zeros(cands.shape)
+        engaged = np.zeros(cands.shape, dtype=bool)
+        engaged[:, 0] = True
+        batch.update(cand_sids=torch.from_numpy(np.ascontiguousarray(cand_sids)),
+                     cand_attrs=torch.from_numpy(np.ascontiguousarray(cand_attrs)),
+                     cand_bid=torch.from_numpy(np.ascontiguousarray(cand_bid)),
+                     cand_values=torch.from_numpy(values.astype(np.float32)),
+                     cand_engaged=torch.from_numpy(engaged))
+        if self.oov_share > 0:
+            rng = np.random.default_rng([self.seed, step, 0x6F6F76])
+            length = batch["hist_actions"].shape[1]
+            real = np.arange(length)[None, :] < batch["hist_len"].numpy()[:, None]
+            hit = torch.from_numpy((rng.random(real.shape) < self.oov_share) & real)
+            batch["hist_sids"] = batch["hist_sids"].masked_fill(hit.unsqueeze(-1), self.oov_code)
+        return batch

@@ -108,7 +108,7 @@ class Samples:
     target: np.ndarray  # [S] int64 ad_idx of the logged positive (click/conversion)
     head_targets: np.ndarray  # [S, num_task_tokens] int64 ad_idx per MTP head, -1 = none
     candidates: np.ndarray  # [S, n] int64 ad_idx, candidates[:, 0] == target, no duplicates
-    candidate_values: np.ndarray  # [S, n] float32 BPR ordering label (see LossConfig)
+    candidate_values: np.ndarray  # [S, n] float32 value-pair BPR label (= candidate_ecpm, see LossConfig)
     candidate_ecpm: np.ndarray  # [S, n] float32 expected eCPM (0 where unknown)
     candidate_gmv: np.ndarray  # [S, n] float32 expected GMV or real revenue (0 where unknown)
 

@@ -5,8 +5,9 @@ in log order (the log is sorted by (user, timestamp) stably; this is checked).
 
 * test target  = the user's last positive row;
 * valid target = the user's second-to-last positive row;
-* train targets = up to `max_train_samples_per_user` positives before the valid target, the
-  latest ones (positives 3rd-, 4th-, ... from the end).
+* train targets = every positive before the valid target (positives 3rd-, 4th-, ... from the
+  end): the pool of training cut points; training draws a rotating subset of
+  `train_cuts_per_epoch` of them per user and epoch (`pipeline.EpochSampler`).
 
 A user with fewer than 2 positives yields no sample at all (and all of their rows count as
 training rows, see `training_rows_mask`: there is no evaluation target of theirs to leak).
@@ -37,11 +38,12 @@ always equal the target.
 Candidates: [S, n], n = num_train_candidates (train) or num_eval_candidates (valid/test);
 column 0 = target, the others are drawn uniformly without replacement from all other ads
 (Floyd's algorithm, vectorised over rows; deterministic in `seed`; columns 1.. are shuffled).
+These are the fixed evaluation candidates (paper protocol); training does not use the train
+split's fixed ones but redraws candidates at every step (`data.negatives.NegativeSampler`).
 candidate_ecpm / candidate_gmv = ground-truth expected eCPM / GMV of (user, candidate) when the
 dataset has ground truth, else 0 (no counterfactual values exist on real logs).
-candidate_values (BPR ordering label, [#19]): sampled candidates carry candidate_ecpm; the target
-carries candidate_ecpm[target] + max(candidate_ecpm of the row) + 1, strictly above every
-sampled candidate (observed engagement beats counterfactual expected value).
+candidate_values = candidate_ecpm, the value-pair label of BPR (`losses.bpr_pair_weights`); the
+engagement label is the column (column 0 = the logged positive).
 """
 
 from __future__ import annotations
@@ -198,8 +200,6 @@ def _build(ds: Dataset, cfg: DataConfig, name: str, target_rows: np.ndarray, lim
         gmv = np.zeros(cands.shape)
     ecpm = ecpm.astype(np.float32)
     values = ecpm.copy()
-    if values.size:
-        values[:, 0] = ecpm[:, 0] + ecpm.max(axis=1) + np.float32(1.0)
     return Samples(
         user=users.astype(np.int64),
         hist_start=hist_start,
@@ -223,7 +223,7 @@ def split_target_rows(ds: Dataset, cfg: DataConfig) -> dict[str, tuple[np.ndarra
     log = ds.log
     ok = counts[pos_user] >= 2
     has_hist = log.timestamp[pos_rows] > log.timestamp[log.user_slices()[pos_user]]
-    tr = ok & has_hist & (rev >= 2) & (rev < 2 + cfg.max_train_samples_per_user)
+    tr = ok & has_hist & (rev >= 2)
     va = ok & has_hist & (rev == 1)
     te = ok & has_hist & (rev == 0)
     return {
