@@ -56,7 +56,7 @@ def _with_oov(batch: dict, code: int) -> dict:
 
 def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_prep, tmp_path):
     import onnxruntime as ort
-    from oneranker_build.export import export_onnx
+    from oneranker_build.export import export_level_logit_graphs
 
     cat = tiny_prep.dataset.catalog
     batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
@@ -66,7 +66,7 @@ def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_pr
     enc = out["encoding"]
     assert torch.isfinite(enc.level_logits[enc.level_logits > -1e8]).all() and torch.isfinite(out["scores"]).all()
     assert not torch.allclose(plain["scores"], out["scores"])  # the token is read, not ignored
-    export_onnx(model, tmp_path, cat.num_advertisers, cat.num_categories, tiny_cfg.model.max_history)
+    export_level_logit_graphs(model, tmp_path, cat.num_advertisers, cat.num_categories, tiny_cfg.model.max_history)
     names = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
     sess = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
     feeds = {n: oov[n].numpy() for n in names}
@@ -77,3 +77,21 @@ def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_pr
     scores = ranker.run(None, {"kv": kv, "hist_len": oov["hist_len"].numpy(), "cand_sids": oov["cand_sids"].numpy(),
                                "cand_attrs": oov["cand_attrs"].numpy(), "cand_bid": oov["cand_bid"].numpy()})[0]
     np.testing.assert_allclose(scores, out["scores"].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_oov_history_runs_through_the_served_generation_graph(tiny_run, tiny_export, tiny_prep):
+    """The graphs the fused model serves (beam search inside) accept the OOV code in a history and
+    answer like the PyTorch module on the same tokens."""
+    import onnxruntime as ort
+
+    model = tiny_run.model
+    batch = _with_oov(to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(3)), model.oov_code)
+    names = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
+    feeds = {n: batch[n].numpy() for n in names}
+    feeds.update(beam_width=np.full(3, 8), num_candidates=np.full(3, 20), exclude_idx=np.full((3, 1), -1))
+    sess = ort.InferenceSession(str(tiny_export / "export" / "generation.onnx"), providers=["CPUExecutionProvider"])
+    cand_idx, cand_logp, _, kv = sess.run(None, feeds)
+    assert (cand_idx[:, 0] >= 0).all() and np.isfinite(cand_logp[cand_idx >= 0]).all()
+    with torch.no_grad():
+        enc = model.encode_user(*(batch[n] for n in names))
+    np.testing.assert_allclose(kv, enc.kv.numpy(), rtol=1e-4, atol=1e-4)
