@@ -171,7 +171,7 @@ def test_perf_analyzer_suite_short_run(served_repository, run_requests, tmp_path
     proc = subprocess.run(
         [sys.executable, "-m", "oneranker_perf.perf_analyzer_suite", "--url", served_repository.grpc_url,
          "--model", "oneranker", "--input-data", str(data), "--concurrency", "1", "--out", str(out),
-         "--measurement-interval", "1000", "--stability-percentage", "50", "--max-trials", "3",
+         "--measurement-interval", "1000", "--stability-percentage", "50", "--max-trials", "5", "--retry-unstable", "2",
          "--client-cpus", client_cpu, "--note", "Compute floor: test line."],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
