@@ -23,8 +23,9 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def as_oneranker_error(exc: BaseException) -> OneRankerError:
         return exc
     # tritonclient.utils.InferenceServerException: message() + status(); imported lazily so that
     # this helper (and the retry policy) work without touching grpc.
-    if hasattr(exc, "message") and callable(getattr(exc, "message")) and hasattr(exc, "status"):
+    if hasattr(exc, "message") and callable(exc.message) and hasattr(exc, "status"):
         msg = exc.message() or str(exc)
         return OneRankerError(str(msg), _status_name(exc.status()))
     if hasattr(exc, "code") and hasattr(exc, "details") and callable(exc.details):  # grpc.RpcError
@@ -180,7 +181,7 @@ class RecommendRequest:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RecommendRequest":
+    def from_json(cls, data: Mapping[str, Any]) -> RecommendRequest:
         """From a JSON object (e.g. one line of a requests JSONL). Unknown keys are an error."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a request must be a JSON object, got {type(data).__name__}")
@@ -397,7 +398,7 @@ class OneRankerClient(_ClientOptions):
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "OneRankerClient":
+    def __enter__(self) -> OneRankerClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -515,7 +516,7 @@ class AsyncOneRankerClient(_ClientOptions):
             await self._client.close()
             self._client = None
 
-    async def __aenter__(self) -> "AsyncOneRankerClient":
+    async def __aenter__(self) -> AsyncOneRankerClient:
         self._aio()
         return self
 

@@ -77,7 +77,7 @@ class TensorSpec:
     def wire_dtype(self) -> str:
         return TRITON_TO_WIRE[self.dtype]
 
-    def resolve(self, dims: "ContractDims") -> "TensorSpec":
+    def resolve(self, dims: ContractDims) -> TensorSpec:
         return TensorSpec(self.name, self.dtype, tuple(dims.value(d) for d in self.dims), self.meaning,
                           self.optional, self.reshape)
 
@@ -95,7 +95,7 @@ class ModelSpec:
     def output(self, name: str) -> TensorSpec:
         return next(t for t in self.outputs if t.name == name)
 
-    def resolve(self, dims: "ContractDims") -> "ModelSpec":
+    def resolve(self, dims: ContractDims) -> ModelSpec:
         return ModelSpec(self.name, tuple(t.resolve(dims) for t in self.inputs),
                          tuple(t.resolve(dims) for t in self.outputs), self.doc)
 

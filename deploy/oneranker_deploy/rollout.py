@@ -73,8 +73,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported lazily: `latest`/`promote`/`retire`/`load` start in ~0.1 s
     from oneranker.config import ExperimentConfig
@@ -112,7 +113,7 @@ def _models() -> dict:
     return MODELS
 
 
-def config_preset(name: str) -> "ExperimentConfig":
+def config_preset(name: str) -> ExperimentConfig:
     from oneranker.config import preset
 
     return preset(name)

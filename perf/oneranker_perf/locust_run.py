@@ -21,9 +21,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["LocustSummary", "parse_run_time", "read_stats", "run", "main"]
 

@@ -25,8 +25,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from oneranker_client import contract
 from oneranker_client.client import RecommendRequest, request_arrays

@@ -15,8 +15,8 @@ Usage::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 __all__ = ["perf_analyzer_command", "perf_analyzer_dir", "find_perf_analyzer"]
 

@@ -29,9 +29,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["LevelResult", "machine_description", "parse_pa_csv", "run_level", "run_suite", "main"]
 

@@ -26,10 +26,10 @@ from .topology_bench import bench_requests, machine, paired_comparison, reproduc
 
 def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency: int, concurrency: int,
         seconds: float, n_requests: int, command: str = "") -> dict:
-    from oneranker_serving import artifacts
     from oneranker_build.render import RenderSettings, render_repository
-    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
+    from oneranker_serving import artifacts
+    from oneranker_serving.local_server import TritonServer
 
     cfg, _, reqs = bench_requests(run_dir, n_requests)
     info = artifacts.read_export_info(export_dir)

@@ -36,8 +36,8 @@ def floor_note(run_dir: Path, requests_jsonl: Path) -> str:
 
 
 def main(argv=None) -> int:
-    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
+    from oneranker_serving.local_server import TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, required=True)

@@ -267,12 +267,12 @@ def bench_requests(run_dir: Path, n_requests: int) -> tuple:
 
 def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
         n_requests: int, command: str = "") -> dict:
-    from oneranker_serving.tokenize import bucket_for
     from oneranker.reference import load_reference
-    from oneranker_serving import artifacts
-    from oneranker_serving.local_server import TritonServer
     from oneranker_client import contract
     from oneranker_client.client import OneRankerClient
+    from oneranker_serving import artifacts
+    from oneranker_serving.local_server import TritonServer
+    from oneranker_serving.tokenize import bucket_for
 
     cfg, raw, reqs = bench_requests(run_dir, n_requests)
     info = artifacts.read_export_info(repository / contract.FUSED_MODEL / "1" / "artifacts")
@@ -404,7 +404,7 @@ def where_the_time_goes(results: dict) -> list[str]:
              "composing model.", "",
              "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, t in paths.items():
+    for t in paths.values():
         st = t["c1"].get("stages") or {}
         if not st:
             continue

@@ -30,7 +30,7 @@ class ServeConfig:
         return int(self.length_buckets[-1])
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ServeConfig":
+    def from_dict(cls, raw: dict) -> ServeConfig:
         """From `export_info.json`'s "serve" block; fields added later keep their defaults."""
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         if "length_buckets" in known:

@@ -37,8 +37,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 __all__ = [
     "BOOTSTRAP_HINT",
@@ -168,7 +168,7 @@ def find_free_port(exclude: Sequence[int] = ()) -> int:
 def _tail(path: Path | None, n: int = 60) -> str:
     if path is None or not Path(path).exists():
         return "(no log)"
-    with open(path, "r", errors="replace") as f:
+    with open(path, errors="replace") as f:
         return "".join(deque(f, maxlen=n))
 
 
@@ -181,7 +181,7 @@ def _error_lines(path: Path | None, limit: int = 15, width: int = 600) -> list[s
     if path is None or not Path(path).exists():
         return []
     found: list[str] = []
-    with open(path, "r", errors="replace") as f:
+    with open(path, errors="replace") as f:
         for line in f:
             if (line[:1] == "E" and line[1:5].isdigit()) or "Failed to initialize" in line:
                 if not any(h in line for h in _HARMLESS):
@@ -318,7 +318,7 @@ class TritonServer:
         return cmd
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         if self.is_running():
             raise RuntimeError(f"tritonserver already running (pid {self.pid})")
         if not self.model_repository.is_dir():
@@ -375,7 +375,7 @@ class TritonServer:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
-        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
             return -1
 
     def _wait(self, path: str, what: str, timeout: float) -> None:
@@ -393,14 +393,14 @@ class TritonServer:
                 )
             time.sleep(0.1)
 
-    def wait_ready(self, timeout: float | None = None) -> "TritonServer":
+    def wait_ready(self, timeout: float | None = None) -> TritonServer:
         """Poll ``/v2/health/ready``; RuntimeError (with the log tail) if the process dies."""
         self._wait("/v2/health/ready", "ready", self.ready_timeout if timeout is None else timeout)
         return self
 
     def wait_model_ready(
         self, name: str, timeout: float | None = None, version: str | int | None = None
-    ) -> "TritonServer":
+    ) -> TritonServer:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
         self._wait(
             f"{path}/ready",
@@ -448,7 +448,7 @@ class TritonServer:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         try:
             self.wait_ready()

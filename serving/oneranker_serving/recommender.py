@@ -156,7 +156,7 @@ class Recommender:
             results[p.slot] = out
         return results
 
-    def recommend_parsed(self, parsed: list["Parsed"], times: StageTimes | None = None) -> list[Response | RequestError]:
+    def recommend_parsed(self, parsed: list[Parsed], times: StageTimes | None = None) -> list[Response | RequestError]:
         """Validated, tokenized requests -> responses (generate once, select per request, rank once)."""
         times = times if times is not None else StageTimes()
         if not parsed:

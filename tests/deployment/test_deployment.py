@@ -31,15 +31,15 @@ import stat
 import subprocess
 import sys
 import threading
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
-from oneranker.config import ExperimentConfig, PRESETS, preset
-from oneranker_deploy import rollout as deploy
+from oneranker.config import PRESETS, ExperimentConfig, preset
 from oneranker_client import contract, defaults
+from oneranker_deploy import rollout as deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -114,17 +114,17 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def env_example() -> dict[str, str]:
     return _env_file(ENV_EXAMPLE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compose_raw() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compose() -> dict:
     """The compose file as `docker compose --env-file deploy/.env.example config` would see it."""
     return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), env_example()))
@@ -134,7 +134,7 @@ def services() -> dict:
     return compose()["services"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def k8s_docs() -> list[tuple[Path, dict]]:
     docs = []
     for path in sorted(K8S_DIR.glob("*.yaml")):
@@ -1030,7 +1030,7 @@ def _subcommand(key: str, args: list[str]) -> list[str]:
 USAGES = collect_usages()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tritonserver_help() -> str:
     from oneranker_serving import local_server as ts
 
@@ -1111,7 +1111,7 @@ def help_text(key: str) -> str:
     raise LookupError(f"{head} is not installed here (GPU-host tool)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def all_help() -> dict[str, str | Exception]:
     """Every help text: subprocesses in a pool, in-process ones (not thread-safe) meanwhile."""
     def one(key):

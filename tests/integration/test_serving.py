@@ -12,9 +12,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from oneranker_serving.recommender import Request
-from oneranker_serving import artifacts
 from oneranker_client import contract
+from oneranker_serving import artifacts
+from oneranker_serving.recommender import Request
 
 pytestmark = pytest.mark.triton
 
@@ -256,9 +256,9 @@ def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, i
             placeholder_cfg[placeholder_cfg.index("input ["):placeholder_cfg.index("instance_group")]
     server = _serve(repo, tmp_path / "trt.log")
     try:
-        from oneranker.cli import example_request
-
         from conftest import request_dict
+
+        from oneranker.cli import example_request
 
         for row in range(0, 40, 8):
             req = request_dict(example_request(tiny_run.prep, row))
@@ -276,10 +276,10 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
     import json
     import time
 
+    from conftest import request_dict
+
     from oneranker.cli import example_request
     from oneranker_build.render import RenderSettings, render_repository
-
-    from conftest import request_dict
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
     settings = RenderSettings(max_batch_size=1, max_queue_size=1, max_queue_delay_us=0)
@@ -320,10 +320,10 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
     import json
     import time
 
+    from conftest import request_dict
+
     from oneranker.cli import example_request
     from oneranker_build.render import CascadeExports, render_repository
-
-    from conftest import request_dict
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
     halves = tiny_export / "export_cascade"

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oneranker_serving import local_server as ts
 from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
+from oneranker_serving import local_server as ts
 
 pytestmark = pytest.mark.triton
 

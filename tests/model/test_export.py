@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from oneranker_build.export import (
-    GeneratorGraph, example_candidates, example_generator_inputs,
+    GeneratorGraph,
+    example_candidates,
+    example_generator_inputs,
 )
-from oneranker_serving.runners.onnxruntime import OrtRunner
 from oneranker_client import contract
+from oneranker_serving.runners.onnxruntime import OrtRunner
 
 SCORE_TOL = 1e-4
 

@@ -56,6 +56,7 @@ def _with_oov(batch: dict, code: int) -> dict:
 
 def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_prep, tmp_path):
     import onnxruntime as ort
+
     from oneranker_build.export import export_level_logit_graphs
 
     cat = tiny_prep.dataset.catalog

@@ -6,10 +6,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from oneranker_serving.triton import arrays
-from oneranker_serving import artifacts
 from oneranker_build.render import RenderError, fill
 from oneranker_client import contract
+from oneranker_serving import artifacts
+from oneranker_serving.triton import arrays
 
 
 def _parse(path):

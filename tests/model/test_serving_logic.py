@@ -8,11 +8,9 @@ import pytest
 
 from oneranker.cli import example_request
 from oneranker.pipeline import sample_arrays
-from oneranker_serving.triton import arrays
-from oneranker_serving import artifacts
-from oneranker_serving.triton import batching
-from oneranker_serving.triton import codec
 from oneranker_client import contract
+from oneranker_serving import artifacts
+from oneranker_serving.triton import arrays, batching, codec
 
 
 def test_raw_events_tokenize_like_training(tiny_run, tiny_export):

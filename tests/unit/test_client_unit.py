@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -213,8 +214,8 @@ def test_backoff_is_capped_and_errors_convert():
 
 
 def test_client_against_a_closed_port_raises_unavailable_after_retries():
-    from oneranker_serving.local_server import find_free_port
     from oneranker_client import OneRankerClient
+    from oneranker_serving.local_server import find_free_port
 
     client = OneRankerClient(f"127.0.0.1:{find_free_port()}", timeout_s=5, retries=1, backoff_s=0.01)
     with pytest.raises(OneRankerError) as err:
@@ -383,7 +384,7 @@ def test_locust_run_helpers(tmp_path):
 
     assert locust_run.parse_run_time("10s") == 10 and locust_run.parse_run_time("1m30s") == 90
     assert locust_run.parse_run_time("7") == 7
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError):
         locust_run.parse_run_time("ten")
     prefix = tmp_path / "locust"
     cols = "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time," \

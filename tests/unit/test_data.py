@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from oneranker.config import ACTION_CLICK, ACTION_CONVERSION, ACTION_CONTENT_VIEW, AD_ACTIONS
+from oneranker.config import ACTION_CLICK, ACTION_CONTENT_VIEW, ACTION_CONVERSION, AD_ACTIONS
 from oneranker.data import make_splits, make_synthetic, popularity_scores, training_rows_mask
 from oneranker.data.schema import Dataset, EventLog
 from oneranker.data.splits import split_target_rows

@@ -71,7 +71,7 @@ class CascadeRun:
     def ranker_dir(self) -> Path:
         return self.run_dir / RANKER
 
-    def recommender(self) -> "CascadeRecommender":
+    def recommender(self) -> CascadeRecommender:
         prep = self.generator["prep"]
         return CascadeRecommender(self.generator["model"], self.ranker["model"], prep.sids, prep.tables,
                                   self.generator["prep"].cfg)

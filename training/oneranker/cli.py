@@ -239,8 +239,9 @@ def main(argv=None) -> int:
     build_cli.register(sub, _common, _config, _run_dir)
 
     args = parser.parse_args(argv)
-    from .config import ConfigError
     from oneranker_serving.tokenize import RequestError
+
+    from .config import ConfigError
 
     try:
         return args.func(args)

@@ -24,7 +24,7 @@ class Prepared:
     cfg: ExperimentConfig
     dataset: Dataset
     splits: dict[str, Samples]
-    sids: "object"  # tokenizer.SemanticIds
+    sids: object  # tokenizer.SemanticIds
     tables: ItemTables
     popularity: np.ndarray  # [A] training-portion positive counts
 

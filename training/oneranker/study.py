@@ -290,9 +290,9 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
     -> {"candidates" [S, n] ad_idx (generation order, -1 pad), "slate" [S, SLATE_K]}."""
     import torch
 
-    from .pipeline import sample_arrays, to_batch
     from oneranker_serving.selection import beam_search, merge_candidates, top_k
 
+    from .pipeline import sample_arrays, to_batch
     from .reference import generation_tables
 
     cfg = prep.cfg
@@ -323,7 +323,7 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
                 cs, ca, cb = prep.tables.candidate_features(block)
                 scores = rank_model.rank(renc.kv, renc.kv_valid, torch.from_numpy(cs), torch.from_numpy(ca),
                                          torch.from_numpy(cb)).float().numpy()
-            for r, (ads, lp, _) in enumerate(selected):
+            for r, (ads, _lp, _) in enumerate(selected):
                 if rank_model is None:
                     best = np.arange(min(SLATE_K, len(ads)))  # merge order = generation log-prob
                 else:
@@ -372,7 +372,7 @@ def catalogue_metrics(result: dict[str, np.ndarray], prep, split: str, price: np
 
 
 def source_config(preset_name: str, source: str, seed: int, steps: int | None, threads: int,
-                  max_users: int | None) -> "object":
+                  max_users: int | None) -> object:
     """The study's config of one (source, seed): the preset, the source, seeded model/tokenizer
     (data seed fixed at 0), and the documented per-source adjustments."""
     from .config import preset
@@ -904,7 +904,7 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         f"(slate_HR@{SLATE_K}, slate_eCPM/eGMV@{SLATE_K} from the ground truth, slate_rGMV@{SLATE_K} realized). "
         "CIs: 95% percentile bootstrap over test users (per-user values averaged over seeds); differences are paired.")
     add("")
-    for s, res in zip(summaries, results):
+    for s in summaries:
         add(f"## Source: {s['source']}")
         add("")
         if s["skipped"]:

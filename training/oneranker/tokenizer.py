@@ -413,7 +413,7 @@ class SemanticIds:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SemanticIds":
+    def load(cls, directory: str | Path) -> SemanticIds:
         directory = Path(directory)
         meta = json.loads((directory / _META_FILE).read_text())
         arrays = load_file(str(directory / _ARRAYS_FILE))

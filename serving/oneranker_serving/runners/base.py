@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
+
 class KVPool:
     """Reusable KV buffers keyed by shape; each acquire hands out a buffer no one else holds."""
 

@@ -51,12 +51,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from oneranker_serving.selection import stream_matrix
+from oneranker_serving.tables import GenerationTables
+
 from .. import losses
 from ..config import ACTION_CLICK, ExperimentConfig
 from ..data import movielens as ml
 from ..data.schema import Catalog, Dataset, EventLog
-from oneranker_serving.selection import stream_matrix
-from oneranker_serving.tables import GenerationTables
 from .hstu import _fast_bias_tables
 
 INTEREST_HEADS_WITH_TARGETS = (0, 1, 2, 3)  # click-funnel heads; 4, 5 (conversion) get none here

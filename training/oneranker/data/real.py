@@ -85,13 +85,12 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
-from ..files import file_sha256
 from ..config import (
     ACTION_CLICK,
     ACTION_CONTENT_VIEW,
@@ -100,6 +99,7 @@ from ..config import (
     ConfigError,
     DataConfig,
 )
+from ..files import file_sha256
 from .schema import Catalog, Dataset, EventLog
 
 __all__ = [
@@ -133,7 +133,7 @@ class DataFormatError(ConfigError):
     line 1; exact unless a quoted field spans lines), the record number for Parquet; None when the
     problem is not one row (e.g. a column missing from the header/schema)."""
 
-    def __init__(self, file, row: Optional[int], column: Optional[str], message: str):
+    def __init__(self, file, row: int | None, column: str | None, message: str):
         self.file, self.row, self.column, self.message = str(file), row, column, message
         where = [self.file]
         if row is not None:
@@ -628,9 +628,9 @@ class Interactions:
     user: np.ndarray  # [E] str user ids
     item: np.ndarray  # [E] str item ids
     timestamp: np.ndarray  # [E] int64 seconds
-    action: Optional[np.ndarray]  # [E] int64 config.ACTION_* or None (no action column)
-    value: Optional[np.ndarray]  # [E] float64 >= 0 or None
-    category: Optional[np.ndarray]  # [E] str or None
+    action: np.ndarray | None  # [E] int64 config.ACTION_* or None (no action column)
+    value: np.ndarray | None  # [E] float64 >= 0 or None
+    category: np.ndarray | None  # [E] str or None
     rows: np.ndarray  # [E] int64 1-based row (line) numbers, for messages
     duplicates_dropped: int = 0
 

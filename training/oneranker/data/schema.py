@@ -11,8 +11,8 @@ namespaces (the action code tells which one an event refers to).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -87,8 +87,8 @@ class Dataset:
     name: str
     catalog: Catalog
     log: EventLog
-    ground_truth: Optional[GroundTruth] = None
-    context: Optional[np.ndarray] = None  # [E, num_context_features] int64 per event (C tokens)
+    ground_truth: GroundTruth | None = None
+    context: np.ndarray | None = None  # [E, num_context_features] int64 per event (C tokens)
     label_sources: dict[str, str] = field(default_factory=dict)  # label -> real | proxy | simulated
 
 
@@ -115,5 +115,5 @@ class Samples:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
-    def subset(self, index: np.ndarray) -> "Samples":
+    def subset(self, index: np.ndarray) -> Samples:
         return Samples(**{k: v[index] for k, v in self.__dict__.items()})
