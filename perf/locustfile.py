@@ -67,8 +67,9 @@ def load_inputs(path: Path = REQUESTS_PATH) -> list:
     global _INPUTS
     if _INPUTS is None:
         if not path.is_file():
-            raise FileNotFoundError(f"ONERANKER_REQUESTS={path} does not exist "
-                                    "(make it with python -m oneranker_perf.make_inputs)")
+            raise FileNotFoundError(
+                f"ONERANKER_REQUESTS={path} does not exist (make it with python -m oneranker_perf.make_inputs)"
+            )
         reqs = []
         for line in path.read_text().splitlines():
             if line.strip():
@@ -99,8 +100,11 @@ def write_final_csv(environment) -> None:
     from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
     writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
-    for suffix, write in (("stats", writer.requests_csv), ("failures", writer.failures_csv),
-                          ("exceptions", writer.exceptions_csv)):
+    for suffix, write in (
+        ("stats", writer.requests_csv),
+        ("failures", writer.failures_csv),
+        ("exceptions", writer.exceptions_csv),
+    ):
         with open(f"{prefix}_{suffix}.csv", "w", newline="") as f:
             write(csv.writer(f))
 

@@ -1,11 +1,11 @@
 """Session fixtures: data is built, a model trained, exported and served ONCE per test session.
 
-    tiny_prep          the `tiny` preset's dataset, splits and semantic IDs
-    tiny_run           a trained tiny run directory (+ its model, prep and training summary)
-    tiny_cascade       the cascade baseline on the same data and semantic IDs (short: 12 steps each)
-    tiny_export        ONNX graphs + generation tables of that run (and of the cascade's two runs)
-    tiny_repository    rendered onnxruntime Triton repository (with `oneranker_cascade`)
-    served_repository  a real tritonserver on free ports serving it (grpc_url, run_dir, requests)
+tiny_prep          the `tiny` preset's dataset, splits and semantic IDs
+tiny_run           a trained tiny run directory (+ its model, prep and training summary)
+tiny_cascade       the cascade baseline on the same data and semantic IDs (short: 12 steps each)
+tiny_export        ONNX graphs + generation tables of that run (and of the cascade's two runs)
+tiny_repository    rendered onnxruntime Triton repository (with `oneranker_cascade`)
+served_repository  a real tritonserver on free ports serving it (grpc_url, run_dir, requests)
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def served_repository(tiny_run, tiny_repository, tmp_path_factory):
         n = len(tiny_run.prep.splits["test"])
         rows = np.linspace(0, n - 1, num=min(n, 24)).astype(int)
         requests = [request_dict(example_request(tiny_run.prep, int(r))) for r in rows]
-        yield Served(server.grpc_url, server.http_url, server.metrics_url, tiny_run.run_dir, tiny_repository,
-                     requests, server)
+        yield Served(
+            server.grpc_url, server.http_url, server.metrics_url, tiny_run.run_dir, tiny_repository, requests, server
+        )
     finally:
         server.stop()

@@ -36,8 +36,9 @@ def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     print(f"[build] exporting ONNX graphs of {run_dir} ...", flush=True)
-    info = export_level_logit_graphs(model, export_dir, manifest["num_advertisers"], manifest["num_categories"],
-                                     cfg.model.max_history)
+    info = export_level_logit_graphs(
+        model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history
+    )
     tables = tables_from_run(run_dir, sids)
     if beam_search_graphs:
         info.update(export_beam_search_graphs(model, sids, tables, export_dir, cfg.model.max_history))
@@ -45,13 +46,22 @@ def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True)
     dims = dims_for(model)
     info = write_export_info(export_dir, manifest, info, dims, cfg)
     graphs = [g for g in ("generation", "ranking", "generator", "ranker") if f"{g}_bytes" in info]
-    print("[build] " + ", ".join(f"{g}.onnx {info[f'{g}_bytes'] / 1e6:.2f} MB ({info[f'{g}_export_s']:.1f}s)"
-                                 for g in graphs), flush=True)
+    print(
+        "[build] "
+        + ", ".join(f"{g}.onnx {info[f'{g}_bytes'] / 1e6:.2f} MB ({info[f'{g}_export_s']:.1f}s)" for g in graphs),
+        flush=True,
+    )
     return info, dims, manifest, cfg
 
 
-def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KIND_CPU",
-          cascade_run: Path | None = None, max_queue_delay_us: int | None = None) -> dict:
+def build(
+    run_dir: Path,
+    out: Path,
+    engines: list[str],
+    instance_kind: str = "KIND_CPU",
+    cascade_run: Path | None = None,
+    max_queue_delay_us: int | None = None,
+) -> dict:
     """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine.
     `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`."""
     import torch
@@ -74,13 +84,22 @@ def build(run_dir: Path, out: Path, engines: list[str], instance_kind: str = "KI
         settings = RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU")
         if max_queue_delay_us is not None:
             settings.max_queue_delay_us = max_queue_delay_us
-        repo = render_repository(Path(out) / "export", Path(out) / engine, engine, dims, manifest["checkpoint_sha256"],
-                                 settings=settings, default_topology=default_topology(engine),
-                                 cascade=cascade if engine != "tensorrt" else None)
+        repo = render_repository(
+            Path(out) / "export",
+            Path(out) / engine,
+            engine,
+            dims,
+            manifest["checkpoint_sha256"],
+            settings=settings,
+            default_topology=default_topology(engine),
+            cascade=cascade if engine != "tensorrt" else None,
+        )
         rendered[engine] = str(repo)
-        print(f"[build] rendered {engine} repository -> {repo}"
-              + (" (with the cascade baseline oneranker_cascade)" if cascade and engine != "tensorrt" else ""),
-              flush=True)
+        print(
+            f"[build] rendered {engine} repository -> {repo}"
+            + (" (with the cascade baseline oneranker_cascade)" if cascade and engine != "tensorrt" else ""),
+            flush=True,
+        )
         if engine == "tensorrt":
             from .tensorrt_build import TensorRTUnavailable, build_plans
 
@@ -107,22 +126,42 @@ def register(sub, common, make_config, run_dir_of) -> None:
     p = sub.add_parser("build", help="export ONNX graphs and render Triton model repositories")
     common(p)
     p.add_argument("--engine", default="onnxruntime", choices=BUILDABLE + ("tensorrt", "all"))
-    p.add_argument("--out", type=Path, default=ARTIFACTS / "model_repository",
-                   help="output folder; repositories land in OUT/<engine>/")
-    p.add_argument("--instance-kind", default="KIND_CPU", choices=("KIND_CPU", "KIND_GPU"),
-                   help="instance kind of the torch engine's models (KIND_GPU: PyTorch on CUDA)")
-    p.add_argument("--cascade-run", type=Path,
-                   help="a `oneranker train-cascade` run dir: also serve the cascade baseline as oneranker_cascade")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ARTIFACTS / "model_repository",
+        help="output folder; repositories land in OUT/<engine>/",
+    )
+    p.add_argument(
+        "--instance-kind",
+        default="KIND_CPU",
+        choices=("KIND_CPU", "KIND_GPU"),
+        help="instance kind of the torch engine's models (KIND_GPU: PyTorch on CUDA)",
+    )
+    p.add_argument(
+        "--cascade-run",
+        type=Path,
+        help="a `oneranker train-cascade` run dir: also serve the cascade baseline as oneranker_cascade",
+    )
 
-    p.add_argument("--max-queue-delay-us", type=_non_negative_int,
-                   help="dynamic batching wait per model (default 500: highest throughput; 100 cut the fused "
-                        "path's concurrency-1 p50 by 13%% for 4%% less throughput, perf/results/queue_delay)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=_non_negative_int,
+        help="dynamic batching wait per model (default 500: highest throughput; 100 cut the fused "
+        "path's concurrency-1 p50 by 13%% for 4%% less throughput, perf/results/queue_delay)",
+    )
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
         engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
-        build(run_dir_of(args, cfg), args.out, engines, instance_kind=args.instance_kind, cascade_run=args.cascade_run,
-              max_queue_delay_us=args.max_queue_delay_us)
+        build(
+            run_dir_of(args, cfg),
+            args.out,
+            engines,
+            instance_kind=args.instance_kind,
+            cascade_run=args.cascade_run,
+            max_queue_delay_us=args.max_queue_delay_us,
+        )
         return 0
 
     p.set_defaults(func=cmd_build)
@@ -143,12 +182,20 @@ def register(sub, common, make_config, run_dir_of) -> None:
         if not (repo / "oneranker" / "config.pbtxt").exists():
             raise FileNotFoundError(f"{repo} has no rendered repository; run `oneranker build --engine {args.engine}`")
         args.log_file.parent.mkdir(parents=True, exist_ok=True)
-        server = TritonServer(repo, grpc_port=args.grpc_port, http_port=args.http_port,
-                              metrics_port=args.metrics_port, log_file=args.log_file)
+        server = TritonServer(
+            repo,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            log_file=args.log_file,
+        )
         server.start()
         server.wait_ready(120)
-        print(f"tritonserver ready: grpc {server.grpc_url} http {server.http_url} metrics {server.metrics_url} "
-              f"(log {args.log_file}); Ctrl-C stops it", flush=True)
+        print(
+            f"tritonserver ready: grpc {server.grpc_url} http {server.http_url} metrics {server.metrics_url} "
+            f"(log {args.log_file}); Ctrl-C stops it",
+            flush=True,
+        )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -203,8 +250,13 @@ def serve_and_query(run_dir: Path, repo: Path, keep: bool, started: float) -> in
         server.wait_ready(120)
         print(f"[serve] tritonserver ready: grpc {server.grpc_url} (log {log})", flush=True)
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        arrays = {"user_features": req.user_features, "item_ids": req.item_ids, "actions": req.actions,
-                  "timestamps": req.timestamps, "request_time": np.array([req.request_time])}
+        arrays = {
+            "user_features": req.user_features,
+            "item_ids": req.item_ids,
+            "actions": req.actions,
+            "timestamps": req.timestamps,
+            "request_time": np.array([req.request_time]),
+        }
         inputs = []
         for spec in contract.PUBLIC.inputs:
             if spec.name in arrays:
@@ -213,15 +265,20 @@ def serve_and_query(run_dir: Path, repo: Path, keep: bool, started: float) -> in
                 tensor.set_data_from_numpy(value)
                 inputs.append(tensor)
         result = client.infer(contract.PUBLIC_MODEL, inputs)
-        served = {"item_ids": result.as_numpy("rec_item_ids")[0].tolist(),
-                  "scores": [round(float(x), 6) for x in result.as_numpy("rec_scores")[0]]}
+        served = {
+            "item_ids": result.as_numpy("rec_item_ids")[0].tolist(),
+            "scores": [round(float(x), 6) for x in result.as_numpy("rec_scores")[0]],
+        }
         print("\n| rank | served item | served score | reference item | reference score |")
         print("|---|---|---|---|---|")
         for i, (a, b) in enumerate(zip(served["item_ids"], served["scores"])):
             print(f"| {i + 1} | {a} | {b:.6f} | {reference['item_ids'][i]} | {reference['scores'][i]:.6f} |")
         same = served["item_ids"] == reference["item_ids"]
-        print(f"\nserved top-k {'equals' if same else 'DIFFERS FROM'} the in-process PyTorch reference; "
-              f"main job took {time.time() - started:.0f}s", flush=True)
+        print(
+            f"\nserved top-k {'equals' if same else 'DIFFERS FROM'} the in-process PyTorch reference; "
+            f"main job took {time.time() - started:.0f}s",
+            flush=True,
+        )
         if keep:
             print("server left running; stop it with Ctrl-C", flush=True)
             while server.is_live():

@@ -68,8 +68,9 @@ class GenerationGraph(nn.Module):
         self.model = model
         self.search = TrieBeamSearch(FactorizedDecoder(torch.from_numpy(gen.transitions), streams), gen.trie_children)
 
-    def forward(self, user_features, hist_sids, hist_actions, hist_dt, hist_len, beam_width, num_candidates,
-                exclude_idx):
+    def forward(
+        self, user_features, hist_sids, hist_actions, hist_dt, hist_len, beam_width, num_candidates, exclude_idx
+    ):
         enc = self.model.encode_user(user_features, hist_sids, hist_actions, hist_dt, hist_len)
         cand_idx, cand_logp, cand_stream = self.search(enc.level_logits, beam_width, num_candidates, exclude_idx)
         return cand_idx, cand_logp, cand_stream, enc.kv
@@ -108,8 +109,9 @@ class RankingGraph(nn.Module):
 
 def dims_for(model) -> contract.ContractDims:
     cfg = model.cfg
-    return contract.ContractDims(F=model.num_prefix, D=model.depth, K=model.codes, H=cfg.num_task_tokens,
-                                 R2=2 * cfg.r_layers, DM=cfg.d_model)
+    return contract.ContractDims(
+        F=model.num_prefix, D=model.depth, K=model.codes, H=cfg.num_task_tokens, R2=2 * cfg.r_layers, DM=cfg.d_model
+    )
 
 
 def example_generator_inputs(model, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -131,8 +133,13 @@ def example_candidates(model, batch: int, n: int, num_advertisers: int, num_cate
     g = torch.Generator().manual_seed(seed + 1)
     return {
         "cand_sids": torch.randint(0, 2, (batch, n, model.depth), generator=g),
-        "cand_attrs": torch.stack([torch.randint(0, num_advertisers, (batch, n), generator=g),
-                                   torch.randint(0, num_categories, (batch, n), generator=g)], -1),
+        "cand_attrs": torch.stack(
+            [
+                torch.randint(0, num_advertisers, (batch, n), generator=g),
+                torch.randint(0, num_categories, (batch, n), generator=g),
+            ],
+            -1,
+        ),
         "cand_bid": torch.rand(batch, n, generator=g) * 5,
     }
 
@@ -143,23 +150,37 @@ def _export(module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes,
     program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
     torch.export.save(program, str(path.with_suffix(".pt2")))
     onnx_program = torch.onnx.export(
-        program, args, dynamo=True, input_names=list(names_in), output_names=list(names_out),
-        opset_version=OPSET, external_data=False, verbose=False,
+        program,
+        args,
+        dynamo=True,
+        input_names=list(names_in),
+        output_names=list(names_out),
+        opset_version=OPSET,
+        external_data=False,
+        verbose=False,
     )
     onnx_program.save(str(path.with_suffix(".onnx")), external_data=False)
 
 
 def _dims(max_history: int) -> dict:
-    return {"B": torch.export.Dim("batch", min=1, max=1024), "L": torch.export.Dim("hist", min=1, max=max_history),
-            "N": torch.export.Dim("cands", min=1, max=4096),
-            "S": torch.export.Dim("kv_len", min=1, max=max_history + 4096),
-            "E": torch.export.Dim("excluded", min=1, max=65536)}
+    return {
+        "B": torch.export.Dim("batch", min=1, max=1024),
+        "L": torch.export.Dim("hist", min=1, max=max_history),
+        "N": torch.export.Dim("cands", min=1, max=4096),
+        "S": torch.export.Dim("kv_len", min=1, max=max_history + 4096),
+        "E": torch.export.Dim("excluded", min=1, max=65536),
+    }
 
 
 def _history_shapes(d: dict) -> dict:
     B, L = d["B"], d["L"]
-    return {"user_features": {0: B}, "hist_sids": {0: B, 1: L}, "hist_actions": {0: B, 1: L},
-            "hist_dt": {0: B, 1: L}, "hist_len": {0: B}}
+    return {
+        "user_features": {0: B},
+        "hist_sids": {0: B, 1: L},
+        "hist_actions": {0: B, 1: L},
+        "hist_dt": {0: B, 1: L},
+        "hist_len": {0: B},
+    }
 
 
 def _describe(out_dir: Path, names, info: dict) -> None:
@@ -171,8 +192,9 @@ def _describe(out_dir: Path, names, info: dict) -> None:
         info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
 
 
-def export_level_logit_graphs(model, out_dir: Path, num_advertisers: int, num_categories: int,
-                              max_history: int) -> dict:
+def export_level_logit_graphs(
+    model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int
+) -> dict:
     """generator.{pt2,onnx} (level logits + kv) and ranker.{pt2,onnx} (scores): the numpy beam
     search baseline's graphs, and the cascade's."""
     out_dir = Path(out_dir)
@@ -184,8 +206,14 @@ def export_level_logit_graphs(model, out_dir: Path, num_advertisers: int, num_ca
     info = {}
     t0 = time.time()
     gen_names = [t.name for t in contract.GENERATOR.inputs]
-    _export(GeneratorGraph(model), tuple(gen_in[k] for k in gen_names), gen_names,
-            [t.name for t in contract.GENERATOR.outputs], _history_shapes(d), out_dir / "generator")
+    _export(
+        GeneratorGraph(model),
+        tuple(gen_in[k] for k in gen_names),
+        gen_names,
+        [t.name for t in contract.GENERATOR.outputs],
+        _history_shapes(d),
+        out_dir / "generator",
+    )
     info["generator_export_s"] = time.time() - t0
     with torch.no_grad():
         _, kv = GeneratorGraph(model)(*(gen_in[k] for k in gen_names))
@@ -194,11 +222,20 @@ def export_level_logit_graphs(model, out_dir: Path, num_advertisers: int, num_ca
     rank_args = {"kv": kv, "hist_len": gen_in["hist_len"], **cands}
     t0 = time.time()
     B, N = d["B"], d["N"]
-    _export(RankerGraph(model), tuple(rank_args[k] for k in rank_names), rank_names,
-            [t.name for t in contract.RANKER.outputs],
-            {"kv": {0: B, 2: d["S"]}, "hist_len": {0: B}, "cand_sids": {0: B, 1: N}, "cand_attrs": {0: B, 1: N},
-             "cand_bid": {0: B, 1: N}},
-            out_dir / "ranker")
+    _export(
+        RankerGraph(model),
+        tuple(rank_args[k] for k in rank_names),
+        rank_names,
+        [t.name for t in contract.RANKER.outputs],
+        {
+            "kv": {0: B, 2: d["S"]},
+            "hist_len": {0: B},
+            "cand_sids": {0: B, 1: N},
+            "cand_attrs": {0: B, 1: N},
+            "cand_bid": {0: B, 1: N},
+        },
+        out_dir / "ranker",
+    )
     info["ranker_export_s"] = time.time() - t0
     _describe(out_dir, ("generator", "ranker"), info)
     info["opset"] = OPSET
@@ -214,27 +251,51 @@ def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: i
     d = _dims(max_history)
     B, N = d["B"], d["N"]
     info = {}
-    knobs = {"beam_width": torch.tensor([3, 2]), "num_candidates": torch.tensor([4, 6]),
-             "exclude_idx": torch.tensor([[0, -1], [-1, -1]])}
+    knobs = {
+        "beam_width": torch.tensor([3, 2]),
+        "num_candidates": torch.tensor([4, 6]),
+        "exclude_idx": torch.tensor([[0, -1], [-1, -1]]),
+    }
     gen_names = [t.name for t in contract.GENERATION.inputs]
     gen_args = tuple({**gen_in, **knobs}[k] for k in gen_names)
     generation = GenerationGraph(model, sids).eval()
     t0 = time.time()
-    _export(generation, gen_args, gen_names, [t.name for t in contract.GENERATION.outputs],
-            {**_history_shapes(d), "beam_width": {0: B}, "num_candidates": {0: B}, "exclude_idx": {0: B, 1: d["E"]}},
-            out_dir / "generation")
+    _export(
+        generation,
+        gen_args,
+        gen_names,
+        [t.name for t in contract.GENERATION.outputs],
+        {**_history_shapes(d), "beam_width": {0: B}, "num_candidates": {0: B}, "exclude_idx": {0: B, 1: d["E"]}},
+        out_dir / "generation",
+    )
     info["generation_export_s"] = time.time() - t0
     with torch.no_grad():
         cand_idx, cand_logp, cand_stream, kv = generation(*gen_args)
-    rank_args = {"kv": kv, "hist_len": gen_in["hist_len"], "cand_idx": cand_idx, "cand_logp": cand_logp,
-                 "cand_stream": cand_stream, "top_k": torch.tensor([2, 3])}
+    rank_args = {
+        "kv": kv,
+        "hist_len": gen_in["hist_len"],
+        "cand_idx": cand_idx,
+        "cand_logp": cand_logp,
+        "cand_stream": cand_stream,
+        "top_k": torch.tensor([2, 3]),
+    }
     rank_names = [t.name for t in contract.RANKING.inputs]
     t0 = time.time()
-    _export(RankingGraph(model, tables).eval(), tuple(rank_args[k] for k in rank_names), rank_names,
-            [t.name for t in contract.RANKING.outputs],
-            {"kv": {0: B, 2: d["S"]}, "hist_len": {0: B}, "cand_idx": {0: B, 1: N}, "cand_logp": {0: B, 1: N},
-             "cand_stream": {0: B, 1: N}, "top_k": {0: B}},
-            out_dir / "ranking")
+    _export(
+        RankingGraph(model, tables).eval(),
+        tuple(rank_args[k] for k in rank_names),
+        rank_names,
+        [t.name for t in contract.RANKING.outputs],
+        {
+            "kv": {0: B, 2: d["S"]},
+            "hist_len": {0: B},
+            "cand_idx": {0: B, 1: N},
+            "cand_logp": {0: B, 1: N},
+            "cand_stream": {0: B, 1: N},
+            "top_k": {0: B},
+        },
+        out_dir / "ranking",
+    )
     info["ranking_export_s"] = time.time() - t0
     _describe(out_dir, ("generation", "ranking"), info)
     return info
@@ -242,8 +303,10 @@ def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: i
 
 def write_generation_tables(model, sids, tables, out_dir: Path) -> None:
     """Everything the orchestrator needs beside the graphs, as one safetensors file."""
-    save_file(generation_table_arrays(generation_tables(model, sids), tables),
-              str(Path(out_dir) / "generation_tables.safetensors"))
+    save_file(
+        generation_table_arrays(generation_tables(model, sids), tables),
+        str(Path(out_dir) / "generation_tables.safetensors"),
+    )
 
 
 def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.ContractDims, cfg) -> dict:

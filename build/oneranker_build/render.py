@@ -78,8 +78,11 @@ def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool)
     entries = []
     for spec in specs:
         t = spec.resolve(dims)
-        lines = [f'    name: "{t.name}"', f"    data_type: {t.dtype}",
-                 "    dims: [ " + ", ".join(str(d) for d in t.dims) + " ]"]
+        lines = [
+            f'    name: "{t.name}"',
+            f"    data_type: {t.dtype}",
+            "    dims: [ " + ", ".join(str(d) for d in t.dims) + " ]",
+        ]
         if t.reshape is not None:
             lines.append("    reshape: { shape: [ " + ", ".join(str(d) for d in t.reshape) + " ] }")
         if section == "input" and t.optional:
@@ -140,17 +143,36 @@ def topology_steps(topology: str) -> list:
     if topology == "ensemble":
         gen_out = _internal(contract.GENERATOR.outputs)
         sel_out = _internal(contract.SELECT.outputs)
-        rank_in = {"kv": gen_out["kv"], "hist_len": pre_out["hist_len"],
-                   **{k: sel_out[k] for k in ("cand_sids", "cand_attrs", "cand_bid")}}
-        topk_in = {"scores": "_scores", "cand_item_ids": sel_out["cand_item_ids"], "cand_logp": sel_out["cand_logp"],
-                   "cand_head": sel_out["cand_head"], "options": pre_out["options"]}
+        rank_in = {
+            "kv": gen_out["kv"],
+            "hist_len": pre_out["hist_len"],
+            **{k: sel_out[k] for k in ("cand_sids", "cand_attrs", "cand_bid")},
+        }
+        topk_in = {
+            "scores": "_scores",
+            "cand_item_ids": sel_out["cand_item_ids"],
+            "cand_logp": sel_out["cand_logp"],
+            "cand_head": sel_out["cand_head"],
+            "options": pre_out["options"],
+        }
         return [
             preprocess,
-            (contract.GENERATOR_MODEL, contract.GENERATOR, {t.name: pre_out[t.name] for t in contract.GENERATOR.inputs},
-             gen_out),
-            (contract.SELECT_MODEL, contract.SELECT,
-             {"level_logits": gen_out["level_logits"], "options": pre_out["options"],
-              "exclude_idx": pre_out["exclude_idx"]}, sel_out),
+            (
+                contract.GENERATOR_MODEL,
+                contract.GENERATOR,
+                {t.name: pre_out[t.name] for t in contract.GENERATOR.inputs},
+                gen_out,
+            ),
+            (
+                contract.SELECT_MODEL,
+                contract.SELECT,
+                {
+                    "level_logits": gen_out["level_logits"],
+                    "options": pre_out["options"],
+                    "exclude_idx": pre_out["exclude_idx"],
+                },
+                sel_out,
+            ),
             (contract.RANKER_MODEL, contract.RANKER, rank_in, {"scores": "_scores"}),
             (contract.TOPK_MODEL, contract.TOPK, topk_in, public_out),
         ]
@@ -160,8 +182,10 @@ def topology_steps(topology: str) -> list:
 def _after_preprocess(model: str, spec: contract.ModelSpec) -> list:
     """Ensemble steps: the shared preprocess, then one fused-style model."""
     pre_out = _internal(contract.PREPROCESS.outputs)
-    return [(contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out),
-            (model, spec, pre_out, _identity(contract.PUBLIC.outputs))]
+    return [
+        (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out),
+        (model, spec, pre_out, _identity(contract.PUBLIC.outputs)),
+    ]
 
 
 def cascade_steps() -> list:
@@ -182,9 +206,10 @@ class CascadeExports:
     ranker: Path  # export dir of run_dir/ranker
 
     def checkpoints(self) -> str:
-        """"GENERATOR_SHA,RANKER_SHA": what the cascade model checks its artifacts against."""
-        return ",".join(json.loads((d / "export_info.json").read_text())["checkpoint_sha256"]
-                        for d in (self.generator, self.ranker))
+        """ "GENERATOR_SHA,RANKER_SHA": what the cascade model checks its artifacts against."""
+        return ",".join(
+            json.loads((d / "export_info.json").read_text())["checkpoint_sha256"] for d in (self.generator, self.ranker)
+        )
 
     def check_preprocess_compatible(self, export_dir: Path) -> None:
         """The cascade shares OneRanker's preprocess: same semantic IDs and item tables required."""
@@ -196,17 +221,25 @@ class CascadeExports:
                     raise RenderError(
                         f"cascade {half} {key} {info.get(key)!r} differs from the unified model's {unified.get(key)!r}: "
                         "train the cascade on the unified run's data and semantic IDs (`oneranker train-cascade "
-                        "--unified-run`)")
+                        "--unified-run`)"
+                    )
 
 
 TOPOLOGIES = ("fused", "bls", "ensemble")
 DEFAULT_TOPOLOGY = "fused"  # measured: perf/results/topology (highest saturated throughput, lowest latency)
 
 
-def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contract.ContractDims,
-                      checkpoint_sha256: str, settings: RenderSettings | None = None,
-                      default_topology: str = DEFAULT_TOPOLOGY,
-                      placeholder_engine: str | None = None, cascade: CascadeExports | None = None) -> Path:
+def render_repository(
+    export_dir: Path,
+    out_dir: Path,
+    engine: str,
+    dims: contract.ContractDims,
+    checkpoint_sha256: str,
+    settings: RenderSettings | None = None,
+    default_topology: str = DEFAULT_TOPOLOGY,
+    placeholder_engine: str | None = None,
+    cascade: CascadeExports | None = None,
+) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
     engine onnxruntime|torch: every model, all three topologies. engine tensorrt: generator and
@@ -220,9 +253,17 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
     if out_dir.exists():
         shutil.rmtree(out_dir)
     common = {"max_batch_size": s.max_batch_size, "contract_version": contract.CONTRACT_VERSION}
-    queue = {"dynamic_batching": fill(TEMPLATES / "dynamic_batching.pbtxt.tmpl", {
-        "max_queue_delay_us": s.max_queue_delay_us, "max_queue_size": s.max_queue_size,
-        "queue_timeout_us": s.queue_timeout_us}, keep_comments=False)}
+    queue = {
+        "dynamic_batching": fill(
+            TEMPLATES / "dynamic_batching.pbtxt.tmpl",
+            {
+                "max_queue_delay_us": s.max_queue_delay_us,
+                "max_queue_size": s.max_queue_size,
+                "queue_timeout_us": s.queue_timeout_us,
+            },
+            keep_comments=False,
+        )
+    }
     native_trt = engine == "tensorrt" and placeholder_engine is None
     runner_engine = placeholder_engine or engine
     topologies = ("bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
@@ -234,8 +275,10 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
         cascade.check_preprocess_compatible(export_dir)
 
     def blocks(spec, ragged: bool) -> dict:
-        return {"inputs": tensor_block("input", spec.inputs, dims, ragged=ragged),
-                "outputs": tensor_block("output", spec.outputs, dims, ragged=False)}
+        return {
+            "inputs": tensor_block("input", spec.inputs, dims, ragged=ragged),
+            "outputs": tensor_block("output", spec.outputs, dims, ragged=False),
+        }
 
     def write(model: str, values: dict, artifacts: bool, template: str | None = None, code: bool = True) -> None:
         folder = out_dir / values["name"]
@@ -249,51 +292,142 @@ def render_repository(export_dir: Path, out_dir: Path, engine: str, dims: contra
             shutil.copytree(export_dir, target)
 
     python_model = {**common, **queue, "checkpoint_sha256": checkpoint_sha256}
-    engine_model = {**python_model, "instance_kind": s.instance_kind, "engine": runner_engine,
-                    "intra_op_threads": s.intra_op_threads}
+    engine_model = {
+        **python_model,
+        "instance_kind": s.instance_kind,
+        "engine": runner_engine,
+        "intra_op_threads": s.intra_op_threads,
+    }
     transport = kv_transport(runner_engine, s.instance_kind)
     for topology in topologies:
         names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == default_topology else [])
         for name in names:
-            write(contract.PUBLIC_MODEL, {"name": name, **common, **blocks(contract.PUBLIC, False),
-                                          "steps": ensemble_steps(topology_steps(topology))}, artifacts=False)
-    write(contract.PREPROCESS_MODEL, {"name": contract.PREPROCESS_MODEL, **python_model,
-                                      "instance_count": s.preprocess_instances,
-                                      **blocks(contract.PREPROCESS, True)}, artifacts=True)
+            write(
+                contract.PUBLIC_MODEL,
+                {
+                    "name": name,
+                    **common,
+                    **blocks(contract.PUBLIC, False),
+                    "steps": ensemble_steps(topology_steps(topology)),
+                },
+                artifacts=False,
+            )
+    write(
+        contract.PREPROCESS_MODEL,
+        {
+            "name": contract.PREPROCESS_MODEL,
+            **python_model,
+            "instance_count": s.preprocess_instances,
+            **blocks(contract.PREPROCESS, True),
+        },
+        artifacts=True,
+    )
     if "fused" in topologies:
-        write(contract.FUSED_MODEL, {"name": contract.FUSED_MODEL, **engine_model, "system": "unified",
-                                     "beam_search": "graph", "request_format": "raw", "instance_count": s.recommender_instances,
-                                     **blocks(contract.FUSED, True)}, artifacts=True)
-        write(contract.FUSED_MODEL, {"name": contract.NUMPY_BEAM_MODEL, **engine_model, "system": "unified",
-                                     "beam_search": "numpy", "request_format": "tokens",
-                                     "instance_count": s.recommender_instances,
-                                     **blocks(contract.NUMPY_BEAM, True)}, artifacts=True)
-        write(contract.PUBLIC_MODEL, {"name": contract.NUMPY_BEAM_PUBLIC_MODEL, **common,
-                                      **blocks(contract.PUBLIC, False),
-                                      "steps": ensemble_steps(numpy_beam_steps())}, artifacts=False)
-    instances = {contract.GENERATOR_MODEL: s.generator_instances, contract.RANKER_MODEL: s.ranker_instances,
-                 contract.SELECT_MODEL: s.select_instances, contract.TOPK_MODEL: s.topk_instances}
+        write(
+            contract.FUSED_MODEL,
+            {
+                "name": contract.FUSED_MODEL,
+                **engine_model,
+                "system": "unified",
+                "beam_search": "graph",
+                "request_format": "raw",
+                "instance_count": s.recommender_instances,
+                **blocks(contract.FUSED, True),
+            },
+            artifacts=True,
+        )
+        write(
+            contract.FUSED_MODEL,
+            {
+                "name": contract.NUMPY_BEAM_MODEL,
+                **engine_model,
+                "system": "unified",
+                "beam_search": "numpy",
+                "request_format": "tokens",
+                "instance_count": s.recommender_instances,
+                **blocks(contract.NUMPY_BEAM, True),
+            },
+            artifacts=True,
+        )
+        write(
+            contract.PUBLIC_MODEL,
+            {
+                "name": contract.NUMPY_BEAM_PUBLIC_MODEL,
+                **common,
+                **blocks(contract.PUBLIC, False),
+                "steps": ensemble_steps(numpy_beam_steps()),
+            },
+            artifacts=False,
+        )
+    instances = {
+        contract.GENERATOR_MODEL: s.generator_instances,
+        contract.RANKER_MODEL: s.ranker_instances,
+        contract.SELECT_MODEL: s.select_instances,
+        contract.TOPK_MODEL: s.topk_instances,
+    }
     for spec in (contract.GENERATOR, contract.RANKER):
         if native_trt:
-            write(spec.name, {"name": spec.name, **common, **queue, "instance_count": instances[spec.name],
-                              **blocks(spec, False)},
-                  artifacts=False, template="config.tensorrt.pbtxt.tmpl", code=False)
+            write(
+                spec.name,
+                {"name": spec.name, **common, **queue, "instance_count": instances[spec.name], **blocks(spec, False)},
+                artifacts=False,
+                template="config.tensorrt.pbtxt.tmpl",
+                code=False,
+            )
         else:
-            write(spec.name, {"name": spec.name, **engine_model, "instance_count": instances[spec.name],
-                              **transport.engine_values(), **blocks(spec, engine != "tensorrt")}, artifacts=True)
+            write(
+                spec.name,
+                {
+                    "name": spec.name,
+                    **engine_model,
+                    "instance_count": instances[spec.name],
+                    **transport.engine_values(),
+                    **blocks(spec, engine != "tensorrt"),
+                },
+                artifacts=True,
+            )
     for spec in (contract.SELECT, contract.TOPK):
-        write(spec.name, {"name": spec.name, **python_model, "instance_count": instances[spec.name],
-                          **blocks(spec, True)}, artifacts=spec.name != contract.TOPK_MODEL)
-    write(contract.BLS_MODEL, {"name": contract.BLS_MODEL, **python_model, "instance_count": s.bls_instances,
-                               **transport.bls_values(), **blocks(contract.BLS, True)}, artifacts=True)
+        write(
+            spec.name,
+            {"name": spec.name, **python_model, "instance_count": instances[spec.name], **blocks(spec, True)},
+            artifacts=spec.name != contract.TOPK_MODEL,
+        )
+    write(
+        contract.BLS_MODEL,
+        {
+            "name": contract.BLS_MODEL,
+            **python_model,
+            "instance_count": s.bls_instances,
+            **transport.bls_values(),
+            **blocks(contract.BLS, True),
+        },
+        artifacts=True,
+    )
     if cascade is not None:
-        write(contract.PUBLIC_MODEL, {"name": contract.CASCADE_PUBLIC_MODEL, **common, **blocks(contract.PUBLIC, False),
-                                      "steps": ensemble_steps(cascade_steps())}, artifacts=False)
-        write(contract.FUSED_MODEL, {"name": contract.CASCADE_MODEL, **engine_model, "system": "cascade",
-                                     "beam_search": "numpy", "request_format": "tokens",
-                                     "checkpoint_sha256": cascade.checkpoints(),
-                                     "instance_count": s.recommender_instances, **blocks(contract.CASCADE, True)},
-              artifacts=False)
+        write(
+            contract.PUBLIC_MODEL,
+            {
+                "name": contract.CASCADE_PUBLIC_MODEL,
+                **common,
+                **blocks(contract.PUBLIC, False),
+                "steps": ensemble_steps(cascade_steps()),
+            },
+            artifacts=False,
+        )
+        write(
+            contract.FUSED_MODEL,
+            {
+                "name": contract.CASCADE_MODEL,
+                **engine_model,
+                "system": "cascade",
+                "beam_search": "numpy",
+                "request_format": "tokens",
+                "checkpoint_sha256": cascade.checkpoints(),
+                "instance_count": s.recommender_instances,
+                **blocks(contract.CASCADE, True),
+            },
+            artifacts=False,
+        )
         for half, folder in (("generator", cascade.generator), ("ranker", cascade.ranker)):
             shutil.copytree(folder, out_dir / contract.CASCADE_MODEL / "1" / "artifacts" / half)
     return out_dir

@@ -49,16 +49,18 @@ def load_profiles(preset: str, path: Path = PROFILES) -> dict:
 
 
 def supported_ops() -> set[str]:
-    return {line.strip() for line in SUPPORTED_OPS.read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
+    return {
+        line.strip() for line in SUPPORTED_OPS.read_text().splitlines() if line.strip() and not line.startswith("#")
+    }
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def build_engine(onnx_path: Path, profile: dict, out_plan: Path, timing_cache: Path,
-                 workspace_gib: float = 4.0) -> dict:
+def build_engine(
+    onnx_path: Path, profile: dict, out_plan: Path, timing_cache: Path, workspace_gib: float = 4.0
+) -> dict:
     """ONNX -> serialized TensorRT engine with one optimization profile."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -84,8 +86,13 @@ def build_engine(onnx_path: Path, profile: dict, out_plan: Path, timing_cache: P
     out_plan.parent.mkdir(parents=True, exist_ok=True)
     out_plan.write_bytes(bytes(plan))
     Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"tensorrt_version": trt.__version__, "profile": profile, "precision": "from ONNX (strongly typed)",
-            "onnx_sha256": sha256(onnx_path), "plan_bytes": out_plan.stat().st_size}
+    return {
+        "tensorrt_version": trt.__version__,
+        "profile": profile,
+        "precision": "from ONNX (strongly typed)",
+        "onnx_sha256": sha256(onnx_path),
+        "plan_bytes": out_plan.stat().st_size,
+    }
 
 
 def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
@@ -94,8 +101,9 @@ def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
     info = {}
     for model in ("generator", "ranker"):
         plan = Path(repo_dir) / model / "1" / "model.plan"
-        info[model] = build_engine(Path(export_dir) / f"{model}.onnx", profiles[model], plan,
-                                   Path(export_dir) / "timing.cache")
+        info[model] = build_engine(
+            Path(export_dir) / f"{model}.onnx", profiles[model], plan, Path(export_dir) / "timing.cache"
+        )
         (plan.parent / "build_info.json").write_text(json.dumps(info[model], indent=2))
     return info
 
@@ -110,13 +118,23 @@ def compile_torch_tensorrt(model, preset: str, out_dir: Path) -> dict:
     from .export import GeneratorGraph, RankerGraph
 
     profiles = load_profiles(preset)
-    dtypes = {"user_features": torch.int64, "hist_sids": torch.int64, "hist_actions": torch.int64,
-              "hist_dt": torch.float32, "hist_len": torch.int64, "kv": torch.float32, "cand_sids": torch.int64,
-              "cand_attrs": torch.int64, "cand_bid": torch.float32}
+    dtypes = {
+        "user_features": torch.int64,
+        "hist_sids": torch.int64,
+        "hist_actions": torch.int64,
+        "hist_dt": torch.float32,
+        "hist_len": torch.int64,
+        "kv": torch.float32,
+        "cand_sids": torch.int64,
+        "cand_attrs": torch.int64,
+        "cand_bid": torch.float32,
+    }
     out = {}
     for name, module in (("generator", GeneratorGraph(model)), ("ranker", RankerGraph(model))):
-        inputs = [torch_tensorrt.Input(min_shape=s["min"], opt_shape=s["opt"], max_shape=s["max"], dtype=dtypes[k])
-                  for k, s in profiles[name].items()]
+        inputs = [
+            torch_tensorrt.Input(min_shape=s["min"], opt_shape=s["opt"], max_shape=s["max"], dtype=dtypes[k])
+            for k, s in profiles[name].items()
+        ]
         compiled = torch_tensorrt.compile(module.eval().cuda(), ir="dynamo", inputs=inputs)
         path = Path(out_dir) / f"{name}.torchtrt.ep"
         torch_tensorrt.save(compiled, str(path), inputs=[i.example_tensor("opt_shape").cuda() for i in inputs])
@@ -147,10 +165,17 @@ def profile_for(cfg, max_batch_size: int = 8) -> dict:
         "hist_len": {"min": shp(1), "opt": shp(b_opt), "max": shp(max_batch_size)},
     }
     ranker = {
-        "kv": {"min": shp(1, r2, f + lo + t2, m.d_model), "opt": shp(b_opt, r2, f + opt + t2, m.d_model),
-               "max": shp(max_batch_size, r2, f + hi + t2, m.d_model)},
+        "kv": {
+            "min": shp(1, r2, f + lo + t2, m.d_model),
+            "opt": shp(b_opt, r2, f + opt + t2, m.d_model),
+            "max": shp(max_batch_size, r2, f + hi + t2, m.d_model),
+        },
         "hist_len": {"min": shp(1), "opt": shp(b_opt), "max": shp(max_batch_size)},
-        "cand_sids": {"min": shp(1, n_lo, depth), "opt": shp(b_opt, n_opt, depth), "max": shp(max_batch_size, n_hi, depth)},
+        "cand_sids": {
+            "min": shp(1, n_lo, depth),
+            "opt": shp(b_opt, n_opt, depth),
+            "max": shp(max_batch_size, n_hi, depth),
+        },
         "cand_attrs": {"min": shp(1, n_lo, 2), "opt": shp(b_opt, n_opt, 2), "max": shp(max_batch_size, n_hi, 2)},
         "cand_bid": {"min": shp(1, n_lo), "opt": shp(b_opt, n_opt), "max": shp(max_batch_size, n_hi)},
     }
@@ -160,10 +185,12 @@ def profile_for(cfg, max_batch_size: int = 8) -> dict:
 def write_profiles(path: Path = PROFILES, max_batch_size: int = 8) -> None:
     from oneranker.config import PRESETS, preset
 
-    data = {"comment": "TensorRT optimization profiles per preset; regenerate with "
-                       "`python -m oneranker_build.tensorrt_build --write-profiles`",
-            "max_batch_size": max_batch_size,
-            "presets": {name: profile_for(preset(name), max_batch_size) for name in PRESETS}}
+    data = {
+        "comment": "TensorRT optimization profiles per preset; regenerate with "
+        "`python -m oneranker_build.tensorrt_build --write-profiles`",
+        "max_batch_size": max_batch_size,
+        "presets": {name: profile_for(preset(name), max_batch_size) for name in PRESETS},
+    }
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 

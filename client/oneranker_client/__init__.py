@@ -1,6 +1,6 @@
 """oneranker_client: the torch-free Python client of the OneRanker model served by Triton (gRPC).
 
-    from oneranker_client import OneRankerClient, RecommendRequest
+from oneranker_client import OneRankerClient, RecommendRequest
 """
 
 from . import contract

@@ -72,7 +72,9 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--url", default=d(DEFAULT_GRPC_URL), help=f"gRPC endpoint host:port (default {DEFAULT_GRPC_URL})")
     p.add_argument("--model", default=d(contract.PUBLIC_MODEL), help=f"model name (default {contract.PUBLIC_MODEL})")
     p.add_argument("--timeout", type=float, default=d(DEFAULT_TIMEOUT_S), help="per-call timeout in seconds")
-    p.add_argument("--retries", type=int, default=d(DEFAULT_RETRIES), help="retries on UNAVAILABLE (exponential backoff)")
+    p.add_argument(
+        "--retries", type=int, default=d(DEFAULT_RETRIES), help="retries on UNAVAILABLE (exponential backoff)"
+    )
     p.add_argument("--format", choices=("json", "table"), default=d("table"), help="output format (default table)")
 
 
@@ -88,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recommend", help="top-k for one request (flags or --json)")
     _add_common(p, suppress=True)
-    p.add_argument("--json", dest="json_file", metavar="FILE",
-                   help="one request as a JSON object (FILE or - for stdin); option flags override it")
+    p.add_argument(
+        "--json",
+        dest="json_file",
+        metavar="FILE",
+        help="one request as a JSON object (FILE or - for stdin); option flags override it",
+    )
     specs = {s.name: s for s in contract.PUBLIC.inputs}
     for name in _HISTORY_FIELDS + _OPTION_FIELDS:
         scalar = tuple(specs[name].dims) == (1,)
@@ -186,7 +192,10 @@ def format_recommendation(rec: Recommendation, fmt: str) -> str:
         (i + 1, int(item), f"{float(s):.6f}", f"{float(lp):.4f}", int(h))
         for i, (item, s, lp, h) in enumerate(zip(rec.item_ids, rec.scores, rec.gen_logp, rec.source_head))
     ]
-    return _table(("rank", "item_id", "score", "gen_logp", "head"), rows) + f"\n{len(rows)} items in {rec.latency_ms:.1f} ms"
+    return (
+        _table(("rank", "item_id", "score", "gen_logp", "head"), rows)
+        + f"\n{len(rows)} items in {rec.latency_ms:.1f} ms"
+    )
 
 
 def format_health(h: dict, fmt: str) -> str:
@@ -216,8 +225,13 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict:
     if lat.size == 0:
         return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
     p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
-            "mean_ms": round(float(lat.mean()), 3), "max_ms": round(float(lat.max()), 3)}
+    return {
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(lat.mean()), 3),
+        "max_ms": round(float(lat.max()), 3),
+    }
 
 
 def format_summary(s: dict, fmt: str) -> str:
@@ -227,17 +241,20 @@ def format_summary(s: dict, fmt: str) -> str:
     def ms(v):
         return "-" if v is None else f"{v:.1f} ms"
 
-    return (f"batch: {s['requests']} requests, {s['ok']} ok, {s['errors']} errors, concurrency {s['concurrency']}, "
-            f"{s['throughput_rps']:.1f} req/s over {s['wall_s']:.2f} s; latency p50 {ms(s['p50_ms'])}, "
-            f"p90 {ms(s['p90_ms'])}, p99 {ms(s['p99_ms'])}, max {ms(s['max_ms'])}")
+    return (
+        f"batch: {s['requests']} requests, {s['ok']} ok, {s['errors']} errors, concurrency {s['concurrency']}, "
+        f"{s['throughput_rps']:.1f} req/s over {s['wall_s']:.2f} s; latency p50 {ms(s['p50_ms'])}, "
+        f"p90 {ms(s['p90_ms'])}, p99 {ms(s['p99_ms'])}, max {ms(s['max_ms'])}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
 def _client(args) -> OneRankerClient:
-    return OneRankerClient(args.url, model=args.model, timeout_s=args.timeout, retries=args.retries,
-                           backoff_s=DEFAULT_BACKOFF_S)
+    return OneRankerClient(
+        args.url, model=args.model, timeout_s=args.timeout, retries=args.retries, backoff_s=DEFAULT_BACKOFF_S
+    )
 
 
 def cmd_health(args) -> int:
@@ -245,8 +262,11 @@ def cmd_health(args) -> int:
         h = client.health()
     print(format_health(h, args.format))
     if not is_healthy(h):
-        what = "server is not live" if not h["server_live"] else (
-            "server is not ready" if not h["server_ready"] else f"model {h['model']} is not ready")
+        what = (
+            "server is not live"
+            if not h["server_live"]
+            else ("server is not ready" if not h["server_ready"] else f"model {h['model']} is not ready")
+        )
         print(f"error: {what}", file=sys.stderr)
         return 1
     return 0
@@ -268,8 +288,9 @@ def cmd_batch(args) -> int:
     try:
         with _client(args) as client:
             t0 = time.perf_counter()
-            results = client.recommend_many([r["request"] for r in rows], concurrency=args.concurrency,
-                                            progress=not args.no_progress)
+            results = client.recommend_many(
+                [r["request"] for r in rows], concurrency=args.concurrency, progress=not args.no_progress
+            )
             wall = time.perf_counter() - t0
         latencies, errors = [], 0
         for i, (row, res) in enumerate(zip(rows, results)):
@@ -287,9 +308,15 @@ def cmd_batch(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    summary = {"requests": len(rows), "ok": len(rows) - errors, "errors": errors, "concurrency": args.concurrency,
-               "wall_s": round(wall, 3), "throughput_rps": round(len(rows) / wall, 3) if wall > 0 else 0.0,
-               **latency_summary(latencies)}
+    summary = {
+        "requests": len(rows),
+        "ok": len(rows) - errors,
+        "errors": errors,
+        "concurrency": args.concurrency,
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(len(rows) / wall, 3) if wall > 0 else 0.0,
+        **latency_summary(latencies),
+    }
     # The summary goes to stderr when the results go to stdout, so stdout stays valid JSONL.
     print(format_summary(summary, args.format), file=sys.stdout if args.output else sys.stderr)
     if errors:

@@ -232,7 +232,7 @@ class Recommendation:
 
 
 def _output_field(name: str) -> str:
-    return name[len(_OUTPUT_PREFIX):] if name.startswith(_OUTPUT_PREFIX) else name
+    return name[len(_OUTPUT_PREFIX) :] if name.startswith(_OUTPUT_PREFIX) else name
 
 
 def _is_scalar_spec(spec: contract.TensorSpec) -> bool:

@@ -78,8 +78,9 @@ class TensorSpec:
         return TRITON_TO_WIRE[self.dtype]
 
     def resolve(self, dims: ContractDims) -> TensorSpec:
-        return TensorSpec(self.name, self.dtype, tuple(dims.value(d) for d in self.dims), self.meaning,
-                          self.optional, self.reshape)
+        return TensorSpec(
+            self.name, self.dtype, tuple(dims.value(d) for d in self.dims), self.meaning, self.optional, self.reshape
+        )
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,12 @@ class ModelSpec:
         return next(t for t in self.outputs if t.name == name)
 
     def resolve(self, dims: ContractDims) -> ModelSpec:
-        return ModelSpec(self.name, tuple(t.resolve(dims) for t in self.inputs),
-                         tuple(t.resolve(dims) for t in self.outputs), self.doc)
+        return ModelSpec(
+            self.name,
+            tuple(t.resolve(dims) for t in self.inputs),
+            tuple(t.resolve(dims) for t in self.outputs),
+            self.doc,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,13 @@ PUBLIC = ModelSpec(
         TensorSpec("top_k", "TYPE_INT32", (1,), "items returned (default 10, 1..max_top_k)", optional=True),
         TensorSpec("num_candidates", "TYPE_INT32", (1,), "candidates ranked (default 64)", optional=True),
         TensorSpec("beam_width", "TYPE_INT32", (1,), "beam width per head (default 16)", optional=True),
-        TensorSpec("exclude_item_ids", "TYPE_INT64", (-1,), "ad ids never returned (at most max_exclude_items, default 1024)",
-                   optional=True),
+        TensorSpec(
+            "exclude_item_ids",
+            "TYPE_INT64",
+            (-1,),
+            "ad ids never returned (at most max_exclude_items, default 1024)",
+            optional=True,
+        ),
     ),
     outputs=(
         TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first"),
@@ -148,7 +158,8 @@ PUBLIC = ModelSpec(
 PREPROCESS = ModelSpec(
     PREPROCESS_MODEL,
     inputs=PUBLIC.inputs,
-    outputs=_HIST + (
+    outputs=_HIST
+    + (
         TensorSpec("options", "TYPE_INT32", (3,), "validated top_k, num_candidates, beam_width"),
         TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices to exclude (may be empty)"),
     ),
@@ -160,7 +171,7 @@ FUSED = ModelSpec(
     inputs=PUBLIC.inputs,
     outputs=PUBLIC.outputs,
     doc="Topology (a): validation and tokenization, the generation graph (beam search inside) and the "
-        "ranking graph in one Python model; no preprocess hop, and the KV never leaves the process.",
+    "ranking graph in one Python model; no preprocess hop, and the KV never leaves the process.",
 )
 
 GENERATOR = ModelSpec(
@@ -190,7 +201,8 @@ _KNOB = {"dims": (1,), "reshape": ()}
 
 GENERATION = ModelSpec(
     GENERATION_MODEL,
-    inputs=_HIST + (
+    inputs=_HIST
+    + (
         TensorSpec("beam_width", "TYPE_INT64", **_KNOB, meaning="beam width per stream (validated)"),
         TensorSpec("num_candidates", "TYPE_INT64", **_KNOB, meaning="candidates kept (validated)"),
         TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices never generated, -1 = padding"),
@@ -214,9 +226,15 @@ RANKING = ModelSpec(
         TensorSpec("cand_stream", "TYPE_INT64", (-1,), "their generating streams"),
         TensorSpec("top_k", "TYPE_INT64", **_KNOB, meaning="items returned (validated)"),
     ),
-    outputs=PUBLIC.outputs + (
-        TensorSpec("rec_count", "TYPE_INT64", (1,), "valid entries of the rec_* outputs (the rest is padding, "
-                   "item id -1)", reshape=()),
+    outputs=PUBLIC.outputs
+    + (
+        TensorSpec(
+            "rec_count",
+            "TYPE_INT64",
+            (1,),
+            "valid entries of the rec_* outputs (the rest is padding, item id -1)",
+            reshape=(),
+        ),
     ),
     doc="Step 3 R-Decoder over the generation graph's KV and candidates, then top-k by value score.",
 )
@@ -234,7 +252,8 @@ SELECT = ModelSpec(
         PREPROCESS.output("options"),
         PREPROCESS.output("exclude_idx"),
     ),
-    outputs=_CANDIDATES + (
+    outputs=_CANDIDATES
+    + (
         TensorSpec("cand_item_ids", "TYPE_INT64", (-1,), "candidate ad ids"),
         TensorSpec("cand_logp", "TYPE_FP32", (-1,), "generation log-probability"),
         TensorSpec("cand_head", "TYPE_INT32", (-1,), "generating stream"),
@@ -267,7 +286,7 @@ NUMPY_BEAM = ModelSpec(
     inputs=PREPROCESS.outputs,
     outputs=PUBLIC.outputs,
     doc="The fused model with the numpy beam search between a level-logit generator graph and a ranker "
-        "graph (ensemble `oneranker_numpy_beam`): the baseline the in-graph beam search is measured against.",
+    "graph (ensemble `oneranker_numpy_beam`): the baseline the in-graph beam search is measured against.",
 )
 
 CASCADE = ModelSpec(
@@ -275,11 +294,10 @@ CASCADE = ModelSpec(
     inputs=PREPROCESS.outputs,
     outputs=PUBLIC.outputs,
     doc="The cascade baseline (ensemble `oneranker_cascade`): the cascade generator's beam search, then "
-        "an independent ranker that encodes the history a second time. Same contract as the fused model.",
+    "an independent ranker that encodes the history a second time. Same contract as the fused model.",
 )
 
-MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE,
-                                     NUMPY_BEAM)}
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE, NUMPY_BEAM)}
 # The graphs of the in-graph beam search path (ONNX / TensorRT / torch.export tensor names).
 GRAPHS = {m.name: m for m in (GENERATION, RANKING)}
 # Public ensembles: every one has the PUBLIC contract.
@@ -291,7 +309,9 @@ def markdown_tables(dims: ContractDims | None = None) -> str:
     parts = []
     for spec in (*MODELS.values(), *GRAPHS.values()):
         spec = spec.resolve(dims) if dims else spec
-        parts.append(f"### `{spec.name}`\n\n{spec.doc}\n\n| tensor | io | dtype | dims | meaning |\n|---|---|---|---|---|")
+        parts.append(
+            f"### `{spec.name}`\n\n{spec.doc}\n\n| tensor | io | dtype | dims | meaning |\n|---|---|---|---|---|"
+        )
         for io, tensors in (("in", spec.inputs), ("out", spec.outputs)):
             for t in tensors:
                 opt = " (optional)" if t.optional else ""

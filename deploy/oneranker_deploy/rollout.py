@@ -107,6 +107,7 @@ __all__ = [
     "main",
 ]
 
+
 def _models() -> dict:
     from oneranker_client.contract import MODELS
 
@@ -151,6 +152,7 @@ VARIABLE_DIMS: dict[str, str] = {
     "rec_source_head": "candidates",
 }
 
+
 def config_instance_count(config_text: str) -> int:
     """Instances a config.pbtxt asks for: 1 for an ensemble (it is counted once, for the tensors
     it hands between steps), the sum of its instance_group counts, 1 without instance_group
@@ -189,8 +191,9 @@ def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Pa
         kwargs["default_topology"] = default_topology(engine)
     export = Path(out_dir) / ".empty-export"
     export.mkdir(parents=True, exist_ok=True)
-    return render.render_repository(export, Path(out_dir) / engine, engine,
-                                    contract_dims(config_preset("tiny")), "0" * 64, **kwargs)
+    return render.render_repository(
+        export, Path(out_dir) / engine, engine, contract_dims(config_preset("tiny")), "0" * 64, **kwargs
+    )
 
 
 def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict[str, int]:
@@ -230,8 +233,9 @@ def deploy_limits(cfg: ExperimentConfig) -> dict[str, int]:
     }
 
 
-def _variable_length(tensor: TensorSpec, dims: ContractDims, max_history: int,
-                     max_candidates: int, step2_tokens: int) -> int:
+def _variable_length(
+    tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
+) -> int:
     kind = VARIABLE_DIMS.get(tensor.name)
     if kind is None:
         raise ValueError(
@@ -245,8 +249,9 @@ def _variable_length(tensor: TensorSpec, dims: ContractDims, max_history: int,
     return dims.F + max_history + step2_tokens  # kv
 
 
-def tensor_bytes(tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int,
-                 step2_tokens: int) -> int:
+def tensor_bytes(
+    tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
+) -> int:
     """Bytes of one request's tensor at its largest shape (batch dimension excluded)."""
     if tensor.dtype not in _WORD_BYTES:
         raise ValueError(f"tensor {tensor.name!r}: unknown dtype {tensor.dtype}")
@@ -261,25 +266,36 @@ def tensor_bytes(tensor: TensorSpec, dims: ContractDims, max_history: int, max_c
     return n * _WORD_BYTES[tensor.dtype]
 
 
-def model_request_bytes(model: ModelSpec, dims: ContractDims, max_history: int,
-                        max_candidates: int, step2_tokens: int) -> int:
+def model_request_bytes(
+    model: ModelSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
+) -> int:
     """Bytes of every input and output of one request of `model`, at the largest shapes."""
-    return sum(tensor_bytes(t, dims, max_history, max_candidates, step2_tokens)
-               for t in (*model.inputs, *model.outputs))
+    return sum(
+        tensor_bytes(t, dims, max_history, max_candidates, step2_tokens) for t in (*model.inputs, *model.outputs)
+    )
 
 
 def _step2_tokens(dims: ContractDims, step2_tokens: int | None) -> int:
     if step2_tokens is not None:
         return int(step2_tokens)
     if "step2_tokens" not in dims.extra:
-        raise ValueError("the kv length needs the Step-2 token count: pass step2_tokens= or "
-                         "build dims with contract_dims(cfg)")
+        raise ValueError(
+            "the kv length needs the Step-2 token count: pass step2_tokens= or build dims with contract_dims(cfg)"
+        )
     return int(dims.extra["step2_tokens"])
 
 
-def shm_size_bytes(dims: ContractDims, max_batch_size: int, instance_counts: Mapping[str, int],
-                   max_history: int, max_candidates: int, safety: float = 2.0, *,
-                   step2_tokens: int | None = None, floor: int = SHM_FLOOR_BYTES) -> int:
+def shm_size_bytes(
+    dims: ContractDims,
+    max_batch_size: int,
+    instance_counts: Mapping[str, int],
+    max_history: int,
+    max_candidates: int,
+    safety: float = 2.0,
+    *,
+    step2_tokens: int | None = None,
+    floor: int = SHM_FLOOR_BYTES,
+) -> int:
     """``/dev/shm`` bytes for a Triton server holding `instance_counts` of the contract's models.
 
     ``instance_counts`` must name every model of ``contract.MODELS`` (0 = not in this
@@ -288,8 +304,10 @@ def shm_size_bytes(dims: ContractDims, max_batch_size: int, instance_counts: Map
     unknown = sorted(set(instance_counts) - set(_models()))
     missing = sorted(set(_models()) - set(instance_counts))
     if unknown or missing:
-        raise ValueError(f"instance_counts must name exactly the contract's models "
-                         f"{sorted(_models())}; unknown {unknown}, missing {missing}")
+        raise ValueError(
+            f"instance_counts must name exactly the contract's models "
+            f"{sorted(_models())}; unknown {unknown}, missing {missing}"
+        )
     if max_batch_size < 1 or max_history < 1 or max_candidates < 1:
         raise ValueError("max_batch_size, max_history and max_candidates must be >= 1")
     if safety < 1.0:
@@ -300,19 +318,17 @@ def shm_size_bytes(dims: ContractDims, max_batch_size: int, instance_counts: Map
         count = int(instance_counts[name])
         if count < 0:
             raise ValueError(f"instance count of {name!r} must be >= 0")
-        total += count * max_batch_size * model_request_bytes(
-            model, dims, max_history, max_candidates, t2)
+        total += count * max_batch_size * model_request_bytes(model, dims, max_history, max_candidates, t2)
     need = math.ceil(total * safety / MIB) * MIB
     return max(need, floor)
 
 
-def shm_size_for_preset(preset: str | ExperimentConfig,
-                        instance_counts: Mapping[str, int] | None = None,
-                        safety: float = 2.0) -> int:
+def shm_size_for_preset(
+    preset: str | ExperimentConfig, instance_counts: Mapping[str, int] | None = None, safety: float = 2.0
+) -> int:
     cfg = config_preset(preset) if isinstance(preset, str) else preset
     counts = rendered_instance_counts() if instance_counts is None else dict(instance_counts)
-    return shm_size_bytes(contract_dims(cfg), instance_counts=counts, safety=safety,
-                          **deploy_limits(cfg))
+    return shm_size_bytes(contract_dims(cfg), instance_counts=counts, safety=safety, **deploy_limits(cfg))
 
 
 def format_size(nbytes: int) -> str:
@@ -337,7 +353,7 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_instance_counts(text: str) -> dict[str, int]:
-    """ "generator=2,ranker=2" -> {"generator": 2, "ranker": 2} """
+    """ "generator=2,ranker=2" -> {"generator": 2, "ranker": 2}"""
     out: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
@@ -369,14 +385,16 @@ def compose_shm_inputs(compose: dict, service: str) -> tuple[str, dict[str, int]
 # Versioned rollout
 # ---------------------------------------------------------------------------------------------
 def _model_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
+    return sorted(
+        p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file()
+    )
 
 
 def _versions(model_dir: Path) -> list[int]:
     # Triton's rule: a version folder is named by a positive integer without a leading zero.
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+    )
 
 
 def latest_version(repository: str | os.PathLike) -> int:
@@ -387,8 +405,7 @@ def latest_version(repository: str | os.PathLike) -> int:
     return max((v for m in _model_dirs(root) for v in _versions(m)), default=0)
 
 
-def promote(staging: str | os.PathLike, repository: str | os.PathLike,
-            version: int | None = None) -> int:
+def promote(staging: str | os.PathLike, repository: str | os.PathLike, version: int | None = None) -> int:
     """Copy a rendered repository into the live one as version `version` (default: next).
 
     Every model of `staging` must hold exactly one version folder. Returns the version.
@@ -408,8 +425,10 @@ def promote(staging: str | os.PathLike, repository: str | os.PathLike,
             name = re.search(r'default_model_filename\s*:\s*"([^"]+)"', config)
             plan = sources[m.name] / (name.group(1) if name else "model.plan")
             if not plan.is_file():
-                raise ValueError(f"{plan} is missing: the TensorRT plans were not built (run the "
-                                 "build where TensorRT exists: the NGC builder image)")
+                raise ValueError(
+                    f"{plan} is missing: the TensorRT plans were not built (run the "
+                    "build where TensorRT exists: the NGC builder image)"
+                )
     target = latest_version(repository) + 1 if version is None else int(version)
     if target < 1:
         raise ValueError("version must be >= 1")
@@ -463,8 +482,7 @@ def retire(repository: str | os.PathLike, version: int) -> list[Path]:
 def load_order(repository: str | os.PathLike) -> list[str]:
     """Models that have a version, ensembles last (their composing models load first)."""
     models = [m for m in _model_dirs(Path(repository)) if _versions(m)]
-    is_ens = {m.name: bool(re.search(r'platform\s*:\s*"ensemble"', (m / "config.pbtxt").read_text()))
-              for m in models}
+    is_ens = {m.name: bool(re.search(r'platform\s*:\s*"ensemble"', (m / "config.pbtxt").read_text())) for m in models}
     return sorted(is_ens, key=lambda n: (is_ens[n], n))
 
 
@@ -496,8 +514,9 @@ def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
         _http_ok("POST", f"{base}/v2/repository/models/{name}/load", timeout, f"loading {name}")
         print(f"loaded {name}", flush=True)
     body = _http_ok("POST", f"{base}/v2/repository/index", 10.0, "repository index")
-    stale = sorted({e["name"] for e in json.loads(body or "[]")
-                    if e.get("state") == "READY" and e.get("name") not in set(names)})
+    stale = sorted(
+        {e["name"] for e in json.loads(body or "[]") if e.get("state") == "READY" and e.get("name") not in set(names)}
+    )
     for name in stale:
         _http_ok("POST", f"{base}/v2/repository/models/{name}/unload", timeout, f"unloading {name}")
         print(f"unloaded {name} (no longer in the repository)", flush=True)
@@ -512,17 +531,21 @@ def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
 # CLI
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oneranker_deploy",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m oneranker_deploy", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shm", help="shm_size for the triton service (docker size string)")
     p.add_argument("--preset", default="paper", help="config preset (default paper)")
-    p.add_argument("--instances", default=None, metavar="MODEL=N,...",
-                   help="instance counts (models not named: 0; default: those of the repository "
-                        "`oneranker build --engine onnxruntime` renders)")
-    p.add_argument("--compose", type=Path, default=None,
-                   help="read preset and instance counts from this compose file's labels")
+    p.add_argument(
+        "--instances",
+        default=None,
+        metavar="MODEL=N,...",
+        help="instance counts (models not named: 0; default: those of the repository "
+        "`oneranker build --engine onnxruntime` renders)",
+    )
+    p.add_argument(
+        "--compose", type=Path, default=None, help="read preset and instance counts from this compose file's labels"
+    )
     p.add_argument("--service", default="triton", help="compose service (with --compose)")
     p.add_argument("--safety", type=float, default=2.0)
     p.add_argument("--bytes", action="store_true", help="print bytes instead of 256m/2g")
@@ -541,8 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("load", help="ask a running Triton (explicit mode) to (re)load every model")
     p.add_argument("--url", required=True, help="HTTP address, e.g. localhost:8000")
-    p.add_argument("--repository", type=Path, required=True,
-                   help="the live repository (for the model names; ensembles load last)")
+    p.add_argument(
+        "--repository", type=Path, required=True, help="the live repository (for the model names; ensembles load last)"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model load")
 
     args = ap.parse_args(argv)
@@ -557,8 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.compose is not None:
                 import yaml
 
-                preset, counts = compose_shm_inputs(yaml.safe_load(args.compose.read_text()),
-                                                    args.service)
+                preset, counts = compose_shm_inputs(yaml.safe_load(args.compose.read_text()), args.service)
             n = shm_size_for_preset(preset, counts, args.safety)
             print(n if args.bytes else format_size(n))
         elif args.command == "promote":

@@ -92,8 +92,13 @@ def read_stats(prefix: Path) -> LocustSummary:
     if failures.exists():
         with open(failures, newline="") as f:
             for raw in csv.DictReader(f):
-                summary.failures.append({"name": raw.get("Name", ""), "error": raw.get("Error", ""),
-                                         "occurrences": _num(raw.get("Occurrences")) or 0})
+                summary.failures.append(
+                    {
+                        "name": raw.get("Name", ""),
+                        "error": raw.get("Error", ""),
+                        "occurrences": _num(raw.get("Occurrences")) or 0,
+                    }
+                )
     return summary
 
 
@@ -101,19 +106,33 @@ def build_command(args: argparse.Namespace, out: Path) -> list[str]:
     limit = parse_run_time(args.run_time) + int(args.users / max(args.spawn_rate, 1e-9)) + args.grace
     timeout = shutil.which("timeout")
     prefix = [timeout, "-k", "5", str(limit)] if timeout else []
-    return prefix + [
-        sys.executable, "-m", "locust",
-        "-f", str(args.locustfile),
-        "--headless",
-        "--host", args.host,
-        "--users", str(args.users),
-        "--spawn-rate", f"{args.spawn_rate:g}",
-        "--run-time", args.run_time,
-        "--stop-timeout", str(args.stop_timeout),
-        "--csv", str(out / CSV_PREFIX),
-        "--html", str(out / f"{CSV_PREFIX}.html"),
-        "--only-summary",
-    ] + list(args.locust_extra or [])
+    return (
+        prefix
+        + [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(args.locustfile),
+            "--headless",
+            "--host",
+            args.host,
+            "--users",
+            str(args.users),
+            "--spawn-rate",
+            f"{args.spawn_rate:g}",
+            "--run-time",
+            args.run_time,
+            "--stop-timeout",
+            str(args.stop_timeout),
+            "--csv",
+            str(out / CSV_PREFIX),
+            "--html",
+            str(out / f"{CSV_PREFIX}.html"),
+            "--only-summary",
+        ]
+        + list(args.locust_extra or [])
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[int, LocustSummary | None, str]:
@@ -132,10 +151,14 @@ def run(args: argparse.Namespace) -> tuple[int, LocustSummary | None, str]:
     client_dir = str(Path(__file__).resolve().parents[2] / "client")
     env["PYTHONPATH"] = client_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = build_command(args, out)
-    print(f"locust: {args.users} users (spawn {args.spawn_rate:g}/s) for {args.run_time} against {args.host}; "
-          f"requests {args.requests}", flush=True)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL)
+    print(
+        f"locust: {args.users} users (spawn {args.spawn_rate:g}/s) for {args.run_time} against {args.host}; "
+        f"requests {args.requests}",
+        flush=True,
+    )
+    proc = subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+    )
     text = proc.stdout or ""
     (out / "locust.log").write_text(shlex.join(cmd) + "\n\n" + text)
     stats_path = Path(f"{out / CSV_PREFIX}_stats.csv")
@@ -159,9 +182,15 @@ def read_history(prefix: Path) -> list[dict]:
         for raw in csv.DictReader(f):
             if raw.get("Name") != "Aggregated":
                 continue
-            rows.append({"t": _num(raw.get("Timestamp")), "users": _num(raw.get("User Count")),
-                         "rps": _num(raw.get("Requests/s")), "p50_ms": _num(raw.get("50%")),
-                         "p95_ms": _num(raw.get("95%"))})
+            rows.append(
+                {
+                    "t": _num(raw.get("Timestamp")),
+                    "users": _num(raw.get("User Count")),
+                    "rps": _num(raw.get("Requests/s")),
+                    "p50_ms": _num(raw.get("50%")),
+                    "p95_ms": _num(raw.get("95%")),
+                }
+            )
     return rows
 
 
@@ -170,19 +199,33 @@ def write_report(summary: LocustSummary, out: Path, args: argparse.Namespace, co
     p50/p95 over the run, from the per-second history)."""
     import platform
 
-    lines = [f"# locust: {args.users} gRPC users against {args.host}", "",
-             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; run time {args.run_time}, "
-             f"spawn rate {args.spawn_rate:g}/s, requests from `{args.requests}`; retries {args.retries}. "
-             "locust (gevent, one process) shares the machine with the server: absolute numbers are a floor.",
-             *(args.note or []), "",
-             "| request | requests | failures | req/s | avg ms | p50 ms | p90 ms | p99 ms | max ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# locust: {args.users} gRPC users against {args.host}",
+        "",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; run time {args.run_time}, "
+        f"spawn rate {args.spawn_rate:g}/s, requests from `{args.requests}`; retries {args.retries}. "
+        "locust (gevent, one process) shares the machine with the server: absolute numbers are a floor.",
+        *(args.note or []),
+        "",
+        "| request | requests | failures | req/s | avg ms | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in summary.rows + ([summary.aggregated] if summary.aggregated else []):
         cells = [row["requests"], row["failures"], f"{row['rps'] or 0:.1f}"] + [
-            "-" if row[k] is None else f"{row[k]:.1f}" for k in ("avg_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+            "-" if row[k] is None else f"{row[k]:.1f}" for k in ("avg_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+        ]
         lines.append(f"| {row['type']} {row['name']} | " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", f"Failures: {summary.failed} of {summary.requests} requests.", "", "Command:", "", "```", command,
-              "```", ""]
+    lines += [
+        "",
+        f"Failures: {summary.failed} of {summary.requests} requests.",
+        "",
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
     (out / "results.md").write_text("\n".join(lines))
 
     history = [r for r in read_history(out / CSV_PREFIX) if r["t"] is not None]
@@ -219,12 +262,17 @@ def report(rc: int, summary: LocustSummary | None, text: str, out: Path) -> int:
         print(f"error: locust wrote no statistics (exit code {rc}); last output:\n{tail}", file=sys.stderr)
         return 1
     for row in summary.rows:
-        print(f"  {row['type']} {row['name']}: {row['requests']} requests, {row['failures']} failures, "
-              f"{row['rps'] or 0:.1f} req/s, p50 {_ms(row['p50_ms'])}, p90 {_ms(row['p90_ms'])}, "
-              f"p99 {_ms(row['p99_ms'])}, max {_ms(row['max_ms'])}")
+        print(
+            f"  {row['type']} {row['name']}: {row['requests']} requests, {row['failures']} failures, "
+            f"{row['rps'] or 0:.1f} req/s, p50 {_ms(row['p50_ms'])}, p90 {_ms(row['p90_ms'])}, "
+            f"p99 {_ms(row['p99_ms'])}, max {_ms(row['max_ms'])}"
+        )
     agg = summary.aggregated
-    print(f"total: {agg['requests']} requests, {agg['failures']} failures, {agg['rps'] or 0:.1f} req/s; "
-          f"reports in {out}/{CSV_PREFIX}_stats.csv and {out}/{CSV_PREFIX}.html", flush=True)
+    print(
+        f"total: {agg['requests']} requests, {agg['failures']} failures, {agg['rps'] or 0:.1f} req/s; "
+        f"reports in {out}/{CSV_PREFIX}_stats.csv and {out}/{CSV_PREFIX}.html",
+        flush=True,
+    )
     if summary.failed:
         for f in summary.failures[:10]:
             print(f"  failure x{f['occurrences']} {f['name']}: {f['error']}", file=sys.stderr)
@@ -241,15 +289,22 @@ def report(rc: int, summary: LocustSummary | None, text: str, out: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m oneranker_perf.locust_run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m oneranker_perf.locust_run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--host", default="127.0.0.1:8001", help="gRPC host:port of tritonserver")
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--spawn-rate", type=float, default=4.0)
     ap.add_argument("--run-time", default="10s", help="locust run time (10s, 2m, ...)")
     ap.add_argument("--out", type=Path, required=True, help="folder for locust_*.csv, locust.html, locust.log")
-    ap.add_argument("--requests", type=Path, default=Path(os.environ.get("ONERANKER_REQUESTS", DEFAULT_REQUESTS)),
-                    help="requests JSONL (default $ONERANKER_REQUESTS or artifacts/perf/requests.jsonl)")
+    ap.add_argument(
+        "--requests",
+        type=Path,
+        default=Path(os.environ.get("ONERANKER_REQUESTS", DEFAULT_REQUESTS)),
+        help="requests JSONL (default $ONERANKER_REQUESTS or artifacts/perf/requests.jsonl)",
+    )
     ap.add_argument("--model", help="model name (default the contract's public model)")
     ap.add_argument("--retries", type=int, default=0, help="client retries on UNAVAILABLE (default 0)")
     ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")

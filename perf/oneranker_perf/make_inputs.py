@@ -143,22 +143,27 @@ def requests_from_run(
     for row in rows:
         req = example_request(prep, row)
         hist = slice(max(0, len(req.item_ids) - max_history), None)
-        out.append(RecommendRequest(
-            user_features=req.user_features,
-            item_ids=req.item_ids[hist],
-            actions=req.actions[hist],
-            timestamps=req.timestamps[hist],
-            request_time=int(req.request_time),
-            top_k=top_k,
-            num_candidates=num_candidates,
-            beam_width=beam_width,
-        ).to_json())
+        out.append(
+            RecommendRequest(
+                user_features=req.user_features,
+                item_ids=req.item_ids[hist],
+                actions=req.actions[hist],
+                timestamps=req.timestamps[hist],
+                request_time=int(req.request_time),
+                top_k=top_k,
+                num_candidates=num_candidates,
+                beam_width=beam_width,
+            ).to_json()
+        )
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oneranker_perf.make_inputs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m oneranker_perf.make_inputs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", type=Path, help="trained run whose dataset gives the requests")
     src.add_argument("--from-jsonl", type=Path, help="convert an existing requests JSONL instead")
@@ -171,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.run_dir is not None:
-            reqs = requests_from_run(args.run_dir, args.n, args.split, args.top_k, args.num_candidates,
-                                     args.beam_width)
+            reqs = requests_from_run(args.run_dir, args.n, args.split, args.top_k, args.num_candidates, args.beam_width)
         else:
             reqs = read_requests_jsonl(args.from_jsonl)
             for r in reqs:

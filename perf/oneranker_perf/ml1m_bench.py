@@ -89,11 +89,11 @@ def interval(per_seed: np.ndarray, level: float = 0.95, n_boot: int = N_BOOT, se
     boot = np.empty(n_boot)
     for i in range(0, n_boot, 250):  # chunks keep memory at 250 x U
         idx = rng.integers(0, u, size=(min(250, n_boot - i), u))
-        boot[i:i + idx.shape[0]] = user_mean[idx].mean(1)
+        boot[i : i + idx.shape[0]] = user_mean[idx].mean(1)
     alpha = (1 - level) / 2
     lo_q, hi_q = np.quantile(boot, [alpha, 1 - alpha])
     h_user = float(hi_q - lo_q) / 2
-    half = math.sqrt(h_seed ** 2 + h_user ** 2)
+    half = math.sqrt(h_seed**2 + h_user**2)
     return [mean, mean - half, mean + half]
 
 
@@ -111,10 +111,12 @@ def unpack_ranks(text: str) -> np.ndarray:
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -133,8 +135,17 @@ def _system(name: str):
     raise ValueError(f"unknown system {name!r}: choose {', '.join(SYSTEMS)}")
 
 
-def run_one(source: str, system: str, seed: int, max_minutes: float, out: Path, max_users: int = 0,
-            max_epochs: int = 0, max_steps_per_epoch: int = 0, command: str = "") -> Path:
+def run_one(
+    source: str,
+    system: str,
+    seed: int,
+    max_minutes: float,
+    out: Path,
+    max_users: int = 0,
+    max_epochs: int = 0,
+    max_steps_per_epoch: int = 0,
+    command: str = "",
+) -> Path:
     """Train + evaluate one (system, seed); write and return its run file."""
     import torch
 
@@ -153,25 +164,47 @@ def run_one(source: str, system: str, seed: int, max_minutes: float, out: Path, 
     splits = {}
     for split in ("valid", "test"):
         ev = evaluate(model, ml.eval_inputs(data, split, ml.MAX_HISTORY))
-        splits[split] = {"metrics": ev["metrics"], "metrics_unmasked": ev["metrics_unmasked"],
-                         "ranks": pack_ranks(ev["rank"]), "ranks_unmasked": pack_ranks(ev["rank_unmasked"])}
+        splits[split] = {
+            "metrics": ev["metrics"],
+            "metrics_unmasked": ev["metrics_unmasked"],
+            "ranks": pack_ranks(ev["rank"]),
+            "ranks_unmasked": pack_ranks(ev["rank_unmasked"]),
+        }
         if "other_streams" in ev:  # the generator's secondary stream (max over trained streams)
             splits[split]["other_streams"] = ev["other_streams"]
     record = {
-        "source": source, "system": system, "seed": seed, "git_commit": git_commit(), "command": command,
-        "data": {"users": data.num_users, "items": data.num_items, "interactions": int(data.items.size),
-                 "max_users": max_users},
-        "protocol": {"split": "leave-one-out by time (last = test, second-to-last = validation)",
-                     "history": ml.MAX_HISTORY, "catalogue": "full", "seen_items": "masked (HSTU eval); "
-                     "unmasked also reported", "ties": "pessimistic"},
-        "config": result["config"], "threads": threads,
-        "epochs": result["epochs"], "best_epoch": result["best_epoch"], "stopped_by": result["stopped_by"],
-        "steps": result["steps"], "steps_per_epoch": result["steps_per_epoch"],
-        "train_minutes": result["train_seconds"] / 60, "wall_minutes": result["wall_seconds"] / 60,
+        "source": source,
+        "system": system,
+        "seed": seed,
+        "git_commit": git_commit(),
+        "command": command,
+        "data": {
+            "users": data.num_users,
+            "items": data.num_items,
+            "interactions": int(data.items.size),
+            "max_users": max_users,
+        },
+        "protocol": {
+            "split": "leave-one-out by time (last = test, second-to-last = validation)",
+            "history": ml.MAX_HISTORY,
+            "catalogue": "full",
+            "seen_items": "masked (HSTU eval); unmasked also reported",
+            "ties": "pessimistic",
+        },
+        "config": result["config"],
+        "threads": threads,
+        "epochs": result["epochs"],
+        "best_epoch": result["best_epoch"],
+        "stopped_by": result["stopped_by"],
+        "steps": result["steps"],
+        "steps_per_epoch": result["steps_per_epoch"],
+        "train_minutes": result["train_seconds"] / 60,
+        "wall_minutes": result["wall_seconds"] / 60,
         "epoch_seconds_mean": float(np.mean(result["epoch_seconds"])),
         "total_minutes": (time.time() - started) / 60,
         "curve": result["curve"],
-        "valid": splits["valid"], "test": splits["test"],
+        "valid": splits["valid"],
+        "test": splits["test"],
     }
     path = out / source / "runs" / f"{system}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,16 +233,25 @@ def report(source: str, out: Path, command: str = "") -> dict:
         recs = [have[s] for s in sorted(have)]
         per_user = [hits_from_ranks(unpack_ranks(r["test"]["ranks"])) for r in recs]
         row = {m: interval(np.stack([p[m] for p in per_user])) for m in METRICS}
-        row.update({"seeds": len(recs), "epochs": float(np.mean([r["epochs"] for r in recs])),
-                    "best_epoch": float(np.mean([r["best_epoch"] for r in recs])),
-                    "train_min": float(np.mean([r["train_minutes"] for r in recs])),
-                    "wall_min": float(np.mean([r["wall_minutes"] for r in recs])),
-                    "seed_list": sorted(have), "stopped_by": [r["stopped_by"] for r in recs],
-                    "unmasked": {m: float(np.mean([r["test"]["metrics_unmasked"][m] for r in recs]))
-                                 for m in METRICS}})
+        row.update(
+            {
+                "seeds": len(recs),
+                "epochs": float(np.mean([r["epochs"] for r in recs])),
+                "best_epoch": float(np.mean([r["best_epoch"] for r in recs])),
+                "train_min": float(np.mean([r["train_minutes"] for r in recs])),
+                "wall_min": float(np.mean([r["wall_minutes"] for r in recs])),
+                "seed_list": sorted(have),
+                "stopped_by": [r["stopped_by"] for r in recs],
+                "unmasked": {m: float(np.mean([r["test"]["metrics_unmasked"][m] for r in recs])) for m in METRICS},
+            }
+        )
         summary[system] = row
-    summary["_meta"] = {"interval": "95%: t over seeds (+) bootstrap over users, in quadrature",
-                        "missing_runs": missing, "command": command, "seen_items": "masked"}
+    summary["_meta"] = {
+        "interval": "95%: t over seeds (+) bootstrap over users, in quadrature",
+        "missing_runs": missing,
+        "command": command,
+        "seen_items": "masked",
+    }
     base.mkdir(parents=True, exist_ok=True)
     (base / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     _write_markdown(source, base, summary, runs, missing, command)
@@ -223,54 +265,83 @@ def _fmt(v) -> str:
 
 def _write_markdown(source, base, summary, runs, missing, command) -> None:
     name = {"ml1m": "MovieLens-1M", "ml100k": "MovieLens-100K"}.get(source, source)
-    lines = [f"# {name}: OneRanker's backbone against HSTU's published numbers", "",
-             "Protocol (HSTU paper / generative-recommenders): every rating an interaction, equal timestamps "
-             "kept in file order, leave one out by time (last = test, second-to-last = validation), history "
-             "up to 200, the target ranked against the FULL catalogue, items of the input history masked "
-             "(as HSTU's evaluation does; unmasked in the last column), pessimistic ties. Intervals: 95%, "
-             "t-interval over seeds combined in quadrature with a bootstrap over users.", "",
-             "| system | HR@10 | NDCG@10 | HR@50 | NDCG@50 | seeds | epochs (best) | train min | HR@10 / NDCG@10 unmasked |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {name}: OneRanker's backbone against HSTU's published numbers",
+        "",
+        "Protocol (HSTU paper / generative-recommenders): every rating an interaction, equal timestamps "
+        "kept in file order, leave one out by time (last = test, second-to-last = validation), history "
+        "up to 200, the target ranked against the FULL catalogue, items of the input history masked "
+        "(as HSTU's evaluation does; unmasked in the last column), pessimistic ties. Intervals: 95%, "
+        "t-interval over seeds combined in quadrature with a bootstrap over users.",
+        "",
+        "| system | HR@10 | NDCG@10 | HR@50 | NDCG@50 | seeds | epochs (best) | train min | HR@10 / NDCG@10 unmasked |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     if source == "ml1m":
         for pub, (hr, ndcg) in PUBLISHED.items():
             lines.append(f"| {pub} (published, HSTU README) | {hr:.4f} | {ndcg:.4f} | | | | | | |")
-    labels = {"hstu": "HSTU baseline (ours: G-Decoder + next-item head)",
-              "oneranker": "OneRanker generator (ours: exact SID-path log-prob, full catalogue)"}
+    labels = {
+        "hstu": "HSTU baseline (ours: G-Decoder + next-item head)",
+        "oneranker": "OneRanker generator (ours: exact SID-path log-prob, full catalogue)",
+    }
     for system in SYSTEMS:
         if system not in summary:
             lines.append(f"| {labels[system]} | not run | | | | 0 | | | |")
             continue
         r = summary[system]
-        lines.append(f"| {labels[system]} | {_fmt(r['hr@10'])} | {_fmt(r['ndcg@10'])} | {_fmt(r['hr@50'])} | "
-                     f"{_fmt(r['ndcg@50'])} | {r['seeds']} | {r['epochs']:.0f} ({r['best_epoch']:.0f}) | "
-                     f"{r['train_min']:.1f} | {r['unmasked']['hr@10']:.4f} / {r['unmasked']['ndcg@10']:.4f} |")
-    lines += ["", "Per run:", "", "| run | epochs | best epoch | stopped by | train min | test HR@10 | test NDCG@10 | commit |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {labels[system]} | {_fmt(r['hr@10'])} | {_fmt(r['ndcg@10'])} | {_fmt(r['hr@50'])} | "
+            f"{_fmt(r['ndcg@50'])} | {r['seeds']} | {r['epochs']:.0f} ({r['best_epoch']:.0f}) | "
+            f"{r['train_min']:.1f} | {r['unmasked']['hr@10']:.4f} / {r['unmasked']['ndcg@10']:.4f} |"
+        )
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| run | epochs | best epoch | stopped by | train min | test HR@10 | test NDCG@10 | commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for system in SYSTEMS:
         for seed, r in sorted(runs.get(system, {}).items()):
-            lines.append(f"| {system}-seed{seed} | {r['epochs']} | {r['best_epoch']} | {r['stopped_by']} | "
-                         f"{r['train_minutes']:.1f} | {r['test']['metrics']['hr@10']:.4f} | "
-                         f"{r['test']['metrics']['ndcg@10']:.4f} | {r['git_commit'][:12]} |")
-    lines += ["", "Missing runs (seeds declared before any run: " + ", ".join(map(str, SEEDS)) + "): "
-              + (", ".join(missing) if missing else "none"), "",
-              "Learning curve (validation NDCG@10 per epoch): `learning_curve.png`.", "",
-              "Produced by:", "", "```", command or "python -m oneranker_perf.ml1m_bench --source "
-              f"{source} --report", "```", "",
-              "Each run: `python -m oneranker_perf.ml1m_bench --source " + source
-              + " --system SYSTEM --seed N --max-minutes 60` (OMP_NUM_THREADS=1).", "",
-              "Notes (what differs from the published setting, stated, not tuned):", "",
-              "* HSTU's public trainer has no validation split: it trains on all but the last event for 101 "
-              "epochs and reports the last epoch; here the second-to-last event is held out for a declared "
-              "stopping rule (validation NDCG@10 every epoch, patience, budget, best restored).",
-              "* Our HSTU reuses `oneranker.model.HSTULayer`: dropout on each block's residual update instead "
-              "of HSTU's dropout before the output projection; relative time buckets floor(log1p(dt) * 2); "
-              "items re-indexed densely over rated items (HSTU's index holds every movie id).",
-              "* The OneRanker generator row ranks by the bagged value stream (heads 6, 7); the max over the "
-              "trained streams is in each run file (`valid.other_streams` / `test.other_streams`). It is "
-              "trained by this harness's generator-only MTP loop (`baselines.generator_eval`), not by "
-              "`oneranker.train`.",
-              "* `train min` counts the optimizer steps; the budget (`--max-minutes`) counts wall time of "
-              "training plus per-epoch validation."]
+            lines.append(
+                f"| {system}-seed{seed} | {r['epochs']} | {r['best_epoch']} | {r['stopped_by']} | "
+                f"{r['train_minutes']:.1f} | {r['test']['metrics']['hr@10']:.4f} | "
+                f"{r['test']['metrics']['ndcg@10']:.4f} | {r['git_commit'][:12]} |"
+            )
+    lines += [
+        "",
+        "Missing runs (seeds declared before any run: "
+        + ", ".join(map(str, SEEDS))
+        + "): "
+        + (", ".join(missing) if missing else "none"),
+        "",
+        "Learning curve (validation NDCG@10 per epoch): `learning_curve.png`.",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command or f"python -m oneranker_perf.ml1m_bench --source {source} --report",
+        "```",
+        "",
+        "Each run: `python -m oneranker_perf.ml1m_bench --source "
+        + source
+        + " --system SYSTEM --seed N --max-minutes 60` (OMP_NUM_THREADS=1).",
+        "",
+        "Notes (what differs from the published setting, stated, not tuned):",
+        "",
+        "* HSTU's public trainer has no validation split: it trains on all but the last event for 101 "
+        "epochs and reports the last epoch; here the second-to-last event is held out for a declared "
+        "stopping rule (validation NDCG@10 every epoch, patience, budget, best restored).",
+        "* Our HSTU reuses `oneranker.model.HSTULayer`: dropout on each block's residual update instead "
+        "of HSTU's dropout before the output projection; relative time buckets floor(log1p(dt) * 2); "
+        "items re-indexed densely over rated items (HSTU's index holds every movie id).",
+        "* The OneRanker generator row ranks by the bagged value stream (heads 6, 7); the max over the "
+        "trained streams is in each run file (`valid.other_streams` / `test.other_streams`). It is "
+        "trained by this harness's generator-only MTP loop (`baselines.generator_eval`), not by "
+        "`oneranker.train`.",
+        "* `train min` counts the optimizer steps; the budget (`--max-minutes`) counts wall time of "
+        "training plus per-epoch validation.",
+    ]
     (base / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -285,8 +356,13 @@ def _plot(source, base, runs) -> None:
     for system, seeds in runs.items():
         for seed, r in sorted(seeds.items()):
             ep = [c["epoch"] for c in r["curve"]]
-            ax.plot(ep, [c["val_ndcg@10"] for c in r["curve"]], color=colors.get(system, "gray"),
-                    alpha=0.5 + 0.15 * seed, label=f"{system} seed {seed}")
+            ax.plot(
+                ep,
+                [c["val_ndcg@10"] for c in r["curve"]],
+                color=colors.get(system, "gray"),
+                alpha=0.5 + 0.15 * seed,
+                label=f"{system} seed {seed}",
+            )
             ax.axvline(r["best_epoch"], color=colors.get(system, "gray"), ls=":", lw=0.8)
     if source == "ml1m":
         ax.axhline(PUBLISHED["HSTU"][1], color="k", ls="--", lw=0.8, label="HSTU published (test)")
@@ -328,11 +404,22 @@ def main(argv=None) -> int:
         return 0
     if args.system is None:
         parser.error("--system is required unless --report")
-    path = run_one(args.source, args.system, args.seed, args.max_minutes, args.out, args.max_users,
-                   args.max_epochs, args.max_steps_per_epoch, command)
+    path = run_one(
+        args.source,
+        args.system,
+        args.seed,
+        args.max_minutes,
+        args.out,
+        args.max_users,
+        args.max_epochs,
+        args.max_steps_per_epoch,
+        command,
+    )
     rec = json.loads(path.read_text())
-    print(f"{path}: test {rec['test']['metrics']}  epochs {rec['epochs']} (best {rec['best_epoch']}, "
-          f"{rec['stopped_by']}), {rec['train_minutes']:.1f} train min")
+    print(
+        f"{path}: test {rec['test']['metrics']}  epochs {rec['epochs']} (best {rec['best_epoch']}, "
+        f"{rec['stopped_by']}), {rec['train_minutes']:.1f} train min"
+    )
     return 0
 
 

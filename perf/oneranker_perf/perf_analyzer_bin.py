@@ -20,9 +20,7 @@ from pathlib import Path
 
 __all__ = ["perf_analyzer_command", "perf_analyzer_dir", "find_perf_analyzer"]
 
-BOOTSTRAP_HINT = (
-    "run `bash scripts/bootstrap.sh` (installs tritonclient==2.50.0 --target artifacts/tools/pa)"
-)
+BOOTSTRAP_HINT = "run `bash scripts/bootstrap.sh` (installs tritonclient==2.50.0 --target artifacts/tools/pa)"
 _NEEDED_LIBS = ("libb64.so.0d", "libcudart.so.12")
 
 
@@ -65,8 +63,7 @@ def perf_analyzer_command(
     missing = [name for name in _NEEDED_LIBS if not (lib / name).exists()]  # follows symlinks
     if missing:
         raise RuntimeError(
-            f"perf_analyzer needs {', '.join(missing)} in {lib} (missing or dangling symlink): "
-            f"{BOOTSTRAP_HINT}"
+            f"perf_analyzer needs {', '.join(missing)} in {lib} (missing or dangling symlink): {BOOTSTRAP_HINT}"
         )
     env = dict(os.environ if base_env is None else base_env)
     old = env.get("LD_LIBRARY_PATH")

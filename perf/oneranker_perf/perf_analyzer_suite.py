@@ -35,8 +35,21 @@ from pathlib import Path
 
 __all__ = ["LevelResult", "machine_description", "parse_pa_csv", "run_level", "run_suite", "main"]
 
-RESULT_FIELDS = ["mode", "level", "throughput_infer_s", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms",
-                 "request_count", "errors", "status", "returncode", "seconds"]
+RESULT_FIELDS = [
+    "mode",
+    "level",
+    "throughput_infer_s",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "avg_ms",
+    "request_count",
+    "errors",
+    "status",
+    "returncode",
+    "seconds",
+]
 
 
 @dataclass
@@ -129,11 +142,13 @@ def parse_pa_csv(path: str | Path) -> list[dict]:
             if level is None:
                 continue
             us = {k: _float(raw.get(f"{k} latency")) for k in ("p50", "p90", "p95", "p99", "Avg")}
-            rows.append({
-                "level": level,
-                "throughput_infer_s": _float(raw.get("Inferences/Second")),
-                **{f"{k.lower()}_ms": (None if v is None else round(v / 1000.0, 4)) for k, v in us.items()},
-            })
+            rows.append(
+                {
+                    "level": level,
+                    "throughput_infer_s": _float(raw.get("Inferences/Second")),
+                    **{f"{k.lower()}_ms": (None if v is None else round(v / 1000.0, 4)) for k, v in us.items()},
+                }
+            )
     return rows
 
 
@@ -146,19 +161,29 @@ def _error_lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if _ERROR_RE.search(ln)]
 
 
-def pa_args(args: argparse.Namespace, mode: str, level: float, csv_path: Path,
-            stability: float | None = None) -> list[str]:
+def pa_args(
+    args: argparse.Namespace, mode: str, level: float, csv_path: Path, stability: float | None = None
+) -> list[str]:
     spec = f"{level:g}:{level:g}:1"
     cmd = [
-        "-m", args.model,
-        "-i", "grpc",
-        "-u", args.url,
-        "-b", "1",
-        "--input-data", str(args.input_data),
-        "--measurement-interval", str(args.measurement_interval),
-        "--stability-percentage", f"{stability if stability is not None else args.stability_percentage:g}",
-        "--max-trials", str(args.max_trials),
-        "-f", str(csv_path),
+        "-m",
+        args.model,
+        "-i",
+        "grpc",
+        "-u",
+        args.url,
+        "-b",
+        "1",
+        "--input-data",
+        str(args.input_data),
+        "--measurement-interval",
+        str(args.measurement_interval),
+        "--stability-percentage",
+        f"{stability if stability is not None else args.stability_percentage:g}",
+        "--max-trials",
+        str(args.max_trials),
+        "-f",
+        str(csv_path),
         "--verbose-csv",
     ]
     cmd += ["--concurrency-range", spec] if mode == "concurrency" else ["--request-rate-range", spec]
@@ -186,12 +211,20 @@ def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, 
     timed_out = False
     try:
         cpus = parse_cpus(args.client_cpus)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.level_timeout,
-                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.level_timeout,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         text, res.returncode = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
+
         def _s(b):
             return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
         text, timed_out = _s(e.stdout) + _s(e.stderr), True
     res.seconds = round(time.monotonic() - t0, 2)
     (raw / f"{tag}.log").write_text(shlex.join(cmd) + "\n\n" + text)
@@ -247,7 +280,7 @@ def _levels(text: str, integer: bool) -> list[float]:
 
 
 def _rate_range(text: str) -> list[float]:
-    """"start:end:step" -> the rates (end included)."""
+    """ "start:end:step" -> the rates (end included)."""
     parts = text.split(":")
     try:
         nums = [float(p) for p in parts]
@@ -283,7 +316,7 @@ def write_csv(results: Sequence[LevelResult], path: Path) -> None:
 
 
 def parse_cpus(text: str | None) -> list[int] | None:
-    """"1" / "0,1" / "2-3" -> CPU ids (None: no pinning)."""
+    """ "1" / "0,1" / "2-3" -> CPU ids (None: no pinning)."""
     if not text:
         return None
     cpus: list[int] = []
@@ -295,14 +328,19 @@ def parse_cpus(text: str | None) -> list[int] | None:
 
 def pinning_note(client_cpus: str | None, server_cpus: str | None, nproc: int) -> str:
     if not client_cpus and not server_cpus:
-        return (f"CPU pinning: none. Server and client share all {nproc} cores, so the client's own CPU time is "
-                "taken from the server (the figure is a floor for the server).")
-    return (f"CPU pinning: server on core(s) {server_cpus or 'all'}, perf_analyzer on core(s) {client_cpus or 'all'}: "
-            "the client no longer competes with the server, which in exchange has fewer cores.")
+        return (
+            f"CPU pinning: none. Server and client share all {nproc} cores, so the client's own CPU time is "
+            "taken from the server (the figure is a floor for the server)."
+        )
+    return (
+        f"CPU pinning: server on core(s) {server_cpus or 'all'}, perf_analyzer on core(s) {client_cpus or 'all'}: "
+        "the client no longer competes with the server, which in exchange has fewer cores."
+    )
 
 
-def write_markdown(results: Sequence[LevelResult], path: Path, args: argparse.Namespace, machine: dict,
-                   command: str) -> None:
+def write_markdown(
+    results: Sequence[LevelResult], path: Path, args: argparse.Namespace, machine: dict, command: str
+) -> None:
     head = "concurrency" if results and results[0].mode == "concurrency" else "request rate (req/s)"
     lines = [
         f"# perf_analyzer: `{args.model}` at {args.url}",
@@ -348,8 +386,13 @@ def write_plot(results: Sequence[LevelResult], path: Path, title: str) -> bool:
     label = "c" if pts[0].mode == "concurrency" else "rps "
     for r in pts:
         if r.p50_ms is not None:
-            ax.annotate(f"{label}{r.level:g}", (r.throughput_infer_s, r.p50_ms), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
+            ax.annotate(
+                f"{label}{r.level:g}",
+                (r.throughput_infer_s, r.p50_ms),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
     ax.set_xlabel("throughput (inferences/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title(title, fontsize=10)
@@ -372,16 +415,22 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
     else:
         mode, levels = "concurrency", args.concurrency
     machine = machine_description()
-    print(f"perf_analyzer suite: {args.model} at {args.url}, {mode} {', '.join(f'{v:g}' for v in levels)}; "
-          f"{machine['nproc']} cores, {machine['cpu_model']}", flush=True)
+    print(
+        f"perf_analyzer suite: {args.model} at {args.url}, {mode} {', '.join(f'{v:g}' for v in levels)}; "
+        f"{machine['nproc']} cores, {machine['cpu_model']}",
+        flush=True,
+    )
     results = []
     for i, level in enumerate(levels, 1):
         print(f"[{i}/{len(levels)}] {mode} {level:g} ...", end=" ", flush=True)
         r = run_level(args, mode, level, out)
         results.append(r)
         if r.throughput_infer_s is not None:
-            print(f"{r.throughput_infer_s:.1f} infer/s, p50 {_fmt(r.p50_ms)} ms, p90 {_fmt(r.p90_ms)} ms, "
-                  f"p99 {_fmt(r.p99_ms)} ms, errors {r.errors} ({r.seconds:.1f} s)", flush=True)
+            print(
+                f"{r.throughput_infer_s:.1f} infer/s, p50 {_fmt(r.p50_ms)} ms, p90 {_fmt(r.p90_ms)} ms, "
+                f"p99 {_fmt(r.p99_ms)} ms, errors {r.errors} ({r.seconds:.1f} s)",
+                flush=True,
+            )
         else:
             print(f"{r.status.upper()} ({r.seconds:.1f} s): {r.message}", flush=True)
         if not r.ok and args.stop_on_error:
@@ -396,31 +445,48 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
         command = "(perf_analyzer not found)"
     write_markdown(results, out / "results.md", args, machine, command)
     plotted = write_plot(results, out / "results.png", f"{args.model} @ {args.url} ({mode})")
-    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}" + (f", {out / 'results.png'}" if plotted else ""),
-          flush=True)
+    print(
+        f"wrote {out / 'results.csv'}, {out / 'results.md'}" + (f", {out / 'results.png'}" if plotted else ""),
+        flush=True,
+    )
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m oneranker_perf.perf_analyzer_suite", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m oneranker_perf.perf_analyzer_suite",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--url", default="127.0.0.1:8001", help="gRPC endpoint host:port")
     ap.add_argument("--model", default="oneranker")
     ap.add_argument("--model-version", help="model version (default: the server's choice)")
     ap.add_argument("--input-data", required=True, type=Path, help="perf_analyzer JSON (oneranker_perf.make_inputs)")
     load = ap.add_mutually_exclusive_group()
-    load.add_argument("--concurrency", type=lambda s: _levels(s, True), default=[1.0, 2.0, 4.0],
-                      help="comma-separated concurrency levels (default 1,2,4)")
-    load.add_argument("--request-rate-range", type=_rate_range, metavar="START:END:STEP",
-                      help="request rates (req/s) instead of concurrency levels")
+    load.add_argument(
+        "--concurrency",
+        type=lambda s: _levels(s, True),
+        default=[1.0, 2.0, 4.0],
+        help="comma-separated concurrency levels (default 1,2,4)",
+    )
+    load.add_argument(
+        "--request-rate-range",
+        type=_rate_range,
+        metavar="START:END:STEP",
+        help="request rates (req/s) instead of concurrency levels",
+    )
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--measurement-interval", type=int, default=3000, help="ms per measurement window (default 3000)")
     ap.add_argument("--stability-percentage", type=float, default=10.0)
     ap.add_argument("--max-trials", type=int, default=10)
     ap.add_argument("--percentile", type=int, help="stabilize on this latency percentile instead of the mean")
     ap.add_argument("--bls-composing-models", help="comma-separated models a BLS model calls (server-side stats)")
-    ap.add_argument("--retry-unstable", type=int, default=1,
-                    help="re-measure a level that did not stabilize, doubling the stability percentage (default 1)")
+    ap.add_argument(
+        "--retry-unstable",
+        type=int,
+        default=1,
+        help="re-measure a level that did not stabilize, doubling the stability percentage (default 1)",
+    )
     ap.add_argument("--level-timeout", type=float, default=300.0, help="seconds before one level is abandoned")
     ap.add_argument("--stop-on-error", action="store_true", help="stop at the first failed level")
     ap.add_argument("--client-cpus", help="pin perf_analyzer to these CPUs, e.g. 1 or 2-3 (default: not pinned)")
@@ -442,8 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     bad = [r for r in results if not r.ok]
     if bad:
-        print(f"error: {len(bad)} of {len(results)} levels failed: " + "; ".join(
-            f"{r.mode} {r.level:g}: {r.message}" for r in bad), file=sys.stderr)
+        print(
+            f"error: {len(bad)} of {len(results)} levels failed: "
+            + "; ".join(f"{r.mode} {r.level:g}: {r.message}" for r in bad),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

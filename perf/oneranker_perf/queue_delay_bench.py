@@ -24,8 +24,17 @@ import numpy as np
 from .topology_bench import bench_requests, machine, paired_comparison, reproduce_command
 
 
-def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency: int, concurrency: int,
-        seconds: float, n_requests: int, command: str = "") -> dict:
+def run(
+    run_dir: Path,
+    export_dir: Path,
+    delays: list[int],
+    out: Path,
+    n_latency: int,
+    concurrency: int,
+    seconds: float,
+    n_requests: int,
+    command: str = "",
+) -> dict:
     from oneranker_build.render import RenderSettings, render_repository
     from oneranker_client import contract
     from oneranker_serving import artifacts
@@ -39,8 +48,14 @@ def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency
     with tempfile.TemporaryDirectory(prefix="queue-delay-") as tmp:
         try:
             for delay in delays:
-                repo = render_repository(export_dir, Path(tmp) / f"delay{delay}", "onnxruntime", dims,
-                                         info["checkpoint_sha256"], settings=RenderSettings(max_queue_delay_us=delay))
+                repo = render_repository(
+                    export_dir,
+                    Path(tmp) / f"delay{delay}",
+                    "onnxruntime",
+                    dims,
+                    info["checkpoint_sha256"],
+                    settings=RenderSettings(max_queue_delay_us=delay),
+                )
                 server = TritonServer(repo, log_file=Path(tmp) / f"delay{delay}.log")
                 server.start()
                 servers.append(server)
@@ -54,14 +69,24 @@ def run(run_dir: Path, export_dir: Path, delays: list[int], out: Path, n_latency
                 with OneRankerClient(url, model=model, retries=0) as client:
                     for req in reqs[:10]:
                         client.recommend(req)
-            print(f"[queue-delay] {len(targets)} targets interleaved: {n_latency} requests each at concurrency 1, "
-                  f"then {seconds:.0f}s of saturation each ...", flush=True)
+            print(
+                f"[queue-delay] {len(targets)} targets interleaved: {n_latency} requests each at concurrency 1, "
+                f"then {seconds:.0f}s of saturation each ...",
+                flush=True,
+            )
             measured = paired_comparison(targets, reqs, n_latency, concurrency, seconds)
         finally:
             for server in servers:
                 server.stop()
-    results = {"machine": machine(), "command": command, "preset": cfg.name, "delays_us": delays,
-               "concurrency": concurrency, "paths": paths, "measured": measured}
+    results = {
+        "machine": machine(),
+        "command": command,
+        "preset": cfg.name,
+        "delays_us": delays,
+        "concurrency": concurrency,
+        "paths": paths,
+        "measured": measured,
+    }
     write_report(results, out)
     return results
 
@@ -75,21 +100,28 @@ def write_report(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     m, delays, base = results["measured"], results["delays_us"], max(results["delays_us"])
-    lines = [f"# Dynamic batching queue delay ({results['preset']} model, onnxruntime repository)", "",
-             f"Machine: {results['machine']}. One tritonserver per delay, all up at once; every target measured "
-             f"interleaved (each concurrency-1 request sent to all, rotating order; saturation with "
-             f"{results['concurrency']} threads in rotating windows). Ratios are against {base} us.", "",
-             f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.queue_delay_bench --help'}`.", "",
-             "| path | max_queue_delay_us | c1 p50 ms | c1 p99 ms | saturated req/s | errors | c1 p50 vs "
-             f"{base} us | req/s vs {base} us |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Dynamic batching queue delay ({results['preset']} model, onnxruntime repository)",
+        "",
+        f"Machine: {results['machine']}. One tritonserver per delay, all up at once; every target measured "
+        f"interleaved (each concurrency-1 request sent to all, rotating order; saturation with "
+        f"{results['concurrency']} threads in rotating windows). Ratios are against {base} us.",
+        "",
+        f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.queue_delay_bench --help'}`.",
+        "",
+        "| path | max_queue_delay_us | c1 p50 ms | c1 p99 ms | saturated req/s | errors | c1 p50 vs "
+        f"{base} us | req/s vs {base} us |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for path in results["paths"]:
         ref = m[f"{path} @ {base} us"]
         for delay in delays:
             t = m[f"{path} @ {delay} us"]
-            lines.append(f"| {path} | {delay} | {t['c1']['p50_ms']:.2f} | {t['c1']['p99_ms']:.2f} | "
-                         f"{t['throughput_rps']:.1f} | {t['errors']} | {t['c1']['p50_ms'] / ref['c1']['p50_ms']:.2f}x | "
-                         f"{t['throughput_rps'] / ref['throughput_rps']:.2f}x |")
+            lines.append(
+                f"| {path} | {delay} | {t['c1']['p50_ms']:.2f} | {t['c1']['p99_ms']:.2f} | "
+                f"{t['throughput_rps']:.1f} | {t['errors']} | {t['c1']['p50_ms'] / ref['c1']['p50_ms']:.2f}x | "
+                f"{t['throughput_rps'] / ref['throughput_rps']:.2f}x |"
+            )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -125,8 +157,17 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     command = reproduce_command("oneranker_perf.queue_delay_bench", argv)
-    run(args.run_dir, args.export, [int(d) for d in args.delays.split(",")], args.out, args.latency_requests,
-        args.concurrency, args.seconds, args.requests, command=command)
+    run(
+        args.run_dir,
+        args.export,
+        [int(d) for d in args.delays.split(",")],
+        args.out,
+        args.latency_requests,
+        args.concurrency,
+        args.seconds,
+        args.requests,
+        command=command,
+    )
     return 0
 
 

@@ -42,11 +42,18 @@ def flops(cfg, length: int, n: int) -> dict:
     t2 = m.num_step2_tokens
     S = N + t2
     step1 = m.g_layers * (2 * N * d * 4 * d + 4 * N * N * d + 2 * N * d * d)
-    step2 = m.h_layers * (2 * t2 * d * d * 2 + 2 * N * d * 2 * d + 4 * t2 * N * d  # cross-attention
-                          + 2 * t2 * d * 4 * d + 4 * t2 * t2 * d  # self-attention
-                          + 4 * t2 * d * m.ffn_mult * d)  # FFN
+    step2 = m.h_layers * (
+        2 * t2 * d * d * 2
+        + 2 * N * d * 2 * d
+        + 4 * t2 * N * d  # cross-attention
+        + 2 * t2 * d * 4 * d
+        + 4 * t2 * t2 * d  # self-attention
+        + 4 * t2 * d * m.ffn_mult * d
+    )  # FFN
     kv = m.r_layers * 2 * S * d * 2 * d
-    step3 = m.r_layers * (4 * n * d * d + 4 * n * S * d + 2 * n * d * 3 * d + 4 * n * d * m.ffn_mult * d) + 2 * n * d * d
+    step3 = (
+        m.r_layers * (4 * n * d * d + 4 * n * S * d + 2 * n * d * 3 * d + 4 * n * d * m.ffn_mult * d) + 2 * n * d * d
+    )
     return {"generate": step1 + step2 + kv, "rank": step3, "reencode": step1 + kv}
 
 
@@ -77,10 +84,21 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
     export_dir = Path(tempfile.mkdtemp(prefix="oneranker_scaling_"))
     print(f"[scaling] exporting {preset_name} graphs ...", flush=True)
     export_level_logit_graphs(model, export_dir, 64, 32, cfg.model.max_history)
-    (export_dir / "export_info.json").write_text(json.dumps({
-        "dims": {"F": model.num_prefix, "D": model.depth, "K": model.codes, "H": cfg.model.num_task_tokens,
-                 "R2": 2 * cfg.model.r_layers, "DM": cfg.model.d_model},
-        "num_step2_tokens": cfg.model.num_step2_tokens}))
+    (export_dir / "export_info.json").write_text(
+        json.dumps(
+            {
+                "dims": {
+                    "F": model.num_prefix,
+                    "D": model.depth,
+                    "K": model.codes,
+                    "H": cfg.model.num_task_tokens,
+                    "R2": 2 * cfg.model.r_layers,
+                    "DM": cfg.model.d_model,
+                },
+                "num_step2_tokens": cfg.model.num_step2_tokens,
+            }
+        )
+    )
     engines = {"onnxruntime": OrtRunner(export_dir, threads=threads), "torch": ModuleRunner(model)}
     rows = []
     for length in lengths:
@@ -89,14 +107,23 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
         for n in counts:
             cands = {k: v.numpy() for k, v in example_candidates(model, 1, n, 64, 32).items()}
             fl = flops(cfg, length, n)
-            row = {"history": length, "candidates": n, "gflop_generate": fl["generate"] / 1e9,
-                   "gflop_rank": fl["rank"] / 1e9}
+            row = {
+                "history": length,
+                "candidates": n,
+                "gflop_generate": fl["generate"] / 1e9,
+                "gflop_rank": fl["rank"] / 1e9,
+            }
             for name, runner in engines.items():
                 _, kv = runner.generate(inputs)
-                row[f"{name}_generate_ms"] = 1e3 * time_call(lambda: _release(runner, runner.generate(inputs)[1]), repeats)
+                row[f"{name}_generate_ms"] = 1e3 * time_call(
+                    lambda: _release(runner, runner.generate(inputs)[1]), repeats
+                )
                 row[f"{name}_rank_ms"] = 1e3 * time_call(
-                    lambda: runner.rank(kv, inputs["hist_len"], cands["cand_sids"], cands["cand_attrs"],
-                                        cands["cand_bid"]), repeats)
+                    lambda: runner.rank(
+                        kv, inputs["hist_len"], cands["cand_sids"], cands["cand_attrs"], cands["cand_bid"]
+                    ),
+                    repeats,
+                )
                 _release(runner, kv)
             ort_total = row["onnxruntime_generate_ms"] + row["onnxruntime_rank_ms"]
             row["fraction_of_peak"] = (fl["generate"] + fl["rank"]) / 1e9 / (ort_total / 1e3) / peak
@@ -104,12 +131,22 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
             row["cascade_rank_ms"] = row["onnxruntime_generate_ms"] + row["onnxruntime_rank_ms"]
             row["unified_rank_ms"] = row["onnxruntime_rank_ms"]
             rows.append(row)
-            print(f"[scaling] L={length:5d} n={n:5d}  ort gen {row['onnxruntime_generate_ms']:7.2f} ms "
-                  f"rank {row['onnxruntime_rank_ms']:7.2f} ms | torch gen {row['torch_generate_ms']:7.2f} "
-                  f"rank {row['torch_rank_ms']:7.2f} ms | {row['fraction_of_peak']:.1%} of peak", flush=True)
-    results = {"preset": preset_name, "command": command, "threads": threads, "matmul_gflops": peak, "rows": rows,
-               "kv_binding": bound_vs_unbound(export_dir, model, lengths[len(lengths) // 2], counts[len(counts) // 2],
-                                              threads, repeats * 4)}
+            print(
+                f"[scaling] L={length:5d} n={n:5d}  ort gen {row['onnxruntime_generate_ms']:7.2f} ms "
+                f"rank {row['onnxruntime_rank_ms']:7.2f} ms | torch gen {row['torch_generate_ms']:7.2f} "
+                f"rank {row['torch_rank_ms']:7.2f} ms | {row['fraction_of_peak']:.1%} of peak",
+                flush=True,
+            )
+    results = {
+        "preset": preset_name,
+        "command": command,
+        "threads": threads,
+        "matmul_gflops": peak,
+        "rows": rows,
+        "kv_binding": bound_vs_unbound(
+            export_dir, model, lengths[len(lengths) // 2], counts[len(counts) // 2], threads, repeats * 4
+        ),
+    }
     write_report(results, out)
     return results
 
@@ -122,8 +159,10 @@ def bound_vs_unbound(export_dir: Path, model, length: int, n: int, threads: int,
 
     inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 1, length).items()}
     cands = {k: v.numpy() for k, v in example_candidates(model, 1, n, 64, 32).items()}
-    runners = {"bound": OrtRunner(export_dir, threads=threads, bind_kv=True),
-               "unbound": OrtRunner(export_dir, threads=threads, bind_kv=False)}
+    runners = {
+        "bound": OrtRunner(export_dir, threads=threads, bind_kv=True),
+        "unbound": OrtRunner(export_dir, threads=threads, bind_kv=False),
+    }
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, runner in runners.items():
@@ -150,9 +189,16 @@ def _untrained_model(cfg):
 
     t, m = cfg.tokenizer, cfg.model
     sizes = [t.codebook_size] * t.num_levels + [t.max_collisions]
-    return OneRanker(m, t, cfg.data, fake_item_centroids=torch.randn(m.num_fake_items, t.embedding_dim),
-                     level_code_features=torch.rand(t.sid_depth, t.max_codes, m.num_fake_items),
-                     level_sizes=sizes, num_advertisers=64, num_categories=32).eval()
+    return OneRanker(
+        m,
+        t,
+        cfg.data,
+        fake_item_centroids=torch.randn(m.num_fake_items, t.embedding_dim),
+        level_code_features=torch.rand(t.sid_depth, t.max_codes, m.num_fake_items),
+        level_sizes=sizes,
+        num_advertisers=64,
+        num_categories=32,
+    ).eval()
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -166,26 +212,36 @@ def write_report(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     rows = results["rows"]
-    lines = [f"# Cost of one request vs history length and candidates ({results['preset']} model, untrained)", "",
-             f"Machine: {machine()}; {results['threads']} intra-op threads; torch.matmul reaches "
-             f"{results['matmul_gflops']:.1f} GFLOP/s here (512x512 fp32, same run). Medians of in-process calls, "
-             "batch 1. Unified rank = Step 3 over the generator's KV; cascade rank = re-encode the history "
-             "(generate) + Step 3.", "",
-             f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.scaling_bench --preset paper'}`.", "",
-             "| history | candidates | GFLOP gen | GFLOP rank | ORT gen ms | ORT rank ms | torch gen ms | torch rank ms "
-             "| torch/ORT total | cascade/unified rank | fraction of peak (ORT) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Cost of one request vs history length and candidates ({results['preset']} model, untrained)",
+        "",
+        f"Machine: {machine()}; {results['threads']} intra-op threads; torch.matmul reaches "
+        f"{results['matmul_gflops']:.1f} GFLOP/s here (512x512 fp32, same run). Medians of in-process calls, "
+        "batch 1. Unified rank = Step 3 over the generator's KV; cascade rank = re-encode the history "
+        "(generate) + Step 3.",
+        "",
+        f"Reproduce: `{results.get('command') or 'python -m oneranker_perf.scaling_bench --preset paper'}`.",
+        "",
+        "| history | candidates | GFLOP gen | GFLOP rank | ORT gen ms | ORT rank ms | torch gen ms | torch rank ms "
+        "| torch/ORT total | cascade/unified rank | fraction of peak (ORT) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ort = r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"]
         tor = r["torch_generate_ms"] + r["torch_rank_ms"]
-        lines.append(f"| {r['history']} | {r['candidates']} | {r['gflop_generate']:.3f} | {r['gflop_rank']:.3f} | "
-                     f"{r['onnxruntime_generate_ms']:.2f} | {r['onnxruntime_rank_ms']:.2f} | {r['torch_generate_ms']:.2f} | "
-                     f"{r['torch_rank_ms']:.2f} | {tor / ort:.2f}x | {r['cascade_rank_ms'] / r['unified_rank_ms']:.1f}x | "
-                     f"{r['fraction_of_peak']:.1%} |")
+        lines.append(
+            f"| {r['history']} | {r['candidates']} | {r['gflop_generate']:.3f} | {r['gflop_rank']:.3f} | "
+            f"{r['onnxruntime_generate_ms']:.2f} | {r['onnxruntime_rank_ms']:.2f} | {r['torch_generate_ms']:.2f} | "
+            f"{r['torch_rank_ms']:.2f} | {tor / ort:.2f}x | {r['cascade_rank_ms'] / r['unified_rank_ms']:.1f}x | "
+            f"{r['fraction_of_peak']:.1%} |"
+        )
     kb = results["kv_binding"]
-    lines += ["", f"KV binding (history {kb['history']}, {kb['candidates']} candidates, interleaved medians): bound in "
-                  f"place {kb['bound']:.2f} ms, unbound (KV to numpy and back) {kb['unbound']:.2f} ms: "
-                  f"unbound/bound = {kb['unbound_over_bound']:.2f}x."]
+    lines += [
+        "",
+        f"KV binding (history {kb['history']}, {kb['candidates']} candidates, interleaved medians): bound in "
+        f"place {kb['bound']:.2f} ms, unbound (KV to numpy and back) {kb['unbound']:.2f} ms: "
+        f"unbound/bound = {kb['unbound_over_bound']:.2f}x.",
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -193,16 +249,24 @@ def write_report(results: dict, out: Path) -> None:
     lengths = sorted({r["history"] for r in rows})
     for n in counts:
         sel = [r for r in rows if r["candidates"] == n]
-        axes[0].plot([r["history"] for r in sel], [r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"] for r in sel],
-                     marker="o", label=f"n={n}")
+        axes[0].plot(
+            [r["history"] for r in sel],
+            [r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"] for r in sel],
+            marker="o",
+            label=f"n={n}",
+        )
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel("history length")
     axes[0].set_ylabel("ms per request (ORT, generate + rank)")
     axes[0].legend()
     for length in lengths:
         sel = [r for r in rows if r["history"] == length]
-        axes[1].plot([r["candidates"] for r in sel], [r["cascade_rank_ms"] / r["unified_rank_ms"] for r in sel],
-                     marker="o", label=f"L={length}")
+        axes[1].plot(
+            [r["candidates"] for r in sel],
+            [r["cascade_rank_ms"] / r["unified_rank_ms"] for r in sel],
+            marker="o",
+            label=f"L={length}",
+        )
     axes[1].set_xscale("log", base=2)
     axes[1].set_xlabel("candidates")
     axes[1].set_ylabel("cascade rank time / unified rank time")
@@ -224,8 +288,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    run(args.preset, args.out, [int(x) for x in args.lengths.split(",")], [int(x) for x in args.candidates.split(",")],
-        args.threads, args.repeats, command=reproduce_command("oneranker_perf.scaling_bench", argv))
+    run(
+        args.preset,
+        args.out,
+        [int(x) for x in args.lengths.split(",")],
+        [int(x) for x in args.candidates.split(",")],
+        args.threads,
+        args.repeats,
+        command=reproduce_command("oneranker_perf.scaling_bench", argv),
+    )
     return 0
 
 

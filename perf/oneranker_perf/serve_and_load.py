@@ -30,9 +30,11 @@ def floor_note(run_dir: Path, requests_jsonl: Path) -> str:
     cfg = load_run(run_dir)[0]
     lengths = [len(json.loads(line)["item_ids"]) for line in requests_jsonl.read_text().splitlines() if line.strip()]
     floor = compute_floor(cfg, [bucket_for(n, cfg.serve.length_buckets) for n in lengths])
-    return (f"Compute floor of one request ({floor['candidates']} candidates, histories padded to their bucket): "
-            f"{floor['unified_gflop'] * 1e3:.2f} MFLOP = {floor['unified_floor_ms']:.3f} ms at the "
-            f"{floor['matmul_gflops']:.1f} GFLOP/s torch.matmul reaches on this machine now.")
+    return (
+        f"Compute floor of one request ({floor['candidates']} candidates, histories padded to their bucket): "
+        f"{floor['unified_gflop'] * 1e3:.2f} MFLOP = {floor['unified_floor_ms']:.3f} ms at the "
+        f"{floor['matmul_gflops']:.1f} GFLOP/s torch.matmul reaches on this machine now."
+    )
 
 
 def main(argv=None) -> int:
@@ -43,8 +45,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--inputs", type=Path, required=True, help="folder with perf_data.json and requests.jsonl")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--concurrency", default="1,2,4",
-                        help="levels (2 cores: 4 in-flight requests already saturate the server; 8 does not settle)")
+    parser.add_argument(
+        "--concurrency",
+        default="1,2,4",
+        help="levels (2 cores: 4 in-flight requests already saturate the server; 8 does not settle)",
+    )
     parser.add_argument("--locust-users", type=int, default=4)
     parser.add_argument("--locust-time", default="20s")
     parser.add_argument("--run-dir", type=Path, help="the served run: adds the compute floor to every report")
@@ -53,8 +58,15 @@ def main(argv=None) -> int:
     notes = []
     if args.run_dir:
         notes = ["--note", floor_note(args.run_dir, args.inputs / "requests.jsonl")]
-    pa_common = ["--input-data", str(args.inputs / "perf_data.json"), "--concurrency", args.concurrency,
-                 "--measurement-interval", "3000", *notes]
+    pa_common = [
+        "--input-data",
+        str(args.inputs / "perf_data.json"),
+        "--concurrency",
+        args.concurrency,
+        "--measurement-interval",
+        "3000",
+        *notes,
+    ]
 
     def serve_and_run(runs: list[list[str]], cpus=None) -> int:
         rc = 0
@@ -71,14 +83,39 @@ def main(argv=None) -> int:
         return rc
 
     suite = [sys.executable, "-m", "oneranker_perf.perf_analyzer_suite", "--url", "{url}"]
-    rc = serve_and_run([
-        suite + ["--model", contract.PUBLIC_MODEL, "--out", str(args.out / "perf_analyzer"), *pa_common],
-        suite + ["--model", contract.TOPOLOGY_MODELS["bls"], "--out", str(args.out / "perf_analyzer_bls"), *pa_common,
-                 "--bls-composing-models", f"{contract.GENERATOR_MODEL},{contract.RANKER_MODEL}"],
-        [sys.executable, "-m", "oneranker_perf.locust_run", "--host", "{url}", "--users", str(args.locust_users),
-         "--spawn-rate", str(args.locust_users), "--run-time", args.locust_time, "--out", str(args.out / "locust"),
-         "--requests", str(args.inputs / "requests.jsonl"), *notes],
-    ])
+    rc = serve_and_run(
+        [
+            suite + ["--model", contract.PUBLIC_MODEL, "--out", str(args.out / "perf_analyzer"), *pa_common],
+            suite
+            + [
+                "--model",
+                contract.TOPOLOGY_MODELS["bls"],
+                "--out",
+                str(args.out / "perf_analyzer_bls"),
+                *pa_common,
+                "--bls-composing-models",
+                f"{contract.GENERATOR_MODEL},{contract.RANKER_MODEL}",
+            ],
+            [
+                sys.executable,
+                "-m",
+                "oneranker_perf.locust_run",
+                "--host",
+                "{url}",
+                "--users",
+                str(args.locust_users),
+                "--spawn-rate",
+                str(args.locust_users),
+                "--run-time",
+                args.locust_time,
+                "--out",
+                str(args.out / "locust"),
+                "--requests",
+                str(args.inputs / "requests.jsonl"),
+                *notes,
+            ],
+        ]
+    )
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
@@ -86,9 +123,26 @@ def main(argv=None) -> int:
         else:
             server_cpus, client_cpu = cpus[:-1], cpus[-1]
             server_text = ",".join(str(c) for c in server_cpus)
-            rc = serve_and_run([suite + ["--model", contract.PUBLIC_MODEL, "--out", str(args.out / "perf_analyzer_pinned"),
-                                         *pa_common, "--client-cpus", str(client_cpu), "--server-cpus", server_text]],
-                               cpus=server_cpus) or rc
+            rc = (
+                serve_and_run(
+                    [
+                        suite
+                        + [
+                            "--model",
+                            contract.PUBLIC_MODEL,
+                            "--out",
+                            str(args.out / "perf_analyzer_pinned"),
+                            *pa_common,
+                            "--client-cpus",
+                            str(client_cpu),
+                            "--server-cpus",
+                            server_text,
+                        ]
+                    ],
+                    cpus=server_cpus,
+                )
+                or rc
+            )
     return rc
 
 

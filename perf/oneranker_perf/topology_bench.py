@@ -36,8 +36,13 @@ def machine() -> str:
 
 def percentiles(times_s: list[float]) -> dict:
     ms = np.asarray(times_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(len(ms))}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": int(len(ms)),
+    }
 
 
 def scrape_metrics(url: str) -> list[tuple[str, str, float]]:
@@ -82,10 +87,14 @@ def stage_breakdown(before, after, models: list[str], ensemble: str, labels: tup
     if served <= 0:
         return out
     out["requests"] = served
-    out["ensemble_request_ms"] = _delta(before, after, "nv_inference_request_duration_us", f'model="{ensemble}"') / served / 1e3
+    out["ensemble_request_ms"] = (
+        _delta(before, after, "nv_inference_request_duration_us", f'model="{ensemble}"') / served / 1e3
+    )
     for model in models:
         label = f'model="{model}"'
-        out[f"{model}_compute_ms"] = _delta(before, after, "nv_inference_compute_infer_duration_us", label) / served / 1e3
+        out[f"{model}_compute_ms"] = (
+            _delta(before, after, "nv_inference_compute_infer_duration_us", label) / served / 1e3
+        )
         out[f"{model}_queue_ms"] = _delta(before, after, "nv_inference_queue_duration_us", label) / served / 1e3
     if labels:
         for stage in ("generate", "select", "rank"):
@@ -135,7 +144,7 @@ def paired_in_process(calls: dict, requests: list, n: int) -> dict:
     labels = list(calls)
     times: dict = {k: [] for k in labels}
     for i in range(n):
-        for k in labels[i % len(labels):] + labels[: i % len(labels)]:
+        for k in labels[i % len(labels) :] + labels[: i % len(labels)]:
             start = time.perf_counter()
             calls[k](requests[i % len(requests)])
             times[k].append(time.perf_counter() - start)
@@ -146,8 +155,9 @@ def git_commit() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -157,11 +167,14 @@ def new_vs_old_summary(results: dict) -> dict:
     fused model) against the numpy beam search baseline ("old"), each pair measured interleaved."""
     local, served = results["in_process_new_vs_old"], results["new_vs_old"]
     new, old = contract_names()
-    return {"commit": results["commit"], "machine": results["machine"],
-            "in_process_p50_ms": {"new": local["new"]["p50_ms"], "old": local["old"]["p50_ms"]},
-            "served_c1_p50_ms": {"new": served[new]["c1"]["p50_ms"], "old": served[old]["c1"]["p50_ms"]},
-            "served_c1_p99_ms": {"new": served[new]["c1"]["p99_ms"], "old": served[old]["c1"]["p99_ms"]},
-            "saturated_rps": {"new": served[new]["throughput_rps"], "old": served[old]["throughput_rps"]}}
+    return {
+        "commit": results["commit"],
+        "machine": results["machine"],
+        "in_process_p50_ms": {"new": local["new"]["p50_ms"], "old": local["old"]["p50_ms"]},
+        "served_c1_p50_ms": {"new": served[new]["c1"]["p50_ms"], "old": served[old]["c1"]["p50_ms"]},
+        "served_c1_p99_ms": {"new": served[new]["c1"]["p99_ms"], "old": served[old]["c1"]["p99_ms"]},
+        "saturated_rps": {"new": served[new]["throughput_rps"], "old": served[old]["throughput_rps"]},
+    }
 
 
 def contract_names() -> tuple[str, str]:
@@ -170,8 +183,14 @@ def contract_names() -> tuple[str, str]:
     return contract.TOPOLOGY_MODELS["fused"], contract.NUMPY_BEAM_PUBLIC_MODEL
 
 
-def paired_comparison(targets: dict[str, tuple[str, str]], requests: list, n_latency: int, concurrency: int,
-                      seconds: float, rounds: int = 4) -> dict:
+def paired_comparison(
+    targets: dict[str, tuple[str, str]],
+    requests: list,
+    n_latency: int,
+    concurrency: int,
+    seconds: float,
+    rounds: int = 4,
+) -> dict:
     """Two or more served models ({label: (grpc url, model)}) measured interleaved, so machine
     noise falls on all alike: at concurrency 1 each request goes to every target (order rotating);
     at saturation, `rounds` rotating windows of seconds/rounds per target, pooled."""
@@ -182,7 +201,7 @@ def paired_comparison(targets: dict[str, tuple[str, str]], requests: list, n_lat
     times: dict = {k: [] for k in labels}
 
     def rotation(i: int) -> list[str]:
-        return labels[i % len(labels):] + labels[:i % len(labels)]
+        return labels[i % len(labels) :] + labels[: i % len(labels)]
 
     for i in range(n_latency):
         for k in rotation(i):
@@ -194,8 +213,9 @@ def paired_comparison(targets: dict[str, tuple[str, str]], requests: list, n_lat
         for k in rotation(r):
             url, model = targets[k]
             began = time.perf_counter()
-            sat = saturation_loop(lambda: OneRankerClient(url, model=model, retries=0).recommend, requests,
-                                  concurrency, seconds / rounds)
+            sat = saturation_loop(
+                lambda: OneRankerClient(url, model=model, retries=0).recommend, requests, concurrency, seconds / rounds
+            )
             elapsed = time.perf_counter() - began
             out[k]["served"] += int(round(sat["throughput_rps"] * elapsed))
             out[k]["seconds"] += elapsed
@@ -259,14 +279,29 @@ def bench_requests(run_dir: Path, n_requests: int) -> tuple:
     prep = prepare(cfg, sids=sids)
     rows = np.linspace(0, len(prep.splits["test"]) - 1, n_requests).astype(int)
     raw = [example_request(prep, int(r)) for r in rows]
-    reqs = [RecommendRequest(user_features=r.user_features.tolist(), item_ids=r.item_ids.tolist(),
-                             actions=r.actions.tolist(), timestamps=r.timestamps.tolist(),
-                             request_time=int(r.request_time)) for r in raw]
+    reqs = [
+        RecommendRequest(
+            user_features=r.user_features.tolist(),
+            item_ids=r.item_ids.tolist(),
+            actions=r.actions.tolist(),
+            timestamps=r.timestamps.tolist(),
+            request_time=int(r.request_time),
+        )
+        for r in raw
+    ]
     return cfg, raw, reqs
 
 
-def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency: int, seconds: float,
-        n_requests: int, command: str = "") -> dict:
+def run(
+    run_dir: Path,
+    repository: Path,
+    out: Path,
+    n_latency: int,
+    concurrency: int,
+    seconds: float,
+    n_requests: int,
+    command: str = "",
+) -> dict:
     from oneranker.reference import load_reference
     from oneranker_client import contract
     from oneranker_client.client import OneRankerClient
@@ -279,9 +314,16 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     buckets = info["serve"]["length_buckets"]
     mean_kv = float(np.mean([kv_bytes(info, bucket_for(len(r.item_ids), buckets)) for r in raw]))
 
-    results: dict = {"machine": machine(), "commit": git_commit(), "command": command, "preset": cfg.name,
-                     "requests": n_requests, "repository": str(repository),
-                     "mean_history": float(np.mean([len(r.item_ids) for r in raw])), "topologies": {}}
+    results: dict = {
+        "machine": machine(),
+        "commit": git_commit(),
+        "command": command,
+        "preset": cfg.name,
+        "requests": n_requests,
+        "repository": str(repository),
+        "mean_history": float(np.mean([len(r.item_ids) for r in raw])),
+        "topologies": {},
+    }
     print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
     fused_artifacts = repository / contract.FUSED_MODEL / "1" / "artifacts"
     local = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=2, search="graph")
@@ -289,7 +331,8 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
     for rec in (local, local_old):  # warm-up: first calls allocate
         latency_loop(lambda r, rec=rec: rec.recommend([r]), raw, 10)
     results["in_process_new_vs_old"] = paired_in_process(
-        {"new": lambda r: local.recommend([r]), "old": lambda r: local_old.recommend([r])}, raw, n_latency)
+        {"new": lambda r: local.recommend([r]), "old": lambda r: local_old.recommend([r])}, raw, n_latency
+    )
     results["in_process_onnxruntime"] = results["in_process_new_vs_old"]["new"]
     reference = load_reference(run_dir)
     results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)
@@ -309,15 +352,22 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
         print(f"[bench] {model}: concurrency 1 ...", flush=True)
         before = scrape_metrics(server.metrics_url)
         c1 = latency_loop(client.recommend, reqs, n_latency)
-        c1["stages"] = stage_breakdown(before, settled_metrics(server.metrics_url, before, model, n_latency),
-                                       [step[0] for step in steps], model, labels)
+        c1["stages"] = stage_breakdown(
+            before,
+            settled_metrics(server.metrics_url, before, model, n_latency),
+            [step[0] for step in steps],
+            model,
+            labels,
+        )
         print(f"[bench] {model}: saturation, {concurrency} threads for {seconds:.0f}s ...", flush=True)
         rest = tree_rss_mb(server.pid)
         with RssSampler(server.pid) as rss:
-            sat = saturation_loop(lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend,
-                                  reqs, concurrency, seconds)
-        sat.update({"rss_at_rest_mb": rest, "rss_peak_mb": rss.peak,
-                    "rss_per_in_flight_mb": (rss.peak - rest) / concurrency})
+            sat = saturation_loop(
+                lambda: OneRankerClient(server.grpc_url, model=model, retries=0).recommend, reqs, concurrency, seconds
+            )
+        sat.update(
+            {"rss_at_rest_mb": rest, "rss_peak_mb": rss.peak, "rss_per_in_flight_mb": (rss.peak - rest) / concurrency}
+        )
         client.close()
         return {"model": model, "c1": c1, "saturation": sat}
 
@@ -328,22 +378,28 @@ def run(run_dir: Path, repository: Path, out: Path, n_latency: int, concurrency:
         server.wait_ready(180)
         for topology, model in contract.TOPOLOGY_MODELS.items():
             labels = ('system="unified"', 'beam_search="graph"') if topology == "fused" else None
-            results["topologies"][topology] = {**measure(server, model, topology_steps(topology), labels),
-                                               "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv}
+            results["topologies"][topology] = {
+                **measure(server, model, topology_steps(topology), labels),
+                "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv,
+            }
         if cascade_dir.exists():
-            results["cascade"] = {**measure(server, contract.CASCADE_PUBLIC_MODEL, cascade_steps(), ('system="cascade"',)),
-                                  "kv_bytes_crossing_per_request": 0}
+            results["cascade"] = {
+                **measure(server, contract.CASCADE_PUBLIC_MODEL, cascade_steps(), ('system="cascade"',)),
+                "kv_bytes_crossing_per_request": 0,
+            }
             pair = (contract.TOPOLOGY_MODELS["fused"], contract.CASCADE_PUBLIC_MODEL)
             print(f"[bench] {pair[0]} vs {pair[1]}, interleaved ...", flush=True)
-            results["unified_vs_cascade"] = paired_comparison({m: (server.grpc_url, m) for m in pair}, reqs,
-                                                              n_latency, concurrency, seconds)
-        results["numpy_beam"] = measure(server, contract.NUMPY_BEAM_PUBLIC_MODEL, numpy_beam_steps(),
-                                        ('system="unified"', 'beam_search="numpy"'))
+            results["unified_vs_cascade"] = paired_comparison(
+                {m: (server.grpc_url, m) for m in pair}, reqs, n_latency, concurrency, seconds
+            )
+        results["numpy_beam"] = measure(
+            server, contract.NUMPY_BEAM_PUBLIC_MODEL, numpy_beam_steps(), ('system="unified"', 'beam_search="numpy"')
+        )
         pair = contract_names()
-        print(f"[bench] {pair[0]} (in-graph beam search) vs {pair[1]} (numpy beam search), interleaved ...",
-              flush=True)
-        results["new_vs_old"] = paired_comparison({m: (server.grpc_url, m) for m in pair}, reqs, n_latency,
-                                                  concurrency, seconds)
+        print(f"[bench] {pair[0]} (in-graph beam search) vs {pair[1]} (numpy beam search), interleaved ...", flush=True)
+        results["new_vs_old"] = paired_comparison(
+            {m: (server.grpc_url, m) for m in pair}, reqs, n_latency, concurrency, seconds
+        )
     finally:
         server.stop()
     results["default_topology"] = choose_default(results["topologies"])
@@ -361,8 +417,14 @@ def compute_floor(cfg, length_buckets: list[int]) -> dict:
     unified = float(np.mean([f["generate"] + f["rank"] for f in per]))
     cascade = float(np.mean([2 * f["generate"] + f["rank"] for f in per]))  # generator + ranker both encode
     rate = matmul_gflops(2)
-    return {"matmul_gflops": rate, "candidates": n, "unified_gflop": unified / 1e9, "cascade_gflop": cascade / 1e9,
-            "unified_floor_ms": unified / 1e9 / rate * 1e3, "cascade_floor_ms": cascade / 1e9 / rate * 1e3}
+    return {
+        "matmul_gflops": rate,
+        "candidates": n,
+        "unified_gflop": unified / 1e9,
+        "cascade_gflop": cascade / 1e9,
+        "unified_floor_ms": unified / 1e9 / rate * 1e3,
+        "cascade_floor_ms": cascade / 1e9 / rate * 1e3,
+    }
 
 
 def choose_default(topologies: dict) -> str:
@@ -377,33 +439,45 @@ def new_vs_old_section(results: dict) -> list[str]:
     summ = new_vs_old_summary(results)
     ip, c1, p99, rps = (summ[k] for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps"))
     gap_new, gap_old = c1["new"] - ip["new"], c1["old"] - ip["old"]
-    return ["## In-graph beam search (new) vs numpy beam search (old)", "",
-            "new = the default fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
-            "graph with the beam search inside, ranking graph with the top-k inside; two engine calls); old = "
-            "`oneranker_numpy_beam` (preprocess model, then a Python model running the level-logit graph, the "
-            "numpy beam search and the ranker graph). Same checkpoint, same client, each pair interleaved.", "",
-            "| | new | old | new / old | target |", "|---|---|---|---|---|",
-            f"| in-process p50 ms | {ip['new']:.2f} | {ip['old']:.2f} | {ip['new'] / ip['old']:.2f}x | <= 0.75x |",
-            f"| served c1 p50 ms | {c1['new']:.2f} | {c1['old']:.2f} | {c1['new'] / c1['old']:.2f}x | |",
-            f"| served c1 p99 ms | {p99['new']:.2f} | {p99['old']:.2f} | {p99['new'] / p99['old']:.2f}x | |",
-            f"| served c1 p50 - in-process p50, ms | {gap_new:.2f} | {gap_old:.2f} | | new <= 1.5 |",
-            f"| saturated req/s | {rps['new']:.1f} | {rps['old']:.1f} | {rps['new'] / rps['old']:.2f}x | >= 1.4x |",
-            ""]
+    return [
+        "## In-graph beam search (new) vs numpy beam search (old)",
+        "",
+        "new = the default fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
+        "graph with the beam search inside, ranking graph with the top-k inside; two engine calls); old = "
+        "`oneranker_numpy_beam` (preprocess model, then a Python model running the level-logit graph, the "
+        "numpy beam search and the ranker graph). Same checkpoint, same client, each pair interleaved.",
+        "",
+        "| | new | old | new / old | target |",
+        "|---|---|---|---|---|",
+        f"| in-process p50 ms | {ip['new']:.2f} | {ip['old']:.2f} | {ip['new'] / ip['old']:.2f}x | <= 0.75x |",
+        f"| served c1 p50 ms | {c1['new']:.2f} | {c1['old']:.2f} | {c1['new'] / c1['old']:.2f}x | |",
+        f"| served c1 p99 ms | {p99['new']:.2f} | {p99['old']:.2f} | {p99['new'] / p99['old']:.2f}x | |",
+        f"| served c1 p50 - in-process p50, ms | {gap_new:.2f} | {gap_old:.2f} | | new <= 1.5 |",
+        f"| saturated req/s | {rps['new']:.1f} | {rps['old']:.1f} | {rps['new'] / rps['old']:.2f}x | >= 1.4x |",
+        "",
+    ]
 
 
 def where_the_time_goes(results: dict) -> list[str]:
     """Markdown: per-path breakdown of one concurrency-1 request (means, ms)."""
-    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {}),
-             **({"numpy_beam": results["numpy_beam"]} if "numpy_beam" in results else {})}
-    lines = ["## Where the time goes (concurrency 1, mean ms per request)", "",
-             "From Triton's Prometheus counters over the concurrency-1 loop: the ensemble's server-side request "
-             "time, each composing model's compute time (queue time in brackets) and, inside the fused-style "
-             "models, their own generate / select / rank counters. Client minus server = gRPC, (de)serialisation "
-             "and the client's Python. At concurrency 1 each model's queue time is mostly the dynamic batcher "
-             "waiting its `max_queue_delay_microseconds` for a batch that never comes, so a path pays it once per "
-             "composing model.", "",
-             "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",
-             "|---|---|---|---|---|---|---|---|"]
+    paths = {
+        **results["topologies"],
+        **({"cascade": results["cascade"]} if "cascade" in results else {}),
+        **({"numpy_beam": results["numpy_beam"]} if "numpy_beam" in results else {}),
+    }
+    lines = [
+        "## Where the time goes (concurrency 1, mean ms per request)",
+        "",
+        "From Triton's Prometheus counters over the concurrency-1 loop: the ensemble's server-side request "
+        "time, each composing model's compute time (queue time in brackets) and, inside the fused-style "
+        "models, their own generate / select / rank counters. Client minus server = gRPC, (de)serialisation "
+        "and the client's Python. At concurrency 1 each model's queue time is mostly the dynamic batcher "
+        "waiting its `max_queue_delay_microseconds` for a batch that never comes, so a path pays it once per "
+        "composing model.",
+        "",
+        "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t in paths.values():
         st = t["c1"].get("stages") or {}
         if not st:
@@ -411,8 +485,10 @@ def where_the_time_goes(results: dict) -> list[str]:
         models = [k[: -len("_compute_ms")] for k in st if k.endswith("_compute_ms")]
         per_model = "; ".join(f"{m} {st[m + '_compute_ms']:.2f} ({st[m + '_queue_ms']:.2f})" for m in models)
         inner = [f"{st[k]:.2f}" if k in st else "" for k in ("generate_ms", "select_ms", "rank_ms")]
-        lines.append(f"| {t['model']} | {t['c1']['mean_ms']:.2f} | {st['ensemble_request_ms']:.2f} | "
-                     f"{t['c1']['mean_ms'] - st['ensemble_request_ms']:.2f} | {per_model} | " + " | ".join(inner) + " |")
+        lines.append(
+            f"| {t['model']} | {t['c1']['mean_ms']:.2f} | {st['ensemble_request_ms']:.2f} | "
+            f"{t['c1']['mean_ms'] - st['ensemble_request_ms']:.2f} | {per_model} | " + " | ".join(inner) + " |"
+        )
     return lines + [""]
 
 
@@ -443,65 +519,84 @@ def write_report(results: dict, out: Path) -> None:
     ]
     for name, t in results["topologies"].items():
         c1, sat = t["c1"], t["saturation"]
-        lines.append(f"| {t['model']} ({name}) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {sat['throughput_rps']:.1f} | "
-                     f"{sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | {'yes' if sat['p99_ms'] <= 2 * c1['p50_ms'] else 'no'} | "
-                     f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} | {sat['rss_at_rest_mb']:.0f} | "
-                     f"{sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |")
+        lines.append(
+            f"| {t['model']} ({name}) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | {sat['throughput_rps']:.1f} | "
+            f"{sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | {'yes' if sat['p99_ms'] <= 2 * c1['p50_ms'] else 'no'} | "
+            f"{sat['errors']} | {t['kv_bytes_crossing_per_request']:,.0f} | {sat['rss_at_rest_mb']:.0f} | "
+            f"{sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |"
+        )
     if "cascade" in results:
         t = results["cascade"]
         c1, sat = t["c1"], t["saturation"]
-        lines.append(f"| {t['model']} (cascade baseline, fused-style) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
-                     f"{sat['throughput_rps']:.1f} | {sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | | {sat['errors']} | 0 | "
-                     f"{sat['rss_at_rest_mb']:.0f} | {sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |")
-    for key, label in (("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
-                       ("in_process_torch_reference", "in-process PyTorch reference"),
-                       ("in_process_cascade_onnxruntime", "in-process cascade (same ONNX graphs + code)")):
+        lines.append(
+            f"| {t['model']} (cascade baseline, fused-style) | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
+            f"{sat['throughput_rps']:.1f} | {sat['p50_ms']:.2f} | {sat['p99_ms']:.2f} | | {sat['errors']} | 0 | "
+            f"{sat['rss_at_rest_mb']:.0f} | {sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |"
+        )
+    for key, label in (
+        ("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
+        ("in_process_torch_reference", "in-process PyTorch reference"),
+        ("in_process_cascade_onnxruntime", "in-process cascade (same ONNX graphs + code)"),
+    ):
         if key in results:
             r = results[key]
             lines.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | | | | | | 0 | | | |")
     fused = results["topologies"]["fused"]["c1"]["p50_ms"]
     local = results["in_process_onnxruntime"]["p50_ms"]
-    lines += ["", f"Default topology (highest saturated throughput with p99 <= 2x its c1 p50): "
-                  f"**{results['default_topology']}**.",
-              f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
-              f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).", ""]
+    lines += [
+        "",
+        f"Default topology (highest saturated throughput with p99 <= 2x its c1 p50): "
+        f"**{results['default_topology']}**.",
+        f"Price of serving at concurrency 1: served fused p50 / in-process p50 = {fused / local:.2f}x "
+        f"({fused - local:.2f} ms of Triton, gRPC and stub overhead).",
+        "",
+    ]
     if "new_vs_old" in results:
         lines += new_vs_old_section(results)
     lines += where_the_time_goes(results)
     floor = results.get("compute_floor")
     if floor:
-        lines += [f"Compute floor of one request ({floor['candidates']} candidates, history padded to its bucket; "
-                  f"torch.matmul reaches {floor['matmul_gflops']:.1f} GFLOP/s here in the same run): unified "
-                  f"{floor['unified_gflop'] * 1e3:.2f} MFLOP = {floor['unified_floor_ms']:.3f} ms, cascade "
-                  f"{floor['cascade_gflop'] * 1e3:.2f} MFLOP = {floor['cascade_floor_ms']:.3f} ms. At this model size "
-                  "the measured latency is far above the floor: per-call overhead (Python, Triton, gRPC), not "
-                  "arithmetic, sets it.", ""]
+        lines += [
+            f"Compute floor of one request ({floor['candidates']} candidates, history padded to its bucket; "
+            f"torch.matmul reaches {floor['matmul_gflops']:.1f} GFLOP/s here in the same run): unified "
+            f"{floor['unified_gflop'] * 1e3:.2f} MFLOP = {floor['unified_floor_ms']:.3f} ms, cascade "
+            f"{floor['cascade_gflop'] * 1e3:.2f} MFLOP = {floor['cascade_floor_ms']:.3f} ms. At this model size "
+            "the measured latency is far above the floor: per-call overhead (Python, Triton, gRPC), not "
+            "arithmetic, sets it.",
+            "",
+        ]
     if "unified_vs_cascade" in results:
         pair = results["unified_vs_cascade"]
         pair_names = list(pair)
         uni, cas = pair[pair_names[0]], pair[pair_names[1]]
         local_cas = results["in_process_cascade_onnxruntime"]["p50_ms"]
-        lines += ["## Unified OneRanker vs the cascade baseline (both served, same server, interleaved)", "",
-                  "The cascade (`oneranker_cascade`) runs its own generator for candidates, then an independent "
-                  "ranker that encodes the history again; both are fused-style Python models with the same "
-                  "preprocess, batching and engine, so the difference is the second encoding. Measured "
-                  "interleaved (each concurrency-1 request sent to both, alternating order; saturation in "
-                  "alternating windows) so that machine noise falls on both alike; the table above measured "
-                  "each path in its own window.", "",
-                  f"| | unified `{pair_names[0]}` | cascade `{pair_names[1]}` | cascade / unified |",
-                  "|---|---|---|---|",
-                  f"| served c1 p50 ms | {uni['c1']['p50_ms']:.2f} | {cas['c1']['p50_ms']:.2f} | "
-                  f"{cas['c1']['p50_ms'] / uni['c1']['p50_ms']:.2f}x |",
-                  f"| served c1 p99 ms | {uni['c1']['p99_ms']:.2f} | {cas['c1']['p99_ms']:.2f} | "
-                  f"{cas['c1']['p99_ms'] / uni['c1']['p99_ms']:.2f}x |",
-                  f"| saturated req/s ({results['topologies']['fused']['saturation']['concurrency']} threads) | "
-                  f"{uni['throughput_rps']:.1f} | {cas['throughput_rps']:.1f} | "
-                  f"{cas['throughput_rps'] / uni['throughput_rps']:.2f}x |",
-                  f"| errors | {uni['errors']} | {cas['errors']} | |",
-                  f"| in-process c1 p50 ms (sequential) | {local:.2f} | {local_cas:.2f} | {local_cas / local:.2f}x |"]
+        lines += [
+            "## Unified OneRanker vs the cascade baseline (both served, same server, interleaved)",
+            "",
+            "The cascade (`oneranker_cascade`) runs its own generator for candidates, then an independent "
+            "ranker that encodes the history again; both are fused-style Python models with the same "
+            "preprocess, batching and engine, so the difference is the second encoding. Measured "
+            "interleaved (each concurrency-1 request sent to both, alternating order; saturation in "
+            "alternating windows) so that machine noise falls on both alike; the table above measured "
+            "each path in its own window.",
+            "",
+            f"| | unified `{pair_names[0]}` | cascade `{pair_names[1]}` | cascade / unified |",
+            "|---|---|---|---|",
+            f"| served c1 p50 ms | {uni['c1']['p50_ms']:.2f} | {cas['c1']['p50_ms']:.2f} | "
+            f"{cas['c1']['p50_ms'] / uni['c1']['p50_ms']:.2f}x |",
+            f"| served c1 p99 ms | {uni['c1']['p99_ms']:.2f} | {cas['c1']['p99_ms']:.2f} | "
+            f"{cas['c1']['p99_ms'] / uni['c1']['p99_ms']:.2f}x |",
+            f"| saturated req/s ({results['topologies']['fused']['saturation']['concurrency']} threads) | "
+            f"{uni['throughput_rps']:.1f} | {cas['throughput_rps']:.1f} | "
+            f"{cas['throughput_rps'] / uni['throughput_rps']:.2f}x |",
+            f"| errors | {uni['errors']} | {cas['errors']} | |",
+            f"| in-process c1 p50 ms (sequential) | {local:.2f} | {local_cas:.2f} | {local_cas / local:.2f}x |",
+        ]
         if floor:
-            lines.append(f"| compute floor ms | {floor['unified_floor_ms']:.3f} | {floor['cascade_floor_ms']:.3f} | "
-                         f"{floor['cascade_floor_ms'] / floor['unified_floor_ms']:.2f}x |")
+            lines.append(
+                f"| compute floor ms | {floor['unified_floor_ms']:.3f} | {floor['cascade_floor_ms']:.3f} | "
+                f"{floor['cascade_floor_ms'] / floor['unified_floor_ms']:.2f}x |"
+            )
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 
@@ -545,8 +640,16 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    run(args.run_dir, args.repository, args.out, args.latency_requests, args.concurrency, args.seconds, args.requests,
-        command=reproduce_command("oneranker_perf.topology_bench", argv))
+    run(
+        args.run_dir,
+        args.repository,
+        args.out,
+        args.latency_requests,
+        args.concurrency,
+        args.seconds,
+        args.requests,
+        command=reproduce_command("oneranker_perf.topology_bench", argv),
+    )
     return 0
 
 

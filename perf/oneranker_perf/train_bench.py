@@ -106,7 +106,9 @@ def _config(preset_name: str, history: int):
 
     cfg = preset(preset_name)
     cfg.model.max_history = cfg.data.max_history = history
-    cfg.serve.length_buckets = tuple(sorted({max(8, history // 8), max(8, history // 4), max(8, history // 2), history}))
+    cfg.serve.length_buckets = tuple(
+        sorted({max(8, history // 8), max(8, history // 4), max(8, history // 2), history})
+    )
     return cfg.validate()
 
 
@@ -117,7 +119,9 @@ class _FakeSids:
         k, dim = cfg.tokenizer.num_fake_items, cfg.tokenizer.embedding_dim
         c = rng.normal(size=(k, dim))
         self.centroids = (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
-        self.level_code_features = rng.uniform(-1, 1, size=(cfg.tokenizer.sid_depth, cfg.tokenizer.max_codes, k)).astype(np.float32)
+        self.level_code_features = rng.uniform(
+            -1, 1, size=(cfg.tokenizer.sid_depth, cfg.tokenizer.max_codes, k)
+        ).astype(np.float32)
 
 
 def make_arrays(cfg, n: int, rng, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -132,8 +136,13 @@ def make_arrays(cfg, n: int, rng, lengths: np.ndarray | None = None) -> dict[str
         lengths = np.exp(rng.uniform(np.log(lo), np.log(L), size=n)).astype(np.int64).clip(1, L)
     d = cfg.data
     n_cand, H = d.num_train_candidates, cfg.model.num_task_tokens
-    feats = np.concatenate([rng.integers(0, d.profile_cardinality, size=(n, d.num_profile_features)),
-                            rng.integers(0, d.context_cardinality, size=(n, d.num_context_features))], axis=1)
+    feats = np.concatenate(
+        [
+            rng.integers(0, d.profile_cardinality, size=(n, d.num_profile_features)),
+            rng.integers(0, d.context_cardinality, size=(n, d.num_context_features)),
+        ],
+        axis=1,
+    )
     valid = np.arange(L)[None, :] < lengths[:, None]
     hist_sids = (rng.random((n, L, D)) * sizes).astype(np.int64) * valid[..., None]
     actions = rng.integers(2, 5, size=(n, L)) * valid
@@ -147,8 +156,10 @@ def make_arrays(cfg, n: int, rng, lengths: np.ndarray | None = None) -> dict[str
         "hist_dt": np.ascontiguousarray(dt),
         "hist_len": lengths.astype(np.int64),
         "cand_sids": (rng.random((n, n_cand, D)) * sizes).astype(np.int64),
-        "cand_attrs": np.stack([rng.integers(0, d.num_advertisers, size=(n, n_cand)),
-                                rng.integers(0, d.num_categories, size=(n, n_cand))], axis=-1).astype(np.int64),
+        "cand_attrs": np.stack(
+            [rng.integers(0, d.num_advertisers, size=(n, n_cand)), rng.integers(0, d.num_categories, size=(n, n_cand))],
+            axis=-1,
+        ).astype(np.int64),
         "cand_bid": rng.uniform(0.1, 2.0, size=(n, n_cand)).astype(np.float32),
         "cand_values": values,
         "head_paths": (rng.random((n, H, D)) * sizes).astype(np.int64),
@@ -210,9 +221,17 @@ def flops_of(coef: np.ndarray, B: int, L: int) -> float:
 
 
 def _worker(rank: int, world: int, spec: Spec, port: int, out_dir: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-                       "ONERANKER_DEVICE": spec.device})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "ONERANKER_DEVICE": spec.device,
+        }
+    )
     result_path = Path(out_dir) / f"rank{rank}.json"
     try:
         res = _run_worker(rank, world, spec)
@@ -237,19 +256,23 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
         cfg.train.steps = spec.steps + spec.warmup
         rng = np.random.default_rng([spec.seed, rank])
         torch.manual_seed(spec.seed)
-        model = build_model(cfg, _FakeSids(cfg, np.random.default_rng(spec.seed)), cfg.data.num_advertisers,
-                            cfg.data.num_categories)
+        model = build_model(
+            cfg, _FakeSids(cfg, np.random.default_rng(spec.seed)), cfg.data.num_advertisers, cfg.data.num_categories
+        )
         step_module = D.TrainStep(model, cfg, loss_terms)
-        coef, fit_info = (fit_flops(step_module, cfg, rng) if ctx.device.type == "cpu" or rank == 0
-                          else (np.zeros(4), {}))
+        coef, fit_info = (
+            fit_flops(step_module, cfg, rng) if ctx.device.type == "cpu" or rank == 0 else (np.zeros(4), {})
+        )
         model.to(ctx.device)
-        batch_size = max(1, min(cfg.train.batch_size, spec.token_budget // spec.history,
-                                spec.pair_budget // spec.history**2))
+        batch_size = max(
+            1, min(cfg.train.batch_size, spec.token_budget // spec.history, spec.pair_budget // spec.history**2)
+        )
         arrays = make_arrays(cfg, spec.pool, rng)
         sampler = D.make_sampler(arrays["hist_len"], cfg.serve.length_buckets, batch_size, spec.seed, ctx)
         pin = ctx.device.type == "cuda"
-        batches = D.Prefetcher(arrays, sampler, spec.steps + spec.warmup, ctx.device, cfg.serve.length_buckets,
-                               pin_shapes=pin)
+        batches = D.Prefetcher(
+            arrays, sampler, spec.steps + spec.warmup, ctx.device, cfg.serve.length_buckets, pin_shapes=pin
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
         D.barrier(ctx)
@@ -282,11 +305,22 @@ def _run_worker(rank: int, world: int, spec: Spec) -> dict:
         no_bucket = 1.0 - float(np.mean(arrays["hist_len"])) / spec.history
         flops = sum(flops_of(coef, B, L) for B, L in shapes)
         out = {
-            "status": "ok", "elapsed": elapsed, "times": times, "shapes": shapes, "tokens": sum(tokens),
-            "examples": sum(s[0] for s in shapes), "flops": flops, "peak_gflops": peak, "padding": pad,
-            "padding_no_buckets": no_bucket, "batch": batch_size, "threads": threads,
-            "device": str(ctx.device), "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "params": int(sum(p.numel() for p in model.parameters())), "flop_fit": fit_info,
+            "status": "ok",
+            "elapsed": elapsed,
+            "times": times,
+            "shapes": shapes,
+            "tokens": sum(tokens),
+            "examples": sum(s[0] for s in shapes),
+            "flops": flops,
+            "peak_gflops": peak,
+            "padding": pad,
+            "padding_no_buckets": no_bucket,
+            "batch": batch_size,
+            "threads": threads,
+            "device": str(ctx.device),
+            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "params": int(sum(p.numel() for p in model.parameters())),
+            "flop_fit": fit_info,
             "flop_coef": coef.tolist(),
         }
     except BaseException:
@@ -329,16 +363,40 @@ def run_config(spec: Spec, scratch: Path, timeout: float) -> Result:
     ranks = []
     for r in range(spec.procs):
         f = scratch / f"rank{r}.json"
-        ranks.append(json.loads(f.read_text()) if f.exists() else
-                     {"status": "error", "error": "timed out" if timed_out else f"rank {r} died (exit {procs[r].exitcode})"})
+        ranks.append(
+            json.loads(f.read_text())
+            if f.exists()
+            else {"status": "error", "error": "timed out" if timed_out else f"rank {r} died (exit {procs[r].exitcode})"}
+        )
     return summarize(spec, ranks)
 
 
 def summarize(spec: Spec, ranks: list[dict]) -> Result:
     bad = [r for r in ranks if r.get("status") != "ok"]
     if bad:
-        return Result(spec.preset, spec.history, spec.procs, 0, 0, spec.device, spec.steps, 0, 0, 0, 0, 0, 0, 0, 0,
-                      0, 0, 0, 0, status="error", error=bad[0].get("error", ""))
+        return Result(
+            spec.preset,
+            spec.history,
+            spec.procs,
+            0,
+            0,
+            spec.device,
+            spec.steps,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            status="error",
+            error=bad[0].get("error", ""),
+        )
     elapsed = max(r["elapsed"] for r in ranks)
     examples = sum(r["examples"] for r in ranks)
     tokens = sum(r["tokens"] for r in ranks)
@@ -351,13 +409,25 @@ def summarize(spec: Spec, ranks: list[dict]) -> Result:
     r0 = ranks[0]
     step_ms = float(np.median([t for r in ranks for t in r["times"]]) * 1000)
     return Result(
-        preset=spec.preset, history=spec.history, procs=spec.procs, batch_per_proc=r0["batch"],
-        threads_per_proc=r0["threads"], device=r0["device"], steps=spec.steps, seconds=elapsed,
-        step_ms_median=step_ms, examples_per_s=examples / elapsed, tokens_per_s=tokens / elapsed,
+        preset=spec.preset,
+        history=spec.history,
+        procs=spec.procs,
+        batch_per_proc=r0["batch"],
+        threads_per_proc=r0["threads"],
+        device=r0["device"],
+        steps=spec.steps,
+        seconds=elapsed,
+        step_ms_median=step_ms,
+        examples_per_s=examples / elapsed,
+        tokens_per_s=tokens / elapsed,
         padding_fraction=float(np.mean([r["padding"] for r in ranks])),
-        padding_no_buckets=r0["padding_no_buckets"], gflop_per_step=flops / max(1, spec.steps * len(ranks)) / 1e9,
-        achieved_gflops=achieved, peak_gflops=peak, fraction_of_peak=achieved / peak if peak else 0.0,
-        max_rss_mib=max(r["max_rss_mib"] for r in ranks), params=r0["params"],
+        padding_no_buckets=r0["padding_no_buckets"],
+        gflop_per_step=flops / max(1, spec.steps * len(ranks)) / 1e9,
+        achieved_gflops=achieved,
+        peak_gflops=peak,
+        fraction_of_peak=achieved / peak if peak else 0.0,
+        max_rss_mib=max(r["max_rss_mib"] for r in ranks),
+        params=r0["params"],
         extra={"flop_fit": r0["flop_fit"], "flop_coef": r0["flop_coef"]},
     )
 
@@ -365,8 +435,13 @@ def summarize(spec: Spec, ranks: list[dict]) -> Result:
 def machine() -> dict:
     import torch
 
-    info = {"host": platform.node(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "os": f"{platform.system()} {platform.release()}"}
+    info = {
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "os": f"{platform.system()} {platform.release()}",
+    }
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -407,15 +482,17 @@ def write_table(results: list[Result], info: dict, command: str, out: Path) -> s
     load = info.get("load_average_at_start")
     cores = info.get("usable_cores") or info.get("cpu_count") or 1
     if load and load[0] > 0.5 * cores:
-        lines += [f"**Shared machine**: load average {load[0]} on {cores} cores when the run started; other jobs "
-                  "took CPU time during the measurement, so absolute numbers and 1-vs-2-process ratios vary "
-                  "from run to run (each row's peak was measured under the same conditions as its step times).",
-                  ""]
+        lines += [
+            f"**Shared machine**: load average {load[0]} on {cores} cores when the run started; other jobs "
+            "took CPU time during the measurement, so absolute numbers and 1-vs-2-process ratios vary "
+            "from run to run (each row's peak was measured under the same conditions as its step times).",
+            "",
+        ]
     lines += [
         "One step = forward + backward + AdamW. Batch is per process; examples/s and tokens/s count "
         "all processes (tokens = real, non-padded history tokens). Padding = padded share of the history "
         "slots fed with length buckets (L/8, L/4, L/2, L; batches padded to their longest history); "
-        "\"w/o buckets\" = padding everything to L. Peak = best fp32 `torch.mm` GFLOP/s measured by the "
+        '"w/o buckets" = padding everything to L. Peak = best fp32 `torch.mm` GFLOP/s measured by the '
         "same processes at the start of the same run (sum over processes); % of peak = FlopCounterMode "
         "matmul FLOPs / wall time / peak. Inputs are synthetic tensors (see `train_bench.py`).",
         "",
@@ -425,26 +502,36 @@ def write_table(results: list[Result], info: dict, command: str, out: Path) -> s
     ]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.preset} | {r.history} | {r.procs} | - | - | - | - | - | - | - | - | - | - | - | "
-                         f"- |  <!-- {r.status}: {r.error} -->")
+            lines.append(
+                f"| {r.preset} | {r.history} | {r.procs} | - | - | - | - | - | - | - | - | - | - | - | "
+                f"- |  <!-- {r.status}: {r.error} -->"
+            )
             continue
         lines.append(
             f"| {r.preset} | {r.history} | {r.procs} | {r.batch_per_proc} | {r.threads_per_proc} | "
             f"{_fmt(r.examples_per_s)} | {_fmt(r.tokens_per_s)} | {r.padding_fraction:.1%} | "
             f"{r.padding_no_buckets:.1%} | {_fmt(r.gflop_per_step, 2)} | {_fmt(r.achieved_gflops)} | "
-            f"{_fmt(r.peak_gflops)} | {r.fraction_of_peak:.1%} | {_fmt(r.step_ms_median)} | {r.max_rss_mib:,.0f} |")
+            f"{_fmt(r.peak_gflops)} | {r.fraction_of_peak:.1%} | {_fmt(r.step_ms_median)} | {r.max_rss_mib:,.0f} |"
+        )
     errors = [r for r in results if r.status != "ok"]
     if errors:
-        lines += ["", "Failed configurations:"] + [f"- {r.preset} history {r.history} x{r.procs}: {r.error}" for r in errors]
+        lines += ["", "Failed configurations:"] + [
+            f"- {r.preset} history {r.history} x{r.procs}: {r.error}" for r in errors
+        ]
     speed = []
     for r2 in results:
         if r2.procs == 2 and r2.status == "ok":
-            ones = [r for r in results if r.procs == 1 and r.status == "ok" and r.preset == r2.preset
-                    and r.history == r2.history]
+            ones = [
+                r
+                for r in results
+                if r.procs == 1 and r.status == "ok" and r.preset == r2.preset and r.history == r2.history
+            ]
             if ones:
                 r1 = max(ones, key=lambda r: r.tokens_per_s)
-                speed.append(f"{r2.preset}@{r2.history}: {r2.tokens_per_s / r1.tokens_per_s:.2f}x "
-                             f"(vs 1 process x {r1.threads_per_proc} threads)")
+                speed.append(
+                    f"{r2.preset}@{r2.history}: {r2.tokens_per_s / r1.tokens_per_s:.2f}x "
+                    f"(vs 1 process x {r1.threads_per_proc} threads)"
+                )
     if speed:
         lines += ["", "2 processes vs the faster 1-process layout (tokens/s): " + ", ".join(speed)]
     text = "\n".join(lines) + "\n"
@@ -461,14 +548,18 @@ def plot(results: list[Result], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted({(r.preset, r.history) for r in ok}, key=lambda x: (PRESETS.index(x[0]) if x[0] in PRESETS else 9, x[1]))
+    labels = sorted(
+        {(r.preset, r.history) for r in ok}, key=lambda x: (PRESETS.index(x[0]) if x[0] in PRESETS else 9, x[1])
+    )
     procs = sorted({(r.procs, r.threads_per_proc) for r in ok})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(procs))
     for i, (p, t) in enumerate(procs):
-        sel = [next((r for r in ok if (r.preset, r.history) == lab and (r.procs, r.threads_per_proc) == (p, t)), None)
-               for lab in labels]
+        sel = [
+            next((r for r in ok if (r.preset, r.history) == lab and (r.procs, r.threads_per_proc) == (p, t)), None)
+            for lab in labels
+        ]
         tok = [r.tokens_per_s if r else 0 for r in sel]
         frac = [100 * r.fraction_of_peak if r else 0 for r in sel]
         name = f"{p} process{'es' if p > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
@@ -489,24 +580,42 @@ def plot(results: list[Result], out: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oneranker_perf.train_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m oneranker_perf.train_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=Path("perf/results/train"))
     parser.add_argument("--quick", action="store_true", help="small model, history 128 and 512, 2 timed steps")
     parser.add_argument("--presets", default=None, help="comma list (default small,paper; quick: small)")
     parser.add_argument("--histories", default=None, help="comma list (default 128,512,2048; quick: 128,512)")
     parser.add_argument("--procs", default="1,2", help="process counts to compare (default 1,2)")
-    parser.add_argument("--single-threads", default="1,all",
-                        help="thread counts of the 1-process runs: 1 and/or all cores (default 1,all); "
-                             "multi-process runs use cores // processes threads each")
+    parser.add_argument(
+        "--single-threads",
+        default="1,all",
+        help="thread counts of the 1-process runs: 1 and/or all cores (default 1,all); "
+        "multi-process runs use cores // processes threads each",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per config (default 4; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1)")
-    parser.add_argument("--token-budget", type=int, default=8192,
-                        help="batch per process = min(preset batch, budget // history) (default 8192)")
-    parser.add_argument("--pair-budget", type=int, default=1 << 23,
-                        help="also batch <= budget // history^2: attention memory (default 8388608: 2 at 2048)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
-                        help="cpu (default), cuda (NCCL; 2 processes need 2 GPUs) or auto")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        default=8192,
+        help="batch per process = min(preset batch, budget // history) (default 8192)",
+    )
+    parser.add_argument(
+        "--pair-budget",
+        type=int,
+        default=1 << 23,
+        help="also batch <= budget // history^2: attention memory (default 8388608: 2 at 2048)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="cpu (default), cuda (NCCL; 2 processes need 2 GPUs) or auto",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     parser.add_argument("--render-only", action="store_true", help="rewrite table.md and the PNG from OUT/results.json")
     args = parser.parse_args(argv)
@@ -538,18 +647,36 @@ def main(argv=None) -> int:
     for preset_name in presets:
         for history in histories:
             for p, threads in layouts:
-                spec = Spec(preset_name, history, p, steps, warmup, args.token_budget, device=args.device,
-                            threads=threads, pair_budget=args.pair_budget)
+                spec = Spec(
+                    preset_name,
+                    history,
+                    p,
+                    steps,
+                    warmup,
+                    args.token_budget,
+                    device=args.device,
+                    threads=threads,
+                    pair_budget=args.pair_budget,
+                )
                 t0 = time.time()
                 res = run_config(spec, args.out / "scratch", args.timeout)
                 results.append(res)
-                status = res.status if res.status != "ok" else (
-                    f"{res.examples_per_s:.1f} ex/s, {res.tokens_per_s:,.0f} tok/s, pad {res.padding_fraction:.1%}, "
-                    f"{res.fraction_of_peak:.1%} of {res.peak_gflops:.0f} GFLOP/s peak")
-                print(f"[train_bench] {preset_name} L={history} x{p} ({res.threads_per_proc} thr): {status} ({time.time() - t0:.0f}s)"
-                      + (f" {res.error}" if res.error else ""), flush=True)
-                (args.out / "results.json").write_text(json.dumps(
-                    {"machine": info, "command": command, "results": [asdict(r) for r in results]}, indent=1))
+                status = (
+                    res.status
+                    if res.status != "ok"
+                    else (
+                        f"{res.examples_per_s:.1f} ex/s, {res.tokens_per_s:,.0f} tok/s, pad {res.padding_fraction:.1%}, "
+                        f"{res.fraction_of_peak:.1%} of {res.peak_gflops:.0f} GFLOP/s peak"
+                    )
+                )
+                print(
+                    f"[train_bench] {preset_name} L={history} x{p} ({res.threads_per_proc} thr): {status} ({time.time() - t0:.0f}s)"
+                    + (f" {res.error}" if res.error else ""),
+                    flush=True,
+                )
+                (args.out / "results.json").write_text(
+                    json.dumps({"machine": info, "command": command, "results": [asdict(r) for r in results]}, indent=1)
+                )
     for f in (args.out / "scratch").glob("rank*.json"):
         f.unlink()
     try:

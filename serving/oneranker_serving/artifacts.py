@@ -37,14 +37,18 @@ def read_export_info(artifact_dir: Path, expected_checkpoint: str | None = None)
     return info
 
 
-def load_selector(artifact_dir: Path, expected_checkpoint: str | None = None) -> tuple[RequestValidator, GenerationTables]:
+def load_selector(
+    artifact_dir: Path, expected_checkpoint: str | None = None
+) -> tuple[RequestValidator, GenerationTables]:
     """Validator (item tables, limits) and generation tables of one export."""
     artifact_dir = Path(artifact_dir)
     info = read_export_info(artifact_dir, expected_checkpoint)
-    gen, items = load_generation_tables(artifact_dir / "generation_tables.safetensors",
-                                        info["num_interest_heads"], info["num_value_heads"])
-    validator = RequestValidator(items, ServeConfig.from_dict(info["serve"]), info["feature_cardinality"],
-                                 info["dims"]["F"])
+    gen, items = load_generation_tables(
+        artifact_dir / "generation_tables.safetensors", info["num_interest_heads"], info["num_value_heads"]
+    )
+    validator = RequestValidator(
+        items, ServeConfig.from_dict(info["serve"]), info["feature_cardinality"], info["dims"]["F"]
+    )
     return validator, gen
 
 
@@ -52,20 +56,28 @@ def load_validator(artifact_dir: Path, expected_checkpoint: str | None = None) -
     return load_selector(artifact_dir, expected_checkpoint)[0]
 
 
-def load_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoint: str | None = None,
-                     runner=None, bind_kv: bool = True, device: str = "cpu", search: str = "numpy") -> Recommender:
+def load_recommender(
+    artifact_dir: Path,
+    engine: str,
+    threads: int = 2,
+    expected_checkpoint: str | None = None,
+    runner=None,
+    bind_kv: bool = True,
+    device: str = "cpu",
+    search: str = "numpy",
+) -> Recommender:
     """search "graph": GraphRecommender over generation/ranking graphs (beam search inside);
     "numpy": Recommender over generator/ranker graphs with the numpy beam search between them."""
     validator, gen = load_selector(artifact_dir, expected_checkpoint)
-    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv, device=device,
-                                   search=search)
+    runner = runner or make_runner(engine, artifact_dir, threads=threads, bind_kv=bind_kv, device=device, search=search)
     if search == "graph":
         return GraphRecommender(runner, validator)
     return Recommender.from_validator(runner, validator, gen)
 
 
-def load_cascade_recommender(artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoints: str | None = None,
-                             device: str = "cpu") -> Recommender:
+def load_cascade_recommender(
+    artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoints: str | None = None, device: str = "cpu"
+) -> Recommender:
     """The served cascade baseline: artifact_dir/generator and artifact_dir/ranker are the exports
     of the two cascade runs. Candidates come from the generator export's level logits and tables,
     K/V and scores from the ranker export (which encodes the history again). `expected_checkpoints`
@@ -78,10 +90,13 @@ def load_cascade_recommender(artifact_dir: Path, engine: str, threads: int = 2, 
     gen_info = read_export_info(gen_dir, expected[0])
     rank_info = read_export_info(rank_dir, expected[1])
     if gen_info["sid_version"] != rank_info["sid_version"]:
-        raise ArtifactMismatch(f"cascade halves disagree on semantic IDs: {gen_info['sid_version']} "
-                               f"!= {rank_info['sid_version']}")
-    runner = CascadeRunner(make_runner(engine, gen_dir, threads=threads, bind_kv=False, device=device),
-                           make_runner(engine, rank_dir, threads=threads, bind_kv=True, device=device))
+        raise ArtifactMismatch(
+            f"cascade halves disagree on semantic IDs: {gen_info['sid_version']} != {rank_info['sid_version']}"
+        )
+    runner = CascadeRunner(
+        make_runner(engine, gen_dir, threads=threads, bind_kv=False, device=device),
+        make_runner(engine, rank_dir, threads=threads, bind_kv=True, device=device),
+    )
     return load_recommender(gen_dir, engine, runner=runner)
 
 
@@ -94,6 +109,11 @@ def load_system(params: dict, artifacts: Path, device: str = "cpu") -> Recommend
         return load_cascade_recommender(artifacts, params["engine"], threads, params["checkpoint_sha256"], device)
     if system != "unified":
         raise ValueError(f"unknown system {system!r}: one of {SYSTEMS}")
-    return load_recommender(artifacts, engine=params["engine"], threads=threads,
-                            expected_checkpoint=params["checkpoint_sha256"], device=device,
-                            search=params.get("beam_search", "numpy"))
+    return load_recommender(
+        artifacts,
+        engine=params["engine"],
+        threads=threads,
+        expected_checkpoint=params["checkpoint_sha256"],
+        device=device,
+        search=params.get("beam_search", "numpy"),
+    )

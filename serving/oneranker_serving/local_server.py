@@ -64,9 +64,7 @@ def _pytriton_root() -> Path:
     API's dependencies are deliberately not installed)."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            f"the nvidia-pytriton package is not installed in {sys.prefix}: {BOOTSTRAP_HINT}"
-        )
+        raise RuntimeError(f"the nvidia-pytriton package is not installed in {sys.prefix}: {BOOTSTRAP_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -124,14 +122,11 @@ def prepare_backend_dir(out: Path) -> Path:
         raise RuntimeError(f"Python backend not found at {src}: {BOOTSTRAP_HINT}")
     stub = _stub_for_running_python()
     marker_text = (
-        f"src={src}\nstub={stub}\n"
-        f"lib={_file_digest(src / 'libtriton_python.so')}\nstub_sha={_file_digest(stub)}\n"
+        f"src={src}\nstub={stub}\nlib={_file_digest(src / 'libtriton_python.so')}\nstub_sha={_file_digest(stub)}\n"
     )
     dest = out / "python"
     marker = dest / ".oneranker-backend"
-    if marker.is_file() and marker.read_text() == marker_text and (
-        dest / "triton_python_backend_stub"
-    ).is_file():
+    if marker.is_file() and marker.read_text() == marker_text and (dest / "triton_python_backend_stub").is_file():
         return out
 
     out.mkdir(parents=True, exist_ok=True)
@@ -364,8 +359,7 @@ class TritonServer:
         rc = self.process.poll()
         if rc is not None:
             raise RuntimeError(
-                f"tritonserver exited with code {rc} while waiting for {what}; "
-                f"{self.failure_report(60)}"
+                f"tritonserver exited with code {rc} while waiting for {what}; {self.failure_report(60)}"
             )
 
     def _get(self, path: str, timeout: float = 2.0) -> int:
@@ -388,8 +382,7 @@ class TritonServer:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"tritonserver not {what} after {timeout:.0f} s (pid {self.pid}); "
-                    f"{self.failure_report(60)}"
+                    f"tritonserver not {what} after {timeout:.0f} s (pid {self.pid}); {self.failure_report(60)}"
                 )
             time.sleep(0.1)
 
@@ -477,13 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=8001, help="0 = pick a free port")
     ap.add_argument("--http-port", type=int, default=8000, help="0 = pick a free port")
     ap.add_argument("--metrics-port", type=int, default=8002, help="0 = pick a free port")
-    ap.add_argument("--log-file", type=Path, default=None,
-                    help="server log (default: a new file in the temp dir, printed at start)")
+    ap.add_argument(
+        "--log-file", type=Path, default=None, help="server log (default: a new file in the temp dir, printed at start)"
+    )
     ap.add_argument("--model-control-mode", choices=_MODEL_CONTROL_MODES, default="none")
-    ap.add_argument("--load-model", action="append", default=[],
-                    help="model to load at start-up (explicit mode); repeatable")
-    ap.add_argument("--backend-dir", type=Path, default=None,
-                    help="where to prepare the Python backend (default: temporary)")
+    ap.add_argument(
+        "--load-model", action="append", default=[], help="model to load at start-up (explicit mode); repeatable"
+    )
+    ap.add_argument(
+        "--backend-dir", type=Path, default=None, help="where to prepare the Python backend (default: temporary)"
+    )
     ap.add_argument("--log-verbose", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=120.0)
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
@@ -528,19 +524,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"tritonserver not ready after {args.ready_timeout:.0f} s; "
-                    f"{server.failure_report(60)}"
+                    f"tritonserver not ready after {args.ready_timeout:.0f} s; {server.failure_report(60)}"
                 )
             stop_event.wait(0.1)
         if stop_event.is_set():
             print("interrupted before ready; stopping", flush=True)
             return 130
-        print(f"ready  grpc={server.grpc_url}  http={server.http_url}  "
-              f"metrics={server.metrics_url}", flush=True)
+        print(f"ready  grpc={server.grpc_url}  http={server.http_url}  metrics={server.metrics_url}", flush=True)
         while not stop_event.wait(0.5):
             if not server.is_running():
-                print(f"tritonserver exited with code {server.returncode}; "
-                      f"{server.failure_report(60)}", file=sys.stderr, flush=True)
+                print(
+                    f"tritonserver exited with code {server.returncode}; {server.failure_report(60)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 1
         print(f"signal {received[0]}: stopping tritonserver", flush=True)
         rc = server.stop()

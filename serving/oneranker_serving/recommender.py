@@ -27,8 +27,9 @@ class EngineRunner(Protocol):
     def generate(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
         """Generator inputs -> (level_logits [B, H, D, K] float32, kv handle)."""
 
-    def rank(self, kv: Any, hist_len: np.ndarray, cand_sids: np.ndarray, cand_attrs: np.ndarray,
-             cand_bid: np.ndarray) -> np.ndarray:
+    def rank(
+        self, kv: Any, hist_len: np.ndarray, cand_sids: np.ndarray, cand_attrs: np.ndarray, cand_bid: np.ndarray
+    ) -> np.ndarray:
         """kv handle + candidates [B, n, ...] -> scores [B, n] float32."""
 
 
@@ -116,8 +117,16 @@ class RequestValidator:
         w = _option(req.beam_width, s.beam_width, 1, s.max_beam_width, "beam_width")
         if k > n:
             raise RequestError(f"top_k={k} is larger than num_candidates={n}")
-        tokens = tokenize_request(self.tables, req.user_features, req.item_ids, req.actions, req.timestamps,
-                                  req.request_time, self.feature_cardinality, self.max_history)
+        tokens = tokenize_request(
+            self.tables,
+            req.user_features,
+            req.item_ids,
+            req.actions,
+            req.timestamps,
+            req.request_time,
+            self.feature_cardinality,
+            self.max_history,
+        )
         exclude_ids = np.asarray(req.exclude_item_ids, dtype=np.int64).reshape(-1)
         if exclude_ids.size > s.max_exclude_items:
             raise RequestError(f"exclude_item_ids has {exclude_ids.size} ids, the maximum is {s.max_exclude_items}")
@@ -128,16 +137,29 @@ class RequestValidator:
 class Recommender:
     """validate -> generate (once per batch) -> beam search (per request) -> rank (once per batch)."""
 
-    def __init__(self, runner: EngineRunner, tables: ItemTables, gen_tables: GenerationTables,
-                 serve: ServeConfig, feature_cardinality: int, num_user_features: int):
+    def __init__(
+        self,
+        runner: EngineRunner,
+        tables: ItemTables,
+        gen_tables: GenerationTables,
+        serve: ServeConfig,
+        feature_cardinality: int,
+        num_user_features: int,
+    ):
         self.runner, self.gen_tables = runner, gen_tables
         self.validator = RequestValidator(tables, serve, feature_cardinality, num_user_features)
         self.tables, self.serve = tables, serve
 
     @classmethod
     def from_validator(cls, runner: EngineRunner, validator: RequestValidator, gen_tables: GenerationTables):
-        return cls(runner, validator.tables, gen_tables, validator.serve, validator.feature_cardinality,
-                   validator.num_user_features)
+        return cls(
+            runner,
+            validator.tables,
+            gen_tables,
+            validator.serve,
+            validator.feature_cardinality,
+            validator.num_user_features,
+        )
 
     def validate(self, req: Request):
         return self.validator.validate(req)
@@ -167,8 +189,12 @@ class Recommender:
         t0 = time.perf_counter()
         level_logits, kv = self.runner.generate(inputs)
         t1 = time.perf_counter()
-        selected = [merge_candidates(*beam_search(level_logits[row], self.gen_tables, p.beam_width),
-                                     p.num_candidates, p.exclude) for row, p in enumerate(parsed)]
+        selected = [
+            merge_candidates(
+                *beam_search(level_logits[row], self.gen_tables, p.beam_width), p.num_candidates, p.exclude
+            )
+            for row, p in enumerate(parsed)
+        ]
         t2 = time.perf_counter()
         width = max(1, max(len(sel[0]) for sel in selected))
         cand = np.zeros((len(parsed), width), dtype=np.int64)
@@ -192,13 +218,15 @@ class Recommender:
             sc = scores[row, : len(ads)]
             best = top_k(sc, p.top_k)
             times.candidates += len(ads)
-            out.append(Response(
-                item_ids=self.tables.ad_ids[ads[best]].astype(np.int64),
-                scores=sc[best].astype(np.float32),
-                gen_logp=lp[best].astype(np.float32),
-                source_head=head[best].astype(np.int32),
-                num_candidates=len(ads),
-            ))
+            out.append(
+                Response(
+                    item_ids=self.tables.ad_ids[ads[best]].astype(np.int64),
+                    scores=sc[best].astype(np.float32),
+                    gen_logp=lp[best].astype(np.float32),
+                    source_head=head[best].astype(np.int32),
+                    num_candidates=len(ads),
+                )
+            )
         return out
 
 
@@ -211,8 +239,9 @@ class GraphRecommender(Recommender):
     (candidates the generation graph kept)."""
 
     def __init__(self, runner, validator: RequestValidator):
-        super().__init__(runner, validator.tables, None, validator.serve, validator.feature_cardinality,
-                         validator.num_user_features)
+        super().__init__(
+            runner, validator.tables, None, validator.serve, validator.feature_cardinality, validator.num_user_features
+        )
 
     @staticmethod
     def knobs(parsed: list[Parsed]) -> dict[str, np.ndarray]:
@@ -222,9 +251,12 @@ class GraphRecommender(Recommender):
         exclude = np.full((len(parsed), longest), -1, dtype=np.int64)
         for row, p in enumerate(parsed):
             exclude[row, : len(p.exclude)] = p.exclude
-        return {"beam_width": np.array([p.beam_width for p in parsed], np.int64),
-                "num_candidates": np.array([p.num_candidates for p in parsed], np.int64),
-                "exclude_idx": exclude, "top_k": np.array([p.top_k for p in parsed], np.int64)}
+        return {
+            "beam_width": np.array([p.beam_width for p in parsed], np.int64),
+            "num_candidates": np.array([p.num_candidates for p in parsed], np.int64),
+            "exclude_idx": exclude,
+            "top_k": np.array([p.top_k for p in parsed], np.int64),
+        }
 
     def recommend_parsed(self, parsed: list[Parsed], times: StageTimes | None = None) -> list[Response | RequestError]:
         times = times if times is not None else StageTimes()
@@ -252,13 +284,15 @@ class GraphRecommender(Recommender):
                 out.append(RequestError("no candidate left after exclusions"))
                 continue
             times.candidates += int(generated[row])
-            out.append(Response(
-                item_ids=rec["rec_item_ids"][row, :n].astype(np.int64),
-                scores=rec["rec_scores"][row, :n].astype(np.float32),
-                gen_logp=rec["rec_gen_logp"][row, :n].astype(np.float32),
-                source_head=rec["rec_source_head"][row, :n].astype(np.int32),
-                num_candidates=int(generated[row]),
-            ))
+            out.append(
+                Response(
+                    item_ids=rec["rec_item_ids"][row, :n].astype(np.int64),
+                    scores=rec["rec_scores"][row, :n].astype(np.float32),
+                    gen_logp=rec["rec_gen_logp"][row, :n].astype(np.float32),
+                    source_head=rec["rec_source_head"][row, :n].astype(np.int32),
+                    num_candidates=int(generated[row]),
+                )
+            )
         return out
 
 

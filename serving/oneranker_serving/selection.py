@@ -1,11 +1,11 @@
 """Reference candidate selection between the generator and the ranker (numpy only).
 
-    level_logits [H, D, K] (one user) + transitions [D, D, K, K] + trie
-      -> per generation stream (6 interest heads + 1 bagged value stream) beam search over the
-         semantic-ID levels, constrained to paths of real ads
-      -> union over streams, dedupe (best log-prob wins, its stream is the source head),
-         drop excluded ads, keep the `num_candidates` most probable
-      -> ad_idx [n], gen_logp [n], head [n]
+level_logits [H, D, K] (one user) + transitions [D, D, K, K] + trie
+  -> per generation stream (6 interest heads + 1 bagged value stream) beam search over the
+     semantic-ID levels, constrained to paths of real ads
+  -> union over streams, dedupe (best log-prob wins, its stream is the source head),
+     drop excluded ads, keep the `num_candidates` most probable
+  -> ad_idx [n], gen_logp [n], head [n]
 """
 
 from __future__ import annotations
@@ -80,8 +80,7 @@ def _cut_margin(total: np.ndarray, width: int) -> float:
     return float((kept - dropped)[live].min()) if live.any() else float("inf")
 
 
-def merge_candidates(ad_idx: np.ndarray, logp: np.ndarray, num_candidates: int,
-                     exclude: np.ndarray | None = None):
+def merge_candidates(ad_idx: np.ndarray, logp: np.ndarray, num_candidates: int, exclude: np.ndarray | None = None):
     """Union of every stream's beams -> (ad_idx [n], logp [n], stream [n]), best log-prob per ad,
     sorted by log-prob (ties: lower stream, then lower ad index), excluded ads removed."""
     stream = np.broadcast_to(np.arange(ad_idx.shape[0])[:, None], ad_idx.shape).reshape(-1)

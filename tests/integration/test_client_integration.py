@@ -97,8 +97,9 @@ def test_recommend_returns_top_k_best_first(served_repository):
         assert np.all(np.diff(rec.scores) <= 1e-6), rec.scores  # descending value score
         assert np.all(np.isfinite(rec.scores)) and rec.latency_ms > 0
         # excluded ids never come back
-        again = client.recommend(dict(served_repository.requests[0], top_k=k,
-                                      exclude_item_ids=rec.item_ids[:2].tolist()))
+        again = client.recommend(
+            dict(served_repository.requests[0], top_k=k, exclude_item_ids=rec.item_ids[:2].tolist())
+        )
         assert not set(rec.item_ids[:2].tolist()) & set(again.item_ids.tolist())
 
 
@@ -107,7 +108,8 @@ def test_async_client(served_repository):
         async with AsyncOneRankerClient(served_repository.grpc_url, timeout_s=60) as client:
             h = await client.health()
             recs = await client.recommend_many(
-                [dict(r, top_k=3) for r in _requests(served_repository, 4)] + [_unknown_item_request(served_repository)],
+                [dict(r, top_k=3) for r in _requests(served_repository, 4)]
+                + [_unknown_item_request(served_repository)],
                 concurrency=2,
             )
             return h, recs
@@ -119,10 +121,27 @@ def test_async_client(served_repository):
 
 
 def test_batch_cli_eight_requests_concurrency_2(served_repository, tmp_path, capsys):
-    src = _write_jsonl(tmp_path / "in.jsonl", [dict(r, id=f"r{i}") for i, r in enumerate(_requests(served_repository, 8))])
+    src = _write_jsonl(
+        tmp_path / "in.jsonl", [dict(r, id=f"r{i}") for i, r in enumerate(_requests(served_repository, 8))]
+    )
     out = tmp_path / "out.jsonl"
-    rc = cli.main(["batch", "--url", served_repository.grpc_url, "--input", str(src), "--concurrency", "2",
-                   "--output", str(out), "--format", "json", "--timeout", "60"])
+    rc = cli.main(
+        [
+            "batch",
+            "--url",
+            served_repository.grpc_url,
+            "--input",
+            str(src),
+            "--concurrency",
+            "2",
+            "--output",
+            str(out),
+            "--format",
+            "json",
+            "--timeout",
+            "60",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -141,9 +160,22 @@ def test_bad_request_prints_server_message_and_exits_1(served_repository, tmp_pa
     assert "unknown item ids" in err.value.message
     f = _write_jsonl(tmp_path / "bad.json", [bad])
     # through the console entry point, as a user runs it
-    proc = subprocess.run([sys.executable, "-m", "oneranker_client.cli", "recommend", "--url",
-                           served_repository.grpc_url, "--json", str(f)],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oneranker_client.cli",
+            "recommend",
+            "--url",
+            served_repository.grpc_url,
+            "--json",
+            str(f),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.startswith("error: ") and "unknown item ids" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -169,11 +201,37 @@ def test_perf_analyzer_suite_short_run(served_repository, run_requests, tmp_path
     out = tmp_path / "pa"
     client_cpu = str(sorted(os.sched_getaffinity(0))[-1])
     proc = subprocess.run(
-        [sys.executable, "-m", "oneranker_perf.perf_analyzer_suite", "--url", served_repository.grpc_url,
-         "--model", "oneranker", "--input-data", str(data), "--concurrency", "1", "--out", str(out),
-         "--measurement-interval", "1000", "--stability-percentage", "50", "--max-trials", "5", "--retry-unstable", "2",
-         "--client-cpus", client_cpu, "--note", "Compute floor: test line."],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "oneranker_perf.perf_analyzer_suite",
+            "--url",
+            served_repository.grpc_url,
+            "--model",
+            "oneranker",
+            "--input-data",
+            str(data),
+            "--concurrency",
+            "1",
+            "--out",
+            str(out),
+            "--measurement-interval",
+            "1000",
+            "--stability-percentage",
+            "50",
+            "--max-trials",
+            "5",
+            "--retry-unstable",
+            "2",
+            "--client-cpus",
+            client_cpu,
+            "--note",
+            "Compute floor: test line.",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -190,9 +248,27 @@ def test_locust_short_run(served_repository, run_requests, tmp_path):
     _, jsonl, _ = run_requests
     out = tmp_path / "locust"
     proc = subprocess.run(
-        [sys.executable, "-m", "oneranker_perf.locust_run", "--host", served_repository.grpc_url, "--users", "2",
-         "--spawn-rate", "2", "--run-time", "5s", "--requests", str(jsonl), "--out", str(out)],
-        env=_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "oneranker_perf.locust_run",
+            "--host",
+            served_repository.grpc_url,
+            "--users",
+            "2",
+            "--spawn-rate",
+            "2",
+            "--run-time",
+            "5s",
+            "--requests",
+            str(jsonl),
+            "--out",
+            str(out),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from oneranker_perf.locust_run import read_stats

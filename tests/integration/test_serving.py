@@ -69,9 +69,14 @@ def expected_for(model: str, in_process, in_process_numpy):
 
 
 def as_request(req: dict, **options) -> Request:
-    return Request(user_features=np.array(req["user_features"]), item_ids=np.array(req["item_ids"]),
-                   actions=np.array(req["actions"]), timestamps=np.array(req["timestamps"]),
-                   request_time=req["request_time"], **options)
+    return Request(
+        user_features=np.array(req["user_features"]),
+        item_ids=np.array(req["item_ids"]),
+        actions=np.array(req["actions"]),
+        timestamps=np.array(req["timestamps"]),
+        request_time=req["request_time"],
+        **options,
+    )
 
 
 def test_served_equals_in_process_pipeline(served_repository, in_process):
@@ -103,9 +108,10 @@ def test_options_change_the_answer(served_repository):
     base = infer(served_repository.grpc_url, fields_of(req, top_k=7, num_candidates=20, beam_width=8))
     assert len(base["rec_item_ids"]) == 7
     assert np.all(np.diff(base["rec_scores"]) <= 0)
-    excluded = infer(served_repository.grpc_url,
-                     fields_of(req, top_k=7, num_candidates=20, beam_width=8,
-                               exclude_item_ids=base["rec_item_ids"][:3].tolist()))
+    excluded = infer(
+        served_repository.grpc_url,
+        fields_of(req, top_k=7, num_candidates=20, beam_width=8, exclude_item_ids=base["rec_item_ids"][:3].tolist()),
+    )
     assert not set(excluded["rec_item_ids"]) & set(base["rec_item_ids"][:3].tolist())
 
 
@@ -121,40 +127,63 @@ def test_concurrent_requests_equal_single_requests(served_repository):
 
 
 def _bad_cases(req: dict, max_history: int, known_content_free_id: int):
-    long = {k: (list(v) * (max_history // len(v) + 2))[: max_history + 1] for k, v in req.items()
-            if k in ("item_ids", "actions", "timestamps")}
+    long = {
+        k: (list(v) * (max_history // len(v) + 2))[: max_history + 1]
+        for k, v in req.items()
+        if k in ("item_ids", "actions", "timestamps")
+    }
     return {
         "wrong dtype": (fields_of(req), {"item_ids": np.int32}, "data-type|INT32|datatype"),
         "wrong rank": (dict(fields_of(req), item_ids=np.array(req["item_ids"])[None, :, None]), None, "shape|dims"),
         "empty history": (dict(fields_of(req), item_ids=[], actions=[], timestamps=[]), None, "empty"),
         "history too long": (dict(fields_of(req), **long), None, "maximum"),
-        "unknown item id": (dict(fields_of(req), item_ids=[known_content_free_id] + req["item_ids"][1:]), None,
-                            "unknown item"),
+        "unknown item id": (
+            dict(fields_of(req), item_ids=[known_content_free_id] + req["item_ids"][1:]),
+            None,
+            "unknown item",
+        ),
         "negative top_k": (fields_of(req, top_k=-3), None, "top_k"),
         "absurd top_k": (fields_of(req, top_k=10_000_000), None, "top_k"),
         "zero num_candidates": (fields_of(req, num_candidates=0), None, "num_candidates"),
         "absurd beam_width": (fields_of(req, beam_width=1 << 30), None, "beam_width"),
         "top_k above num_candidates": (fields_of(req, top_k=20, num_candidates=5), None, "top_k"),
         "mismatched history lengths": (dict(fields_of(req), actions=req["actions"][:-1]), None, "different lengths"),
-        "request before history": (dict(fields_of(req), request_time=[min(req["timestamps"]) - 1]), None,
-                                   "after the request"),
+        "request before history": (
+            dict(fields_of(req), request_time=[min(req["timestamps"]) - 1]),
+            None,
+            "after the request",
+        ),
         "unknown action code": (dict(fields_of(req), actions=[9] * len(req["actions"])), None, "action"),
-        "user features out of range": (dict(fields_of(req), user_features=[-1] * len(req["user_features"])), None,
-                                       "user_features"),
-        "wrong user feature count": (dict(fields_of(req), user_features=req["user_features"][:-1]), None,
-                                     "user_features|shape|dims"),
-        "missing required input": ({k: v for k, v in fields_of(req).items() if k != "timestamps"}, None,
-                                   "timestamps|input"),
+        "user features out of range": (
+            dict(fields_of(req), user_features=[-1] * len(req["user_features"])),
+            None,
+            "user_features",
+        ),
+        "wrong user feature count": (
+            dict(fields_of(req), user_features=req["user_features"][:-1]),
+            None,
+            "user_features|shape|dims",
+        ),
+        "missing required input": (
+            {k: v for k, v in fields_of(req).items() if k != "timestamps"},
+            None,
+            "timestamps|input",
+        ),
         "float timestamps": (fields_of(req), {"timestamps": np.float32}, "data-type|FP32|datatype"),
-        "two users in one request": ({k: np.stack([np.asarray(v)] * 2) for k, v in fields_of(req).items()}, None,
-                                     "batch dimension of 1"),
+        "two users in one request": (
+            {k: np.stack([np.asarray(v)] * 2) for k, v in fields_of(req).items()},
+            None,
+            "batch dimension of 1",
+        ),
     }
 
 
 def test_bad_inputs_get_clear_per_request_errors(served_repository, tiny_run):
     req = served_repository.requests[0]
     max_history = tiny_run.prep.cfg.model.max_history
-    unknown = int(max(tiny_run.prep.dataset.catalog.ad_ids.max(), tiny_run.prep.dataset.catalog.content_ids.max()) + 12345)
+    unknown = int(
+        max(tiny_run.prep.dataset.catalog.ad_ids.max(), tiny_run.prep.dataset.catalog.content_ids.max()) + 12345
+    )
     cases = _bad_cases(req, max_history, unknown)
     assert len(cases) >= 15
     good_fields = fields_of(served_repository.requests[1])
@@ -190,14 +219,18 @@ def _metric(text: str, name: str, *labels: str) -> float:
 def test_stage_metrics_rise_per_request(served_repository):
     """Fused topology: custom per-stage counters; split topologies: Triton's per-model counters
     of generator / select / ranker are the per-stage latencies."""
+
     def scrape():
         return urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
 
     client = grpcclient.InferenceServerClient(served_repository.grpc_url)
     before = scrape()
     for req in served_repository.requests[:3]:
-        for model in (contract.TOPOLOGY_MODELS["fused"], contract.NUMPY_BEAM_PUBLIC_MODEL,
-                      contract.TOPOLOGY_MODELS["ensemble"]):
+        for model in (
+            contract.TOPOLOGY_MODELS["fused"],
+            contract.NUMPY_BEAM_PUBLIC_MODEL,
+            contract.TOPOLOGY_MODELS["ensemble"],
+        ):
             client.infer(model, make_inputs(fields_of(req)))
     after = scrape()
     graph = 'beam_search="graph"'
@@ -207,12 +240,14 @@ def test_stage_metrics_rise_per_request(served_repository):
     # beam search baseline times its select stage on its own
     for stage, search in (("generate", "graph"), ("rank", "graph"), ("select", "numpy")):
         label = f'stage="{stage}"'
-        assert _metric(after, "oneranker_stage_seconds_total", label, f'beam_search="{search}"') > \
-            _metric(before, "oneranker_stage_seconds_total", label, f'beam_search="{search}"'), stage
+        assert _metric(after, "oneranker_stage_seconds_total", label, f'beam_search="{search}"') > _metric(
+            before, "oneranker_stage_seconds_total", label, f'beam_search="{search}"'
+        ), stage
     for model in (contract.GENERATOR_MODEL, contract.SELECT_MODEL, contract.RANKER_MODEL):
         label = f'model="{model}"'
-        assert _metric(after, "nv_inference_compute_infer_duration_us", label) > \
-            _metric(before, "nv_inference_compute_infer_duration_us", label), model
+        assert _metric(after, "nv_inference_compute_infer_duration_us", label) > _metric(
+            before, "nv_inference_compute_infer_duration_us", label
+        ), model
 
 
 @pytest.mark.parametrize("model", sorted([*contract.TOPOLOGY_MODELS.values(), contract.NUMPY_BEAM_PUBLIC_MODEL]))
@@ -243,17 +278,32 @@ def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, i
     from oneranker_build.render import render_repository
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
-    repo = render_repository(tiny_export / "export", tmp_path / "trt", "tensorrt", contract.ContractDims(**info["dims"]),
-                             info["checkpoint_sha256"], default_topology="ensemble", placeholder_engine="onnxruntime")
-    native = (tiny_export / "tensorrt_native")
-    render_repository(tiny_export / "export", native, "tensorrt", contract.ContractDims(**info["dims"]),
-                      info["checkpoint_sha256"], default_topology="ensemble")
+    repo = render_repository(
+        tiny_export / "export",
+        tmp_path / "trt",
+        "tensorrt",
+        contract.ContractDims(**info["dims"]),
+        info["checkpoint_sha256"],
+        default_topology="ensemble",
+        placeholder_engine="onnxruntime",
+    )
+    native = tiny_export / "tensorrt_native"
+    render_repository(
+        tiny_export / "export",
+        native,
+        "tensorrt",
+        contract.ContractDims(**info["dims"]),
+        info["checkpoint_sha256"],
+        default_topology="ensemble",
+    )
     for name in (contract.GENERATOR_MODEL, contract.RANKER_MODEL):  # placeholders have the plans' tensor blocks
         plan_cfg = (native / name / "config.pbtxt").read_text()
         placeholder_cfg = (repo / name / "config.pbtxt").read_text()
         assert 'platform: "tensorrt_plan"' in plan_cfg
-        assert plan_cfg[plan_cfg.index("input ["):plan_cfg.index("instance_group")] == \
-            placeholder_cfg[placeholder_cfg.index("input ["):placeholder_cfg.index("instance_group")]
+        assert (
+            plan_cfg[plan_cfg.index("input [") : plan_cfg.index("instance_group")]
+            == placeholder_cfg[placeholder_cfg.index("input [") : placeholder_cfg.index("instance_group")]
+        )
     server = _serve(repo, tmp_path / "trt.log")
     try:
         from conftest import request_dict
@@ -283,8 +333,14 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
     settings = RenderSettings(max_batch_size=1, max_queue_size=1, max_queue_delay_us=0)
-    repo = render_repository(tiny_export / "export", tmp_path / "tight", "onnxruntime",
-                             contract.ContractDims(**info["dims"]), info["checkpoint_sha256"], settings=settings)
+    repo = render_repository(
+        tiny_export / "export",
+        tmp_path / "tight",
+        "onnxruntime",
+        contract.ContractDims(**info["dims"]),
+        info["checkpoint_sha256"],
+        settings=settings,
+    )
     server = _serve(repo, tmp_path / "tight.log")
     try:
         fields = fields_of(request_dict(example_request(tiny_run.prep, 0)), num_candidates=256, beam_width=64)
@@ -292,8 +348,9 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
         def one(_):
             start = time.perf_counter()
             try:
-                grpcclient.InferenceServerClient(server.grpc_url).infer(contract.PUBLIC_MODEL, make_inputs(fields),
-                                                                         client_timeout=30)
+                grpcclient.InferenceServerClient(server.grpc_url).infer(
+                    contract.PUBLIC_MODEL, make_inputs(fields), client_timeout=30
+                )
                 return "ok", time.perf_counter() - start
             except InferenceServerException as err:
                 return err.status(), time.perf_counter() - start
@@ -312,8 +369,9 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
         server.stop()
 
 
-def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_cascade, in_process, in_process_numpy,
-                                                   tmp_path):
+def test_torch_repository_reaches_ready_and_answers(
+    tiny_run, tiny_export, tiny_cascade, in_process, in_process_numpy, tmp_path
+):
     """The `torch` engine repository (PyTorch runner inside the Python models; the split
     topologies pass the KV by DLPack) loads within 60 s and answers like the ONNX Runtime
     pipeline up to float tolerance; so does its cascade baseline."""
@@ -328,8 +386,14 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
     halves = tiny_export / "export_cascade"
     cascade = CascadeExports(halves / "generator", halves / "ranker")
-    repo = render_repository(tiny_export / "export", tmp_path / "torch", "torch", contract.ContractDims(**info["dims"]),
-                             info["checkpoint_sha256"], cascade=cascade)
+    repo = render_repository(
+        tiny_export / "export",
+        tmp_path / "torch",
+        "torch",
+        contract.ContractDims(**info["dims"]),
+        info["checkpoint_sha256"],
+        cascade=cascade,
+    )
     start = time.perf_counter()
     server = _serve(repo, tmp_path / "torch.log")
     try:
@@ -339,9 +403,12 @@ def test_torch_repository_reaches_ready_and_answers(tiny_run, tiny_export, tiny_
             got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
             want = expected_for(model, in_process, in_process_numpy).recommend([as_request(req)])[0]
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
-        got = grpcclient.InferenceServerClient(server.grpc_url).infer(contract.CASCADE_PUBLIC_MODEL,
-                                                                      make_inputs(fields_of(req)))
-        want = artifacts.load_cascade_recommender(halves, engine="onnxruntime", threads=1).recommend([as_request(req)])[0]
+        got = grpcclient.InferenceServerClient(server.grpc_url).infer(
+            contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req))
+        )
+        want = artifacts.load_cascade_recommender(halves, engine="onnxruntime", threads=1).recommend([as_request(req)])[
+            0
+        ]
         np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)
     finally:
         server.stop()
@@ -358,6 +425,7 @@ def cascade_in_process(tiny_export):
 def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_process):
     """`oneranker_cascade` (same preprocess, cascade generator's candidates, independent ranker
     re-encoding the history) equals the in-process run of the same graphs and code exactly."""
+
     def cascade_requests():
         text = urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
         return _metric(text, "oneranker_requests_total", 'system="cascade"')
@@ -396,7 +464,9 @@ def test_cascade_rejects_bad_input_like_the_unified_model(served_repository):
     req = served_repository.requests[0]
     with pytest.raises(InferenceServerException, match="top_k"):
         grpcclient.InferenceServerClient(served_repository.grpc_url).infer(
-            contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req, top_k=-3)))
+            contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req, top_k=-3))
+        )
     result = grpcclient.InferenceServerClient(served_repository.grpc_url).infer(
-        contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req)))
+        contract.CASCADE_PUBLIC_MODEL, make_inputs(fields_of(req))
+    )
     assert result.as_numpy("rec_item_ids").shape[1] > 0

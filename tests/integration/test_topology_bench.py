@@ -34,24 +34,37 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     old = results["numpy_beam"]["c1"]["stages"]
     assert old["preprocess_compute_ms"] > 0 and old["select_ms"] > 0  # the baseline's own labelled counters
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"commit", "machine", "in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms",
-                            "saturated_rps"}
-    assert all(set(summary[k]) == {"new", "old"} and min(summary[k].values()) > 0
-               for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps"))
+    assert set(summary) == {
+        "commit",
+        "machine",
+        "in_process_p50_ms",
+        "served_c1_p50_ms",
+        "served_c1_p99_ms",
+        "saturated_rps",
+    }
+    assert all(
+        set(summary[k]) == {"new", "old"} and min(summary[k].values()) > 0
+        for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps")
+    )
     assert results["cascade"]["c1"]["stages"]["generate_ms"] > 0  # the cascade's own pipeline-labelled counters
     assert results["topologies"]["ensemble"]["c1"]["stages"]["ranker_compute_ms"] > 0
     floor = results["compute_floor"]
     assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
     report = (out / "results.md").read_text()
-    assert "Unified OneRanker vs the cascade baseline" in report and "Where the time goes" in report and (out / "results.png").stat().st_size > 0
+    assert (
+        "Unified OneRanker vs the cascade baseline" in report
+        and "Where the time goes" in report
+        and (out / "results.png").stat().st_size > 0
+    )
 
 
 def test_queue_delay_bench_serves_every_delay_side_by_side(tiny_run, tiny_export, tmp_path):
     from oneranker_perf import queue_delay_bench
 
     out = tmp_path / "queue_delay"
-    queue_delay_bench.run(tiny_run.run_dir, tiny_export / "export", [0, 500], out, n_latency=4, concurrency=2,
-                          seconds=1.0, n_requests=4)
+    queue_delay_bench.run(
+        tiny_run.run_dir, tiny_export / "export", [0, 500], out, n_latency=4, concurrency=2, seconds=1.0, n_requests=4
+    )
     results = json.loads((out / "results.json").read_text())
     assert set(results["measured"]) == {f"{p} @ {d} us" for p in ("fused", "ensemble") for d in (0, 500)}
     for label, t in results["measured"].items():

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.triton
 ENSEMBLE = "double_add_one"
 
 _PY_MODEL = textwrap.dedent(
-    '''
+    """
     import os
     import numpy as np
     import triton_python_backend_utils as pb_utils
@@ -53,7 +53,7 @@ _PY_MODEL = textwrap.dedent(
                 y = np.asarray(OP(x), dtype=np.float32)
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", y)]))
             return responses
-    '''
+    """
 )
 
 _PY_CONFIG = """\
@@ -215,14 +215,22 @@ def test_perf_analyzer_against_server(server, tmp_path):
     sample = {"INPUT": {"content": [1.0, 2.0, 3.0, 4.0], "shape": [4]}}
     data.write_text(json.dumps({"data": [sample]}))
     cmd = argv + [
-        "-m", ENSEMBLE,
-        "-i", "grpc",
-        "-u", server.grpc_url,
-        "--input-data", str(data),
-        "--concurrency-range", "1",
-        "--measurement-interval", "1000",
-        "--stability-percentage", "50",
-        "--max-trials", "4",
+        "-m",
+        ENSEMBLE,
+        "-i",
+        "grpc",
+        "-u",
+        server.grpc_url,
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        "1",
+        "--measurement-interval",
+        "1000",
+        "--stability-percentage",
+        "50",
+        "--max-trials",
+        "4",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
@@ -244,10 +252,24 @@ def test_cli_foreground_and_sigterm(repository, tmp_path):
     _require_tritonserver()
     log = tmp_path / "cli.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oneranker_serving.local_server",
-         "--model-repository", str(repository),
-         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--log-file", str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "oneranker_serving.local_server",
+            "--model-repository",
+            str(repository),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--log-file",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines = []

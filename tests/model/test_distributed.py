@@ -34,9 +34,24 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ddp_run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "oneranker.cli", "train", "--preset", "tiny", "--steps", str(STEPS), "--no-eval",
-           "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "oneranker.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        str(STEPS),
+        "--no-eval",
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in OVERRIDES:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)

@@ -27,13 +27,19 @@ def sessions(tiny_export):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     export = tiny_export / "export"
-    return (ort.InferenceSession(str(export / "generator.onnx"), opts, providers=["CPUExecutionProvider"]),
-            ort.InferenceSession(str(export / "ranker.onnx"), opts, providers=["CPUExecutionProvider"]))
+    return (
+        ort.InferenceSession(str(export / "generator.onnx"), opts, providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(str(export / "ranker.onnx"), opts, providers=["CPUExecutionProvider"]),
+    )
 
 
 def _shapes(max_history, buckets):
-    lengths = sorted({1, 2, 3, 7, max_history} | set(buckets) | {b + 1 for b in buckets if b < max_history}
-                     | {b - 1 for b in buckets})
+    lengths = sorted(
+        {1, 2, 3, 7, max_history}
+        | set(buckets)
+        | {b + 1 for b in buckets if b < max_history}
+        | {b - 1 for b in buckets}
+    )
     combos = list(itertools.product((1, 2, 3), lengths, (1, 9)))
     return combos
 
@@ -68,8 +74,9 @@ def test_onnx_parity_over_many_shapes(tiny_run, sessions):
             logits_t, kv_t = GeneratorGraph(model)(*inputs.values())
             scores_t = model(dict(inputs, **cands))["scores"]  # the joint pass
         logits_o, kv_o = gen.run(None, {k: v.numpy() for k, v in inputs.items()})
-        scores_o = rank.run(None, {"kv": kv_o, "hist_len": inputs["hist_len"].numpy(),
-                                   **{k: v.numpy() for k, v in cands.items()}})[0]
+        scores_o = rank.run(
+            None, {"kv": kv_o, "hist_len": inputs["hist_len"].numpy(), **{k: v.numpy() for k, v in cands.items()}}
+        )[0]
         finite = logits_t.numpy() > -1e8
         worst["level_logits"] = max(worst["level_logits"], float(np.abs(logits_o - logits_t.numpy())[finite].max()))
         worst["kv"] = max(worst["kv"], float(np.abs(kv_o - kv_t.numpy()).max()))
@@ -82,8 +89,10 @@ def test_onnx_parity_over_many_shapes(tiny_run, sessions):
 def _runner_inputs(model, tiny_run, seed):
     inputs = {k: v.numpy() for k, v in example_generator_inputs(model, 2, 16, seed=seed).items()}
     cat = tiny_run.prep.dataset.catalog
-    cands = {k: v.numpy() for k, v in example_candidates(model, 2, 6, cat.num_advertisers, cat.num_categories,
-                                                             seed=seed).items()}
+    cands = {
+        k: v.numpy()
+        for k, v in example_candidates(model, 2, 6, cat.num_advertisers, cat.num_categories, seed=seed).items()
+    }
     return inputs, cands
 
 

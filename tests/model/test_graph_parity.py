@@ -34,11 +34,19 @@ def with_history_length(req: Request, length: int) -> Request:
 def variants(prep, serve) -> list[Request]:
     """200+ requests: history 1, every bucket edge +-1 and the maximum; beam width, candidate
     count and top_k at 1 and at their maximum; exclusion lists empty and at their maximum."""
-    edges = sorted({1, serve.max_history} | {e + d for e in serve.length_buckets for d in (-1, 0, 1)
-                                             if 1 <= e + d <= serve.max_history})
-    knobs = [dict(), dict(beam_width=1), dict(beam_width=serve.max_beam_width), dict(num_candidates=1, top_k=1),
-             dict(num_candidates=serve.max_num_candidates), dict(top_k=serve.max_top_k, num_candidates=serve.max_top_k),
-             dict(beam_width=1, num_candidates=serve.max_num_candidates, top_k=serve.max_top_k)]
+    edges = sorted(
+        {1, serve.max_history}
+        | {e + d for e in serve.length_buckets for d in (-1, 0, 1) if 1 <= e + d <= serve.max_history}
+    )
+    knobs = [
+        dict(),
+        dict(beam_width=1),
+        dict(beam_width=serve.max_beam_width),
+        dict(num_candidates=1, top_k=1),
+        dict(num_candidates=serve.max_num_candidates),
+        dict(top_k=serve.max_top_k, num_candidates=serve.max_top_k),
+        dict(beam_width=1, num_candidates=serve.max_num_candidates, top_k=serve.max_top_k),
+    ]
     rows = np.linspace(0, len(prep.splits["test"]) - 1, 24).astype(int)
     out = []
     for i, row in enumerate(rows):
@@ -48,7 +56,7 @@ def variants(prep, serve) -> list[Request]:
             for name, value in knobs[(i + j) % len(knobs)].items():
                 setattr(req, name, value)
             if (i + j) % 3 == 0:  # the longest exclusion list: unknown ids pad it to the maximum
-                known = prep.dataset.catalog.ad_ids[(i * 7) % 50: (i * 7) % 50 + 20]
+                known = prep.dataset.catalog.ad_ids[(i * 7) % 50 : (i * 7) % 50 + 20]
                 unknown = 10**12 + np.arange(serve.max_exclude_items - len(known))
                 req.exclude_item_ids = np.concatenate([known, unknown]).astype(np.int64)
             out.append(req)
@@ -60,10 +68,14 @@ def reference_margin(reference, parsed: Parsed) -> float:
     inputs = pad_batch([parsed.tokens], bucket_for(parsed.tokens.length, reference.serve.length_buckets))
     level_logits, kv = reference.runner.generate(inputs)
     margins: list = []
-    ads, lp, _ = merge_candidates(*beam_search(level_logits[0], reference.gen_tables, parsed.beam_width, margins),
-                                  parsed.num_candidates, parsed.exclude)
-    all_ads, all_lp, _ = merge_candidates(*beam_search(level_logits[0], reference.gen_tables, parsed.beam_width),
-                                          10**9, parsed.exclude)
+    ads, lp, _ = merge_candidates(
+        *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width, margins),
+        parsed.num_candidates,
+        parsed.exclude,
+    )
+    all_ads, all_lp, _ = merge_candidates(
+        *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width), 10**9, parsed.exclude
+    )
     if len(all_lp) > len(lp):
         margins.append(lp[-1] - all_lp[len(lp)])
     if len(ads):
@@ -87,7 +99,11 @@ def test_the_variants_cover_every_edge(parity):
     assert len(requests) >= 200
     lengths = {len(r.item_ids) for r in requests}
     assert {1, s.max_history} <= lengths and all(b in lengths for b in s.length_buckets)
-    for field, top in (("beam_width", s.max_beam_width), ("num_candidates", s.max_num_candidates), ("top_k", s.max_top_k)):
+    for field, top in (
+        ("beam_width", s.max_beam_width),
+        ("num_candidates", s.max_num_candidates),
+        ("top_k", s.max_top_k),
+    ):
         assert {1, top} <= {getattr(r, field) for r in requests}, field
     assert {0, s.max_exclude_items} <= {len(r.exclude_item_ids) for r in requests}
 
@@ -104,8 +120,11 @@ def test_graph_candidates_equal_the_reference_selection_except_near_ties(parity)
         graph.runner.release(kv)
         got = cands["cand_idx"][0][cands["cand_idx"][0] >= 0]
         level_logits, _ = reference.runner.generate(inputs)
-        want, want_lp, _ = merge_candidates(*beam_search(level_logits[0], reference.gen_tables, parsed.beam_width),
-                                            parsed.num_candidates, parsed.exclude)
+        want, want_lp, _ = merge_candidates(
+            *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width),
+            parsed.num_candidates,
+            parsed.exclude,
+        )
         if not np.array_equal(got, want):
             differ += 1
             assert reference_margin(reference, parsed) < TIE, (req, got, want)

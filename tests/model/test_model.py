@@ -82,8 +82,9 @@ def batch(tiny_run):
 def test_rank_with_kv_equals_joint_forward(tiny_run, batch):
     model = tiny_run.model
     joint = model(batch)["scores"]
-    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
-                            batch["hist_len"])
+    enc = model.encode_user(
+        batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+    )
     kv_valid = model.kv_valid_from_lengths(batch["hist_len"], enc.kv.shape[2])
     assert torch.equal(kv_valid, enc.kv_valid)
     split = model.rank(enc.kv, kv_valid, batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
@@ -93,15 +94,18 @@ def test_rank_with_kv_equals_joint_forward(tiny_run, batch):
 @torch.no_grad()
 def test_candidate_scores_invariant_to_order_and_count(tiny_run, batch):
     model = tiny_run.model
-    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
-                            batch["hist_len"])
+    enc = model.encode_user(
+        batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+    )
     full = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
     perm = torch.randperm(full.shape[1], generator=torch.Generator().manual_seed(1))
-    permuted = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"][:, perm], batch["cand_attrs"][:, perm],
-                          batch["cand_bid"][:, perm])
+    permuted = model.rank(
+        enc.kv, enc.kv_valid, batch["cand_sids"][:, perm], batch["cand_attrs"][:, perm], batch["cand_bid"][:, perm]
+    )
     assert torch.allclose(full[:, perm], permuted, atol=1e-6)
-    few = model.rank(enc.kv, enc.kv_valid, batch["cand_sids"][:, :3], batch["cand_attrs"][:, :3],
-                     batch["cand_bid"][:, :3])
+    few = model.rank(
+        enc.kv, enc.kv_valid, batch["cand_sids"][:, :3], batch["cand_attrs"][:, :3], batch["cand_bid"][:, :3]
+    )
     assert torch.allclose(full[:, :3], few, atol=1e-6)
 
 
@@ -213,9 +217,9 @@ def test_ablation_switch_builds_trains_and_changes_behaviour(switch, tiny_cfg, t
     assert terms_ok(terms), (switch, sorted(terms))
     base_out = outputs[True][1]
     if switch == "use_h2_in_kv" or switch == "use_generation":
-        h2 = out["encoding"].kv_valid[:, -cfg.model.num_step2_tokens:]
+        h2 = out["encoding"].kv_valid[:, -cfg.model.num_step2_tokens :]
         assert not h2.any()  # the ranker no longer reads H2
-        assert outputs[True][1]["encoding"].kv_valid[:, -cfg.model.num_step2_tokens:].all()
+        assert outputs[True][1]["encoding"].kv_valid[:, -cfg.model.num_step2_tokens :].all()
     elif switch == "use_fake_items":
         assert out["encoding"].h2.shape[1] == cfg.model.num_task_tokens
     elif switch == "use_task_decoupling":
@@ -237,8 +241,16 @@ def _model_with_grad_centroids(cfg, prep):
     centroids = torch.tensor(np.asarray(prep.sids.centroids, dtype=np.float32), requires_grad=True)
     code_feats = torch.tensor(np.asarray(prep.sids.level_code_features, dtype=np.float32), requires_grad=True)
     torch.manual_seed(0)
-    model = OneRanker(cfg.model, cfg.tokenizer, cfg.data, centroids, code_feats, level_sizes(cfg),
-                      cat.num_advertisers, cat.num_categories)
+    model = OneRanker(
+        cfg.model,
+        cfg.tokenizer,
+        cfg.data,
+        centroids,
+        code_feats,
+        level_sizes(cfg),
+        cat.num_advertisers,
+        cat.num_categories,
+    )
     return model, centroids, code_feats
 
 
@@ -250,8 +262,9 @@ def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, ti
     cfg.model.use_fake_items = use_fake_items
     model, centroids, code_feats = _model_with_grad_centroids(cfg, tiny_prep)
     batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
-    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
-                            batch["hist_len"])
+    enc = model.encode_user(
+        batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+    )
     enc.level_logits.clamp(min=-50).sum().backward()
     derived = [n for n, _ in model.named_parameters() if n.startswith(("fake_", "target_"))]
     if use_fake_items:

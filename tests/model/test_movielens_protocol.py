@@ -59,7 +59,7 @@ def test_sequences_match_a_stable_sort_of_the_file(raw1m, data1m):
     for u, (_, rows) in enumerate(ref):
         got = data1m.item_ids[data1m.user_events(u)]
         assert list(got) == [raw1m["item"][r] for r in rows]  # same items, same order, none dropped
-        assert list(data1m.file_rows[data1m.offsets[u]:data1m.offsets[u + 1]]) == rows
+        assert list(data1m.file_rows[data1m.offsets[u] : data1m.offsets[u + 1]]) == rows
     assert sorted(np.unique(data1m.items)) == list(range(data1m.num_items))  # dense re-indexing
 
 
@@ -81,11 +81,11 @@ def test_leave_one_out_split_and_no_leakage(data1m):
     for u in range(data1m.num_users):
         seq = data1m.user_events(u)
         assert test.target[u] == seq[-1] and valid.target[u] == seq[-2]
-        assert list(test.hist[u, :test.hist_len[u]]) == list(seq[:-1][-ml.MAX_HISTORY:])
-        assert list(valid.hist[u, :valid.hist_len[u]]) == list(seq[:-2][-ml.MAX_HISTORY:])
-        train = set(items[u, :lengths[u]].tolist())
+        assert list(test.hist[u, : test.hist_len[u]]) == list(seq[:-1][-ml.MAX_HISTORY :])
+        assert list(valid.hist[u, : valid.hist_len[u]]) == list(seq[:-2][-ml.MAX_HISTORY :])
+        train = set(items[u, : lengths[u]].tolist())
         assert lengths[u] == min(len(seq) - 2, ml.MAX_HISTORY + 1)
-        assert seq[-1] not in train and seq[-1] not in set(valid.hist[u, :valid.hist_len[u]].tolist())
+        assert seq[-1] not in train and seq[-1] not in set(valid.hist[u, : valid.hist_len[u]].tolist())
         assert seq[-2] not in train
     assert np.all(test.hist[test.hist == -1] == -1)  # padding is -1, never an item
 
@@ -222,8 +222,17 @@ def test_harness_smoke_writes_a_run_and_a_report(tmp_path):
 
     _wheel_or_skip("ml100k")
 
-    path = ml1m_bench.run_one("ml100k", "hstu", 0, max_minutes=1.0, out=tmp_path, max_users=60, max_epochs=2,
-                              max_steps_per_epoch=2, command="smoke")
+    path = ml1m_bench.run_one(
+        "ml100k",
+        "hstu",
+        0,
+        max_minutes=1.0,
+        out=tmp_path,
+        max_users=60,
+        max_epochs=2,
+        max_steps_per_epoch=2,
+        command="smoke",
+    )
     rec = json.loads(path.read_text())
     assert path.name == "hstu-seed0.json" and rec["epochs"] == 2 and len(rec["curve"]) == 2
     ranks = ml1m_bench.unpack_ranks(rec["test"]["ranks"])
@@ -303,8 +312,17 @@ def test_harness_smoke_oneranker_generator(tmp_path):
 
     _wheel_or_skip("ml100k")
 
-    path = ml1m_bench.run_one("ml100k", "oneranker", 1, max_minutes=1.0, out=tmp_path, max_users=60, max_epochs=1,
-                              max_steps_per_epoch=2, command="smoke")
+    path = ml1m_bench.run_one(
+        "ml100k",
+        "oneranker",
+        1,
+        max_minutes=1.0,
+        out=tmp_path,
+        max_users=60,
+        max_epochs=1,
+        max_steps_per_epoch=2,
+        command="smoke",
+    )
     rec = json.loads(path.read_text())
     assert path.name == "oneranker-seed1.json" and rec["epochs"] == 1
     assert rec["config"]["semantic_ids"]["version"]

@@ -75,8 +75,16 @@ def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_pr
     np.testing.assert_allclose(level_logits, enc.level_logits.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(kv, enc.kv.numpy(), rtol=1e-4, atol=1e-4)
     ranker = ort.InferenceSession(str(tmp_path / "ranker.onnx"), providers=["CPUExecutionProvider"])
-    scores = ranker.run(None, {"kv": kv, "hist_len": oov["hist_len"].numpy(), "cand_sids": oov["cand_sids"].numpy(),
-                               "cand_attrs": oov["cand_attrs"].numpy(), "cand_bid": oov["cand_bid"].numpy()})[0]
+    scores = ranker.run(
+        None,
+        {
+            "kv": kv,
+            "hist_len": oov["hist_len"].numpy(),
+            "cand_sids": oov["cand_sids"].numpy(),
+            "cand_attrs": oov["cand_attrs"].numpy(),
+            "cand_bid": oov["cand_bid"].numpy(),
+        },
+    )[0]
     np.testing.assert_allclose(scores, out["scores"].numpy(), rtol=1e-4, atol=1e-4)
 
 

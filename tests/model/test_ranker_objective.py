@@ -211,6 +211,5 @@ def test_training_loop_redraws_candidates_and_replaces_history_each_step(tiny_cf
     cfg.train.steps = 3
     result = train(cfg, tmp_path, prep=tiny_prep, progress=False)
     assert [s for s, *_ in seen] == [0, 1, 2]
-    assert all(share == cfg.train.oov_history_share and code == result["model"].oov_code
-               for _, share, code, _ in seen)
+    assert all(share == cfg.train.oov_history_share and code == result["model"].oov_code for _, share, code, _ in seen)
     assert not torch.equal(seen[0][3][:, 1:], seen[1][3][:, 1:])

@@ -37,8 +37,17 @@ from oneranker.pipeline import build_model, level_sizes
 
 # Trained: the ranker side, with the KV projection (it serves only the ranker; frozen at random
 # it costs the H2 arm ~0.2 Spearman: measured 0.74-0.80).
-RANKER_PARTS = ("kv_norm", "kv_proj", "segment_emb", "rank_token", "advertiser_emb", "category_emb", "bid_proj",
-                "r_layers", "score_mlp")
+RANKER_PARTS = (
+    "kv_norm",
+    "kv_proj",
+    "segment_emb",
+    "rank_token",
+    "advertiser_emb",
+    "category_emb",
+    "bid_proj",
+    "r_layers",
+    "score_mlp",
+)
 SHARPEN = 2.0  # Step-2 query and key weights scale (attention logits x SHARPEN**2)
 
 
@@ -57,17 +66,31 @@ def random_users(cfg, num_prefix: int, n: int, length: int, rng) -> dict[str, to
     valid = np.arange(length)[None] < lens[:, None]
     sizes = np.array(level_sizes(cfg))
     card = min(cfg.data.profile_cardinality, cfg.data.context_cardinality)
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in {
-        "user_features": rng.integers(0, card, (n, num_prefix)),
-        "hist_sids": (rng.random((n, length, sizes.size)) * sizes).astype(np.int64) * valid[..., None],
-        "hist_actions": rng.integers(1, 5, (n, length)) * valid,
-        "hist_dt": (np.exp(rng.uniform(0, 14, (n, length))) * valid).astype(np.float32),
-        "hist_len": lens.astype(np.int64),
-    }.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in {
+            "user_features": rng.integers(0, card, (n, num_prefix)),
+            "hist_sids": (rng.random((n, length, sizes.size)) * sizes).astype(np.int64) * valid[..., None],
+            "hist_actions": rng.integers(1, 5, (n, length)) * valid,
+            "hist_dt": (np.exp(rng.uniform(0, 14, (n, length))) * valid).astype(np.float32),
+            "hist_len": lens.astype(np.int64),
+        }.items()
+    }
 
 
-def run_probe(cfg, prep, use_h2: bool, seed: int, num_train: int = 5500, num_test: int = 500,
-              n_cand: int = 10, r: int = 2, steps: int = 1500, batch: int = 128, lr: float = 3e-3) -> float:
+def run_probe(
+    cfg,
+    prep,
+    use_h2: bool,
+    seed: int,
+    num_train: int = 5500,
+    num_test: int = 500,
+    n_cand: int = 10,
+    r: int = 2,
+    steps: int = 1500,
+    batch: int = 128,
+    lr: float = 3e-3,
+) -> float:
     """Train the ranker side against the teacher; -> held-out Spearman."""
     cfg = copy.deepcopy(cfg)
     cfg.model.use_h2_in_kv = use_h2
@@ -83,10 +106,11 @@ def run_probe(cfg, prep, use_h2: bool, seed: int, num_train: int = 5500, num_tes
     rng = np.random.default_rng(seed)
     users = random_users(cfg, model.num_prefix, num_train + num_test, 32, rng)
     with torch.no_grad():
-        enc = model.encode_user(users["user_features"], users["hist_sids"], users["hist_actions"], users["hist_dt"],
-                                users["hist_len"])
+        enc = model.encode_user(
+            users["user_features"], users["hist_sids"], users["hist_actions"], users["hist_dt"], users["hist_len"]
+        )
     h1, h2 = enc.h1, enc.h2
-    h1_valid = enc.kv_valid[:, :h1.shape[1]]
+    h1_valid = enc.kv_valid[:, : h1.shape[1]]
     g = torch.Generator().manual_seed(10_000 + seed)
     P, Q = torch.randn(r, d, generator=g), torch.randn(r, d, generator=g)
     z = h2[:, cfg.model.num_task_tokens - 1] @ P.T  # last value task token

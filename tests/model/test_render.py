@@ -120,16 +120,20 @@ def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tm
     and BLS outputs preferred in GPU memory (what keeps the KV on the device)."""
     from oneranker_build.render import RenderSettings, render_repository
 
-    export, dims, sha = tiny_export / "export", _dims(tiny_export), artifacts.read_export_info(
-        tiny_export / "export")["checkpoint_sha256"]
+    export, dims, sha = (
+        tiny_export / "export",
+        _dims(tiny_export),
+        artifacts.read_export_info(tiny_export / "export")["checkpoint_sha256"],
+    )
     cases = {
         ("onnxruntime", "KIND_CPU"): ("numpy", "yes", "cpu"),
         ("torch", "KIND_CPU"): ("dlpack", "no", "cpu"),
         ("torch", "KIND_GPU"): ("dlpack", "no", "gpu:0"),
     }
     for (engine, kind), (transport, force_cpu, memory) in cases.items():
-        repo = render_repository(export, tmp_path / f"{engine}-{kind}", engine, dims, sha,
-                                 settings=RenderSettings(instance_kind=kind))
+        repo = render_repository(
+            export, tmp_path / f"{engine}-{kind}", engine, dims, sha, settings=RenderSettings(instance_kind=kind)
+        )
         for model in (contract.GENERATOR_MODEL, contract.RANKER_MODEL, contract.BLS_MODEL):
             cfg = _parse(repo / model / "config.pbtxt")
             params = {k: v.string_value for k, v in cfg.parameters.items()}
@@ -161,7 +165,8 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["system"] == "cascade"
     assert params["checkpoint_sha256"].split(",") == [
-        artifacts.read_export_info(halves[h])["checkpoint_sha256"] for h in artifacts.CASCADE_HALVES]
+        artifacts.read_export_info(halves[h])["checkpoint_sha256"] for h in artifacts.CASCADE_HALVES
+    ]
     assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()
     with pytest.raises(RenderError, match="onnxruntime and torch"):
         render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, default_topology="ensemble", cascade=cascade)
@@ -171,5 +176,6 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     info["sid_version"] = "another-tokenizer"
     (foreign / "export_info.json").write_text(json.dumps(info))
     with pytest.raises(RenderError, match="sid_version"):
-        render_repository(export, tmp_path / "bad", "onnxruntime", dims, sha,
-                          cascade=CascadeExports(halves["generator"], foreign))
+        render_repository(
+            export, tmp_path / "bad", "onnxruntime", dims, sha, cascade=CascadeExports(halves["generator"], foreign)
+        )

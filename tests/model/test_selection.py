@@ -15,8 +15,9 @@ def _logits_and_tables(tiny_run, rows=3):
     arrays = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
     batch = to_batch(arrays, np.arange(rows))
     with torch.no_grad():
-        enc = tiny_run.model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"],
-                                         batch["hist_dt"], batch["hist_len"])
+        enc = tiny_run.model.encode_user(
+            batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+        )
     return enc.level_logits, generation_tables(tiny_run.model, tiny_run.prep.sids)
 
 

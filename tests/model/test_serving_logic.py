@@ -57,7 +57,9 @@ def test_split_topology_helpers_round_trip(tiny_run, tiny_export, engine):
     outs = batching.split_generator_outputs(tokens, logits, kv, own, f)
     ranked = []
     for tok, out in zip(tokens, outs):
-        cands = arrays.select_arrays(rec.tables, rec.gen_tables, out["level_logits"], tok["options"], tok["exclude_idx"])
+        cands = arrays.select_arrays(
+            rec.tables, rec.gen_tables, out["level_logits"], tok["options"], tok["exclude_idx"]
+        )
         ranked.append((cands, {"kv": out["kv"], "hist_len": tok["hist_len"], **cands}))
     rbatch, shapes = batching.stack_ranker_inputs([r[1] for r in ranked], f, t2)
     assert isinstance(rbatch["kv"], torch.Tensor if engine == "torch" else np.ndarray)
@@ -117,8 +119,11 @@ def test_tensor_codec_moves_kv_by_dlpack_without_copy():
     sent = dl.tensor("kv", kv)
     received = dl.kv(sent)
     assert isinstance(received, torch.Tensor) and received.data_ptr() == kv.data_ptr()  # zero copy
-    request = {"kv": sent, "hist_len": _FakeTensor("hist_len", np.array([[3]], np.int64)),
-               **{name: _FakeTensor(name, np.zeros((1, 2, 1))) for name in ("cand_sids", "cand_attrs", "cand_bid")}}
+    request = {
+        "kv": sent,
+        "hist_len": _FakeTensor("hist_len", np.array([[3]], np.int64)),
+        **{name: _FakeTensor(name, np.zeros((1, 2, 1))) for name in ("cand_sids", "cand_attrs", "cand_bid")},
+    }
     got = dl.inputs(request, contract.RANKER)
     assert isinstance(got["kv"], torch.Tensor) and isinstance(got["hist_len"], np.ndarray)
     assert dl.preferred_memory() == ("GPU", 1)

@@ -158,10 +158,11 @@ def test_cascade_ranker_reencodes_history_without_h2(cascade_run, tiny_prep):
     lengths = ranker.num_prefix + batch["hist_len"]
     for row in range(6):  # its own H1 (the re-encoded history) is visible
         assert enc.kv_valid[row, : int(lengths[row])].all()
-        assert not enc.kv_valid[row, int(lengths[row]):n].any()
+        assert not enc.kv_valid[row, int(lengths[row]) : n].any()
     assert not torch.allclose(enc.h1, genc.h1)  # a separate G-Decoder, not the generator's
     np.testing.assert_array_equal(
-        ranker.kv_valid_from_lengths(batch["hist_len"], enc.kv.shape[2]).numpy(), enc.kv_valid.numpy())
+        ranker.kv_valid_from_lengths(batch["hist_len"], enc.kv.shape[2]).numpy(), enc.kv_valid.numpy()
+    )
     # its scores do not depend on H2: scrambling the H2 part of the K/V changes nothing
     cand = [batch[k] for k in ("cand_sids", "cand_attrs", "cand_bid")]
     kv = enc.kv.clone()
@@ -196,12 +197,22 @@ def test_smoke_study_writes_report_plots_and_every_row(tmp_path):
     report = (out / "report.md").read_text()
     for row in ROWS:
         assert row.label in report, row.label
-    for png in ("ablation_synthetic.png", "gmv_lift_synthetic.png", "training_curves_synthetic.png",
-                "dc_synthetic.png"):
+    for png in (
+        "ablation_synthetic.png",
+        "gmv_lift_synthetic.png",
+        "training_curves_synthetic.png",
+        "dc_synthetic.png",
+    ):
         assert (out / png).stat().st_size > 10_000, png
         assert f"]({png})" in report
-    for heading in ("Where every label comes from", "Paper orderings", "Full-catalogue generation",
-                    "lift over the cascade", "Distribution consistency", "Answers"):
+    for heading in (
+        "Where every label comes from",
+        "Paper orderings",
+        "Full-catalogue generation",
+        "lift over the cascade",
+        "Distribution consistency",
+        "Answers",
+    ):
         assert heading in report, heading
     assert "simulated" in report
     results = json.loads((out / "results.json").read_text())

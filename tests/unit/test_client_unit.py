@@ -73,20 +73,29 @@ def test_build_inputs_omits_unset_optional_inputs():
     assert top_k.datatype() == "INT32" and top_k.shape() == [1, 1]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(REQ, top_k=1.5), "integers"),
-    (dict(REQ, top_k=[1, 2]), "single value"),
-    (dict(REQ, item_ids=["a", "b", "c"]), "numeric"),
-    (dict(REQ, top_k=2**40), "out of range"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(REQ, top_k=1.5), "integers"),
+        (dict(REQ, top_k=[1, 2]), "single value"),
+        (dict(REQ, item_ids=["a", "b", "c"]), "numeric"),
+        (dict(REQ, top_k=2**40), "out of range"),
+    ],
+)
 def test_build_inputs_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
         build_inputs(RecommendRequest(**bad))
 
 
 def test_build_inputs_accepts_numpy_and_integral_floats():
-    req = RecommendRequest(**{**REQ, "item_ids": np.array([101, 5002, 77], dtype=np.int32),
-                              "request_time": np.int64(1700000300), "top_k": 4.0})
+    req = RecommendRequest(
+        **{
+            **REQ,
+            "item_ids": np.array([101, 5002, 77], dtype=np.int32),
+            "request_time": np.int64(1700000300),
+            "top_k": 4.0,
+        }
+    )
     inputs = {i.name(): i for i in build_inputs(req)}
     assert inputs["item_ids"].datatype() == "INT64" and inputs["top_k"].shape() == [1, 1]
 
@@ -230,11 +239,25 @@ def test_client_against_a_closed_port_raises_unavailable_after_retries():
 # CLI parsing and usage errors (exit 2)
 # ---------------------------------------------------------------------------------------------
 def test_cli_parses_history_flags_into_a_request():
-    args = cli.build_parser().parse_args([
-        "recommend", "--user-features", "3,1,7,0", "--item-ids", "101,5002,77", "--actions", "1,2,3",
-        "--timestamps", "1700000000,1700000100,1700000200", "--request-time", "1700000300", "--top-k", "5",
-        "--exclude-item-ids", "9,10",
-    ])
+    args = cli.build_parser().parse_args(
+        [
+            "recommend",
+            "--user-features",
+            "3,1,7,0",
+            "--item-ids",
+            "101,5002,77",
+            "--actions",
+            "1,2,3",
+            "--timestamps",
+            "1700000000,1700000100,1700000200",
+            "--request-time",
+            "1700000300",
+            "--top-k",
+            "5",
+            "--exclude-item-ids",
+            "9,10",
+        ]
+    )
     req = cli.request_from_args(args)
     assert req.to_json() == dict(REQ, top_k=5, exclude_item_ids=[9, 10])
 
@@ -256,26 +279,30 @@ def test_cli_json_request_and_overrides(tmp_path):
 
 
 def test_cli_request_time_defaults_to_now():
-    args = cli.build_parser().parse_args(["recommend", "--user-features", "1", "--item-ids", "1",
-                                          "--actions", "1", "--timestamps", "1"])
+    args = cli.build_parser().parse_args(
+        ["recommend", "--user-features", "1", "--item-ids", "1", "--actions", "1", "--timestamps", "1"]
+    )
     import time
 
     assert abs(cli.request_from_args(args).request_time - time.time()) < 60
 
 
-@pytest.mark.parametrize("argv", [
-    [],                                                           # no subcommand
-    ["bogus"],
-    ["recommend", "--item-ids", "1,x"],                           # not integers
-    ["recommend", "--item-ids", "1,2"],                           # history incomplete
-    ["recommend", "--json", "/nonexistent/req.json"],
-    ["recommend", "--json", "-", "--item-ids", "1"],              # --json with history flags
-    ["recommend", "--top-k", "two"],
-    ["health", "--format", "xml"],
-    ["batch"],                                                    # --input required
-    ["batch", "--input", "/nonexistent.jsonl"],
-    ["health", "--timeout", "soon"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no subcommand
+        ["bogus"],
+        ["recommend", "--item-ids", "1,x"],  # not integers
+        ["recommend", "--item-ids", "1,2"],  # history incomplete
+        ["recommend", "--json", "/nonexistent/req.json"],
+        ["recommend", "--json", "-", "--item-ids", "1"],  # --json with history flags
+        ["recommend", "--top-k", "two"],
+        ["health", "--format", "xml"],
+        ["batch"],  # --input required
+        ["batch", "--input", "/nonexistent.jsonl"],
+        ["health", "--timeout", "soon"],
+    ],
+)
 def test_cli_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         rc = cli.main(argv)
@@ -310,8 +337,10 @@ def test_cli_latency_summary():
 
 
 def test_client_modules_import_without_torch():
-    code = ("import sys; import oneranker_client, oneranker_client.client, oneranker_client.cli; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import oneranker_client, oneranker_client.client, oneranker_client.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     env = {"PYTHONPATH": str(ROOT / "client"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -370,8 +399,9 @@ def test_perf_analyzer_suite_parsing(tmp_path):
     assert pas._rate_range("100:300:100") == [100, 200, 300]
     m = pas.machine_description()
     assert m["nproc"] >= 1 and m["cpu_model"]
-    args = pas.build_parser().parse_args(["--input-data", "x.json", "--out", "o", "--concurrency", "1,2",
-                                          "--bls-composing-models", "a,b"])
+    args = pas.build_parser().parse_args(
+        ["--input-data", "x.json", "--out", "o", "--concurrency", "1,2", "--bls-composing-models", "a,b"]
+    )
     cmd = pas.pa_args(args, "concurrency", 2, tmp_path / "c.csv")
     assert cmd[cmd.index("--concurrency-range") + 1] == "2:2:1" and cmd[cmd.index("-i") + 1] == "grpc"
     assert "--bls-composing-models" in cmd and "-f" in cmd
@@ -387,11 +417,17 @@ def test_locust_run_helpers(tmp_path):
     with pytest.raises(argparse.ArgumentTypeError):
         locust_run.parse_run_time("ten")
     prefix = tmp_path / "locust"
-    cols = "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time," \
-           "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,90%,99%\n"
+    cols = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,90%,99%\n"
+    )
     Path(f"{prefix}_stats.csv").write_text(
-        cols + "grpc,oneranker.recommend,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n,Aggregated,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n")
-    Path(f"{prefix}_failures.csv").write_text("Method,Name,Error,Occurrences\ngrpc,oneranker.recommend,[UNAVAILABLE] x,2\n")
+        cols
+        + "grpc,oneranker.recommend,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n,Aggregated,100,2,3,3.5,1,9,10,20.0,0.4,3,5,8\n"
+    )
+    Path(f"{prefix}_failures.csv").write_text(
+        "Method,Name,Error,Occurrences\ngrpc,oneranker.recommend,[UNAVAILABLE] x,2\n"
+    )
     s = locust_run.read_stats(prefix)
     assert s.requests == 100 and s.failed == 2 and s.failures[0]["occurrences"] == 2
     assert locust_run.report(0, s, "", tmp_path) == 1

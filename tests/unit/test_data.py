@@ -36,8 +36,18 @@ def _positive_rows_by_user(ds):
 
 def _log_arrays(d: Dataset):
     log = d.log
-    return [log.user, log.item, log.action, log.timestamp, log.profile, d.context,
-            d.catalog.ad_bid, d.catalog.ad_price, d.catalog.ad_category, d.catalog.ad_advertiser]
+    return [
+        log.user,
+        log.item,
+        log.action,
+        log.timestamp,
+        log.profile,
+        d.context,
+        d.catalog.ad_bid,
+        d.catalog.ad_price,
+        d.catalog.ad_category,
+        d.catalog.ad_advertiser,
+    ]
 
 
 def test_synthetic_deterministic(cfg, ds):
@@ -66,8 +76,12 @@ def test_synthetic_shapes_and_ranges(cfg, ds):
     assert (log.item[is_ad] < c.num_ads).all() and (log.item[~is_ad] < c.num_contents).all()
     assert log.item.min() >= 0
     assert len(np.unique(cat.ad_ids)) == cat.num_ads and len(np.unique(cat.content_ids)) == cat.num_contents
-    assert ds.label_sources == {"click": "simulated", "conversion": "simulated", "bid": "simulated",
-                                "price": "simulated"}
+    assert ds.label_sources == {
+        "click": "simulated",
+        "conversion": "simulated",
+        "bid": "simulated",
+        "price": "simulated",
+    }
 
 
 def test_every_user_has_three_positives(ds):
@@ -158,9 +172,16 @@ def test_history_excludes_same_second_events(cfg):
     ts = np.array([10, 20, 30, 30, 40, 50, 50])
     action = np.array([ACTION_CLICK, 2, 2, ACTION_CLICK, ACTION_CLICK, 2, ACTION_CLICK])
     item = np.array([0, 1, 2, 3, 4, 5, 6])
-    cat = Catalog(ad_ids=np.arange(40), ad_advertiser=np.zeros(40, int), ad_category=np.zeros(40, int),
-                  ad_bid=np.ones(40, np.float32), ad_price=np.ones(40, np.float32),
-                  content_ids=np.arange(2), num_advertisers=1, num_categories=1)
+    cat = Catalog(
+        ad_ids=np.arange(40),
+        ad_advertiser=np.zeros(40, int),
+        ad_category=np.zeros(40, int),
+        ad_bid=np.ones(40, np.float32),
+        ad_price=np.ones(40, np.float32),
+        content_ids=np.arange(2),
+        num_advertisers=1,
+        num_categories=1,
+    )
     log = EventLog(user=user, item=item, action=action, timestamp=ts, profile=np.zeros((1, 3), int), num_users=1)
     toy = Dataset(name="toy", catalog=cat, log=log)
     dcfg = dataclasses.replace(cfg.data, num_train_candidates=5, num_eval_candidates=5)
@@ -235,8 +256,14 @@ def test_head_targets_come_from_allowed_window(ds, splits, cfg, name):
         pos = log.item[w][np.isin(log.action[w], (ACTION_CLICK, ACTION_CONVERSION))]
         conv = log.item[w][log.action[w] == ACTION_CONVERSION]
         h = s.head_targets[i]
-        expect = [ads[0], ads[1] if ads.size > 1 else -1, pos[0], pos[1] if pos.size > 1 else -1,
-                  conv[0] if conv.size else -1, conv[1] if conv.size > 1 else -1]
+        expect = [
+            ads[0],
+            ads[1] if ads.size > 1 else -1,
+            pos[0],
+            pos[1] if pos.size > 1 else -1,
+            conv[0] if conv.size else -1,
+            conv[1] if conv.size > 1 else -1,
+        ]
         np.testing.assert_array_equal(h[:6], expect)
         assert np.isin(h[6:], pos).all()
         assert h[0] == s.target[i] and h[2] == s.target[i]
@@ -260,8 +287,9 @@ def test_value_heads_follow_ecpm(ds, cfg):
     tr, lim = split_target_rows(ds, cfg.data)["train"]
     W = cfg.data.mtp_future_window
     n_seeds = 25
-    draws = np.stack([make_splits(ds, cfg.data, seed=seed)["train"].head_targets[:, 6:8]
-                      for seed in range(n_seeds)], axis=1).reshape(len(tr), -1)
+    draws = np.stack(
+        [make_splits(ds, cfg.data, seed=seed)["train"].head_targets[:, 6:8] for seed in range(n_seeds)], axis=1
+    ).reshape(len(tr), -1)
     expected, observed = [], []
     for i in range(len(tr)):
         w = _window_rows(tr[i], lim[i], W)

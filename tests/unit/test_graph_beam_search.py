@@ -43,8 +43,9 @@ def test_graph_search_equals_the_reference_at_every_knob_edge(seed):
     exclude[2, :2] = rng.choice(n_ads, 2, replace=False)
     exclude[5] = rng.choice(n_ads, 4, replace=False)
     with torch.no_grad():
-        cand, logp, stream = search(state, torch.tensor([w for w, _ in knobs]), torch.tensor([n for _, n in knobs]),
-                                    torch.from_numpy(exclude))
+        cand, logp, stream = search(
+            state, torch.tensor([w for w, _ in knobs]), torch.tensor([n for _, n in knobs]), torch.from_numpy(exclude)
+        )
     assert cand.shape[1] == min(1024, search.decoder.streams.shape[0] * 256)  # the batch's largest request
     for row, (width, n) in enumerate(knobs):
         ads, lp, head = reference(state[row].numpy(), tables, width, n, exclude[row])
@@ -53,7 +54,7 @@ def test_graph_search_equals_the_reference_at_every_knob_edge(seed):
         np.testing.assert_allclose(logp[row, : len(got)].numpy(), lp, atol=1e-5)
         np.testing.assert_array_equal(stream[row, : len(got)].numpy(), head)
         assert not np.isin(got, exclude[row][exclude[row] >= 0]).any()
-        assert (cand[row, len(got):] == -1).all()  # padding after the request's own count
+        assert (cand[row, len(got) :] == -1).all()  # padding after the request's own count
 
 
 def test_width_beyond_the_trie_finds_every_ad_once_with_its_exact_log_prob():
@@ -72,18 +73,27 @@ def test_exported_onnx_search_answers_like_eager(tmp_path):
     import onnxruntime as ort
 
     rng, tables, search, n_ads = random_world(4)
-    args = (torch.from_numpy(rng.standard_normal((3, HI + HV, 3, 6)).astype(np.float32)), torch.tensor([2, 9, 4]),
-            torch.tensor([3, 30, 7]), torch.tensor([[0, -1], [5, 6], [-1, -1]]))
+    args = (
+        torch.from_numpy(rng.standard_normal((3, HI + HV, 3, 6)).astype(np.float32)),
+        torch.tensor([2, 9, 4]),
+        torch.tensor([3, 30, 7]),
+        torch.tensor([[0, -1], [5, 6], [-1, -1]]),
+    )
     batch, excluded = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("excluded", min=1, max=512)
-    program = torch.export.export(search, args, strict=False, dynamic_shapes=(
-        {0: batch}, {0: batch}, {0: batch}, {0: batch, 1: excluded}))
+    program = torch.export.export(
+        search, args, strict=False, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}, {0: batch, 1: excluded})
+    )
     path = tmp_path / "search.onnx"
     torch.onnx.export(program, args, dynamo=True, opset_version=20, verbose=False).save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # other shapes and knobs than the export example
     state = rng.standard_normal((2, HI + HV, 3, 6)).astype(np.float32)
-    feeds = dict(zip([i.name for i in session.get_inputs()],
-                     (state, np.array([1, 64]), np.array([64, 2]), np.array([[-1, -1, -1], [1, 2, 3]]))))
+    feeds = dict(
+        zip(
+            [i.name for i in session.get_inputs()],
+            (state, np.array([1, 64]), np.array([64, 2]), np.array([[-1, -1, -1], [1, 2, 3]])),
+        )
+    )
     got = session.run(None, feeds)
     with torch.no_grad():
         want = search(*(torch.from_numpy(v) for v in feeds.values()))

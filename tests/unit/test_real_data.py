@@ -148,8 +148,7 @@ def test_configured_optional_column_typo_is_an_error(tmp_path):
 
 
 def test_tsv_custom_columns_iso_times_and_ms(tmp_path):
-    rows = [["a", "x1", "2024-05-01T10:00:00", "purchase", "9.5"],
-            ["a", "x2", "2024-05-01 11:00:00", "view", "0"]]
+    rows = [["a", "x1", "2024-05-01T10:00:00", "purchase", "9.5"], ["a", "x2", "2024-05-01 11:00:00", "view", "0"]]
     p = _write(tmp_path / "l.tsv", rows, header=["uid", "sku", "when", "event", "price"], delimiter="\t")
     cols = InteractionColumns(user="uid", item="sku", timestamp="when", action="event", value="price")
     inter = load_interactions(p, cols)

@@ -249,7 +249,7 @@ def test_kmeans_recovers_separated_clusters():
     found, assign = kmeans(x, 4, 20, np.random.default_rng(0))
     assert np.unique(assign).size == 4
     for g in range(4):
-        assert np.unique(assign[g * 50:(g + 1) * 50]).size == 1
+        assert np.unique(assign[g * 50 : (g + 1) * 50]).size == 1
     d = np.linalg.norm(found[:, None] - centers[None], axis=-1).min(1)
     assert d.max() < 1.0
 
@@ -266,9 +266,13 @@ def test_cold_items_get_unit_random_vectors(ds, cfg):
     """Items absent from the training rows still get unit embeddings and unique paths."""
     log = ds.log
     keep = log.item != 5  # drop every event of ad 5 ... and of content 5
-    ds2 = dataclasses.replace(ds, log=dataclasses.replace(
-        log, user=log.user[keep], item=log.item[keep], action=log.action[keep], timestamp=log.timestamp[keep]),
-        context=ds.context[keep])
+    ds2 = dataclasses.replace(
+        ds,
+        log=dataclasses.replace(
+            log, user=log.user[keep], item=log.item[keep], action=log.action[keep], timestamp=log.timestamp[keep]
+        ),
+        context=ds.context[keep],
+    )
     pos = np.isin(ds2.log.action, (ACTION_CLICK, ACTION_CONVERSION))
     assert np.bincount(ds2.log.user[pos], minlength=ds2.log.num_users).min() >= 2
     emb, warm = item_embeddings(ds2, cfg.tokenizer)

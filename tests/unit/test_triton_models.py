@@ -105,14 +105,26 @@ def artifacts(tmp_path):
         level1[a, b] = ad
     trie = [np.array([[0, 1, 2]], np.int64), level1]
     gen = GenerationTables(rng.standard_normal((D, D, K, K)).astype(np.float32), trie, 2, 1)
-    items = ItemTables(ad_ids=AD_IDS, ad_codes=codes, ad_advertiser=np.arange(6, dtype=np.int64),
-                       ad_category=np.zeros(6, np.int64), ad_bid=np.array([1, 6, 2, 5, 3, 4], np.float32),
-                       content_ids=np.array([7], np.int64), content_codes=np.zeros((1, D), np.int64))
+    items = ItemTables(
+        ad_ids=AD_IDS,
+        ad_codes=codes,
+        ad_advertiser=np.arange(6, dtype=np.int64),
+        ad_category=np.zeros(6, np.int64),
+        ad_bid=np.array([1, 6, 2, 5, 3, 4], np.float32),
+        content_ids=np.array([7], np.int64),
+        content_codes=np.zeros((1, D), np.int64),
+    )
     save_file(generation_table_arrays(gen, items), str(root / "generation_tables.safetensors"))
-    info = {"checkpoint_sha256": "abc", "sid_version": "v", "dims": dict(F=F, D=D, K=K, H=H, R2=R2, DM=DM),
-            "num_interest_heads": 2, "num_value_heads": 1, "num_step2_tokens": T2, "feature_cardinality": 4,
-            "serve": {"top_k": 2, "num_candidates": 4, "beam_width": 3, "max_exclude_items": 3,
-                      "length_buckets": [4, 8]}}
+    info = {
+        "checkpoint_sha256": "abc",
+        "sid_version": "v",
+        "dims": dict(F=F, D=D, K=K, H=H, R2=R2, DM=DM),
+        "num_interest_heads": 2,
+        "num_value_heads": 1,
+        "num_step2_tokens": T2,
+        "feature_cardinality": 4,
+        "serve": {"top_k": 2, "num_candidates": 4, "beam_width": 3, "max_exclude_items": 3, "length_buckets": [4, 8]},
+    }
     (root / "export_info.json").write_text(json.dumps(info))
     return tmp_path
 
@@ -124,9 +136,13 @@ def _args(repo, **params) -> dict:
 
 def _raw(item_ids=(100, 103), actions=(3, 2), **options) -> dict:
     n = len(item_ids)
-    request = {"user_features": np.array([[1, 2]], np.int64), "item_ids": np.array([item_ids], np.int64),
-               "actions": np.array([actions], np.int64), "timestamps": np.arange(n, dtype=np.int64)[None],
-               "request_time": np.array([[n + 5]], np.int64)}
+    request = {
+        "user_features": np.array([[1, 2]], np.int64),
+        "item_ids": np.array([item_ids], np.int64),
+        "actions": np.array([actions], np.int64),
+        "timestamps": np.arange(n, dtype=np.int64)[None],
+        "request_time": np.array([[n + 5]], np.int64),
+    }
     request.update({k: np.asarray(v).reshape(1, -1) for k, v in options.items()})
     return {k: FakeTensor(k, v) for k, v in request.items()}
 
@@ -141,7 +157,9 @@ def test_preprocess_answers_each_request_of_a_batch_on_its_own(artifacts):
     model = _model(models.PreprocessModel, artifacts)
     bad_action = _raw(actions=(3, 9))
     too_many_excluded = _raw(exclude_item_ids=np.array([100, 101, 102, 103], np.int64))
-    responses = model.execute([_raw(), bad_action, _raw(item_ids=(100, 101, 102), actions=(3, 2, 2)), too_many_excluded])
+    responses = model.execute(
+        [_raw(), bad_action, _raw(item_ids=(100, 101, 102), actions=(3, 2, 2)), too_many_excluded]
+    )
     assert [r.has_error() for r in responses] == [False, True, False, True]
     assert "unknown action code 9" in responses[1].error().message() and responses[1].error().code == "INVALID_ARG"
     assert "maximum is 3" in responses[3].error().message()
@@ -188,8 +206,10 @@ def test_bls_orchestrates_generator_then_ranker_and_keeps_errors_per_request(art
 
 
 def test_bls_reports_a_failed_composing_model_on_every_request(artifacts):
-    FakePb.handlers = {contract.GENERATOR_MODEL: lambda a: FakeResponse(failure=FakeError("out of memory")),
-                       contract.RANKER_MODEL: _ranker_by_bid}
+    FakePb.handlers = {
+        contract.GENERATOR_MODEL: lambda a: FakeResponse(failure=FakeError("out of memory")),
+        contract.RANKER_MODEL: _ranker_by_bid,
+    }
     bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
     responses = bls.execute(_tokens(artifacts, [_raw(), _raw()]))
     assert all(r.has_error() and r.error().message() == "generator: out of memory" for r in responses)

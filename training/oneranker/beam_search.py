@@ -137,7 +137,8 @@ class TrieBeamSearch(nn.Module):
         order = torch.arange(m, device=ads.device)
         same = (ads.unsqueeze(2) == ads.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # [B, i, j]
         better = (logp.unsqueeze(1) > logp.unsqueeze(2)) | (
-            (logp.unsqueeze(1) == logp.unsqueeze(2)) & (order.view(1, 1, m) < order.view(1, m, 1)))
+            (logp.unsqueeze(1) == logp.unsqueeze(2)) & (order.view(1, 1, m) < order.view(1, m, 1))
+        )
         duplicate = (same & better).any(dim=2)
         excluded = ((ads.unsqueeze(2) == exclude_idx.unsqueeze(1)) & (exclude_idx >= 0).unsqueeze(1)).any(dim=2)
         keep = valid & ~duplicate & ~excluded

@@ -73,8 +73,9 @@ class CascadeRun:
 
     def recommender(self) -> CascadeRecommender:
         prep = self.generator["prep"]
-        return CascadeRecommender(self.generator["model"], self.ranker["model"], prep.sids, prep.tables,
-                                  self.generator["prep"].cfg)
+        return CascadeRecommender(
+            self.generator["model"], self.ranker["model"], prep.sids, prep.tables, self.generator["prep"].cfg
+        )
 
 
 def train_cascade(cfg: ExperimentConfig, run_dir: Path, prep=None, progress: bool = True) -> CascadeRun:
@@ -87,11 +88,18 @@ def train_cascade(cfg: ExperimentConfig, run_dir: Path, prep=None, progress: boo
     prep = prep or prepare(cfg)
     gen = train(generator_config(cfg), run_dir / GENERATOR, prep=prep, progress=progress)
     rank = train(ranker_config(cfg), run_dir / RANKER, prep=prep, progress=progress)
-    (run_dir / "cascade.json").write_text(json.dumps({
-        "generator": GENERATOR, "ranker": RANKER, "sid_version": prep.sids.version,
-        "generator_checkpoint_sha256": gen["summary"]["manifest"]["checkpoint_sha256"],
-        "ranker_checkpoint_sha256": rank["summary"]["manifest"]["checkpoint_sha256"],
-    }, indent=2))
+    (run_dir / "cascade.json").write_text(
+        json.dumps(
+            {
+                "generator": GENERATOR,
+                "ranker": RANKER,
+                "sid_version": prep.sids.version,
+                "generator_checkpoint_sha256": gen["summary"]["manifest"]["checkpoint_sha256"],
+                "ranker_checkpoint_sha256": rank["summary"]["manifest"]["checkpoint_sha256"],
+            },
+            indent=2,
+        )
+    )
     return CascadeRun(run_dir, gen, rank)
 
 
@@ -103,9 +111,14 @@ class CascadeRecommender(Recommender):
         if ranker.cfg.use_generation and ranker.cfg.use_h2_in_kv:
             raise ValueError("the cascade ranker must not read a generator's H2 (train it with use_generation=False)")
         runner = CascadeRunner(ModuleRunner(generator, device), ModuleRunner(ranker, device))
-        super().__init__(runner, tables, generation_tables(generator, sids),
-                         cfg.serve, feature_cardinality=generator.feature_cardinality,
-                         num_user_features=generator.num_prefix)
+        super().__init__(
+            runner,
+            tables,
+            generation_tables(generator, sids),
+            cfg.serve,
+            feature_cardinality=generator.feature_cardinality,
+            num_user_features=generator.num_prefix,
+        )
         self.generator, self.ranker = generator, ranker
 
 
@@ -115,6 +128,7 @@ def load_cascade(run_dir: Path, device: str = "cpu") -> CascadeRecommender:
     gcfg, gen, gsids, gman = load_run(run_dir / GENERATOR)
     _, rank, _, rman = load_run(run_dir / RANKER)
     if gman["sid_version"] != rman["sid_version"]:
-        raise ValueError(f"cascade halves disagree on semantic IDs: generator {gman['sid_version']} "
-                         f"!= ranker {rman['sid_version']}")
+        raise ValueError(
+            f"cascade halves disagree on semantic IDs: generator {gman['sid_version']} != ranker {rman['sid_version']}"
+        )
     return CascadeRecommender(gen, rank, gsids, tables_from_run(run_dir / GENERATOR, gsids), gcfg, device)

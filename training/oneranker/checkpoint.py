@@ -23,8 +23,9 @@ from .pipeline import build_model
 from .tokenizer import SemanticIds
 
 
-def save_checkpoint(run_dir: Path, model, cfg: ExperimentConfig, sids, step: int,
-                    optimizer=None, extra: dict | None = None) -> dict:
+def save_checkpoint(
+    run_dir: Path, model, cfg: ExperimentConfig, sids, step: int, optimizer=None, extra: dict | None = None
+) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json())

@@ -1,13 +1,13 @@
 """`oneranker` command line: one entry point for every stage.
 
-    oneranker data       build the dataset, splits and semantic IDs, print their statistics
-    oneranker train      train a preset (safetensors checkpoint in artifacts/runs/NAME)
-    oneranker train-cascade  train the cascade baseline (generator + independent ranker)
-    oneranker evaluate   HR@K / NDCG@K of generation and ranking next to popularity
-    oneranker recommend  top-k for one test user with the in-process PyTorch reference
-    oneranker build      export ONNX graphs, TensorRT plans (where TensorRT exists), render repos
-    oneranker serve      start tritonserver on the rendered repository
-    oneranker quickstart the README's main job: train, evaluate, build, serve, answer a query
+oneranker data       build the dataset, splits and semantic IDs, print their statistics
+oneranker train      train a preset (safetensors checkpoint in artifacts/runs/NAME)
+oneranker train-cascade  train the cascade baseline (generator + independent ranker)
+oneranker evaluate   HR@K / NDCG@K of generation and ranking next to popularity
+oneranker recommend  top-k for one test user with the in-process PyTorch reference
+oneranker build      export ONNX graphs, TensorRT plans (where TensorRT exists), render repos
+oneranker serve      start tritonserver on the rendered repository
+oneranker quickstart the README's main job: train, evaluate, build, serve, answer a query
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def _apply_override(cfg, item: str) -> None:
 def _common(p: argparse.ArgumentParser, run: bool = True) -> None:
     p.add_argument("--preset", default="small", help="config preset: small (CPU default), tiny, paper")
     p.add_argument("--config", help="JSON config file (overrides --preset)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field, e.g. model.use_dc_loss=false")
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a config field, e.g. model.use_dc_loss=false"
+    )
     p.add_argument("--seed", type=int, help="seed for data, tokenizer and training")
     if run:
         p.add_argument("--run-dir", type=Path, help="run directory (default artifacts/runs/PRESET)")
@@ -83,8 +85,10 @@ def cmd_data(args) -> int:
     cfg = _config(args)
     t0 = time.time()
     prep = prepare(cfg)
-    print(f"dataset {prep.dataset.name}: {prep.dataset.log.num_users} users, {prep.dataset.catalog.num_ads} ads, "
-          f"{prep.dataset.catalog.num_contents} contents, {len(prep.dataset.log.user)} events")
+    print(
+        f"dataset {prep.dataset.name}: {prep.dataset.log.num_users} users, {prep.dataset.catalog.num_ads} ads, "
+        f"{prep.dataset.catalog.num_contents} contents, {len(prep.dataset.log.user)} events"
+    )
     for name, s in prep.splits.items():
         print(f"  {name}: {len(s)} samples, mean history {float((s.hist_end - s.hist_start).mean()):.1f}")
     print("semantic ids:", json.dumps(prep.sids.report(), sort_keys=True))
@@ -128,8 +132,10 @@ def cmd_train_cascade(args) -> int:
         print(f"[cascade] no unified run at {unified}: building data and semantic IDs afresh", flush=True)
         prep = prepare(cfg)
     run = train_cascade(cfg, run_dir, prep=prep)
-    print(f"cascade trained -> {run_dir} (generator: {run.generator['summary']['train_seconds']:.1f}s, "
-          f"ranker: {run.ranker['summary']['train_seconds']:.1f}s)")
+    print(
+        f"cascade trained -> {run_dir} (generator: {run.generator['summary']['train_seconds']:.1f}s, "
+        f"ranker: {run.ranker['summary']['train_seconds']:.1f}s)"
+    )
     return 0
 
 
@@ -191,19 +197,30 @@ def example_request(prep, row: int = 0, split: str = "test"):
     ids[content] = cat.content_ids[items[content]]
     ids[~content] = cat.ad_ids[items[~content]]
     feats = np.concatenate([log.profile[s.user[row]], s.context[row]])
-    return Request(user_features=feats.astype(np.int64), item_ids=ids, actions=actions.astype(np.int64),
-                   timestamps=log.timestamp[rows].astype(np.int64), request_time=int(s.request_time[row]))
+    return Request(
+        user_features=feats.astype(np.int64),
+        item_ids=ids,
+        actions=actions.astype(np.int64),
+        timestamps=log.timestamp[rows].astype(np.int64),
+        request_time=int(s.request_time[row]),
+    )
 
 
 def response_dict(out) -> dict:
     if isinstance(out, Exception):
         return {"error": str(out)}
-    return {"item_ids": out.item_ids.tolist(), "scores": [round(float(x), 6) for x in out.scores],
-            "gen_logp": [round(float(x), 4) for x in out.gen_logp], "source_head": out.source_head.tolist()}
+    return {
+        "item_ids": out.item_ids.tolist(),
+        "scores": [round(float(x), 6) for x in out.scores],
+        "gen_logp": [round(float(x), 4) for x in out.gen_logp],
+        "source_head": out.source_head.tolist(),
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="oneranker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="oneranker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="build dataset, splits and semantic IDs; print statistics")
@@ -220,8 +237,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("train-cascade", help="train the cascade baseline (generator + independent ranker)")
     _common(p)
     p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--unified-run", type=Path,
-                   help="OneRanker run whose semantic IDs the cascade reuses (default artifacts/runs/PRESET)")
+    p.add_argument(
+        "--unified-run",
+        type=Path,
+        help="OneRanker run whose semantic IDs the cascade reuses (default artifacts/runs/PRESET)",
+    )
     p.set_defaults(func=cmd_train_cascade)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on the test split")

@@ -242,31 +242,47 @@ class ExperimentConfig:
 
     def validate(self) -> ExperimentConfig:
         checks = [
-            ("model.d_model", self.model.d_model % self.model.num_heads == 0,
-             "must be divisible by model.num_heads"),
-            ("model.target_channel", self.model.target_channel in ("sum_vectors", "scalar"),
-             "must be 'sum_vectors' or 'scalar'"),
+            ("model.d_model", self.model.d_model % self.model.num_heads == 0, "must be divisible by model.num_heads"),
+            (
+                "model.target_channel",
+                self.model.target_channel in ("sum_vectors", "scalar"),
+                "must be 'sum_vectors' or 'scalar'",
+            ),
             ("model.max_history", self.model.max_history >= 1, "must be >= 1"),
-            ("serve.length_buckets", tuple(sorted(self.serve.length_buckets)) == tuple(self.serve.length_buckets)
-             and self.serve.length_buckets[-1] == self.model.max_history,
-             "must be increasing and end at model.max_history"),
-            ("model.num_fake_items", self.model.num_fake_items == self.tokenizer.num_fake_items,
-             "must equal tokenizer.num_fake_items"),
-            ("model.use_generation/use_ranker", self.model.use_generation or self.model.use_ranker,
-             "at least one of generation and ranking must be enabled"),
+            (
+                "serve.length_buckets",
+                tuple(sorted(self.serve.length_buckets)) == tuple(self.serve.length_buckets)
+                and self.serve.length_buckets[-1] == self.model.max_history,
+                "must be increasing and end at model.max_history",
+            ),
+            (
+                "model.num_fake_items",
+                self.model.num_fake_items == self.tokenizer.num_fake_items,
+                "must equal tokenizer.num_fake_items",
+            ),
+            (
+                "model.use_generation/use_ranker",
+                self.model.use_generation or self.model.use_ranker,
+                "at least one of generation and ranking must be enabled",
+            ),
             ("tokenizer.codebook_size", self.tokenizer.codebook_size >= 2, "must be >= 2"),
             ("loss.tau", self.loss.tau > 0, "must be > 0"),
             ("train.steps", self.train.steps >= 1, "must be >= 1"),
             ("data.num_train_candidates", self.data.num_train_candidates >= 2, "must be >= 2"),
-            ("data.num_hard_negatives", 0 <= self.data.num_hard_negatives < self.data.num_train_candidates,
-             "must be in [0, num_train_candidates)"),
+            (
+                "data.num_hard_negatives",
+                0 <= self.data.num_hard_negatives < self.data.num_train_candidates,
+                "must be in [0, num_train_candidates)",
+            ),
             ("data.train_cuts_per_epoch", self.data.train_cuts_per_epoch >= 1, "must be >= 1"),
             ("loss.engagement_pair_weight", 0.0 <= self.loss.engagement_pair_weight <= 1.0, "must be in [0, 1]"),
             ("train.oov_history_share", 0.0 <= self.train.oov_history_share < 1.0, "must be in [0, 1)"),
             ("train.patience", self.train.patience >= 1, "must be >= 1"),
-            ("train.eval_every", self.train.eval_every >= 0 and (self.train.eval_every > 0
-                                                                 or not self.train.early_stopping),
-             "must be >= 0, and > 0 when train.early_stopping"),
+            (
+                "train.eval_every",
+                self.train.eval_every >= 0 and (self.train.eval_every > 0 or not self.train.early_stopping),
+                "must be >= 0, and > 0 when train.early_stopping",
+            ),
         ]
         for name, ok, msg in checks:
             if not ok:

@@ -103,8 +103,7 @@ def init() -> DistContext:
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     device = pick_device(local_rank)
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
-                      device=device)
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world, device=device)
     if world <= 1:
         return ctx
     if device.type == "cuda":
@@ -179,7 +178,8 @@ def wrap(step_module: TrainStep, ctx: DistContext, probe_batch: dict | None = No
     with warnings.catch_warnings():  # newer torch deprecates broadcast_buffers; False is still what we mean
         warnings.simplefilter("ignore", FutureWarning)
         return nn.parallel.DistributedDataParallel(
-            step_module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=bool(unused))
+            step_module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=bool(unused)
+        )
 
 
 def all_reduce_mean(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:
@@ -246,8 +246,18 @@ class Prefetcher:
     `make_batch(index, step, buckets)` builds a batch (default: `to_batch` of `arrays`); the
     i-th batch gets step = start_step + i (per-step candidate draws are seeded by it)."""
 
-    def __init__(self, arrays: dict, sampler: BucketSampler, count: int, device: torch.device,
-                 buckets=None, pin_shapes: bool = False, depth: int = 3, make_batch=None, start_step: int = 0):
+    def __init__(
+        self,
+        arrays: dict,
+        sampler: BucketSampler,
+        count: int,
+        device: torch.device,
+        buckets=None,
+        pin_shapes: bool = False,
+        depth: int = 3,
+        make_batch=None,
+        start_step: int = 0,
+    ):
         self.arrays, self.sampler, self.count = arrays, sampler, count
         self.make_batch = make_batch or (lambda index, step, bk: to_batch(arrays, index, bk))
         self.start_step = start_step

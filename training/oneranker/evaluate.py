@@ -44,13 +44,16 @@ def ranking_metrics(scores: np.ndarray, gains: np.ndarray | None = None, ks=KS) 
 
 def slate_value(scores: np.ndarray, ecpm: np.ndarray, gmv: np.ndarray, k: int = 5) -> dict[str, float]:
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return {f"eCPM@{k}": float(np.take_along_axis(ecpm, order, 1).sum(1).mean()),
-            f"GMV@{k}": float(np.take_along_axis(gmv, order, 1).sum(1).mean())}
+    return {
+        f"eCPM@{k}": float(np.take_along_axis(ecpm, order, 1).sum(1).mean()),
+        f"GMV@{k}": float(np.take_along_axis(gmv, order, 1).sum(1).mean()),
+    }
 
 
 @torch.no_grad()
-def score_split(model, prep: Prepared, split: str = "test", batch_size: int = 128,
-                arrays: dict | None = None) -> dict[str, np.ndarray]:
+def score_split(
+    model, prep: Prepared, split: str = "test", batch_size: int = 128, arrays: dict | None = None
+) -> dict[str, np.ndarray]:
     """Scores [S, n] of every scorer on `split` (the model runs on its own device; pass the
     split's `sample_arrays` as `arrays` to reuse them across calls)."""
     arrays = sample_arrays(prep, prep.splits[split]) if arrays is None else arrays

@@ -12,8 +12,13 @@ def mtp_loss(path_logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return -(path_logp * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def bpr_pair_weights(engaged: torch.Tensor, values: torch.Tensor, value_known: torch.Tensor,
-                     engagement_weight: float, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def bpr_pair_weights(
+    engaged: torch.Tensor,
+    values: torch.Tensor,
+    value_known: torch.Tensor,
+    engagement_weight: float,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Weights of the ordered pairs (a, b) ("a should score above b") of the two BPR families.
 
     engaged [B, n] bool: the user engaged with the candidate (the logged positive, column 0);
@@ -33,12 +38,17 @@ def bpr_pair_weights(engaged: torch.Tensor, values: torch.Tensor, value_known: t
     # tensor-valued choices (no host sync on GPU): an empty family hands its share to the other
     w_eng = torch.where(n_val > 0, n_val.new_tensor(engagement_weight), n_val.new_tensor(1.0))
     w_val = torch.where(n_eng > 0, n_eng.new_tensor(1.0 - engagement_weight), n_eng.new_tensor(1.0))
-    return {"engagement": eng * (w_eng / n_eng.clamp(min=1.0)),
-            "value": val * (w_val / n_val.clamp(min=1.0))}
+    return {"engagement": eng * (w_eng / n_eng.clamp(min=1.0)), "value": val * (w_val / n_val.clamp(min=1.0))}
 
 
-def bpr_loss(scores: torch.Tensor, engaged: torch.Tensor, values: torch.Tensor, value_known: torch.Tensor,
-             engagement_weight: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def bpr_loss(
+    scores: torch.Tensor,
+    engaged: torch.Tensor,
+    values: torch.Tensor,
+    value_known: torch.Tensor,
+    engagement_weight: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Two-family pairwise BPR: sum over ordered pairs of weight(a, b) * -log sigmoid(s_a - s_b)
     with `bpr_pair_weights` (scores [B, n]; other arguments as there)."""
     w = bpr_pair_weights(engaged, values, value_known, engagement_weight, mask)
@@ -46,8 +56,9 @@ def bpr_loss(scores: torch.Tensor, engaged: torch.Tensor, values: torch.Tensor, 
     return -(torch.nn.functional.logsigmoid(diff) * (w["engagement"] + w["value"])).sum()
 
 
-def dc_loss(rank_scores: torch.Tensor, gen_logp: torch.Tensor, tau: float,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
+def dc_loss(
+    rank_scores: torch.Tensor, gen_logp: torch.Tensor, tau: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Distribution consistency: cross-entropy of the generator's distribution over the
     candidate set, softmax(gen_logp), against the stop-gradient ranker soft label
     softmax(rank_scores / tau). [B, n] each; gradients reach only the generator."""

@@ -402,8 +402,9 @@ class OneRanker(nn.Module):
         lower = torch.tril(torch.ones(D, D, device=t.device), diagonal=-1).view(D, D, 1, 1)
         return t * lower
 
-    def path_log_probs(self, level_logits: torch.Tensor, paths: torch.Tensor, heads=None,
-                       trans: torch.Tensor | None = None) -> torch.Tensor:
+    def path_log_probs(
+        self, level_logits: torch.Tensor, paths: torch.Tensor, heads=None, trans: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log P(path) under each head. level_logits [B, H, D, K]; paths [B, P, D] (-1 rows are
         ignored, give 0) -> [B, H', P] with H' = len(heads) or H."""
         if heads is not None:

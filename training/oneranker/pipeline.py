@@ -177,8 +177,17 @@ class EpochSampler:
     each global batch, so every rank runs the same bucket at every step. Deterministic in `seed`.
     """
 
-    def __init__(self, users: np.ndarray, lengths: np.ndarray, buckets, batch_size: int, cuts_per_epoch: int,
-                 seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        users: np.ndarray,
+        lengths: np.ndarray,
+        buckets,
+        batch_size: int,
+        cuts_per_epoch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.rank, self.world = rank, world
         self.which = np.searchsorted(np.asarray(list(buckets)), lengths)
@@ -207,13 +216,15 @@ class EpochSampler:
         batches = []
         for b in np.unique(self.which[members]):
             group = members[self.which[members] == b]
-            batches += [group[i:i + size] for i in range(0, group.size, size) if group[i:i + size].size >= self.world]
+            batches += [
+                group[i : i + size] for i in range(0, group.size, size) if group[i : i + size].size >= self.world
+            ]
         self.queue = [batches[i] for i in rng.permutation(len(batches))]
 
     def next(self) -> np.ndarray:
         while not self.queue:
             self._next_epoch()
-        index = self.queue.pop(0)[self.rank::self.world]
+        index = self.queue.pop(0)[self.rank :: self.world]
         self.tokens += int(self.lengths[index].sum())
         self.padded += int(self.lengths[index].max()) * len(index)
         return index
@@ -259,11 +270,13 @@ class TrainBatcher:
             values = np.zeros(cands.shape)
         engaged = np.zeros(cands.shape, dtype=bool)
         engaged[:, 0] = True
-        batch.update(cand_sids=torch.from_numpy(np.ascontiguousarray(cand_sids)),
-                     cand_attrs=torch.from_numpy(np.ascontiguousarray(cand_attrs)),
-                     cand_bid=torch.from_numpy(np.ascontiguousarray(cand_bid)),
-                     cand_values=torch.from_numpy(values.astype(np.float32)),
-                     cand_engaged=torch.from_numpy(engaged))
+        batch.update(
+            cand_sids=torch.from_numpy(np.ascontiguousarray(cand_sids)),
+            cand_attrs=torch.from_numpy(np.ascontiguousarray(cand_attrs)),
+            cand_bid=torch.from_numpy(np.ascontiguousarray(cand_bid)),
+            cand_values=torch.from_numpy(values.astype(np.float32)),
+            cand_engaged=torch.from_numpy(engaged),
+        )
         if self.oov_share > 0:
             rng = np.random.default_rng([self.seed, step, 0x6F6F76])
             length = batch["hist_actions"].shape[1]

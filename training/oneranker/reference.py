@@ -41,8 +41,13 @@ class ModuleRunner:
         kv = kv.to(dev)
         hist_len = torch.from_numpy(np.asarray(hist_len)).to(dev)
         kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
-        scores = self.model.rank(kv, kv_valid, torch.from_numpy(cand_sids).to(dev),
-                                 torch.from_numpy(cand_attrs).to(dev), torch.from_numpy(cand_bid).to(dev))
+        scores = self.model.rank(
+            kv,
+            kv_valid,
+            torch.from_numpy(cand_sids).to(dev),
+            torch.from_numpy(cand_attrs).to(dev),
+            torch.from_numpy(cand_bid).to(dev),
+        )
         return scores.float().cpu().numpy()
 
 
@@ -67,7 +72,9 @@ def tables_from_run(run_dir: Path, sids=None) -> ItemTables:
 
 def save_item_tables(run_dir: Path, prep) -> None:
     t = item_tables(prep.dataset, prep.sids)
-    save_file({k: np.ascontiguousarray(getattr(t, k)) for k in ITEM_TABLE_FIELDS}, str(Path(run_dir) / ITEM_TABLES_FILE))
+    save_file(
+        {k: np.ascontiguousarray(getattr(t, k)) for k in ITEM_TABLE_FIELDS}, str(Path(run_dir) / ITEM_TABLES_FILE)
+    )
 
 
 def build_recommender(model, sids, tables, cfg, runner=None) -> Recommender:

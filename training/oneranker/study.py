@@ -101,21 +101,60 @@ ROWS: tuple[Row, ...] = (
     Row("full", "OneRanker (full)", ("T1", "T2"), "full", "ranking", "full", "full"),
     Row("wo_dc", "w/o L_DC", ("T2",), "wo_dc", "ranking", "wo_dc", "wo_dc"),
     Row("wo_h2kv", "w/o H2 in S3 KV", ("T2",), "wo_h2kv", "ranking", "wo_h2kv", "wo_h2kv"),
-    Row("s3_only", "S3 only", ("T2",), "cascade/ranker", "ranking", None, None,
-        "no generator: full-catalogue metrics n/a; same run as the cascade ranker"),
-    Row("s2", "OneRanker S2", ("T2", "T3"), "cascade/generator", "generation", "cascade/generator", None,
-        "same run as the cascade generator"),
+    Row(
+        "s3_only",
+        "S3 only",
+        ("T2",),
+        "cascade/ranker",
+        "ranking",
+        None,
+        None,
+        "no generator: full-catalogue metrics n/a; same run as the cascade ranker",
+    ),
+    Row(
+        "s2",
+        "OneRanker S2",
+        ("T2", "T3"),
+        "cascade/generator",
+        "generation",
+        "cascade/generator",
+        None,
+        "same run as the cascade generator",
+    ),
     Row("s2_wo_target", "S2 w/o Target", ("T2",), "s2_wo_target", "generation", "s2_wo_target", None),
-    Row("s2_wo_target_mda", "S2 w/o Target & MDA", ("T2",), "s2_wo_target_mda", "generation",
-        "s2_wo_target_mda", None, "same run as the HSTU generator"),
+    Row(
+        "s2_wo_target_mda",
+        "S2 w/o Target & MDA",
+        ("T2",),
+        "s2_wo_target_mda",
+        "generation",
+        "s2_wo_target_mda",
+        None,
+        "same run as the HSTU generator",
+    ),
     Row("s2_wo_capri", "S2 w/o CA-Pri", ("T3",), "s2_wo_capri", "generation", "s2_wo_capri", None),
     Row("s2_wo_hmask", "S2 w/o H-Mask", ("T3",), "s2_wo_hmask", "generation", "s2_wo_hmask", None),
-    Row("cascade", "Cascade (generator + independent ranker)", ("T1",), "cascade/ranker", "ranking",
-        "cascade/generator", "cascade/ranker",
+    Row(
+        "cascade",
+        "Cascade (generator + independent ranker)",
+        ("T1",),
+        "cascade/ranker",
+        "ranking",
+        "cascade/generator",
+        "cascade/ranker",
         "30-candidate protocol = its ranker's scores (identical to S3 only); full catalogue = generator "
-        "beams re-scored by the ranker"),
-    Row("hstu", "HSTU next-item generator", ("T1",), "s2_wo_target_mda", "generation", "s2_wo_target_mda",
-        None, "= S2 w/o Target & MDA (plain HSTU G-Decoder + one shared MTP task token)"),
+        "beams re-scored by the ranker",
+    ),
+    Row(
+        "hstu",
+        "HSTU next-item generator",
+        ("T1",),
+        "s2_wo_target_mda",
+        "generation",
+        "s2_wo_target_mda",
+        None,
+        "= S2 w/o Target & MDA (plain HSTU G-Decoder + one shared MTP task token)",
+    ),
     Row("popularity", "Popularity (floor)", ("T1",), None, "popularity", None, None),
 )
 ROW = {r.key: r for r in ROWS}
@@ -140,8 +179,8 @@ PAPER = {
 def paper_orderings() -> list[tuple[str, str, str]]:
     """Every pair (a, b, table) with a above b in paper Table 2 (total order of 7 rows: 21 pairs)
     or Table 3 (3 pairs)."""
-    pairs = [(a, b, "T2") for i, a in enumerate(TABLE2) for b in TABLE2[i + 1:]]
-    pairs += [(a, b, "T3") for i, a in enumerate(TABLE3) for b in TABLE3[i + 1:]]
+    pairs = [(a, b, "T2") for i, a in enumerate(TABLE2) for b in TABLE2[i + 1 :]]
+    pairs += [(a, b, "T3") for i, a in enumerate(TABLE3) for b in TABLE3[i + 1 :]]
     return pairs
 
 
@@ -149,8 +188,9 @@ def paper_orderings() -> list[tuple[str, str, str]]:
 # statistics (pure numpy; unit-tested on hand cases)
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0,
-                 ratio_to: np.ndarray | None = None) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0, ratio_to: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """Percentile bootstrap over users. values [U] (or [seeds, U]: averaged over seeds first).
     -> (point, lo, hi) of mean(values), or of mean(values)/mean(ratio_to) - 1 (a lift) when
     `ratio_to` (same users, paired) is given."""
@@ -190,8 +230,9 @@ def iqr(values: np.ndarray) -> float:
     return float(q3 - q1)
 
 
-def iqr_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, alpha: float = 0.05,
-                seed: int = 0) -> tuple[float, float, float]:
+def iqr_diff_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
     """Paired bootstrap over users of IQR(a) - IQR(b); a, b [seeds, U, n] pooled |rank diff|."""
     point = iqr(a.reshape(-1)) - iqr(b.reshape(-1))
     rng = np.random.default_rng(seed)
@@ -311,8 +352,10 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
             args = [batch[k] for k in keys]
             enc = gen_model.encode_user(*args)
             logits = enc.level_logits.float().numpy()
-            selected = [merge_candidates(*beam_search(logits[r], tables, cfg.serve.beam_width), num_candidates)
-                        for r in range(len(index))]
+            selected = [
+                merge_candidates(*beam_search(logits[r], tables, cfg.serve.beam_width), num_candidates)
+                for r in range(len(index))
+            ]
             width = max(1, max(len(s[0]) for s in selected))
             block = np.zeros((len(index), width), dtype=np.int64)
             for r, (ads, _, _) in enumerate(selected):
@@ -321,8 +364,13 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
             if rank_model is not None:
                 renc = enc if rank_model is gen_model else rank_model.encode_user(*args)
                 cs, ca, cb = prep.tables.candidate_features(block)
-                scores = rank_model.rank(renc.kv, renc.kv_valid, torch.from_numpy(cs), torch.from_numpy(ca),
-                                         torch.from_numpy(cb)).float().numpy()
+                scores = (
+                    rank_model.rank(
+                        renc.kv, renc.kv_valid, torch.from_numpy(cs), torch.from_numpy(ca), torch.from_numpy(cb)
+                    )
+                    .float()
+                    .numpy()
+                )
             for r, (ads, _lp, _) in enumerate(selected):
                 if rank_model is None:
                     best = np.arange(min(SLATE_K, len(ads)))  # merge order = generation log-prob
@@ -340,7 +388,9 @@ def popularity_catalogue(prep, split: str = "test") -> dict[str, np.ndarray]:
     return {"candidates": cands, "slate": cands[:, :SLATE_K].copy()}
 
 
-def catalogue_metrics(result: dict[str, np.ndarray], prep, split: str, price: np.ndarray | None) -> dict[str, np.ndarray]:
+def catalogue_metrics(
+    result: dict[str, np.ndarray], prep, split: str, price: np.ndarray | None
+) -> dict[str, np.ndarray]:
     samples = prep.splits[split]
     target = samples.target[:, None]
     cands, slate = result["candidates"], result["slate"]
@@ -358,10 +408,12 @@ def catalogue_metrics(result: dict[str, np.ndarray], prep, split: str, price: np
         valid = slate >= 0
         safe = np.maximum(slate, 0)
         cat = prep.dataset.catalog
-        out[f"slate_eCPM@{SLATE_K}"] = np.where(valid, gt.expected_ecpm(users.ravel(), safe.ravel(), cat)
-                                                .reshape(slate.shape), 0).sum(1)
-        out[f"slate_eGMV@{SLATE_K}"] = np.where(valid, gt.expected_gmv(users.ravel(), safe.ravel(), cat)
-                                                .reshape(slate.shape), 0).sum(1)
+        out[f"slate_eCPM@{SLATE_K}"] = np.where(
+            valid, gt.expected_ecpm(users.ravel(), safe.ravel(), cat).reshape(slate.shape), 0
+        ).sum(1)
+        out[f"slate_eGMV@{SLATE_K}"] = np.where(
+            valid, gt.expected_gmv(users.ravel(), safe.ravel(), cat).reshape(slate.shape), 0
+        ).sum(1)
     if price is not None:
         out[f"slate_rGMV@{SLATE_K}"] = price[samples.target].astype(np.float64) * in_slate
     return out
@@ -371,8 +423,9 @@ def catalogue_metrics(result: dict[str, np.ndarray], prep, split: str, price: np
 # configuration per source
 
 
-def source_config(preset_name: str, source: str, seed: int, steps: int | None, threads: int,
-                  max_users: int | None) -> object:
+def source_config(
+    preset_name: str, source: str, seed: int, steps: int | None, threads: int, max_users: int | None
+) -> object:
     """The study's config of one (source, seed): the preset, the source, seeded model/tokenizer
     (data seed fixed at 0), and the documented per-source adjustments."""
     from .config import preset
@@ -457,10 +510,13 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
             test_key = key
             ds = prep.dataset
             res.info = {
-                "dataset": ds.name, "label_sources": dict(ds.label_sources),
+                "dataset": ds.name,
+                "label_sources": dict(ds.label_sources),
                 "label_notes": _label_notes(source),
-                "num_users": int(ds.log.num_users), "num_ads": int(ds.catalog.num_ads),
-                "num_contents": int(ds.catalog.num_contents), "num_events": int(ds.log.user.shape[0]),
+                "num_users": int(ds.log.num_users),
+                "num_ads": int(ds.catalog.num_ads),
+                "num_contents": int(ds.catalog.num_contents),
+                "num_events": int(ds.log.user.shape[0]),
                 "samples": {k: len(v) for k, v in prep.splits.items()},
                 "num_candidates": int(test.candidates.shape[1]),
                 "has_ground_truth": ds.ground_truth is not None,
@@ -469,8 +525,10 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
             }
         elif key != test_key:
             raise RuntimeError(f"{source}: seed {seed} has different test users/candidates (data seed must be fixed)")
-        log(f"{source} seed={seed}: data ready in {time.time() - t:.1f}s "
-            f"({res.info['num_users']} users, {res.info['num_ads']} ads, {len(test)} test users)")
+        log(
+            f"{source} seed={seed}: data ready in {time.time() - t:.1f}s "
+            f"({res.info['num_users']} users, {res.info['num_ads']} ads, {len(test)} test users)"
+        )
         price = prep.dataset.catalog.ad_price.astype(np.float64) if res.info["real_price"] else None
 
         models: dict[str, object] = {}
@@ -479,8 +537,10 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
         for i, run in enumerate(todo, 1):
             t = time.time()
             if run == "cascade/generator":
-                log(f"{source} seed={seed}: [{i}/{len(todo)}] train cascade (generator, then ranker) "
-                    f"{cfg.train.steps} steps each")
+                log(
+                    f"{source} seed={seed}: [{i}/{len(todo)}] train cascade (generator, then ranker) "
+                    f"{cfg.train.steps} steps each"
+                )
                 casc: CascadeRun = train_cascade(cfg, seed_dir / "cascade", prep=prep, progress=False)
                 for half, result in (("cascade/generator", casc.generator), ("cascade/ranker", casc.ranker)):
                     models[half] = result["model"]
@@ -526,10 +586,12 @@ def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
             d["abs_diff"].append(agree["abs_diff"])
             d["overlap"].append(agree["overlap"])
         res.eval_seconds += time.time() - t
-        log(f"{source} seed={seed}: evaluated in {time.time() - t:.1f}s  "
+        log(
+            f"{source} seed={seed}: evaluated in {time.time() - t:.1f}s  "
             f"(full HR@5={res.per_user['full']['HR@5'][-1].mean():.3f}, "
             f"cascade HR@5={res.per_user['cascade']['HR@5'][-1].mean():.3f}, "
-            f"popularity HR@5={res.per_user['popularity']['HR@5'][-1].mean():.3f})")
+            f"popularity HR@5={res.per_user['popularity']['HR@5'][-1].mean():.3f})"
+        )
     for row in res.per_user:
         res.per_user[row] = {m: np.stack(v) for m, v in res.per_user[row].items()}
     for row in res.dc:
@@ -544,10 +606,13 @@ def _history(run_dir: Path) -> list[dict]:
 
 def _label_notes(source: str) -> dict:
     if source == "synthetic":
-        return {"click": "simulated: drawn from the known pCTR of the synthetic marketplace",
-                "conversion": "simulated: drawn from the known pCVR",
-                "bid": "simulated", "price": "simulated",
-                "eCPM / GMV values": "ground truth of the simulator: bid x pCTR x pCVR, price x pCTR x pCVR"}
+        return {
+            "click": "simulated: drawn from the known pCTR of the synthetic marketplace",
+            "conversion": "simulated: drawn from the known pCVR",
+            "bid": "simulated",
+            "price": "simulated",
+            "eCPM / GMV values": "ground truth of the simulator: bid x pCTR x pCVR, price x pCTR x pCVR",
+        }
     try:
         from .data.real import LABEL_NOTES
 
@@ -570,11 +635,14 @@ def summarize(res: SourceResult, n_boot: int) -> dict:
         rows[key] = {}
         for name, values in metrics.items():
             point, lo, hi = bootstrap_ci(values, n_boot)
-            rows[key][name] = {"mean": point, "lo": lo, "hi": hi,
-                               "seeds": [float(v.mean()) for v in values]}
+            rows[key][name] = {"mean": point, "lo": lo, "hi": hi, "seeds": [float(v.mean()) for v in values]}
         auc = res.pooled_auc[key]
-        rows[key]["AUC"] = {"mean": float(np.mean(auc)), "lo": float("nan"), "hi": float("nan"),
-                            "seeds": [float(a) for a in auc]}
+        rows[key]["AUC"] = {
+            "mean": float(np.mean(auc)),
+            "lo": float("nan"),
+            "hi": float("nan"),
+            "seeds": [float(a) for a in auc],
+        }
     out["rows"] = rows
     has_value = "vNDCG@5" in res.per_user["full"]
     metrics = ["HR@5", "NDCG@5"] + (["vNDCG@5"] if has_value else [])
@@ -587,28 +655,66 @@ def summarize(res: SourceResult, n_boot: int) -> dict:
             point, lo, hi = bootstrap_ci(diff, n_boot)
             paper_m = "NDCG@5" if m == "vNDCG@5" else m
             pa, pb = PAPER[a].get(paper_m), PAPER[b].get(paper_m)
-            orderings.append({"a": a, "b": b, "table": table, "metric": m, "delta": point, "lo": lo, "hi": hi,
-                              "paper_delta": (pa - pb) if pa is not None and pb is not None else None,
-                              "verdict": verdict(lo, hi, point)})
+            orderings.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "table": table,
+                    "metric": m,
+                    "delta": point,
+                    "lo": lo,
+                    "hi": hi,
+                    "paper_delta": (pa - pb) if pa is not None and pb is not None else None,
+                    "verdict": verdict(lo, hi, point),
+                }
+            )
     out["orderings"] = orderings
     # the systems: OneRanker vs what it replaces
     comparisons = []
-    sys_metrics = [m for m in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "vNDCG@5", "GAUC", "eCPM@5", "eGMV@5",
-                               "rGMV@5", "gen_R@10", "gen_R@50", "slate_HR@10", "slate_eCPM@10", "slate_eGMV@10",
-                               "slate_rGMV@10") if m in res.per_user["full"]]
-    for a, b in (("full", "cascade"), ("full", "hstu"), ("full", "popularity"), ("cascade", "popularity"),
-                 ("hstu", "popularity")):
+    sys_metrics = [
+        m
+        for m in (
+            "HR@1",
+            "HR@5",
+            "HR@10",
+            "NDCG@5",
+            "NDCG@10",
+            "vNDCG@5",
+            "GAUC",
+            "eCPM@5",
+            "eGMV@5",
+            "rGMV@5",
+            "gen_R@10",
+            "gen_R@50",
+            "slate_HR@10",
+            "slate_eCPM@10",
+            "slate_eGMV@10",
+            "slate_rGMV@10",
+        )
+        if m in res.per_user["full"]
+    ]
+    for a, b in (
+        ("full", "cascade"),
+        ("full", "hstu"),
+        ("full", "popularity"),
+        ("cascade", "popularity"),
+        ("hstu", "popularity"),
+    ):
         for m in sys_metrics:
             if m not in res.per_user[b]:
                 continue
             point, lo, hi = bootstrap_ci(res.per_user[a][m] - res.per_user[b][m], n_boot)
-            comparisons.append({"a": a, "b": b, "metric": m, "delta": point, "lo": lo, "hi": hi,
-                                "verdict": verdict(lo, hi, point)})
+            comparisons.append(
+                {"a": a, "b": b, "metric": m, "delta": point, "lo": lo, "hi": hi, "verdict": verdict(lo, hi, point)}
+            )
     out["comparisons"] = comparisons
     # value lift vs the cascade (relative, paired bootstrap of the ratio of means)
     lifts = []
-    value_metrics = [m for m in ("eGMV@5", "eCPM@5", "rGMV@5", "slate_eGMV@10", "slate_eCPM@10", "slate_rGMV@10")
-                     if m in res.per_user["full"]]
+    value_metrics = [
+        m
+        for m in ("eGMV@5", "eCPM@5", "rGMV@5", "slate_eGMV@10", "slate_eCPM@10", "slate_rGMV@10")
+        if m in res.per_user["full"]
+    ]
     for key in [r.key for r in ROWS if r.key != "cascade"]:
         for m in value_metrics:
             if m not in res.per_user[key]:
@@ -621,10 +727,15 @@ def summarize(res: SourceResult, n_boot: int) -> dict:
     for key, d in res.dc.items():
         absd = d["abs_diff"]  # [seeds, U, n]
         q1, med, q3 = np.percentile(absd.reshape(-1), [25, 50, 75])
-        dc[key] = {"iqr": float(q3 - q1), "q1": float(q1), "median": float(med), "q3": float(q3),
-                   "mean_abs_diff": float(absd.mean()),
-                   "iqr_seeds": [float(np.subtract(*np.percentile(s.reshape(-1), [75, 25]))) for s in absd],
-                   "overlap": d["overlap"].mean((0, 1)).tolist()}
+        dc[key] = {
+            "iqr": float(q3 - q1),
+            "q1": float(q1),
+            "median": float(med),
+            "q3": float(q3),
+            "mean_abs_diff": float(absd.mean()),
+            "iqr_seeds": [float(np.subtract(*np.percentile(s.reshape(-1), [75, 25]))) for s in absd],
+            "overlap": d["overlap"].mean((0, 1)).tolist(),
+        }
     if "full" in res.dc and "wo_dc" in res.dc:
         diffs = {}
         for k in (1, 5, 10):
@@ -665,8 +776,16 @@ def plot_ablation(summary: dict, path: Path) -> None:
     for ax, m in zip(axes[0], metrics):
         mean = np.array([rows[k][m]["mean"] for k in keys])
         err = np.array([[rows[k][m]["mean"] - rows[k][m]["lo"], rows[k][m]["hi"] - rows[k][m]["mean"]] for k in keys]).T
-        colors = ["C0" if ROW[k].scorer == "ranking" and k != "cascade" else "C1" if ROW[k].scorer == "generation"
-                  else "C2" if k == "cascade" else "C7" for k in keys]
+        colors = [
+            "C0"
+            if ROW[k].scorer == "ranking" and k != "cascade"
+            else "C1"
+            if ROW[k].scorer == "generation"
+            else "C2"
+            if k == "cascade"
+            else "C7"
+            for k in keys
+        ]
         y = np.arange(len(keys))
         ax.barh(y, mean, xerr=err, color=colors, capsize=3)
         for i, k in enumerate(keys):
@@ -676,9 +795,11 @@ def plot_ablation(summary: dict, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{summary['source']}: 30-candidate protocol, mean over seeds, 95% bootstrap CI "
-                 "(blue: Step-3 ranking, orange: Step-2 generation, green: cascade, grey: popularity; dots: seeds)",
-                 fontsize=9)
+    fig.suptitle(
+        f"{summary['source']}: 30-candidate protocol, mean over seeds, 95% bootstrap CI "
+        "(blue: Step-3 ranking, orange: Step-2 generation, green: cascade, grey: popularity; dots: seeds)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -696,16 +817,20 @@ def plot_lift(summary: dict, path: Path) -> bool:
         y = np.arange(len(sel))
         mean = np.array([100 * l["lift"] for l in sel])
         err = np.array([[100 * (l["lift"] - l["lo"]), 100 * (l["hi"] - l["lift"])] for l in sel]).T
-        ax.barh(y, mean, xerr=err, color=["C3" if l["lo"] > 0 else "C0" if l["hi"] < 0 else "C7" for l in sel],
-                capsize=3)
+        ax.barh(
+            y, mean, xerr=err, color=["C3" if l["lo"] > 0 else "C0" if l["hi"] < 0 else "C7" for l in sel], capsize=3
+        )
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(y, [ROW[l["row"]].label for l in sel], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("% lift vs cascade")
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{summary['source']}: value lift over the cascade, 95% paired bootstrap CI "
-                 "(red: CI > 0, blue: CI < 0, grey: contains 0)", fontsize=9)
+    fig.suptitle(
+        f"{summary['source']}: value lift over the cascade, 95% paired bootstrap CI "
+        "(red: CI > 0, blue: CI < 0, grey: contains 0)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -798,31 +923,56 @@ def _answers(s: dict) -> list[str]:
     if s["skipped"]:
         return [f"* **{s['source']}**: skipped ({s['skipped']})."]
     out = [f"* **{s['source']}**"]
-    head = [m for m in ("HR@5", "NDCG@5", "vNDCG@5", "GAUC", "eGMV@5", "rGMV@5", "slate_HR@10", "slate_eGMV@10",
-                        "slate_rGMV@10") if m in s["rows"]["full"]]
+    head = [
+        m
+        for m in (
+            "HR@5",
+            "NDCG@5",
+            "vNDCG@5",
+            "GAUC",
+            "eGMV@5",
+            "rGMV@5",
+            "slate_HR@10",
+            "slate_eGMV@10",
+            "slate_rGMV@10",
+        )
+        if m in s["rows"]["full"]
+    ]
     for b, name in (("cascade", "the cascade"), ("hstu", "the HSTU generator"), ("popularity", "popularity")):
         texts = [t for t in (_cmp_text(s, "full", b, m) for m in head) if t]
         wins = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b and c["lo"] > 0)
         losses = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b and c["hi"] < 0)
         total = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b)
-        out.append(f"  * OneRanker - {name}: " + "; ".join(texts)
-                   + f". Over {total} metrics: {wins} significantly better, {losses} significantly worse.")
+        out.append(
+            f"  * OneRanker - {name}: "
+            + "; ".join(texts)
+            + f". Over {total} metrics: {wins} significantly better, {losses} significantly worse."
+        )
     tally: dict = {}
     for o in s["orderings"]:
         tally.setdefault(o["metric"], {}).setdefault(o["verdict"], 0)
         tally[o["metric"]][o["verdict"]] += 1
     for m, c in tally.items():
-        out.append(f"  * Paper orderings on {m} ({sum(c.values())} pairs of Tables 2-3): "
-                   + ", ".join(f"{v} {k}" for k, v in sorted(c.items())) + ".")
+        out.append(
+            f"  * Paper orderings on {m} ({sum(c.values())} pairs of Tables 2-3): "
+            + ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+            + "."
+        )
     dc = s["dc"].get("full_minus_wo_dc")
     if dc:
-        out.append("  * L_DC (full - w/o L_DC): " + "; ".join(
-            f"{k} {d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] ({d['verdict']})" for k, d in dc.items()) + ".")
+        out.append(
+            "  * L_DC (full - w/o L_DC): "
+            + "; ".join(
+                f"{k} {d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] ({d['verdict']})" for k, d in dc.items()
+            )
+            + "."
+        )
     return out
 
 
-def write_report(summaries: list[dict], results: list[SourceResult], args, out: Path, runtime: float,
-                 plots: dict) -> str:
+def write_report(
+    summaries: list[dict], results: list[SourceResult], args, out: Path, runtime: float, plots: dict
+) -> str:
     lines: list[str] = []
     add = lines.append
     add("# OneRanker study: baselines, paper ablations, real data and ground-truth value")
@@ -830,23 +980,33 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
     seeds = ",".join(str(s) for s in args.seeds)
     steps = args.steps or "preset default"
     add(f"Command: `python -m oneranker.study {' '.join(args.argv)}`  ")
-    add(f"Preset **{args.preset}**, seeds **{seeds}**, training steps per run **{steps}**, "
+    add(
+        f"Preset **{args.preset}**, seeds **{seeds}**, training steps per run **{steps}**, "
         f"bootstrap resamples **{args.n_boot}**, total runtime **{runtime / 60:.1f} min** "
-        f"({os.cpu_count()} CPU cores visible, torch threads {args.threads}).")
+        f"({os.cpu_count()} CPU cores visible, torch threads {args.threads})."
+    )
     add("")
     commit = _git_commit()
     if commit:
         add(f"Code: commit `{commit}`.")
         add("")
     covered = [x["source"] for x in summaries if not x["skipped"]]
-    add(f"Covers: sources **{', '.join(covered) or 'none'}**"
-        + (f" (skipped: {', '.join(x['source'] for x in summaries if x['skipped'])})"
-           if any(x["skipped"] for x in summaries) else "")
-        + f"; {len(args.seeds)} seed(s)" + (" - fewer than the 3 the study calls for" if len(args.seeds) < 3 else "")
-        + ".")
+    add(
+        f"Covers: sources **{', '.join(covered) or 'none'}**"
+        + (
+            f" (skipped: {', '.join(x['source'] for x in summaries if x['skipped'])})"
+            if any(x["skipped"] for x in summaries)
+            else ""
+        )
+        + f"; {len(args.seeds)} seed(s)"
+        + (" - fewer than the 3 the study calls for" if len(args.seeds) < 3 else "")
+        + "."
+    )
     add("")
-    add("Nothing in the protocol was tuned toward a result: the numbers below are what the first run of "
-        "this harness produced.")
+    add(
+        "Nothing in the protocol was tuned toward a result: the numbers below are what the first run of "
+        "this harness produced."
+    )
     add("")
     add("## Answers (generated from the numbers below)")
     add("")
@@ -863,15 +1023,24 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
             continue
         info = s["info"]
         prov = ", ".join(f"{k}: **{v}**" for k, v in sorted(info["label_sources"].items()))
-        target = {"synthetic": "the logged click/conversion (simulated from the known pCTR/pCVR)",
-                  "movielens100k": "the last rating >= 4 (PROXY for a click)",
-                  "tafeng": "the last purchased product (REAL conversion)"}.get(s["source"], "the last positive event")
-        value = ("ground-truth expected eCPM = bid x pCTR x pCVR and GMV = price x pCTR x pCVR of every candidate "
-                 "(SIMULATED world, known exactly)" if info["has_ground_truth"] else
-                 "realized GMV = REAL median unit price of the purchased target if it is in the slate "
-                 "(bids SIMULATED = 0.1 x price)" if info["real_price"] else "none (no price, no bid: value metrics n/a)")
-        add(f"| {s['source']} | {info['num_users']} users, {info['num_ads']} items, {info['num_events']} events; "
-            f"test users {info['samples']['test']} | {prov} | {target} | {value} |")
+        target = {
+            "synthetic": "the logged click/conversion (simulated from the known pCTR/pCVR)",
+            "movielens100k": "the last rating >= 4 (PROXY for a click)",
+            "tafeng": "the last purchased product (REAL conversion)",
+        }.get(s["source"], "the last positive event")
+        value = (
+            "ground-truth expected eCPM = bid x pCTR x pCVR and GMV = price x pCTR x pCVR of every candidate "
+            "(SIMULATED world, known exactly)"
+            if info["has_ground_truth"]
+            else "realized GMV = REAL median unit price of the purchased target if it is in the slate "
+            "(bids SIMULATED = 0.1 x price)"
+            if info["real_price"]
+            else "none (no price, no bid: value metrics n/a)"
+        )
+        add(
+            f"| {s['source']} | {info['num_users']} users, {info['num_ads']} items, {info['num_events']} events; "
+            f"test users {info['samples']['test']} | {prov} | {target} | {value} |"
+        )
     add("")
     for s in summaries:
         notes = s.get("info", {}).get("label_notes") or {}
@@ -880,10 +1049,12 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
             add("")
     add("## What is compared")
     add("")
-    add("Every row of a source uses the same data, split, semantic IDs, candidates, training steps, tokens "
+    add(
+        "Every row of a source uses the same data, split, semantic IDs, candidates, training steps, tokens "
         "and model width; rows differ only in `ModelConfig` switches. Identical configurations are trained "
         "once: *OneRanker S2* is the cascade's generator run, *S3 only* is the cascade's ranker run, the *HSTU "
-        "generator* is the *S2 w/o Target & MDA* run.")
+        "generator* is the *S2 w/o Target & MDA* run."
+    )
     add("")
     add("| row | what | switches | scored by |")
     add("|---|---|---|---|")
@@ -893,7 +1064,8 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
             sw = "generator: use_ranker=False; ranker: use_generation=False (trained separately)"
         add(f"| {r.key} | {r.label} | {sw} | {r.scorer}{' - ' + r.note if r.note else ''} |")
     add("")
-    add("Metrics: **protocol** = the logged target among the target + 29 uniformly sampled candidates, "
+    add(
+        "Metrics: **protocol** = the logged target among the target + 29 uniformly sampled candidates, "
         "HR@K / NDCG@K (binary), vNDCG@K graded by the ground-truth expected eCPM of every candidate "
         "(synthetic only; on real data only the target's value is known), GAUC = mean per-user AUC of the target "
         "vs the others (ties 1/2), AUC = pooled over all (user, candidate) pairs (point estimate, mean of seeds). "
@@ -902,7 +1074,8 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         "**Full catalogue** = beam search over every item (no exclusions): gen_R@K / gen_NDCG@K of the target in "
         f"the generation order; the final slate = top {SLATE_K} of those candidates by the row's final scorer "
         f"(slate_HR@{SLATE_K}, slate_eCPM/eGMV@{SLATE_K} from the ground truth, slate_rGMV@{SLATE_K} realized). "
-        "CIs: 95% percentile bootstrap over test users (per-user values averaged over seeds); differences are paired.")
+        "CIs: 95% percentile bootstrap over test users (per-user values averaged over seeds); differences are paired."
+    )
     add("")
     for s in summaries:
         add(f"## Source: {s['source']}")
@@ -912,8 +1085,25 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
             add("")
             continue
         rows = s["rows"]
-        proto = [m for m in ("HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10",
-                             "vNDCG@1", "vNDCG@5", "vNDCG@10", "GAUC", "AUC") if m in rows["full"]]
+        proto = [
+            m
+            for m in (
+                "HR@1",
+                "HR@3",
+                "HR@5",
+                "HR@10",
+                "NDCG@1",
+                "NDCG@3",
+                "NDCG@5",
+                "NDCG@10",
+                "vNDCG@1",
+                "vNDCG@5",
+                "vNDCG@10",
+                "GAUC",
+                "AUC",
+            )
+            if m in rows["full"]
+        ]
         add("### Main comparison (paper Table 1 analogue, 30-candidate protocol, mean over seeds)")
         add("")
         add("| system | " + " | ".join(proto) + " |")
@@ -921,8 +1111,10 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         for key in SYSTEM_ROWS:
             add(f"| {ROW[key].label} | " + " | ".join(_fmt(rows[key][m]["mean"]) for m in proto) + " |")
         add("")
-        add("OneRanker vs the systems it replaces: paired bootstrap of the per-user difference a - b, "
-            "mean [95% CI]; **bold** = the CI excludes 0.")
+        add(
+            "OneRanker vs the systems it replaces: paired bootstrap of the per-user difference a - b, "
+            "mean [95% CI]; **bold** = the CI excludes 0."
+        )
         add("")
         pairs = list(dict.fromkeys((c["a"], c["b"]) for c in s["comparisons"]))
         short = {"full": "OneRanker", "cascade": "cascade", "hstu": "HSTU", "popularity": "popularity"}
@@ -947,8 +1139,11 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         add("|---" * (len(key_metrics) + 3) + "|")
         for r in ROWS:
             p = PAPER.get(r.key, {})
-            add(f"| {r.label} | " + " | ".join(_ci(rows[r.key][m]) for m in key_metrics)
-                + f" | {_fmt(p.get('HR@5'))} | {_fmt(p.get('NDCG@5'))} |")
+            add(
+                f"| {r.label} | "
+                + " | ".join(_ci(rows[r.key][m]) for m in key_metrics)
+                + f" | {_fmt(p.get('HR@5'))} | {_fmt(p.get('NDCG@5'))} |"
+            )
         add("")
         add("All protocol metrics (mean over seeds; per-seed values in results.json):")
         add("")
@@ -971,15 +1166,29 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         add("|---|---|---|---|---|---|---|")
         for o in ords:
             pd = "n/a" if o["paper_delta"] is None else f"{o['paper_delta']:+.4f}"
-            add(f"| {o['table']} | {ROW[o['a']].label} > {ROW[o['b']].label} | {o['metric']} | {pd} | "
-                f"{o['delta']:+.4f} [{o['lo']:+.4f}, {o['hi']:+.4f}] | {_sign(o['delta'])} | {o['verdict']} |")
+            add(
+                f"| {o['table']} | {ROW[o['a']].label} > {ROW[o['b']].label} | {o['metric']} | {pd} | "
+                f"{o['delta']:+.4f} [{o['lo']:+.4f}, {o['hi']:+.4f}] | {_sign(o['delta'])} | {o['verdict']} |"
+            )
         add("")
         add("(vNDCG@5 rows are compared with the paper's NDCG@5, which is probably value-graded, paper-notes §1.13.)")
         add("")
         add("### Full-catalogue generation and the final slate")
         add("")
-        cat_metrics = [m for m in ("gen_R@10", "gen_R@50", "gen_NDCG@10", "gen_NDCG@50", "slate_HR@10",
-                                   "slate_eCPM@10", "slate_eGMV@10", "slate_rGMV@10") if m in rows["full"]]
+        cat_metrics = [
+            m
+            for m in (
+                "gen_R@10",
+                "gen_R@50",
+                "gen_NDCG@10",
+                "gen_NDCG@50",
+                "slate_HR@10",
+                "slate_eCPM@10",
+                "slate_eGMV@10",
+                "slate_rGMV@10",
+            )
+            if m in rows["full"]
+        ]
         add("| row | " + " | ".join(cat_metrics) + " |")
         add("|---" * (len(cat_metrics) + 1) + "|")
         for r in ROWS:
@@ -1003,12 +1212,16 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
                 cells = []
                 for m in lm:
                     l = by.get((r.key, m))
-                    cells.append("n/a" if l is None else
-                                 f"{100 * l['lift']:+.2f}% [{100 * l['lo']:+.2f}, {100 * l['hi']:+.2f}]")
+                    cells.append(
+                        "n/a" if l is None else f"{100 * l['lift']:+.2f}% [{100 * l['lo']:+.2f}, {100 * l['hi']:+.2f}]"
+                    )
                 add(f"| {r.label} | " + " | ".join(cells) + " |")
             add("")
-            add("Cascade absolute values: " + ", ".join(
-                f"{m} = {_ci(rows['cascade'][m])}" for m in lm if m in rows["cascade"]) + ".")
+            add(
+                "Cascade absolute values: "
+                + ", ".join(f"{m} = {_ci(rows['cascade'][m])}" for m in lm if m in rows["cascade"])
+                + "."
+            )
             add("")
         else:
             add("No value metric on this source (no prices and no ground truth).")
@@ -1018,19 +1231,25 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         dc = s["dc"]
         add("Ranks are integers 0-29, so the IQR moves in whole steps.")
         add("")
-        add("| model | IQR of abs rank diff | Q1 / median / Q3 | mean abs diff | IQR per seed | top-1 | top-5 | top-10 overlap |")
+        add(
+            "| model | IQR of abs rank diff | Q1 / median / Q3 | mean abs diff | IQR per seed | top-1 | top-5 | top-10 overlap |"
+        )
         add("|---|---|---|---|---|---|---|---|")
         for k in ("full", "wo_dc"):
             if k not in dc:
                 continue
             d = dc[k]
-            add(f"| {ROW[k].label} | {d['iqr']:.2f} | {d['q1']:.1f} / {d['median']:.1f} / {d['q3']:.1f} | "
+            add(
+                f"| {ROW[k].label} | {d['iqr']:.2f} | {d['q1']:.1f} / {d['median']:.1f} / {d['q3']:.1f} | "
                 f"{d['mean_abs_diff']:.2f} | {', '.join(f'{x:.1f}' for x in d['iqr_seeds'])} | "
-                f"{d['overlap'][0]:.3f} | {d['overlap'][4]:.3f} | {d['overlap'][9]:.3f} |")
+                f"{d['overlap'][0]:.3f} | {d['overlap'][4]:.3f} | {d['overlap'][9]:.3f} |"
+            )
         add("")
         if "full_minus_wo_dc" in dc:
-            add("Full - w/o L_DC (paired bootstrap; the paper expects higher overlap and a smaller rank difference "
-                "with L_DC):")
+            add(
+                "Full - w/o L_DC (paired bootstrap; the paper expects higher overlap and a smaller rank difference "
+                "with L_DC):"
+            )
             add("")
             for name, d in dc["full_minus_wo_dc"].items():
                 add(f"* {name}: {d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] -> {d['verdict']}")
@@ -1045,20 +1264,31 @@ def write_report(summaries: list[dict], results: list[SourceResult], args, out: 
         add("### Runtime")
         add("")
         ts = s["train_seconds"]
-        add("Training seconds summed over seeds: " + ", ".join(f"{k} {v:.0f}" for k, v in ts.items())
-            + f"; evaluation {s['eval_seconds']:.0f} s.")
+        add(
+            "Training seconds summed over seeds: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in ts.items())
+            + f"; evaluation {s['eval_seconds']:.0f} s."
+        )
         add("")
     add("## Caveats")
     add("")
-    add("* The sizes here (preset above) are far below the paper's (d=128, 2048-token histories, industrial data); "
-        "the paper's absolute numbers are not comparable, only the orderings are.")
-    add("* Candidates are sampled uniformly from the catalogue (paper-notes #21); popularity is a strong scorer "
-        "under that protocol on long-tailed real catalogues.")
-    add("* MovieLens labels are proxies (rating >= 4 as a click); Ta-Feng has no impressions/clicks and no bids "
+    add(
+        "* The sizes here (preset above) are far below the paper's (d=128, 2048-token histories, industrial data); "
+        "the paper's absolute numbers are not comparable, only the orderings are."
+    )
+    add(
+        "* Candidates are sampled uniformly from the catalogue (paper-notes #21); popularity is a strong scorer "
+        "under that protocol on long-tailed real catalogues."
+    )
+    add(
+        "* MovieLens labels are proxies (rating >= 4 as a click); Ta-Feng has no impressions/clicks and no bids "
         "(bids simulated as 10% of the real price); only the synthetic marketplace has counterfactual values "
-        "for every candidate.")
-    add("* The cascade's halves see the same data and steps as OneRanker; the industrial cascade's ranker is "
-        "trained on logged impressions, here it is trained on the same target-vs-sampled-candidates BPR task.")
+        "for every candidate."
+    )
+    add(
+        "* The cascade's halves see the same data and steps as OneRanker; the industrial cascade's ranker is "
+        "trained on logged impressions, here it is trained on the same target-vs-sampled-candidates BPR task."
+    )
     add("")
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
@@ -1071,10 +1301,12 @@ def _git_commit() -> str:
 
     root = Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "training"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except Exception:  # noqa: BLE001
         return ""
     return f"{head}{' + uncommitted changes under training/' if dirty else ''}" if head else ""
@@ -1132,13 +1364,22 @@ def _run_study(args) -> dict:
             plot_dc(res, summary, out / name)
             files.append(("Distribution consistency (Fig. 3)", name))
             plots[source] = files
-            np.savez_compressed(out / f"per_user_{source}.npz", **{
-                f"{row}/{m}": v for row, ms in res.per_user.items() for m, v in ms.items()})
+            np.savez_compressed(
+                out / f"per_user_{source}.npz",
+                **{f"{row}/{m}": v for row, ms in res.per_user.items() for m, v in ms.items()},
+            )
         log(f"{source}: summarized")
     runtime = time.time() - started
     write_report(summaries, results, args, out, runtime, plots)
-    payload = {"preset": args.preset, "seeds": args.seeds, "steps": args.steps, "sources": args.sources,
-               "n_boot": args.n_boot, "runtime_seconds": runtime, "summaries": summaries}
+    payload = {
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "steps": args.steps,
+        "sources": args.sources,
+        "n_boot": args.n_boot,
+        "runtime_seconds": runtime,
+        "summaries": summaries,
+    }
     for s in payload["summaries"]:
         if "info" in s and "config" in s["info"]:
             s["info"] = dict(s["info"])
@@ -1149,16 +1390,23 @@ def _run_study(args) -> dict:
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m oneranker.study", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m oneranker.study",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="tiny", choices=("tiny", "small", "paper"))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (>= 3 for the report)")
     p.add_argument("--sources", default="synthetic,movielens100k,tafeng")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
     p.add_argument("--out", default=None, help="output folder (default artifacts/study/<preset>)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--max-users", type=int, default=None,
-                   help="real sources: keep this many users (default: tafeng 2000 at tiny, 5000 at small; others all)")
+    p.add_argument(
+        "--max-users",
+        type=int,
+        default=None,
+        help="real sources: keep this many users (default: tafeng 2000 at tiny, 5000 at small; others all)",
+    )
     p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples (default 1000)")
     p.add_argument("--smoke", action="store_true", help="CI smoke test: tiny, seed 0, 30 steps, synthetic only")
     p.add_argument("--quiet", action="store_true")

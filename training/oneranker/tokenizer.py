@@ -111,8 +111,10 @@ def _randomized_svd(rows, cols, vals, n: int, rank: int, rng) -> tuple[np.ndarra
         dense[rows, cols] = vals
         matmul = dense.__matmul__
     else:
+
         def matmul(x):
             return _spmm(rows, cols, vals, x, n)
+
     q = rng.normal(size=(n, min(n, rank + _SVD_OVERSAMPLE)))
     q, _ = np.linalg.qr(matmul(q))
     for _ in range(_SVD_POWER_ITERS):
@@ -143,7 +145,7 @@ def item_embeddings(ds: Dataset, cfg: TokenizerConfig, rng=None) -> tuple[np.nda
     if cnt.size:
         row_sum = np.bincount(r, weights=cnt, minlength=n)
         # symmetric smoothed PMI: log P(i,j) / (P_a(i) P_a(j)), P_a(i) ~ count_i ** 0.75
-        ctx = row_sum ** _CDS_ALPHA
+        ctx = row_sum**_CDS_ALPHA
         total, ctx_total = cnt.sum(), ctx.sum()
         pmi = np.log(cnt * (ctx_total * ctx_total / total) / (ctx[r] * ctx[c]))
         pos = pmi > 0
@@ -437,8 +439,14 @@ class SemanticIds:
         return sids
 
 
-def _report(codes: np.ndarray, cfg: TokenizerConfig, num_ads: int, warm: np.ndarray,
-            ad_category: np.ndarray | None, trie: list[np.ndarray]) -> dict:
+def _report(
+    codes: np.ndarray,
+    cfg: TokenizerConfig,
+    num_ads: int,
+    warm: np.ndarray,
+    ad_category: np.ndarray | None,
+    trie: list[np.ndarray],
+) -> dict:
     L = cfg.num_levels
     prefix = codes[:, :L]
     _, inv, counts = np.unique(prefix, axis=0, return_inverse=True, return_counts=True)
@@ -486,8 +494,7 @@ def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
     codes = np.zeros((x.shape[0], cfg.sid_depth), dtype=np.int64)
     moved = 0
     for level in range(cfg.num_levels):
-        centers, assign = kmeans(residual, cfg.codebook_size, cfg.kmeans_iters,
-                                 np.random.default_rng(seeds[1 + level]))
+        centers, assign = kmeans(residual, cfg.codebook_size, cfg.kmeans_iters, np.random.default_rng(seeds[1 + level]))
         if level == cfg.num_levels - 1:
             parent = _prefix_ids(codes[:, :level])
             assign, moved = cap_last_level(parent, _sq_dist(residual, centers), assign, cfg.max_collisions)

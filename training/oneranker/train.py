@@ -91,8 +91,14 @@ def lr_at(step: int, cfg: ExperimentConfig) -> float:
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None, resume: bool = False,
-          progress: bool = True, after_step=None) -> dict:
+def train(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    prep: Prepared | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    after_step=None,
+) -> dict:
     """Train `cfg` into `run_dir`; -> {"model" (bare model, CPU, eval mode), "prep", "summary"}.
 
     Single process by default; under torchrun every process trains a DDP replica (see
@@ -141,15 +147,23 @@ class _Stopper:
         return value, self.t.early_stopping and self.bad >= self.t.patience
 
     def record(self, stopped_step: int, restored: bool) -> dict:
-        return {"early_stopping": self.t.early_stopping, "metric": f"valid {self.t.stop_metric}",
-                "eval_every": self.t.eval_every, "patience": self.t.patience, "max_steps": self.t.steps,
-                "stopped_step": stopped_step, "best_step": self.best_step if self.evaluations else None,
-                "best_value": self.best_value if self.evaluations else None, "restored_best": restored,
-                "evaluations": self.evaluations}
+        return {
+            "early_stopping": self.t.early_stopping,
+            "metric": f"valid {self.t.stop_metric}",
+            "eval_every": self.t.eval_every,
+            "patience": self.t.patience,
+            "max_steps": self.t.steps,
+            "stopped_step": stopped_step,
+            "best_step": self.best_step if self.evaluations else None,
+            "best_value": self.best_value if self.evaluations else None,
+            "restored_best": restored,
+            "evaluations": self.evaluations,
+        }
 
 
-def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: bool, progress: bool, ctx,
-           after_step=None) -> dict:
+def _train(
+    cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: bool, progress: bool, ctx, after_step=None
+) -> dict:
     import json
     import os
 
@@ -175,14 +189,30 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
     if resume:
         start_step = load_optimizer_state(run_dir, optimizer)
     buckets = cfg.serve.length_buckets
-    sampler = EpochSampler(train_samples.user, arrays["hist_len"], buckets, cfg.train.batch_size,
-                           cfg.data.train_cuts_per_epoch, cfg.train.seed, ctx.rank, ctx.world_size)
+    sampler = EpochSampler(
+        train_samples.user,
+        arrays["hist_len"],
+        buckets,
+        cfg.train.batch_size,
+        cfg.data.train_cuts_per_epoch,
+        cfg.train.seed,
+        ctx.rank,
+        ctx.world_size,
+    )
     for _ in range(start_step):  # resume: the same batch sequence as an uninterrupted run
         sampler.next()
     make_batch = TrainBatcher(prep, arrays, cfg.train.seed, cfg.train.oov_history_share, model.oov_code)
     pin_shapes = ctx.device.type == "cuda" or os.environ.get("ONERANKER_PIN_SHAPES", "") == "1"
-    batches = dist_.Prefetcher(arrays, sampler, max(0, cfg.train.steps - start_step), ctx.device, buckets,
-                               pin_shapes=pin_shapes, make_batch=make_batch, start_step=start_step)
+    batches = dist_.Prefetcher(
+        arrays,
+        sampler,
+        max(0, cfg.train.steps - start_step),
+        ctx.device,
+        buckets,
+        pin_shapes=pin_shapes,
+        make_batch=make_batch,
+        start_step=start_step,
+    )
     check_sync = os.environ.get("ONERANKER_CHECK_SYNC", "") == "1"
     n = len(train_samples)
     history: list[dict] = []
@@ -191,8 +221,13 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
     stopper = _Stopper(cfg, prep)
     net = None
     model.train()
-    bar = tqdm(range(start_step, cfg.train.steps), desc=f"train {cfg.name}", disable=not (progress and ctx.is_main),
-               initial=start_step, total=cfg.train.steps)
+    bar = tqdm(
+        range(start_step, cfg.train.steps),
+        desc=f"train {cfg.name}",
+        disable=not (progress and ctx.is_main),
+        initial=start_step,
+        total=cfg.train.steps,
+    )
     done = start_step
     try:
         for step, batch in zip(bar, batches):
@@ -230,19 +265,32 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
         for key, value in state.items():
             if torch.is_tensor(value):
                 state[key] = value.cpu()
-    tail = history[-max(1, len(history) // 10):]
-    last = {k: float(np.mean([h[k] for h in tail if k in h])) for k in (tail[0] if tail else {})
-            if k not in ("step", "param_checksums") and not k.startswith("valid_")}
+    tail = history[-max(1, len(history) // 10) :]
+    last = {
+        k: float(np.mean([h[k] for h in tail if k in h]))
+        for k in (tail[0] if tail else {})
+        if k not in ("step", "param_checksums") and not k.startswith("valid_")
+    }
     manifest = None
     if ctx.is_main:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_item_tables(run_dir, prep)
         manifest = save_checkpoint(
-            run_dir, model, cfg, prep.sids, done, optimizer,
-            extra={"num_advertisers": cat.num_advertisers, "num_categories": cat.num_categories,
-                   "dataset": prep.dataset.name, "world_size": ctx.world_size,
-                   "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors"),
-                   "oov_code": model.oov_code, "stopping": stopping},
+            run_dir,
+            model,
+            cfg,
+            prep.sids,
+            done,
+            optimizer,
+            extra={
+                "num_advertisers": cat.num_advertisers,
+                "num_categories": cat.num_categories,
+                "dataset": prep.dataset.name,
+                "world_size": ctx.world_size,
+                "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors"),
+                "oov_code": model.oov_code,
+                "stopping": stopping,
+            },
         )
         (Path(run_dir) / "train_history.json").write_text(json.dumps(history))
     dist_.barrier(ctx)
@@ -250,11 +298,20 @@ def _train(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None, resume: 
         manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     steps_run = len(history)
     examples = steps_run * cfg.train.batch_size * ctx.world_size
-    summary = {"first_loss": first, "last_loss": last, "train_seconds": train_seconds,
-               "train_samples": n, "padding_fraction": batches.padding_fraction(),
-               "sampler_padding_fraction": sampler.padding_fraction(),
-               "data_wait_seconds": batches.wait_seconds, "world_size": ctx.world_size, "rank": ctx.rank,
-               "device": str(ctx.device), "examples_seen": examples,
-               "epochs": sampler.epoch + 1,  # epochs the sampler began (it runs <= 3 batches ahead)
-               "stopping": stopping, "manifest": manifest}
+    summary = {
+        "first_loss": first,
+        "last_loss": last,
+        "train_seconds": train_seconds,
+        "train_samples": n,
+        "padding_fraction": batches.padding_fraction(),
+        "sampler_padding_fraction": sampler.padding_fraction(),
+        "data_wait_seconds": batches.wait_seconds,
+        "world_size": ctx.world_size,
+        "rank": ctx.rank,
+        "device": str(ctx.device),
+        "examples_seen": examples,
+        "epochs": sampler.epoch + 1,  # epochs the sampler began (it runs <= 3 batches ahead)
+        "stopping": stopping,
+        "manifest": manifest,
+    }
     return {"model": model, "prep": prep, "summary": summary}

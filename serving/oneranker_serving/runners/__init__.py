@@ -36,8 +36,9 @@ def runner_class(engine: str, search: str = "numpy"):
     return getattr(importlib.import_module(f"{__name__}.{engine}"), table[engine])
 
 
-def make_runner(engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu", bind_kv: bool = True,
-                search: str = "numpy"):
+def make_runner(
+    engine: str, artifact_dir: Path, threads: int = 2, device: str = "cpu", bind_kv: bool = True, search: str = "numpy"
+):
     """Runner for a rendered model's artifact folder (`bind_kv=False` where the KV must leave it)."""
     cls = runner_class(engine, search)
     if engine == "onnxruntime":

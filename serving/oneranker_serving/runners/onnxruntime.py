@@ -36,8 +36,10 @@ def sessions(export_dir: Path, names: tuple[str, ...], threads: int, spin: bool 
     # Idle intra-op threads sleep instead of spinning: in a server the stub shares 2 cores
     # with Triton, other stubs and the gRPC threads, and spinning threads starve them.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
-    return [ort.InferenceSession(str(Path(export_dir) / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
-            for name in names]
+    return [
+        ort.InferenceSession(str(Path(export_dir) / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+        for name in names
+    ]
 
 
 class _KVShape:
@@ -132,8 +134,12 @@ class OrtRunner(_KVShape):
         return level_logits, KVHandle(shape, kv)
 
     def rank(self, kv: KVHandle, hist_len, cand_sids, cand_attrs, cand_bid):
-        feeds = {"hist_len": np.asarray(hist_len, np.int64), "cand_sids": cand_sids, "cand_attrs": cand_attrs,
-                 "cand_bid": cand_bid}
+        feeds = {
+            "hist_len": np.asarray(hist_len, np.int64),
+            "cand_sids": cand_sids,
+            "cand_attrs": cand_attrs,
+            "cand_bid": cand_bid,
+        }
         if isinstance(kv, np.ndarray) or not self.bind_kv:
             return self.ranker.run(["scores"], {"kv": getattr(kv, "value", kv), **feeds})[0]
         io = self.ranker.io_binding()

@@ -33,8 +33,10 @@ class TrtRunner:
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         plan_dir = Path(plan_dir)
-        self.engines = {name: runtime.deserialize_cuda_engine((plan_dir / f"{name}.plan").read_bytes())
-                        for name in ("generator", "ranker")}
+        self.engines = {
+            name: runtime.deserialize_cuda_engine((plan_dir / f"{name}.plan").read_bytes())
+            for name in ("generator", "ranker")
+        }
         self.contexts = {name: engine.create_execution_context() for name, engine in self.engines.items()}
         self.stream = torch.cuda.Stream()
         self.device = device
@@ -69,8 +71,12 @@ class TrtRunner:
     def rank(self, kv: KVHandle, hist_len, cand_sids, cand_attrs, cand_bid):
         torch = self.torch
         feeds = {"kv": kv.value}
-        for key, value in (("hist_len", hist_len), ("cand_sids", cand_sids), ("cand_attrs", cand_attrs),
-                           ("cand_bid", cand_bid)):
+        for key, value in (
+            ("hist_len", hist_len),
+            ("cand_sids", cand_sids),
+            ("cand_attrs", cand_attrs),
+            ("cand_bid", cand_bid),
+        ):
             feeds[key] = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
         scores = torch.empty(cand_bid.shape, dtype=torch.float32, device=self.device)
         with self._lock, torch.cuda.stream(self.stream):

@@ -99,9 +99,14 @@ class TorchGraphRunner(_OnDevice):
         kv = getattr(kv, "value", kv)
         hist_len = hist_len if is_torch_tensor(hist_len) else np.asarray(hist_len, np.int64).reshape(-1)
         with torch.inference_mode():
-            outs = self.ranking(self._tensor(kv), self._tensor(hist_len), self._tensor(cands["cand_idx"]),
-                                self._tensor(cands["cand_logp"]), self._tensor(cands["cand_stream"]),
-                                self._tensor(np.asarray(top_k, np.int64)))
+            outs = self.ranking(
+                self._tensor(kv),
+                self._tensor(hist_len),
+                self._tensor(cands["cand_idx"]),
+                self._tensor(cands["cand_logp"]),
+                self._tensor(cands["cand_stream"]),
+                self._tensor(np.asarray(top_k, np.int64)),
+            )
         names = ("rec_item_ids", "rec_scores", "rec_gen_logp", "rec_source_head", "rec_count")
         rec = {name: value.cpu().numpy() for name, value in zip(names, outs)}
         rec["num_generated"] = (cands["cand_idx"] >= 0).sum(-1).cpu().numpy()
@@ -124,6 +129,11 @@ class TorchRunner(_OnDevice):
         kv = getattr(kv, "value", kv)
         hist_len = np.asarray(hist_len, np.int64).reshape(-1) if not is_torch_tensor(hist_len) else hist_len
         with torch.inference_mode():
-            scores = self.ranker(self._tensor(kv), self._tensor(hist_len), self._tensor(cand_sids),
-                                 self._tensor(cand_attrs), self._tensor(cand_bid))
+            scores = self.ranker(
+                self._tensor(kv),
+                self._tensor(hist_len),
+                self._tensor(cand_sids),
+                self._tensor(cand_attrs),
+                self._tensor(cand_bid),
+            )
         return scores.float().cpu().numpy()

@@ -78,15 +78,20 @@ def relayout_kv(kv, num_prefix: int, from_len: int, to_len: int):
     return _concat([h1, h2], axis=-2)
 
 
-def split_generator_outputs(items: list[dict], level_logits: np.ndarray, kv, own: list[int],
-                            num_prefix: int) -> list[dict]:
+def split_generator_outputs(
+    items: list[dict], level_logits: np.ndarray, kv, own: list[int], num_prefix: int
+) -> list[dict]:
     """One batch of generator outputs -> per-request outputs, kv (numpy, or torch on its device)
     laid out for the request's L."""
     out, row, length = [], 0, max(own)
     for a, n in zip(items, own):
         b = _rows(a["hist_actions"])
-        out.append({"level_logits": level_logits[row:row + b],
-                    "kv": _contiguous(relayout_kv(kv[row:row + b], num_prefix, length, n))})
+        out.append(
+            {
+                "level_logits": level_logits[row : row + b],
+                "kv": _contiguous(relayout_kv(kv[row : row + b], num_prefix, length, n)),
+            }
+        )
         row += b
     return out
 
@@ -110,16 +115,20 @@ def stack_ranker_inputs(items: list[dict], num_prefix: int, num_step2: int) -> t
             parts.append(np.pad(v, widths))
         return np.concatenate(parts)
 
-    batch = {"kv": kv, "hist_len": np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items]),
-             "cand_sids": pad("cand_sids", np.int64), "cand_attrs": pad("cand_attrs", np.int64),
-             "cand_bid": pad("cand_bid", np.float32)}
+    batch = {
+        "kv": kv,
+        "hist_len": np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items]),
+        "cand_sids": pad("cand_sids", np.int64),
+        "cand_attrs": pad("cand_attrs", np.int64),
+        "cand_bid": pad("cand_bid", np.float32),
+    }
     return batch, shapes
 
 
 def split_scores(scores: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
     out, row = [], 0
     for b, n in shapes:
-        out.append(np.ascontiguousarray(scores[row:row + b, :n]))
+        out.append(np.ascontiguousarray(scores[row : row + b, :n]))
         row += b
     return out
 
@@ -138,5 +147,6 @@ def generate_split(runner, batch: dict, keep_device: bool = False) -> tuple[np.n
 
 def rank_split(runner, batch: dict) -> np.ndarray:
     """Run the ranker on a KV that came from another model (numpy, or torch via DLPack)."""
-    return np.asarray(runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"],
-                                  batch["cand_bid"]))
+    return np.asarray(
+        runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
+    )

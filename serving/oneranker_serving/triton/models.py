@@ -54,8 +54,9 @@ class PythonModel:
         return error_response(self.pb, message)
 
     def respond(self, values: dict):
-        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(k, np.ascontiguousarray(v))
-                                                         for k, v in values.items()])
+        return self.pb.InferenceResponse(
+            output_tensors=[self.pb.Tensor(k, np.ascontiguousarray(v)) for k, v in values.items()]
+        )
 
     def host_inputs(self, request, spec: contract.ModelSpec) -> dict:
         out = {}
@@ -97,12 +98,15 @@ class RecommenderModel(PythonModel):
         family = self.pb.MetricFamily
         # MetricFamily objects must outlive their Metrics: keep them on self.
         self.families = {
-            "stage": family(name="oneranker_stage_seconds_total", description="cumulative seconds per stage",
-                            kind=family.COUNTER),
-            "candidates": family(name="oneranker_candidates_total", description="candidates ranked",
-                                 kind=family.COUNTER),
-            "requests": family(name="oneranker_requests_total", description="requests answered by the recommender",
-                               kind=family.COUNTER),
+            "stage": family(
+                name="oneranker_stage_seconds_total", description="cumulative seconds per stage", kind=family.COUNTER
+            ),
+            "candidates": family(
+                name="oneranker_candidates_total", description="candidates ranked", kind=family.COUNTER
+            ),
+            "requests": family(
+                name="oneranker_requests_total", description="requests answered by the recommender", kind=family.COUNTER
+            ),
         }
         self.stage_metrics = {s: self.families["stage"].Metric(labels={"stage": s, **labels}) for s in self.STAGES}
         self.candidates = self.families["candidates"].Metric(labels=labels)
@@ -111,8 +115,10 @@ class RecommenderModel(PythonModel):
     def parse(self, requests, responses: list) -> list:
         """Requests -> Parsed; an invalid raw request gets its error response in `responses`."""
         if not self.raw_inputs:
-            return [arrays.parsed_from_arrays(slot, self.host_inputs(request, contract.NUMPY_BEAM))
-                    for slot, request in enumerate(requests)]
+            return [
+                arrays.parsed_from_arrays(slot, self.host_inputs(request, contract.NUMPY_BEAM))
+                for slot, request in enumerate(requests)
+            ]
         parsed = []
         for slot, request in enumerate(requests):
             try:
@@ -127,8 +133,11 @@ class RecommenderModel(PythonModel):
         parsed = self.parse(requests, responses)
         times = StageTimes()
         for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times)):
-            responses[p.slot] = (self.error(str(result)) if isinstance(result, RequestError)
-                                 else self.respond(arrays.response_arrays(result)))
+            responses[p.slot] = (
+                self.error(str(result))
+                if isinstance(result, RequestError)
+                else self.respond(arrays.response_arrays(result))
+            )
         for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
             self.stage_metrics[stage].increment(seconds)
         self.candidates.increment(float(times.candidates))
@@ -149,8 +158,14 @@ class SplitEngine:
 def load_split_engine(args: dict, pb) -> SplitEngine:
     """Triton's initialize() args of a generator/ranker model -> its runner, codec and dims."""
     params, artifacts = model_setup(args)
-    rec = load_recommender(artifacts, engine=params["engine"], threads=int(params["intra_op_threads"]),
-                           expected_checkpoint=params["checkpoint_sha256"], device=instance_device(args), bind_kv=False)
+    rec = load_recommender(
+        artifacts,
+        engine=params["engine"],
+        threads=int(params["intra_op_threads"]),
+        expected_checkpoint=params["checkpoint_sha256"],
+        device=instance_device(args),
+        bind_kv=False,
+    )
     info = read_export_info(artifacts)
     return SplitEngine(rec, TensorCodec(pb, params["kv_transport"]), info["dims"]["F"], info["num_step2_tokens"])
 
@@ -177,8 +192,10 @@ class RankerModel(PythonModel):
         items = [e.codec.inputs(r, contract.RANKER) for r in requests]
         batch, shapes = batching.stack_ranker_inputs(items, e.num_prefix, e.num_step2)
         scores = batching.rank_split(e.recommender.runner, batch)
-        return [self.pb.InferenceResponse(output_tensors=e.codec.outputs({"scores": s}))
-                for s in batching.split_scores(scores, shapes)]
+        return [
+            self.pb.InferenceResponse(output_tensors=e.codec.outputs({"scores": s}))
+            for s in batching.split_scores(scores, shapes)
+        ]
 
 
 class SelectModel(PythonModel):
@@ -192,8 +209,13 @@ class SelectModel(PythonModel):
         for request in requests:
             a = self.host_inputs(request, contract.SELECT)
             try:
-                responses.append(self.respond(arrays.select_arrays(self.tables, self.gen_tables, a["level_logits"],
-                                                                   a["options"], a["exclude_idx"])))
+                responses.append(
+                    self.respond(
+                        arrays.select_arrays(
+                            self.tables, self.gen_tables, a["level_logits"], a["options"], a["exclude_idx"]
+                        )
+                    )
+                )
             except RequestError as err:
                 responses.append(self.error(str(err)))
         return responses
@@ -207,8 +229,11 @@ class TopkModel(PythonModel):
         responses = []
         for request in requests:
             a = self.host_inputs(request, contract.TOPK)
-            responses.append(self.respond(arrays.topk_arrays(a["scores"], a["cand_item_ids"], a["cand_logp"],
-                                                             a["cand_head"], a["options"])))
+            responses.append(
+                self.respond(
+                    arrays.topk_arrays(a["scores"], a["cand_item_ids"], a["cand_logp"], a["cand_head"], a["options"])
+                )
+            )
         return responses
 
 
@@ -232,8 +257,12 @@ class BlsModel(PythonModel):
     def call(self, model_name: str, tensors: dict, output_names) -> dict:
         """One BLS request; a failed sub-request raises SubRequestError (the one place that checks)."""
         pb, codec = self.pb, self.codec
-        request = pb.InferenceRequest(model_name=model_name, requested_output_names=list(output_names),
-                                      inputs=codec.outputs(tensors), preferred_memory=codec.preferred_memory())
+        request = pb.InferenceRequest(
+            model_name=model_name,
+            requested_output_names=list(output_names),
+            inputs=codec.outputs(tensors),
+            preferred_memory=codec.preferred_memory(),
+        )
         response = request.exec()
         if response.has_error():
             raise SubRequestError(f"{model_name}: {response.error().message()}")
@@ -246,16 +275,16 @@ class BlsModel(PythonModel):
             batch, own = batching.stack_generator_inputs(items)
             batch["hist_len"] = batch["hist_len"].reshape(-1, 1)
             gen = self.call(contract.GENERATOR_MODEL, batch, ("level_logits", "kv"))
-            per_request = batching.split_generator_outputs(items, gen["level_logits"], gen["kv"], own,
-                                                           self.num_prefix)
+            per_request = batching.split_generator_outputs(items, gen["level_logits"], gen["kv"], own, self.num_prefix)
         except SubRequestError as err:
             return [self.error(str(err)) for _ in requests]
         responses = [None] * len(requests)
         ranked = []
         for i, (item, out) in enumerate(zip(items, per_request)):
             try:
-                cands = arrays.select_arrays(self.tables, self.gen_tables, out["level_logits"], item["options"],
-                                             item["exclude_idx"])
+                cands = arrays.select_arrays(
+                    self.tables, self.gen_tables, out["level_logits"], item["options"], item["exclude_idx"]
+                )
                 ranked.append((i, cands, {"kv": out["kv"], "hist_len": item["hist_len"].reshape(1, 1), **cands}))
             except RequestError as err:
                 responses[i] = self.error(str(err))
@@ -265,9 +294,15 @@ class BlsModel(PythonModel):
                 batch["hist_len"] = batch["hist_len"].reshape(-1, 1)
                 scores = self.call(contract.RANKER_MODEL, batch, ("scores",))["scores"]
                 for (i, cands, _), row_scores in zip(ranked, batching.split_scores(scores, shapes)):
-                    responses[i] = self.respond(arrays.topk_arrays(row_scores, cands["cand_item_ids"],
-                                                                   cands["cand_logp"], cands["cand_head"],
-                                                                   items[i]["options"]))
+                    responses[i] = self.respond(
+                        arrays.topk_arrays(
+                            row_scores,
+                            cands["cand_item_ids"],
+                            cands["cand_logp"],
+                            cands["cand_head"],
+                            items[i]["options"],
+                        )
+                    )
             except SubRequestError as err:
                 for i, _, _ in ranked:
                     responses[i] = self.error(str(err))

@@ -100,15 +100,25 @@ def experiment_config(cfg: GeneratorConfig) -> ExperimentConfig:
 def to_dataset(data: ml.SeqData, exp: ExperimentConfig) -> Dataset:
     """SeqData -> schema.Dataset (module docstring); ad index = dense item index."""
     I = data.num_items
-    catalog = Catalog(ad_ids=np.arange(I, dtype=np.int64), ad_advertiser=np.zeros(I, np.int64),
-                      ad_category=np.zeros(I, np.int64), ad_bid=np.ones(I, np.float32),
-                      ad_price=np.zeros(I, np.float32), content_ids=np.zeros(0, np.int64),
-                      num_advertisers=1, num_categories=1)
+    catalog = Catalog(
+        ad_ids=np.arange(I, dtype=np.int64),
+        ad_advertiser=np.zeros(I, np.int64),
+        ad_category=np.zeros(I, np.int64),
+        ad_bid=np.ones(I, np.float32),
+        ad_price=np.zeros(I, np.float32),
+        content_ids=np.zeros(0, np.int64),
+        num_advertisers=1,
+        num_categories=1,
+    )
     user = np.repeat(np.arange(data.num_users), data.lengths).astype(np.int64)
-    log = EventLog(user=user, item=data.items.astype(np.int64), action=np.full(user.size, ACTION_CLICK, np.int64),
-                   timestamp=data.timestamps.astype(np.int64),
-                   profile=np.zeros((data.num_users, exp.data.num_profile_features), np.int64),
-                   num_users=data.num_users)
+    log = EventLog(
+        user=user,
+        item=data.items.astype(np.int64),
+        action=np.full(user.size, ACTION_CLICK, np.int64),
+        timestamp=data.timestamps.astype(np.int64),
+        profile=np.zeros((data.num_users, exp.data.num_profile_features), np.int64),
+        num_users=data.num_users,
+    )
     return Dataset(name=data.name, catalog=catalog, log=log, label_sources={"click": "every rating"})
 
 
@@ -129,8 +139,9 @@ def prefix_transitions(trans: torch.Tensor, paths: torch.Tensor) -> list[tuple[t
     return out
 
 
-def all_item_log_probs(level_logits: torch.Tensor, paths: torch.Tensor, prefix_tables=None,
-                       trans: torch.Tensor | None = None) -> torch.Tensor:
+def all_item_log_probs(
+    level_logits: torch.Tensor, paths: torch.Tensor, prefix_tables=None, trans: torch.Tensor | None = None
+) -> torch.Tensor:
     """log P_h(path_i) for every item: level_logits [B, H, D, K], paths [I, D] -> [B, H, I].
 
     Same numbers as `OneRanker.path_log_probs(level_logits, paths.expand(B, I, D))` without the
@@ -151,8 +162,9 @@ def all_item_log_probs(level_logits: torch.Tensor, paths: torch.Tensor, prefix_t
 def stream_scores(head_logp: torch.Tensor, num_interest: int, num_value: int) -> dict[str, torch.Tensor]:
     """[B, H, I] -> {"value": [B, I] bagged value stream, "max_streams": [B, I] max over the
     trained streams} (module docstring; stream layout = `selection.stream_matrix`)."""
-    tables = GenerationTables(transitions=np.zeros(0), trie_children=[], num_interest_heads=num_interest,
-                              num_value_heads=num_value)
+    tables = GenerationTables(
+        transitions=np.zeros(0), trie_children=[], num_interest_heads=num_interest, num_value_heads=num_value
+    )
     mat = torch.as_tensor(stream_matrix(tables), dtype=head_logp.dtype)  # [S, H]
     streams = torch.einsum("sh,bhi->bsi", mat, head_logp)  # [B, S, I]
     trained = list(INTEREST_HEADS_WITH_TARGETS) + [num_interest]  # the value stream's row
@@ -245,8 +257,9 @@ def train_generator_mtp(model, gd: GeneratorData, optimizer, rows: np.ndarray, r
     targets = gd.head_targets(rows, rng)
     valid = torch.from_numpy(targets >= 0)
     paths = torch.from_numpy(np.where(targets[..., None] >= 0, gd.sids.ad_codes[np.maximum(targets, 0)], -1))
-    enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"],
-                            batch["hist_len"])
+    enc = model.encode_user(
+        batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+    )
     per_head = model.path_log_probs(enc.level_logits, paths)  # [B, H, H]
     loss = losses.mtp_loss(torch.diagonal(per_head, dim1=1, dim2=2), valid)
     optimizer.zero_grad(set_to_none=True)
@@ -271,8 +284,9 @@ def evaluate(model, inputs: ml.EvalInputs, mask_seen: bool = True, stream: str =
 
     def scores(index):
         batch = gd.batch(end[index])
-        enc = model.encode_user(batch["user_features"], batch["hist_sids"], batch["hist_actions"],
-                                batch["hist_dt"], batch["hist_len"])
+        enc = model.encode_user(
+            batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
+        )
         head = all_item_log_probs(enc.level_logits, gd.paths, tables)  # [b, H, I]
         s = stream_scores(head, mcfg.num_interest_tokens, mcfg.num_value_tokens)
         other_ranks.append(ml.target_ranks(s[other], inputs.target[index], inputs.hist[index] if mask_seen else None))
@@ -281,8 +295,10 @@ def evaluate(model, inputs: ml.EvalInputs, mask_seen: bool = True, stream: str =
     main = ml.full_rank(scores, inputs, batch_size=gd.cfg.eval_batch_size, mask_seen=mask_seen)
     r_un = np.concatenate([r[0] for r in other_ranks])
     r_ma = np.concatenate([r[1] for r in other_ranks])
-    main["other_streams"] = {other: {k: float(v.mean()) for k, v in ml.hits_from_ranks(r_ma).items()},
-                             other + "_unmasked": {k: float(v.mean()) for k, v in ml.hits_from_ranks(r_un).items()}}
+    main["other_streams"] = {
+        other: {k: float(v.mean()) for k, v in ml.hits_from_ranks(r_ma).items()},
+        other + "_unmasked": {k: float(v.mean()) for k, v in ml.hits_from_ranks(r_un).items()},
+    }
     return main
 
 
@@ -312,16 +328,27 @@ def fit(data: ml.SeqData, cfg: GeneratorConfig, progress: bool | None = None, ma
             steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
         epoch_losses = []
         for s in range(steps_per_epoch):
-            epoch_losses.append(train_generator_mtp(model, gd, optimizer, rows[s * cfg.batch_size:(s + 1) * cfg.batch_size],
-                                                    rng, steps))
+            epoch_losses.append(
+                train_generator_mtp(
+                    model, gd, optimizer, rows[s * cfg.batch_size : (s + 1) * cfg.batch_size], rng, steps
+                )
+            )
             steps += 1
         epoch_seconds.append(time.time() - started)
         train_seconds += epoch_seconds[-1]
         res = evaluate(model, valid)
         val = res["metrics"]
-        curve.append({"epoch": epoch, "loss": float(np.mean(epoch_losses)), "val_ndcg@10": val["ndcg@10"],
-                      "val_hr@10": val["hr@10"], "val_max_streams_ndcg@10": res["other_streams"]["max_streams"]["ndcg@10"],
-                      "train_seconds": train_seconds, "wall_seconds": time.time() - loop_started})
+        curve.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(epoch_losses)),
+                "val_ndcg@10": val["ndcg@10"],
+                "val_hr@10": val["hr@10"],
+                "val_max_streams_ndcg@10": res["other_streams"]["max_streams"]["ndcg@10"],
+                "train_seconds": train_seconds,
+                "wall_seconds": time.time() - loop_started,
+            }
+        )
         if val["ndcg@10"] > best:
             best, best_epoch, bad = val["ndcg@10"], epoch, 0
             best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
@@ -341,7 +368,16 @@ def fit(data: ml.SeqData, cfg: GeneratorConfig, progress: bool | None = None, ma
     config = asdict(cfg)
     config["experiment"] = gd.exp.to_dict()
     config["semantic_ids"] = {"version": gd.sids.version, "report": gd.sids.report_}
-    return {"model": model, "curve": curve, "best_epoch": best_epoch, "epochs": len(curve),
-            "stopped_by": stopped_by, "train_seconds": train_seconds, "epoch_seconds": epoch_seconds,
-            "wall_seconds": time.time() - loop_started, "steps": steps, "steps_per_epoch": steps_per_epoch,
-            "config": config}
+    return {
+        "model": model,
+        "curve": curve,
+        "best_epoch": best_epoch,
+        "epochs": len(curve),
+        "stopped_by": stopped_by,
+        "train_seconds": train_seconds,
+        "epoch_seconds": epoch_seconds,
+        "wall_seconds": time.time() - loop_started,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        "config": config,
+    }

@@ -99,8 +99,13 @@ class HSTUBaseline(nn.Module):
             self.item_emb.weight[0].zero_()
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         nn.init.trunc_normal_(self.pos_emb.weight, std=math.sqrt(1.0 / d))  # as HSTU's preprocessor
-        block_cfg = ModelConfig(d_model=d, num_heads=cfg.num_heads, position_buckets=cfg.max_len + 1,
-                                time_buckets=cfg.time_buckets, time_bucket_scale=cfg.time_bucket_scale)
+        block_cfg = ModelConfig(
+            d_model=d,
+            num_heads=cfg.num_heads,
+            position_buckets=cfg.max_len + 1,
+            time_buckets=cfg.time_buckets,
+            time_bucket_scale=cfg.time_bucket_scale,
+        )
         self.blocks = nn.ModuleList(HSTULayer(block_cfg) for _ in range(cfg.num_blocks))
         for block in self.blocks:
             _fast_bias_tables(block)
@@ -121,8 +126,9 @@ class HSTUBaseline(nn.Module):
         allowed = step1_allowed(0, lengths, n)  # causal, padded keys invisible
         pos = torch.arange(n)
         rel_pos = torch.clamp(pos.view(n, 1) - pos.view(1, n), 0, self.cfg.max_len)
-        rel_time = time_bucket((ts.unsqueeze(2) - ts.unsqueeze(1)).float(), self.cfg.time_bucket_scale,
-                               self.cfg.time_buckets)
+        rel_time = time_bucket(
+            (ts.unsqueeze(2) - ts.unsqueeze(1)).float(), self.cfg.time_bucket_scale, self.cfg.time_buckets
+        )
         for block in self.blocks:
             x = x + self.drop(block(x, allowed, lengths, rel_pos, rel_time) - x)
         return F.normalize(x, dim=-1, eps=1e-6)
@@ -133,8 +139,9 @@ class HSTUBaseline(nn.Module):
         return out[torch.arange(out.shape[0]), lengths - 1]
 
 
-def sampled_softmax_loss(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
-                         table: torch.Tensor, temperature: float) -> torch.Tensor:
+def sampled_softmax_loss(
+    query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, table: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Mean over rows of -log softmax([q.e_pos, q.e_neg_1..R] / T)[0].
 
     query [N, d], positive [N] and negatives [N, R] item indices into table [I, d]. A negative
@@ -239,8 +246,7 @@ def evaluate(model: HSTUBaseline, inputs: ml.EvalInputs, mask_seen: bool = True)
     return ml.full_rank(scores, inputs, batch_size=model.cfg.eval_batch_size, mask_seen=mask_seen)
 
 
-def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
-        max_steps_per_epoch: int = 0) -> dict:
+def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None, max_steps_per_epoch: int = 0) -> dict:
     """Train under the declared stopping rule; -> {"model" (best weights, eval mode), "curve",
     "best_epoch", "epochs", "stopped_by", "train_seconds", "epoch_seconds", "steps"}.
 
@@ -255,8 +261,9 @@ def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
     windows = _Windows(data, cfg.max_len)
     valid = ml.eval_inputs(data, "valid", cfg.max_len)
     model = HSTUBaseline(cfg, data.num_items)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=tuple(cfg.adam_betas))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas)
+    )
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
@@ -271,15 +278,22 @@ def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
         order = rng.permutation(len(windows))
         losses = []
         for s in range(steps_per_epoch):
-            index = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            index = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             losses.append(train_step(model, optimizer, *windows.batch(index), gen))
             steps += 1
         epoch_seconds.append(time.time() - started)
         train_seconds += epoch_seconds[-1]
         val = evaluate(model, valid)["metrics"]
-        curve.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": val["ndcg@10"],
-                      "val_hr@10": val["hr@10"], "train_seconds": train_seconds,
-                      "wall_seconds": time.time() - loop_started})
+        curve.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "val_ndcg@10": val["ndcg@10"],
+                "val_hr@10": val["hr@10"],
+                "train_seconds": train_seconds,
+                "wall_seconds": time.time() - loop_started,
+            }
+        )
         if val["ndcg@10"] > best:
             best, best_epoch, bad = val["ndcg@10"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -296,7 +310,16 @@ def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    return {"model": model, "curve": curve, "best_epoch": best_epoch, "epochs": len(curve),
-            "stopped_by": stopped_by, "train_seconds": train_seconds, "epoch_seconds": epoch_seconds,
-            "wall_seconds": time.time() - loop_started,
-            "steps": steps, "steps_per_epoch": steps_per_epoch, "config": asdict(cfg)}
+    return {
+        "model": model,
+        "curve": curve,
+        "best_epoch": best_epoch,
+        "epochs": len(curve),
+        "stopped_by": stopped_by,
+        "train_seconds": train_seconds,
+        "epoch_seconds": epoch_seconds,
+        "wall_seconds": time.time() - loop_started,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        "config": asdict(cfg),
+    }

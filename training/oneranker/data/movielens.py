@@ -83,7 +83,7 @@ class SeqData:
         return np.diff(self.offsets)
 
     def user_events(self, u: int) -> np.ndarray:
-        return self.items[self.offsets[u]:self.offsets[u + 1]]
+        return self.items[self.offsets[u] : self.offsets[u + 1]]
 
 
 def read_inter(source: str, cache: Path | str | None = None, download: bool = True) -> dict[str, np.ndarray]:
@@ -133,9 +133,15 @@ def build_sequences(raw: dict[str, np.ndarray], name: str, max_users: int = 0) -
     item_ids, item = np.unique(raw["item"][rows], return_inverse=True)
     offsets = np.searchsorted(u, np.arange(kept.size + 1), side="left").astype(np.int64)
     return SeqData(
-        name=name, offsets=offsets, items=item.reshape(-1).astype(np.int64), timestamps=ts.astype(np.int64),
-        ratings=raw["rating"][rows], file_rows=rows, item_ids=item_ids.astype(str),
-        user_ids=user_ext[order_of_first][kept].astype(str), users_dropped=users_dropped,
+        name=name,
+        offsets=offsets,
+        items=item.reshape(-1).astype(np.int64),
+        timestamps=ts.astype(np.int64),
+        ratings=raw["rating"][rows],
+        file_rows=rows,
+        item_ids=item_ids.astype(str),
+        user_ids=user_ext[order_of_first][kept].astype(str),
+        users_dropped=users_dropped,
     )
 
 
@@ -258,7 +264,9 @@ def full_rank(score_fn, inputs: EvalInputs, batch_size: int = 512, mask_seen: bo
     per_user = hits_from_ranks(rank)
     per_user_un = hits_from_ranks(rank_un)
     return {
-        "rank": rank, "rank_unmasked": rank_un, "per_user": per_user,
+        "rank": rank,
+        "rank_unmasked": rank_un,
+        "per_user": per_user,
         "metrics": {k: float(v.mean()) for k, v in per_user.items()},
         "metrics_unmasked": {k: float(v.mean()) for k, v in per_user_un.items()},
     }

