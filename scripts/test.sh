@@ -8,6 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 
 VENV="${ONERANKER_VENV:-.venv}"
+# Lint and format first: a style slip fails in seconds, before the suite (ruff pinned in the dev extras).
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 # bootstrap installed tritonserver/perf_analyzer: their tests must run, not skip.
 export ONERANKER_REQUIRE_TRITON=1
 rc=0

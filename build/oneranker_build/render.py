@@ -219,7 +219,8 @@ class CascadeExports:
             for key in ("sid_version", "item_tables_sha256", "feature_cardinality"):
                 if info.get(key) != unified.get(key):
                     raise RenderError(
-                        f"cascade {half} {key} {info.get(key)!r} differs from the unified model's {unified.get(key)!r}: "
+                        f"cascade {half} {key} {info.get(key)!r} differs from the unified model's "
+                        f"{unified.get(key)!r}: "
                         "train the cascade on the unified run's data and semantic IDs (`oneranker train-cascade "
                         "--unified-run`)"
                     )

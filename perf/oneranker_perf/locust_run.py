@@ -7,7 +7,8 @@ Runs ``timeout -k 5 <limit> python -m locust -f perf/locustfile.py --headless --
 --html OUT/locust.html ...`` (the hard limit guards against locust hanging after shutdown, see
 shared/docs/platform.md), keeps its output in ``OUT/locust.log``, then reads
 ``OUT/locust_stats.csv`` / ``OUT/locust_failures.csv`` and prints requests, failures, req/s and
-p50/p90/p99 per request name, and writes ``OUT/results.md`` and ``OUT/results.png``. Exit code: 0 when requests were made and none failed; 1 otherwise
+p50/p90/p99 per request name, and writes ``OUT/results.md`` and ``OUT/results.png``.
+Exit code: 0 when requests were made and none failed; 1 otherwise
 (any failure, no request, locust error or no stats); 2 for usage errors.
 """
 

@@ -665,13 +665,14 @@ def main(argv=None) -> int:
                     res.status
                     if res.status != "ok"
                     else (
-                        f"{res.examples_per_s:.1f} ex/s, {res.tokens_per_s:,.0f} tok/s, pad {res.padding_fraction:.1%}, "
+                        f"{res.examples_per_s:.1f} ex/s, {res.tokens_per_s:,.0f} tok/s, "
+                        f"pad {res.padding_fraction:.1%}, "
                         f"{res.fraction_of_peak:.1%} of {res.peak_gflops:.0f} GFLOP/s peak"
                     )
                 )
                 print(
-                    f"[train_bench] {preset_name} L={history} x{p} ({res.threads_per_proc} thr): {status} ({time.time() - t0:.0f}s)"
-                    + (f" {res.error}" if res.error else ""),
+                    f"[train_bench] {preset_name} L={history} x{p} ({res.threads_per_proc} thr): {status} "
+                    f"({time.time() - t0:.0f}s)" + (f" {res.error}" if res.error else ""),
                     flush=True,
                 )
                 (args.out / "results.json").write_text(

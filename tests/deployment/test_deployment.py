@@ -58,8 +58,12 @@ TRITON_SERVICES = ("triton", "triton-cpu")
 # folder, each by the producer named here (which the tests below also check).
 GENERATED = {
     "artifacts/deploy": "the builder services (deploy/builder.sh): runs/, staging/, repository/, perf-inputs/",
-    "artifacts/deploy/repository/tensorrt": "builder: deploy/builder.sh (oneranker build --engine tensorrt + deploy promote)",
-    "artifacts/deploy/repository/onnxruntime": "builder-cpu: deploy/builder.sh (oneranker build --engine onnxruntime + deploy promote)",
+    "artifacts/deploy/repository/tensorrt": (
+        "builder: deploy/builder.sh (oneranker build --engine tensorrt + deploy promote)"
+    ),
+    "artifacts/deploy/repository/onnxruntime": (
+        "builder-cpu: deploy/builder.sh (oneranker build --engine onnxruntime + deploy promote)"
+    ),
     "artifacts/deploy/perf-inputs": "builder: deploy/builder.sh (python -m oneranker_perf.make_inputs --out-dir)",
     "artifacts/deploy/reports/perf": "perf: oneranker_perf.perf_analyzer_suite --out /reports",
     "artifacts/deploy/reports/locust": "locust: oneranker_perf.locust_run --out /reports",

@@ -1232,7 +1232,7 @@ def write_report(
         add("Ranks are integers 0-29, so the IQR moves in whole steps.")
         add("")
         add(
-            "| model | IQR of abs rank diff | Q1 / median / Q3 | mean abs diff | IQR per seed | top-1 | top-5 | top-10 overlap |"
+            "| model | IQR of abs rank diff | Q1 / median / Q3 | mean abs diff | IQR per seed | top-1 | top-5 | top-10 overlap |"  # noqa: E501
         )
         add("|---|---|---|---|---|---|---|---|")
         for k in ("full", "wo_dc"):

@@ -9,8 +9,9 @@ points, `pipeline.TrainBatcher` redraws its candidates and applies the OOV repla
 Stopping (`TrainConfig`): every `eval_every` steps the final scorer's `stop_metric` on the valid
 split is recorded (history rows get "valid_<metric>"); with `early_stopping`, training ends after
 `patience` evaluations without a strict improvement (or at `steps`) and the best evaluation's
-weights are restored. The summary, the manifest (`stopping`) and the history record it. The same function runs under torchrun as one
-DistributedDataParallel replica per process (`oneranker.distributed`; gloo on CPU, NCCL on GPU).
+weights are restored. The summary, the manifest (`stopping`) and the history record it. The same
+function runs under torchrun as one DistributedDataParallel replica per process
+(`oneranker.distributed`; gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations

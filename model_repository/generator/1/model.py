@@ -1,4 +1,7 @@
-"""Triton glue for `generator`: token tensors -> level logits and KV (split topologies) (logic: oneranker_serving.triton.models.GeneratorModel)."""
+"""Triton glue for `generator`: token tensors -> level logits and KV (split topologies).
+
+The logic is oneranker_serving.triton.models.GeneratorModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

@@ -1,4 +1,7 @@
-"""Triton glue for `orchestrator_bls`: BLS calls to generator and ranker with beam search in between (logic: oneranker_serving.triton.models.BlsModel)."""
+"""Triton glue for `orchestrator_bls`: BLS calls to generator and ranker with beam search in between.
+
+The logic is oneranker_serving.triton.models.BlsModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

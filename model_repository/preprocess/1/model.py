@@ -1,4 +1,7 @@
-"""Triton glue for `preprocess`: raw request tensors -> validated tokens (logic: oneranker_serving.triton.models.PreprocessModel)."""
+"""Triton glue for `preprocess`: raw request tensors -> validated tokens.
+
+The logic is oneranker_serving.triton.models.PreprocessModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

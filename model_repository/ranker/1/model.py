@@ -1,4 +1,7 @@
-"""Triton glue for `ranker`: KV and candidates -> value scores (split topologies) (logic: oneranker_serving.triton.models.RankerModel)."""
+"""Triton glue for `ranker`: KV and candidates -> value scores (split topologies).
+
+The logic is oneranker_serving.triton.models.RankerModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

@@ -1,4 +1,7 @@
-"""Triton glue for `recommender`: tokens -> generate, beam search, rank -> top-k in one process (also the cascade baseline) (logic: oneranker_serving.triton.models.RecommenderModel)."""
+"""Triton glue for `recommender`: validate, generation graph, ranking graph -> top-k in one process.
+
+The logic is oneranker_serving.triton.models.RecommenderModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

@@ -1,4 +1,7 @@
-"""Triton glue for `select`: level logits -> constrained beam search -> candidates (pure ensemble) (logic: oneranker_serving.triton.models.SelectModel)."""
+"""Triton glue for `select`: level logits -> constrained beam search -> candidates (pure ensemble).
+
+The logic is oneranker_serving.triton.models.SelectModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

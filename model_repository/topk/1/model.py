@@ -1,4 +1,7 @@
-"""Triton glue for `topk`: value scores -> the public top-k outputs (pure ensemble) (logic: oneranker_serving.triton.models.TopkModel)."""
+"""Triton glue for `topk`: value scores -> the public top-k outputs (pure ensemble).
+
+The logic is oneranker_serving.triton.models.TopkModel, unit-tested with a fake pb_utils.
+"""
 
 import triton_python_backend_utils as pb_utils
 

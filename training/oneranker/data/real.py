@@ -129,9 +129,9 @@ _MIN_BID = 1e-3  # bids must be > 0
 
 class DataFormatError(ConfigError):
     """A malformed interaction file (a ConfigError, hence a ValueError: the CLI prints it as an
-    error message, the file being what data.csv_path names). `row` is 1-based: the line number for CSV/TSV (the header is
-    line 1; exact unless a quoted field spans lines), the record number for Parquet; None when the
-    problem is not one row (e.g. a column missing from the header/schema)."""
+    error message, the file being what data.csv_path names). `row` is 1-based: the line number for
+    CSV/TSV (the header is line 1; exact unless a quoted field spans lines), the record number for
+    Parquet; None when the problem is not one row (e.g. a column missing from the header/schema)."""
 
     def __init__(self, file, row: int | None, column: str | None, message: str):
         self.file, self.row, self.column, self.message = str(file), row, column, message
