@@ -40,7 +40,12 @@ SELECT_MODEL = "select"  # topology (c): beam search step between generator and 
 TOPK_MODEL = "topk"  # topology (c): final top-k step
 # Public ensembles with the same contract as PUBLIC, one per topology; PUBLIC_MODEL is the
 # measured default (see README "Serving topologies").
-TOPOLOGY_MODELS = {"fused": "oneranker_fused", "bls": "oneranker_bls", "ensemble": "oneranker_ensemble"}
+TOPOLOGY_MODELS = {
+    "fused": "oneranker_fused",  # (a) one Python model, beam search inside the generation graph
+    "numpy_beam": "oneranker_numpy_beam",  # (a') preprocess -> fused model with the numpy beam search
+    "bls": "oneranker_bls",
+    "ensemble": "oneranker_ensemble",
+}
 # The baseline OneRanker replaces, served beside it for side-by-side measurement (rendered when
 # `oneranker build --cascade-run` is given): the same preprocess, then a generator that only
 # generates and an independent ranker that re-encodes the history. Same public contract.
@@ -49,7 +54,7 @@ CASCADE_PUBLIC_MODEL = "oneranker_cascade"
 # The fused model before the in-graph beam search (level-logit graphs, numpy beam search between
 # them), served beside it as a benchmark baseline: same preprocess, same contract.
 NUMPY_BEAM_MODEL = "recommender_numpy_beam"
-NUMPY_BEAM_PUBLIC_MODEL = "oneranker_numpy_beam"
+NUMPY_BEAM_PUBLIC_MODEL = TOPOLOGY_MODELS["numpy_beam"]
 # The two graphs of the in-graph beam search path: generation (Steps 1-2, beam search over the
 # semantic-ID trie, merge, exclusions; -> candidates + KV) and ranking (Step 3 over the KV,
 # top-k). Served natively as tensorrt_plan models on GPU hosts, inside `recommender` on CPU.
@@ -301,7 +306,7 @@ MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT,
 # The graphs of the in-graph beam search path (ONNX / TensorRT / torch.export tensor names).
 GRAPHS = {m.name: m for m in (GENERATION, RANKING)}
 # Public ensembles: every one has the PUBLIC contract.
-ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL, NUMPY_BEAM_PUBLIC_MODEL)
+ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)
 
 
 def markdown_tables(dims: ContractDims | None = None) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .topology_bench import bench_requests, machine, paired_comparison, reproduce_command
+from .common import machine, reproduce_command
+from .topology_bench import bench_requests, paired_comparison
 
 
 def run(
@@ -43,7 +44,7 @@ def run(
     cfg, _, reqs = bench_requests(run_dir, n_requests)
     info = artifacts.read_export_info(export_dir)
     dims = contract.ContractDims(**info["dims"])
-    paths = {"fused": contract.PUBLIC_MODEL, "ensemble": contract.TOPOLOGY_MODELS["ensemble"]}
+    paths = {"fused": contract.TOPOLOGY_MODELS["fused"], "ensemble": contract.TOPOLOGY_MODELS["ensemble"]}
     servers, targets = [], {}
     with tempfile.TemporaryDirectory(prefix="queue-delay-") as tmp:
         try:

@@ -20,41 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def matmul_gflops(threads: int, size: int = 512, repeats: int = 20) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def flops(cfg, length: int, n: int) -> dict:
-    """Multiply-add FLOPs (2 per MAC) of one request, by stage (dominant terms)."""
-    m, d = cfg.model, cfg.model.d_model
-    f = cfg.data.num_profile_features + cfg.data.num_context_features
-    N = f + length
-    t2 = m.num_step2_tokens
-    S = N + t2
-    step1 = m.g_layers * (2 * N * d * 4 * d + 4 * N * N * d + 2 * N * d * d)
-    step2 = m.h_layers * (
-        2 * t2 * d * d * 2
-        + 2 * N * d * 2 * d
-        + 4 * t2 * N * d  # cross-attention
-        + 2 * t2 * d * 4 * d
-        + 4 * t2 * t2 * d  # self-attention
-        + 4 * t2 * d * m.ffn_mult * d
-    )  # FFN
-    kv = m.r_layers * 2 * S * d * 2 * d
-    step3 = (
-        m.r_layers * (4 * n * d * d + 4 * n * S * d + 2 * n * d * 3 * d + 4 * n * d * m.ffn_mult * d) + 2 * n * d * d
-    )
-    return {"generate": step1 + step2 + kv, "rank": step3, "reencode": step1 + kv}
+from .common import flops, machine, matmul_gflops, reproduce_command
 
 
 def time_call(fn, repeats: int) -> float:
@@ -207,8 +173,6 @@ def write_report(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from oneranker_perf.topology_bench import machine
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     rows = results["rows"]
@@ -278,7 +242,6 @@ def write_report(results: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from .topology_bench import reproduce_command
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="paper")

@@ -18,31 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-KV_CROSSINGS = {"fused": 0, "ensemble": 2, "bls": 4}  # stub<->server copies of the kv per request
+from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command
 
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
-
-
-def percentiles(times_s: list[float]) -> dict:
-    ms = np.asarray(times_s) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "n": int(len(ms)),
-    }
+KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "ensemble": 2, "bls": 4}  # stub<->server copies of the kv per request
 
 
 def scrape_metrics(url: str) -> list[tuple[str, str, float]]:
@@ -149,17 +133,6 @@ def paired_in_process(calls: dict, requests: list, n: int) -> dict:
             calls[k](requests[i % len(requests)])
             times[k].append(time.perf_counter() - start)
     return {k: percentiles(v) for k, v in times.items()}
-
-
-def git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def new_vs_old_summary(results: dict) -> dict:
@@ -344,7 +317,7 @@ def run(
         del local_cascade
     results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])
 
-    from oneranker_build.render import cascade_steps, numpy_beam_steps, topology_steps
+    from oneranker_build.render import cascade_steps, topology_steps
 
     def measure(server, model: str, steps: list, labels: tuple | None) -> dict:
         client = OneRankerClient(server.grpc_url, model=model, retries=0)
@@ -377,7 +350,10 @@ def run(
     try:
         server.wait_ready(180)
         for topology, model in contract.TOPOLOGY_MODELS.items():
-            labels = ('system="unified"', 'beam_search="graph"') if topology == "fused" else None
+            labels = {
+                "fused": ('system="unified"', 'beam_search="graph"'),
+                "numpy_beam": ('system="unified"', 'beam_search="numpy"'),
+            }.get(topology)
             results["topologies"][topology] = {
                 **measure(server, model, topology_steps(topology), labels),
                 "kv_bytes_crossing_per_request": KV_CROSSINGS[topology] * mean_kv,
@@ -392,9 +368,6 @@ def run(
             results["unified_vs_cascade"] = paired_comparison(
                 {m: (server.grpc_url, m) for m in pair}, reqs, n_latency, concurrency, seconds
             )
-        results["numpy_beam"] = measure(
-            server, contract.NUMPY_BEAM_PUBLIC_MODEL, numpy_beam_steps(), ('system="unified"', 'beam_search="numpy"')
-        )
         pair = contract_names()
         print(f"[bench] {pair[0]} (in-graph beam search) vs {pair[1]} (numpy beam search), interleaved ...", flush=True)
         results["new_vs_old"] = paired_comparison(
@@ -410,8 +383,6 @@ def run(
 def compute_floor(cfg, length_buckets: list[int]) -> dict:
     """FLOPs of one request (mean over the benchmark's requests, padded to their length bucket,
     default num_candidates) and the time they take at the matmul rate torch reaches here."""
-    from .scaling_bench import flops, matmul_gflops
-
     n = cfg.serve.num_candidates
     per = [flops(cfg, length, n) for length in length_buckets]
     unified = float(np.mean([f["generate"] + f["rank"] for f in per]))
@@ -617,14 +588,6 @@ def write_report(results: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=120)
     print((out / "results.md").read_text())
-
-
-def reproduce_command(module: str, argv) -> str:
-    """The command line that reproduces a bench's report: `python -m MODULE ARGS`."""
-    import shlex
-    import sys
-
-    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
 def main(argv=None) -> int:

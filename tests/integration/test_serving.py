@@ -64,7 +64,11 @@ def in_process_numpy(tiny_export):
 
 
 def expected_for(model: str, in_process, in_process_numpy):
-    graph_models = {contract.PUBLIC_MODEL, contract.TOPOLOGY_MODELS["fused"]}
+    from oneranker_build.render import DEFAULT_TOPOLOGY
+
+    graph_models = {contract.TOPOLOGY_MODELS["fused"]} | (
+        {contract.PUBLIC_MODEL} if DEFAULT_TOPOLOGY == "fused" else set()
+    )
     return in_process if model in graph_models else in_process_numpy
 
 
@@ -79,10 +83,11 @@ def as_request(req: dict, **options) -> Request:
     )
 
 
-def test_served_equals_in_process_pipeline(served_repository, in_process):
+def test_served_equals_in_process_pipeline(served_repository, in_process, in_process_numpy):
+    expected = expected_for(contract.PUBLIC_MODEL, in_process, in_process_numpy)
     for req in served_repository.requests:
         served = infer(served_repository.grpc_url, fields_of(req))
-        local = in_process.recommend([as_request(req)])[0]
+        local = expected.recommend([as_request(req)])[0]
         np.testing.assert_array_equal(served["rec_item_ids"], local.item_ids)
         np.testing.assert_allclose(served["rec_scores"], local.scores, atol=1e-6)
         np.testing.assert_array_equal(served["rec_source_head"], local.source_head)
@@ -250,7 +255,7 @@ def test_stage_metrics_rise_per_request(served_repository):
         ), model
 
 
-@pytest.mark.parametrize("model", sorted([*contract.TOPOLOGY_MODELS.values(), contract.NUMPY_BEAM_PUBLIC_MODEL]))
+@pytest.mark.parametrize("model", sorted(contract.TOPOLOGY_MODELS.values()))
 def test_every_topology_equals_in_process_pipeline(served_repository, in_process, in_process_numpy, model):
     expected = expected_for(model, in_process, in_process_numpy)
     for req in served_repository.requests[:8]:
@@ -399,7 +404,7 @@ def test_torch_repository_reaches_ready_and_answers(
     try:
         assert time.perf_counter() - start < 60
         req = request_dict(example_request(tiny_run.prep, 3))
-        for model in (*contract.TOPOLOGY_MODELS.values(), contract.NUMPY_BEAM_PUBLIC_MODEL):
+        for model in contract.TOPOLOGY_MODELS.values():
             got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
             want = expected_for(model, in_process, in_process_numpy).recommend([as_request(req)])[0]
             np.testing.assert_allclose(got.as_numpy("rec_scores")[0], want.scores, atol=1e-4)

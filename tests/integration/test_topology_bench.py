@@ -31,7 +31,7 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     assert "preprocess_compute_ms" not in fused and fused["recommender_compute_ms"] > 0  # one Python model
     assert fused["select_ms"] == 0  # the beam search runs inside the generation graph
     assert 0 < fused["generate_ms"] + fused["rank_ms"] <= fused["recommender_compute_ms"] * 1.05
-    old = results["numpy_beam"]["c1"]["stages"]
+    old = results["topologies"]["numpy_beam"]["c1"]["stages"]
     assert old["preprocess_compute_ms"] > 0 and old["select_ms"] > 0  # the baseline's own labelled counters
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {

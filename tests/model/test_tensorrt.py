@@ -19,12 +19,21 @@ NO_TRT = "TensorRT is not installable on these machines (shared/docs/platform.md
 def test_every_exported_op_is_supported_by_onnx_tensorrt(tiny_export):
     supported = tensorrt_build.supported_ops()
     assert {"MatMul", "LayerNormalization", "Softmax"} <= supported
-    for name in ("generator", "ranker"):
+    for name in ("generation", "ranking", "generator", "ranker"):
         graph = onnx.load(str(tiny_export / "export" / f"{name}.onnx"))
         ops = {node.op_type for node in graph.graph.node}
         assert ops <= supported, (name, sorted(ops - supported))
         opset = {o.domain: o.version for o in graph.opset_import}[""]
         assert 9 <= opset <= 20  # the opset range of the pinned parser list
+
+
+def test_topk_sizes_stay_within_tensorrt_limits():
+    """The graphs' TopK K is a runtime tensor (the batch's largest beam width, candidate count or
+    top_k); onnx-tensorrt (TensorRT 10) requires K < 3840, so the serve limits must keep it there.
+    The beam TopK runs over beams x codes, but its K is the beam width."""
+    for name in PRESETS:
+        serve = preset(name).serve
+        assert max(serve.max_beam_width, serve.max_num_candidates, serve.max_top_k) < 3840, name
 
 
 def test_profiles_file_is_current_and_aligned_with_buckets():
