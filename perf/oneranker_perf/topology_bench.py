@@ -413,7 +413,7 @@ def new_vs_old_section(results: dict) -> list[str]:
     return [
         "## In-graph beam search (new) vs numpy beam search (old)",
         "",
-        "new = the default fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
+        "new = the fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
         "graph with the beam search inside, ranking graph with the top-k inside; two engine calls); old = "
         "`oneranker_numpy_beam` (preprocess model, then a Python model running the level-logit graph, the "
         "numpy beam search and the ranker graph). Same checkpoint, same client, each pair interleaved.",
