@@ -2,8 +2,9 @@
 model.py` is `class TritonPythonModel(<Model>): pb = pb_utils`, so every line of logic here runs
 under a fake `pb_utils` in unit tests.
 
-    PreprocessModel   raw request -> validated tokens                        (every topology)
-    RecommenderModel  tokens -> generate, beam search, rank -> top-k         (fused; cascade)
+    PreprocessModel   raw request -> validated tokens          (numpy_beam, BLS, ensemble, cascade)
+    RecommenderModel  raw request (fused) or tokens -> generate, beam search, rank -> top-k
+                      (fused: both inside the graphs; numpy_beam and cascade: numpy beam search)
     GeneratorModel    tokens -> level_logits, kv                              (BLS, ensemble)
     SelectModel       level_logits -> candidates                              (ensemble)
     RankerModel       kv + candidates -> scores                               (BLS, ensemble)
