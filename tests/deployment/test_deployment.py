@@ -584,6 +584,20 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _loaded_files(name: str, skip_modules=()) -> list[tuple[Path, str]]:
+    """(file, module) of every project module importing `name` loads: each package prefix, then
+    the module itself; stops at a module listed in `skip_modules`."""
+    parts, out = name.split("."), []
+    for i in range(1, len(parts) + 1):
+        module = ".".join(parts[:i])
+        if module in skip_modules:
+            break
+        path = _module_file(module)
+        if path is not None:
+            out.append((path, module))
+    return out
+
+
 def _imports(path: Path, module: str) -> list[str]:
     """Every module an import statement names, at any depth (function-level imports count)."""
     names = []
@@ -617,14 +631,7 @@ def third_party_imports(roots: list[tuple[Path, str]], skip_modules: dict, skip_
         for name in _imports(path, module):
             head = name.split(".")[0]
             if head in PACKAGES:
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):
-                    mod = ".".join(parts[:i])
-                    if mod in skip_modules:
-                        break
-                    f = _module_file(mod)
-                    if f is not None:
-                        todo.append((f, mod))
+                todo += _loaded_files(name, skip_modules)
             elif head in sys.stdlib_module_names or head in PROVIDED or head in local or head in skip_imports:
                 continue
             else:
@@ -658,11 +665,7 @@ def test_python_models_reach_only_the_serving_package_and_the_client_contract():
         for name in _imports(path, module):
             if name.split(".")[0] in PACKAGES:
                 reached.add(name.split(".")[0])
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):
-                    f = _module_file(".".join(parts[:i]))
-                    if f is not None:
-                        todo.append((f, ".".join(parts[:i])))
+                todo += _loaded_files(name)
     assert reached == {"oneranker_serving", "oneranker_client"}, reached
     client_files = {p.name for p in seen if "oneranker_client" in p.parts}
     assert client_files <= {"__init__.py", "contract.py", "client.py", "defaults.py"}, client_files
