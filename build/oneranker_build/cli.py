@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -60,10 +61,11 @@ def build(
     engines: list[str],
     instance_kind: str = "KIND_CPU",
     cascade_run: Path | None = None,
-    max_queue_delay_us: int | None = None,
+    settings_overrides: dict | None = None,
 ) -> dict:
     """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine.
-    `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`."""
+    `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`;
+    `settings_overrides` replaces RenderSettings fields (e.g. max_queue_delay_us)."""
     import torch
 
     from oneranker.cascade import GENERATOR, RANKER
@@ -81,9 +83,10 @@ def build(
         cascade = CascadeExports(exports[GENERATOR], exports[RANKER])
     rendered = {}
     for engine in engines:
-        settings = RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU")
-        if max_queue_delay_us is not None:
-            settings.max_queue_delay_us = max_queue_delay_us
+        settings = dataclasses.replace(
+            RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU"),
+            **(settings_overrides or {}),
+        )
         repo = render_repository(
             Path(out) / "export",
             Path(out) / engine,
@@ -120,6 +123,29 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def settings_overrides(args) -> dict:
+    """The RenderSettings fields the build command's flags set (unset flags keep the defaults)."""
+    out = {}
+    if args.max_queue_delay_us is not None:
+        out["max_queue_delay_us"] = args.max_queue_delay_us
+    if args.engine_instances is not None:
+        out.update(
+            dict.fromkeys(("recommender_instances", "generator_instances", "ranker_instances"), args.engine_instances)
+        )
+    if args.intra_op_threads is not None:
+        out["intra_op_threads"] = args.intra_op_threads
+    return out
+
+
 def register(sub, common, make_config, run_dir_of) -> None:
     from oneranker.cli import ARTIFACTS
 
@@ -150,6 +176,17 @@ def register(sub, common, make_config, run_dir_of) -> None:
         help="dynamic batching wait per model (default 500: highest throughput; 100 cut the fused "
         "path's concurrency-1 p50 by 13%% for 4%% less throughput, perf/results/queue_delay)",
     )
+    p.add_argument(
+        "--engine-instances",
+        type=_positive_int,
+        help="instances of each engine model (recommender, generator, ranker; default 2, one per core)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=_positive_int,
+        help="engine threads per instance (default 1; `--engine-instances 1 --intra-op-threads 2` "
+        "trades saturated throughput for concurrency-1 latency, README 'Batching and threads')",
+    )
 
     def cmd_build(args) -> int:
         cfg = make_config(args)
@@ -160,7 +197,7 @@ def register(sub, common, make_config, run_dir_of) -> None:
             engines,
             instance_kind=args.instance_kind,
             cascade_run=args.cascade_run,
-            max_queue_delay_us=args.max_queue_delay_us,
+            settings_overrides=settings_overrides(args),
         )
         return 0
 

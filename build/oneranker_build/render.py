@@ -36,16 +36,22 @@ class RenderSettings:
     max_queue_delay_us: int = 500
     max_queue_size: int = 64  # beyond this Triton answers UNAVAILABLE at once (overload shedding)
     queue_timeout_us: int = 2_000_000  # a request queued longer than 2 s is rejected, not served late
-    # Instances per model (the one home of every instance count). Two cores: one instance each,
-    # the engine models owning both cores through intra-op threads.
+    # Instances per model (the one home of every instance count). The engine models run one
+    # instance per core with one intra-op thread each. With a single instance, Triton 2.51's
+    # dynamic batcher under saturation holds a whole batch for its fixed 500 ms re-check wait about
+    # once a second whenever a default_queue_policy is set (measured: 8 clients, fused model,
+    # 1 instance x 2 threads: ~230 rps, p99 515 ms; same block without the policy: ~640 rps, no
+    # stall; 2 instances x 1 thread with the policy: ~850 rps, p99 19 ms, no stall in 20 s at 16
+    # clients). The price is the concurrency-1 latency of one thread instead of two (~+0.9 ms on
+    # small). README "Batching and threads".
     preprocess_instances: int = 1  # tokenization is light
-    recommender_instances: int = 1  # fused model and the cascade baseline
-    generator_instances: int = 1  # split topologies
-    ranker_instances: int = 1
+    recommender_instances: int = 2  # fused model, numpy beam baseline and the cascade baseline
+    generator_instances: int = 2  # split topologies
+    ranker_instances: int = 2
     select_instances: int = 1
     topk_instances: int = 1
     bls_instances: int = 1
-    intra_op_threads: int = 2  # ONNX Runtime / torch threads inside the recommender
+    intra_op_threads: int = 1  # ONNX Runtime / torch threads inside each engine-model instance
     instance_kind: str = "KIND_CPU"
 
 
@@ -229,11 +235,9 @@ class CascadeExports:
 
 
 TOPOLOGIES = ("fused", "numpy_beam", "bls", "ensemble")
-# The measured default (perf/results/topology: highest saturated throughput). The in-graph beam
-# search path (`fused`) has the lowest latency at concurrency 1 but stalls ~0.5 s about once in
-# 200 requests when served, which costs it most of its saturated throughput; until that is
-# fixed the default stays on the numpy beam search path.
-DEFAULT_TOPOLOGY = "numpy_beam"
+# The measured default (perf/results/topology: highest saturated throughput, lowest latency at
+# concurrency 1): the in-graph beam search path, one Python model, two engine calls per batch.
+DEFAULT_TOPOLOGY = "fused"
 
 
 def render_repository(

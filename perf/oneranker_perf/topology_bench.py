@@ -87,6 +87,15 @@ def stage_breakdown(before, after, models: list[str], ensemble: str, labels: tup
     return out
 
 
+def served_threads(config_path: Path) -> int:
+    """The `intra_op_threads` parameter of a rendered model config."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    return int(cfg.parameters["intra_op_threads"].string_value)
+
+
 def latency_loop(call, requests: list, n: int) -> dict:
     times = []
     for i in range(n):
@@ -297,10 +306,13 @@ def run(
         "mean_history": float(np.mean([len(r.item_ids) for r in raw])),
         "topologies": {},
     }
-    print("[bench] in-process pipelines (concurrency 1) ...", flush=True)
+    # in-process runs with the threads one served instance has, so served - in-process is overhead
+    threads = served_threads(repository / contract.FUSED_MODEL / "config.pbtxt")
+    results["intra_op_threads"] = threads
+    print(f"[bench] in-process pipelines (concurrency 1, {threads} engine threads) ...", flush=True)
     fused_artifacts = repository / contract.FUSED_MODEL / "1" / "artifacts"
-    local = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=2, search="graph")
-    local_old = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=2, search="numpy")
+    local = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=threads, search="graph")
+    local_old = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=threads, search="numpy")
     for rec in (local, local_old):  # warm-up: first calls allocate
         latency_loop(lambda r, rec=rec: rec.recommend([r]), raw, 10)
     results["in_process_new_vs_old"] = paired_in_process(
@@ -312,7 +324,7 @@ def run(
 
     cascade_dir = repository / contract.CASCADE_MODEL / "1" / "artifacts"
     if cascade_dir.exists():
-        local_cascade = artifacts.load_cascade_recommender(cascade_dir, "onnxruntime", threads=2)
+        local_cascade = artifacts.load_cascade_recommender(cascade_dir, "onnxruntime", threads=threads)
         results["in_process_cascade_onnxruntime"] = latency_loop(lambda r: local_cascade.recommend([r]), raw, n_latency)
         del local_cascade
     results["compute_floor"] = compute_floor(cfg, [bucket_for(len(r.item_ids), buckets) for r in raw])

@@ -179,3 +179,33 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
         render_repository(
             export, tmp_path / "bad", "onnxruntime", dims, sha, cascade=CascadeExports(halves["generator"], foreign)
         )
+
+
+def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export, tmp_path):
+    """`oneranker build --engine-instances N --intra-op-threads T` reaches every engine model's
+    config (and only those); unset flags keep the defaults (two instances, one thread)."""
+    import argparse
+    import dataclasses
+
+    from oneranker_build.cli import register, settings_overrides
+    from oneranker_build.render import RenderSettings, render_repository
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), lambda p: None, None, None)
+    export, dims = tiny_export / "export", _dims(tiny_export)
+    sha = artifacts.read_export_info(export)["checkpoint_sha256"]
+    engine_models = (contract.FUSED_MODEL, contract.GENERATOR_MODEL, contract.RANKER_MODEL)
+    for argv, (count, threads) in (
+        (["build"], (2, 1)),
+        (["build", "--engine-instances", "1", "--intra-op-threads", "2"], (1, 2)),
+        (["build", "--engine-instances", "3"], (3, 1)),
+    ):
+        overrides = settings_overrides(parser.parse_args(argv))
+        settings = dataclasses.replace(RenderSettings(), **overrides)
+        repo = render_repository(export, tmp_path / "-".join(argv), "onnxruntime", dims, sha, settings=settings)
+        for model in engine_models:
+            cfg = _parse(repo / model / "config.pbtxt")
+            assert sum(g.count for g in cfg.instance_group) == count, (argv, model)
+            assert cfg.parameters["intra_op_threads"].string_value == str(threads), (argv, model)
+        preprocess = _parse(repo / contract.PREPROCESS_MODEL / "config.pbtxt")
+        assert sum(g.count for g in preprocess.instance_group) == 1, argv
