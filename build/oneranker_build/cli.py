@@ -173,8 +173,8 @@ def register(sub, common, make_config, run_dir_of) -> None:
     p.add_argument(
         "--max-queue-delay-us",
         type=_non_negative_int,
-        help="dynamic batching wait per model (default 500: highest throughput; 100 cut the fused "
-        "path's concurrency-1 p50 by 13%% for 4%% less throughput, perf/results/queue_delay)",
+        help="dynamic batching wait per model (default 100: highest throughput; 0 had the lowest "
+        "concurrency-1 p50, perf/results/queue_delay)",
     )
     p.add_argument(
         "--engine-instances",
