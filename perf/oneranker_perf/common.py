@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from .summary_file import git_commit as git_commit  # re-exported: the benches import it from here
 
 
 def machine() -> str:
@@ -27,15 +28,6 @@ def percentiles(times_s: list[float]) -> dict:
         "mean_ms": float(ms.mean()),
         "n": int(len(ms)),
     }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def reproduce_command(module: str, argv) -> str:

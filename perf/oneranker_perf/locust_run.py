@@ -7,7 +7,8 @@ Runs ``timeout -k 5 <limit> python -m locust -f perf/locustfile.py --headless --
 --html OUT/locust.html ...`` (the hard limit guards against locust hanging after shutdown, see
 shared/docs/platform.md), keeps its output in ``OUT/locust.log``, then reads
 ``OUT/locust_stats.csv`` / ``OUT/locust_failures.csv`` and prints requests, failures, req/s and
-p50/p90/p99 per request name, and writes ``OUT/results.md`` and ``OUT/results.png``.
+p50/p90/p99 per request name, and writes ``OUT/results.md``, ``OUT/results.png`` and
+``OUT/summary.json`` (``summary_json``).
 Exit code: 0 when requests were made and none failed; 1 otherwise
 (any failure, no request, locust error or no stats); 2 for usage errors.
 """
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LocustSummary", "parse_run_time", "read_stats", "run", "main"]
+__all__ = ["LocustSummary", "parse_run_time", "read_stats", "run", "summary_json", "main"]
 
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "locustfile.py"
 DEFAULT_REQUESTS = Path(__file__).resolve().parents[2] / "artifacts" / "perf" / "requests.jsonl"
@@ -82,6 +83,7 @@ def read_stats(prefix: Path) -> LocustSummary:
                 "avg_ms": _num(raw.get("Average Response Time")),
                 "p50_ms": _num(raw.get("50%")),
                 "p90_ms": _num(raw.get("90%")),
+                "p95_ms": _num(raw.get("95%")),
                 "p99_ms": _num(raw.get("99%")),
                 "max_ms": _num(raw.get("Max Response Time")),
             }
@@ -195,15 +197,26 @@ def read_history(prefix: Path) -> list[dict]:
     return rows
 
 
+def summary_json(stats: LocustSummary, users: int, commit: str | None, machine: str, command: str) -> dict:
+    """summary.json: commit, machine, command, the number of users and, from the aggregated row,
+    requests, failures, req/s and avg / p50 / p95 / p99 / max ms."""
+    agg = stats.aggregated or {}
+    figures = {k: agg.get(k) for k in ("requests", "failures", "rps", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}
+    return {"commit": commit, "machine": machine, "command": command, "users": users, **figures}
+
+
 def write_report(summary: LocustSummary, out: Path, args: argparse.Namespace, command: str) -> None:
-    """OUT/results.md (table per request name + aggregated) and OUT/results.png (req/s and
-    p50/p95 over the run, from the per-second history)."""
+    """OUT/results.md (table per request name + aggregated), OUT/summary.json and OUT/results.png
+    (req/s and p50/p95 over the run, from the per-second history)."""
     import platform
 
+    from oneranker_perf.summary_file import git_commit, write_summary
+
+    machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
         f"# locust: {args.users} gRPC users against {args.host}",
         "",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; run time {args.run_time}, "
+        f"Machine: {machine}; run time {args.run_time}, "
         f"spawn rate {args.spawn_rate:g}/s, requests from `{args.requests}`; retries {args.retries}. "
         "locust (gevent, one process) shares the machine with the server: absolute numbers are a floor.",
         *(args.note or []),
@@ -228,6 +241,7 @@ def write_report(summary: LocustSummary, out: Path, args: argparse.Namespace, co
         "",
     ]
     (out / "results.md").write_text("\n".join(lines))
+    write_summary(out, summary_json(summary, args.users, git_commit(), machine, command))
 
     history = [r for r in read_history(out / CSV_PREFIX) if r["t"] is not None]
     if not history:

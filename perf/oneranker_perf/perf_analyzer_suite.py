@@ -12,7 +12,9 @@ throughput and p50/p90/p95/p99/avg latency into
 * ``OUT/results.csv``: one row per level (latencies in ms; ``errors`` and ``status`` per level);
 * ``OUT/results.md``: the same as a Markdown table, under a description of the machine (cores,
   CPU model, RAM) and the command;
-* ``OUT/results.png``: latency percentiles against throughput, each point labelled with its level.
+* ``OUT/results.png``: latency percentiles against throughput, each point labelled with its level;
+* ``OUT/summary.json``: per level throughput, p50/p99, errors and status, with commit, machine and
+  command (``summary``).
 
 Exit code 0 when every level measured without error, 1 otherwise (the files are written anyway),
 2 for usage errors. perf_analyzer is found by ``oneranker_perf.perf_analyzer_bin.perf_analyzer_command``.
@@ -33,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["LevelResult", "machine_description", "parse_pa_csv", "run_level", "run_suite", "main"]
+__all__ = ["LevelResult", "machine_description", "parse_pa_csv", "run_level", "run_suite", "summary", "main"]
 
 RESULT_FIELDS = [
     "mode",
@@ -338,6 +340,28 @@ def pinning_note(client_cpus: str | None, server_cpus: str | None, nproc: int) -
     )
 
 
+def machine_line(m: dict) -> str:
+    """The report's machine line up to its first ";" (and summary.json's machine)."""
+    return f"{m['nproc']} usable cores ({m['cpu_count']} online), {m['cpu_model']}, {_fmt(m['ram_gib'], 1)} GiB RAM"
+
+
+def summary(results: Sequence[LevelResult], model: str, commit: str | None, machine: str, command: str) -> dict:
+    """summary.json: commit, machine, command, the model, the load mode and, per level (a
+    concurrency or a request rate), throughput (infer/s), p50/p99 ms, errors and status."""
+    levels = {
+        f"{r.level:g}": {
+            "throughput_infer_s": r.throughput_infer_s,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "errors": r.errors,
+            "status": r.status,
+        }
+        for r in results
+    }
+    mode = results[0].mode if results else None
+    return {"commit": commit, "machine": machine, "command": command, "model": model, "mode": mode, "levels": levels}
+
+
 def write_markdown(
     results: Sequence[LevelResult], path: Path, args: argparse.Namespace, machine: dict, command: str
 ) -> None:
@@ -345,8 +369,7 @@ def write_markdown(
     lines = [
         f"# perf_analyzer: `{args.model}` at {args.url}",
         "",
-        f"Machine: {machine['nproc']} usable cores ({machine['cpu_count']} online), {machine['cpu_model']}, "
-        f"{_fmt(machine['ram_gib'], 1)} GiB RAM; {machine['os']}; host `{machine['host']}`.",
+        f"Machine: {machine_line(machine)}; {machine['os']}; host `{machine['host']}`.",
         f"Measured {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; gRPC, batch 1, input data `{args.input_data}`, "
         f"measurement interval {args.measurement_interval} ms, stability {args.stability_percentage}%.",
         "Absolute numbers from a shared CPU machine are noisy: compare levels of one run.",
@@ -435,7 +458,6 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
             print(f"{r.status.upper()} ({r.seconds:.1f} s): {r.message}", flush=True)
         if not r.ok and args.stop_on_error:
             break
-    write_csv(results, out / "results.csv")
     from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     try:
@@ -443,13 +465,24 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
         command = shlex.join(argv + pa_args(args, mode, levels[0], out / "raw" / "LEVEL.csv"))
     except RuntimeError:
         command = "(perf_analyzer not found)"
+    write_reports(results, out, args, machine, command)
+    return results
+
+
+def write_reports(results: Sequence[LevelResult], out: Path, args, machine: dict, command: str) -> None:
+    """OUT/results.csv, results.md, results.png and summary.json."""
+    from oneranker_perf.summary_file import git_commit, write_summary
+
+    write_csv(results, out / "results.csv")
     write_markdown(results, out / "results.md", args, machine, command)
+    write_summary(out, summary(results, args.model, git_commit(), machine_line(machine), command))
+    mode = results[0].mode if results else ""
     plotted = write_plot(results, out / "results.png", f"{args.model} @ {args.url} ({mode})")
     print(
-        f"wrote {out / 'results.csv'}, {out / 'results.md'}" + (f", {out / 'results.png'}" if plotted else ""),
+        f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'summary.json'}"
+        + (f", {out / 'results.png'}" if plotted else ""),
         flush=True,
     )
-    return results
 
 
 def build_parser() -> argparse.ArgumentParser:

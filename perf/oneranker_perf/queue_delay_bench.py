@@ -9,7 +9,7 @@ ensemble (five composing models, so five waits) of every server are measured int
 (topology_bench.paired_comparison): latency at concurrency 1 and throughput at saturation.
 At concurrency 1 a batch never fills, so every composing model waits the full delay; at
 saturation requests queue while the instance is busy and batch anyway. Writes results.md,
-results.json and results.png.
+results.json, results.png and summary.json (`summary`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, reproduce_command
+from .common import git_commit, machine, reproduce_command
+from .summary_file import write_summary
 from .topology_bench import bench_requests, paired_comparison
 
 
@@ -81,6 +82,7 @@ def run(
                 server.stop()
     results = {
         "machine": machine(),
+        "commit": git_commit(),
         "command": command,
         "preset": cfg.name,
         "delays_us": delays,
@@ -90,6 +92,29 @@ def run(
     }
     write_report(results, out)
     return results
+
+
+def summary(results: dict) -> dict:
+    """summary.json: commit, machine, command, the saturation concurrency and, per "PATH @ DELAY us"
+    target, its concurrency-1 p50/p99 ms, saturated req/s and errors (the report's table without
+    the ratios, which follow from these)."""
+    return {
+        "commit": results.get("commit"),
+        "machine": results["machine"],
+        "command": results.get("command"),
+        "concurrency": results["concurrency"],
+        "targets": {
+            f"{path} @ {delay} us": {
+                "c1_p50_ms": t["c1"]["p50_ms"],
+                "c1_p99_ms": t["c1"]["p99_ms"],
+                "saturated_rps": t["throughput_rps"],
+                "errors": t["errors"],
+            }
+            for path in results["paths"]
+            for delay in results["delays_us"]
+            for t in [results["measured"][f"{path} @ {delay} us"]]
+        },
+    }
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -124,6 +149,7 @@ def write_report(results: dict, out: Path) -> None:
                 f"{t['throughput_rps'] / ref['throughput_rps']:.2f}x |"
             )
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, summary(results))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(len(delays))

@@ -7,7 +7,8 @@ generate (Steps 1-2 + KV) and rank (Step 3) are timed in process with ONNX Runti
 side by side, for history lengths 128..2048 and candidate counts 64..1024, next to the analytic
 FLOPs of each stage and the matmul rate torch reaches on this machine in the same run (the
 "fraction of machine peak"). Also: the unified ranker (KV pass-through) vs the cascade ranker that
-re-encodes the history (generate + rank) at the same shapes. Writes results.md/json/png.
+re-encodes the history (generate + rank) at the same shapes. Writes results.md/json/png and
+summary.json (`summary`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import flops, machine, matmul_gflops, reproduce_command
+from .common import flops, git_commit, machine, matmul_gflops, reproduce_command
+from .summary_file import write_summary
 
 
 def time_call(fn, repeats: int) -> float:
@@ -105,6 +107,8 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
             )
     results = {
         "preset": preset_name,
+        "machine": machine(),
+        "commit": git_commit(),
         "command": command,
         "threads": threads,
         "matmul_gflops": peak,
@@ -167,6 +171,32 @@ def _untrained_model(cfg):
     ).eval()
 
 
+def summary(results: dict) -> dict:
+    """summary.json: commit, machine, command, preset, threads, the matmul rate and, per case
+    "history H, candidates N": ONNX Runtime and torch ms (generate + rank), the unified rank (over
+    the generator's KV) and cascade rank (re-encode + rank) ms, the fraction of matmul peak; and the
+    KV binding's unbound/bound ratio."""
+    return {
+        "commit": results.get("commit"),
+        "machine": results.get("machine"),
+        "command": results.get("command"),
+        "preset": results["preset"],
+        "threads": results["threads"],
+        "matmul_gflops": results["matmul_gflops"],
+        "cases": {
+            f"history {r['history']}, candidates {r['candidates']}": {
+                "onnxruntime_ms": r["onnxruntime_generate_ms"] + r["onnxruntime_rank_ms"],
+                "torch_ms": r["torch_generate_ms"] + r["torch_rank_ms"],
+                "unified_rank_ms": r["unified_rank_ms"],
+                "cascade_rank_ms": r["cascade_rank_ms"],
+                "fraction_of_peak": r["fraction_of_peak"],
+            }
+            for r in results["rows"]
+        },
+        "kv_unbound_over_bound": results["kv_binding"]["unbound_over_bound"],
+    }
+
+
 def write_report(results: dict, out: Path) -> None:
     import matplotlib
 
@@ -179,7 +209,7 @@ def write_report(results: dict, out: Path) -> None:
     lines = [
         f"# Cost of one request vs history length and candidates ({results['preset']} model, untrained)",
         "",
-        f"Machine: {machine()}; {results['threads']} intra-op threads; torch.matmul reaches "
+        f"Machine: {results.get('machine') or machine()}; {results['threads']} intra-op threads; torch.matmul reaches "
         f"{results['matmul_gflops']:.1f} GFLOP/s here (512x512 fp32, same run). Medians of in-process calls, "
         "batch 1. Unified rank = Step 3 over the generator's KV; cascade rank = re-encode the history "
         "(generate) + Step 3.",
@@ -207,6 +237,7 @@ def write_report(results: dict, out: Path) -> None:
         f"unbound/bound = {kb['unbound_over_bound']:.2f}x.",
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_summary(out, summary(results))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     counts = sorted({r["candidates"] for r in rows})

@@ -11,7 +11,7 @@ highest throughput whose saturated p99 stays <= 2x its own concurrency-1 p50. Wh
 repository was built with `--cascade-run`, the cascade baseline `oneranker_cascade` is measured
 on the same server in the same run (unified vs cascade, both served, same requests). The compute
 floor of one request (its FLOPs over the matmul rate torch reaches here, same run) is reported
-beside the measured latencies. Writes results.md, results.json and results.png.
+beside the measured latencies. Writes results.md, results.json, results.png and summary.json.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command
+from .summary_file import write_summary
 
 KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "ensemble": 2, "bls": 4}  # stub<->server copies of the kv per request
 
@@ -145,8 +146,8 @@ def paired_in_process(calls: dict, requests: list, n: int) -> dict:
 
 
 def new_vs_old_summary(results: dict) -> dict:
-    """perf/results/topology/summary.json: the in-graph beam search path ("new", the default
-    fused model) against the numpy beam search baseline ("old"), each pair measured interleaved."""
+    """The in-graph beam search path ("new", the default fused model) against the numpy beam search
+    baseline ("old"), each pair measured interleaved (part of `summary`)."""
     local, served = results["in_process_new_vs_old"], results["new_vs_old"]
     new, old = contract_names()
     return {
@@ -157,6 +158,26 @@ def new_vs_old_summary(results: dict) -> dict:
         "served_c1_p99_ms": {"new": served[new]["c1"]["p99_ms"], "old": served[old]["c1"]["p99_ms"]},
         "saturated_rps": {"new": served[new]["throughput_rps"], "old": served[old]["throughput_rps"]},
     }
+
+
+def summary(results: dict) -> dict:
+    """summary.json: commit, machine, command, the default topology, per served path (each topology,
+    the cascade) its c1 p50/p99 ms and saturated req/s, the in-process ONNX Runtime p50 and, when
+    the run measured the pair, new_vs_old_summary's in-graph vs numpy beam search figures."""
+    paths = {**results["topologies"], **({"cascade": results["cascade"]} if "cascade" in results else {})}
+    out = {
+        "commit": results.get("commit"),
+        "machine": results["machine"],
+        "command": results.get("command"),
+        "default_topology": results["default_topology"],
+        "paths": {
+            name: {"c1_p50_ms": t["c1"]["p50_ms"], "c1_p99_ms": t["c1"]["p99_ms"], "saturated_rps": sat}
+            for name, t in paths.items()
+            for sat in [t["saturation"]["throughput_rps"]]
+        },
+        "in_process_onnxruntime_p50_ms": results["in_process_onnxruntime"]["p50_ms"],
+    }
+    return {**out, **new_vs_old_summary(results)} if "new_vs_old" in results else out
 
 
 def contract_names() -> tuple[str, str]:
@@ -483,8 +504,7 @@ def write_report(results: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    if "new_vs_old" in results:
-        (out / "summary.json").write_text(json.dumps(new_vs_old_summary(results), indent=2) + "\n")
+    write_summary(out, summary(results))
     lines = [
         f"# Serving topologies ({results['preset']} model)",
         "",

@@ -7,7 +7,8 @@ fraction of this machine's matmul peak measured in the same run.
     python -m oneranker_perf.train_bench --out perf/results/train --quick    # small model, 128/512
 
 Writes OUT/table.md (Markdown table under a description of the machine and the command),
-OUT/results.json (every number) and OUT/train_bench.png (tokens/s and % of peak per config).
+OUT/results.json (every number), OUT/train_bench.png (tokens/s and % of peak per config) and
+OUT/summary.json (`summary`).
 
 Method
 ------
@@ -50,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from oneranker_perf.summary_file import git_commit, write_summary
 
 HISTORIES = (128, 512, 2048)
 PRESETS = ("small", "paper")
@@ -470,7 +473,49 @@ def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
-def write_table(results: list[Result], info: dict, command: str, out: Path) -> str:
+def two_process_speedups(results: list[Result]) -> dict[str, tuple[float, int]]:
+    """{"preset@history": (2-process tokens/s over the faster 1-process layout's, its threads)}."""
+    out = {}
+    for r2 in results:
+        ones = [
+            r for r in results if r.procs == 1 and r.status == "ok" and (r.preset, r.history) == (r2.preset, r2.history)
+        ]
+        if r2.procs == 2 and r2.status == "ok" and ones:
+            r1 = max(ones, key=lambda r: r.tokens_per_s)
+            out[f"{r2.preset}@{r2.history}"] = (r2.tokens_per_s / r1.tokens_per_s, r1.threads_per_proc)
+    return out
+
+
+def summary(results: list[Result], info: dict, command: str, commit: str | None) -> dict:
+    """summary.json: commit, machine, command and, per configuration "PRESET history L, P proc x T
+    threads", examples/s, tokens/s, fraction of matmul peak, median step ms and status; plus the
+    2-process speedups in tokens/s over the faster 1-process layout."""
+    cores = info.get("usable_cores") or info.get("cpu_count")
+    machine = f"{cores} cores ({info.get('cpu_model', '?')}), torch {info.get('torch')}" + (
+        f", {info['gpu']}" if info.get("gpu") else ""
+    )
+    configs = {
+        f"{r.preset} history {r.history}, {r.procs} proc x {r.threads_per_proc} threads": {
+            "examples_per_s": r.examples_per_s,
+            "tokens_per_s": r.tokens_per_s,
+            "fraction_of_peak": r.fraction_of_peak,
+            "step_ms_median": r.step_ms_median,
+            "status": r.status,
+        }
+        for r in results
+    }
+    speedups = {k: ratio for k, (ratio, _) in two_process_speedups(results).items()}
+    return {
+        "commit": commit,
+        "machine": machine,
+        "command": command,
+        "configs": configs,
+        "two_process_speedup": speedups,
+    }
+
+
+def write_table(results: list[Result], info: dict, command: str, out: Path, commit: str | None = None) -> str:
+    """OUT/table.md and OUT/summary.json; -> the table's text."""
     lines = [
         "# OneRanker training throughput",
         "",
@@ -518,24 +563,14 @@ def write_table(results: list[Result], info: dict, command: str, out: Path) -> s
         lines += ["", "Failed configurations:"] + [
             f"- {r.preset} history {r.history} x{r.procs}: {r.error}" for r in errors
         ]
-    speed = []
-    for r2 in results:
-        if r2.procs == 2 and r2.status == "ok":
-            ones = [
-                r
-                for r in results
-                if r.procs == 1 and r.status == "ok" and r.preset == r2.preset and r.history == r2.history
-            ]
-            if ones:
-                r1 = max(ones, key=lambda r: r.tokens_per_s)
-                speed.append(
-                    f"{r2.preset}@{r2.history}: {r2.tokens_per_s / r1.tokens_per_s:.2f}x "
-                    f"(vs 1 process x {r1.threads_per_proc} threads)"
-                )
+    speed = [
+        f"{k}: {ratio:.2f}x (vs 1 process x {t} threads)" for k, (ratio, t) in two_process_speedups(results).items()
+    ]
     if speed:
         lines += ["", "2 processes vs the faster 1-process layout (tokens/s): " + ", ".join(speed)]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
+    write_summary(out, summary(results, info, command, commit))
     return text
 
 
@@ -617,12 +652,14 @@ def main(argv=None) -> int:
         help="cpu (default), cuda (NCCL; 2 processes need 2 GPUs) or auto",
     )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
-    parser.add_argument("--render-only", action="store_true", help="rewrite table.md and the PNG from OUT/results.json")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite table.md, summary.json and the PNG from OUT/results.json"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         saved = json.loads((args.out / "results.json").read_text())
         results = [Result(**r) for r in saved["results"]]
-        print(write_table(results, saved["machine"], saved["command"], args.out))
+        print(write_table(results, saved["machine"], saved["command"], args.out, saved.get("commit")))
         plot(results, args.out)
         return 0
     presets = (args.presets or ("small" if args.quick else "small,paper")).split(",")
@@ -641,7 +678,7 @@ def main(argv=None) -> int:
         else:
             layouts.append((p, 0))
     args.out.mkdir(parents=True, exist_ok=True)
-    info = machine()
+    info, commit = machine(), git_commit()
     command = "python -m oneranker_perf.train_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results: list[Result] = []
     for preset_name in presets:
@@ -676,7 +713,15 @@ def main(argv=None) -> int:
                     flush=True,
                 )
                 (args.out / "results.json").write_text(
-                    json.dumps({"machine": info, "command": command, "results": [asdict(r) for r in results]}, indent=1)
+                    json.dumps(
+                        {
+                            "machine": info,
+                            "commit": commit,
+                            "command": command,
+                            "results": [asdict(r) for r in results],
+                        },
+                        indent=1,
+                    )
                 )
     for f in (args.out / "scratch").glob("rank*.json"):
         f.unlink()
@@ -684,7 +729,7 @@ def main(argv=None) -> int:
         (args.out / "scratch").rmdir()
     except OSError:
         pass
-    print(write_table(results, info, command, args.out))
+    print(write_table(results, info, command, args.out, commit))
     png = plot(results, args.out)
     if png:
         print(f"wrote {args.out / 'table.md'}, {png}, {args.out / 'results.json'}")

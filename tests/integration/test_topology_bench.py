@@ -37,6 +37,10 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     assert set(summary) == {
         "commit",
         "machine",
+        "command",
+        "default_topology",
+        "paths",
+        "in_process_onnxruntime_p50_ms",
         "in_process_p50_ms",
         "served_c1_p50_ms",
         "served_c1_p99_ms",
@@ -46,6 +50,8 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
         set(summary[k]) == {"new", "old"} and min(summary[k].values()) > 0
         for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps")
     )
+    assert set(summary["paths"]) == {*contract.TOPOLOGY_MODELS, "cascade"}
+    assert summary["paths"]["fused"]["saturated_rps"] == results["topologies"]["fused"]["saturation"]["throughput_rps"]
     assert results["cascade"]["c1"]["stages"]["generate_ms"] > 0  # the cascade's own pipeline-labelled counters
     assert results["topologies"]["ensemble"]["c1"]["stages"]["ranker_compute_ms"] > 0
     floor = results["compute_floor"]

@@ -1,7 +1,7 @@
 """The evaluation study: does OneRanker beat the systems it replaces, and does each part matter?
 
 One command trains every system and ablation on every source, evaluates them under one protocol
-and writes `report.md`, PNG plots and `results.json` into `--out`:
+and writes `report.md`, PNG plots, `results.json` and `summary.json` (`study_summary`) into `--out`:
 
     python -m oneranker.study --preset tiny --seeds 0,1,2 --sources synthetic,movielens100k,tafeng \
         --out artifacts/study/tiny
@@ -918,26 +918,26 @@ def _cmp_text(s: dict, a: str, b: str, metric: str) -> str | None:
     return None
 
 
+# the headline metrics of the report's Answers (and of summary.json), where a source has them
+ANSWER_METRICS = (
+    "HR@5",
+    "NDCG@5",
+    "vNDCG@5",
+    "GAUC",
+    "eGMV@5",
+    "rGMV@5",
+    "slate_HR@10",
+    "slate_eGMV@10",
+    "slate_rGMV@10",
+)
+
+
 def _answers(s: dict) -> list[str]:
     """One bullet list per source: the headline claims with their CIs, and the ordering tally."""
     if s["skipped"]:
         return [f"* **{s['source']}**: skipped ({s['skipped']})."]
     out = [f"* **{s['source']}**"]
-    head = [
-        m
-        for m in (
-            "HR@5",
-            "NDCG@5",
-            "vNDCG@5",
-            "GAUC",
-            "eGMV@5",
-            "rGMV@5",
-            "slate_HR@10",
-            "slate_eGMV@10",
-            "slate_rGMV@10",
-        )
-        if m in s["rows"]["full"]
-    ]
+    head = [m for m in ANSWER_METRICS if m in s["rows"]["full"]]
     for b, name in (("cascade", "the cascade"), ("hstu", "the HSTU generator"), ("popularity", "popularity")):
         texts = [t for t in (_cmp_text(s, "full", b, m) for m in head) if t]
         wins = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b and c["lo"] > 0)
@@ -979,11 +979,11 @@ def write_report(
     add("")
     seeds = ",".join(str(s) for s in args.seeds)
     steps = args.steps or "preset default"
-    add(f"Command: `python -m oneranker.study {' '.join(args.argv)}`  ")
+    add(f"Command: `{_command(args)}`  ")
     add(
         f"Preset **{args.preset}**, seeds **{seeds}**, training steps per run **{steps}**, "
         f"bootstrap resamples **{args.n_boot}**, total runtime **{runtime / 60:.1f} min** "
-        f"({os.cpu_count()} CPU cores visible, torch threads {args.threads})."
+        f"({_machine(args)})."
     )
     add("")
     commit = _git_commit()
@@ -1295,6 +1295,45 @@ def write_report(
     return text
 
 
+def study_summary(summaries: list[dict], commit: str | None, machine: str, command: str) -> dict:
+    """summary.json: commit, machine, command and, per source, what the report's Answers state:
+    OneRanker (full) minus the cascade / the HSTU generator / popularity on each ANSWER_METRICS
+    metric as [delta, 95% CI low, high], how many of all compared metrics are significantly better /
+    worse, the paper-ordering verdict counts per metric and L_DC's effects (full - w/o L_DC)."""
+    sources: dict = {}
+    for s in summaries:
+        if s["skipped"]:
+            sources[s["source"]] = {"skipped": s["skipped"]}
+            continue
+        src: dict = {}
+        for b in ("cascade", "hstu", "popularity"):
+            cmp = [c for c in s["comparisons"] if c["a"] == "full" and c["b"] == b]
+            src[f"full_minus_{b}"] = {
+                c["metric"]: [c["delta"], c["lo"], c["hi"]] for c in cmp if c["metric"] in ANSWER_METRICS
+            }
+            src[f"vs_{b}"] = {
+                "better": int(sum(c["lo"] > 0 for c in cmp)),
+                "worse": int(sum(c["hi"] < 0 for c in cmp)),
+                "metrics": len(cmp),
+            }
+        tally: dict = {}
+        for o in s["orderings"]:
+            tally.setdefault(o["metric"], {}).setdefault(o["verdict"], 0)
+            tally[o["metric"]][o["verdict"]] += 1
+        src["paper_orderings"] = {m: dict(sorted(c.items())) for m, c in tally.items()}
+        dc = s["dc"].get("full_minus_wo_dc", {})
+        src["dc_full_minus_wo_dc"] = {k: [d["delta"], d["lo"], d["hi"]] for k, d in dc.items()}
+        sources[s["source"]] = src
+    return {"commit": commit, "machine": machine, "command": command, "sources": sources}
+
+
+def write_summary(summaries: list[dict], args, out: Path) -> Path:
+    """OUT/summary.json: study_summary of this run (commit of the checkout, machine, command)."""
+    summary = study_summary(summaries, _git_commit() or None, _machine(args), _command(args))
+    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    return out / "summary.json"
+
+
 def _git_commit() -> str:
     """HEAD of the checkout (read-only), '+dirty' when study-relevant files differ; '' without git."""
     import subprocess
@@ -1310,6 +1349,14 @@ def _git_commit() -> str:
     except Exception:  # noqa: BLE001
         return ""
     return f"{head}{' + uncommitted changes under training/' if dirty else ''}" if head else ""
+
+
+def _command(args) -> str:
+    return f"python -m oneranker.study {' '.join(args.argv)}"
+
+
+def _machine(args) -> str:
+    return f"{os.cpu_count()} CPU cores visible, torch threads {args.threads}"
 
 
 def _jsonable(x):
@@ -1384,6 +1431,7 @@ def _run_study(args) -> dict:
         if "info" in s and "config" in s["info"]:
             s["info"] = dict(s["info"])
     (out / "results.json").write_text(json.dumps(_jsonable(payload), indent=1))
+    write_summary(summaries, args, out)
     log(f"wrote {out / 'report.md'} ({runtime / 60:.1f} min)")
     return payload
 
