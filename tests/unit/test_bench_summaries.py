@@ -18,7 +18,6 @@ from oneranker_perf.summary_file import BACKFILL_NOTE
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "perf" / "results"
-PENDING = {"queue_delay": "its results are being regenerated elsewhere; the writer writes summary.json now"}
 
 
 def _load(folder: Path) -> dict:
@@ -260,15 +259,7 @@ def test_study_summary(tmp_path):
 
 def _report_folders() -> list:
     folders = sorted(p for p in RESULTS.iterdir() if p.is_dir() and any(p.glob("*.md")))
-    return [
-        pytest.param(
-            p.name,
-            marks=pytest.mark.xfail(reason=PENDING[p.name])
-            if p.name in PENDING and not (p / "summary.json").exists()
-            else (),
-        )
-        for p in folders
-    ]
+    return [p.name for p in folders]
 
 
 @pytest.mark.parametrize("name", _report_folders())
