@@ -12,13 +12,6 @@ from oneranker_serving.local_server import TritonServer
 BUILDABLE = ("onnxruntime", "torch")
 
 
-def default_topology(engine: str) -> str:
-    """The measured default (README "Serving topologies"); TensorRT plans serve as a pure ensemble."""
-    from .render import DEFAULT_TOPOLOGY
-
-    return "ensemble" if engine == "tensorrt" else DEFAULT_TOPOLOGY
-
-
 def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True) -> tuple[dict, object, dict, object]:
     """One run dir -> export_dir (graphs, generation tables, export_info.json); returns (export
     info, contract dims, manifest, config). The cascade's halves need the level-logit graphs only."""
@@ -94,7 +87,6 @@ def build(
             dims,
             manifest["checkpoint_sha256"],
             settings=settings,
-            default_topology=default_topology(engine),
             cascade=cascade if engine != "tensorrt" else None,
         )
         rendered[engine] = str(repo)

@@ -101,9 +101,14 @@ def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool)
 
 
 def ensemble_steps(steps: list[tuple[str, contract.ModelSpec, dict, dict]]) -> str:
-    """steps: (model name, spec, input_map {model input: ensemble tensor}, output_map)."""
+    """steps: (model name, spec, input_map {model input: ensemble tensor}, output_map). Internal
+    tensors (named `_...`) that no later step reads are left out of the output maps: Triton
+    refuses an ensemble with an unused tensor, and a step may produce more than one topology reads
+    (preprocess feeds both the numpy-beam and the graphs topologies)."""
+    consumed = {tensor for _, _, in_map, _ in steps for tensor in in_map.values()}
     blocks = []
     for model_name, _spec, in_map, out_map in steps:
+        out_map = {k: v for k, v in out_map.items() if not v.startswith("_") or v in consumed}
         lines = [f'    model_name: "{model_name}"', "    model_version: -1"]
         lines += [f'    input_map {{ key: "{k}" value: "{v}" }}' for k, v in in_map.items()]
         lines += [f'    output_map {{ key: "{k}" value: "{v}" }}' for k, v in out_map.items()]
@@ -185,6 +190,20 @@ def topology_steps(topology: str) -> list:
             (contract.RANKER_MODEL, contract.RANKER, rank_in, {"scores": "_scores"}),
             (contract.TOPK_MODEL, contract.TOPK, topk_in, public_out),
         ]
+    if topology == "graphs":  # preprocess -> generation graph -> ranking graph, nothing in between
+        gen_in = {t.name: pre_out[t.name] for t in contract.GENERATION.inputs}
+        gen_out = _internal(contract.GENERATION.outputs)
+        rank_in = {
+            "kv": gen_out["kv"],
+            "hist_len": pre_out["hist_len"],
+            **{k: gen_out[k] for k in ("cand_idx", "cand_logp", "cand_stream")},
+            "top_k": pre_out["top_k"],
+        }
+        return [
+            preprocess,
+            (contract.GENERATION_MODEL, contract.GENERATION, gen_in, gen_out),
+            (contract.RANKING_MODEL, contract.RANKING, rank_in, public_out),
+        ]
     raise RenderError(f"unknown topology {topology!r}")
 
 
@@ -235,10 +254,18 @@ class CascadeExports:
                     )
 
 
-TOPOLOGIES = ("fused", "numpy_beam", "bls", "ensemble")
+TOPOLOGIES = ("fused", "numpy_beam", "bls", "ensemble", "graphs")
 # The measured default (perf/results/topology: highest saturated throughput, lowest latency at
 # concurrency 1): the in-graph beam search path, one Python model, two engine calls per batch.
 DEFAULT_TOPOLOGY = "fused"
+# TensorRT plans serve as the `graphs` ensemble: preprocess, then the generation and ranking plans
+# with no Python between them (the KV stays on the device).
+TENSORRT_TOPOLOGY = "graphs"
+
+
+def default_topology(engine: str) -> str:
+    """The topology the public `oneranker` ensemble routes to for an engine."""
+    return TENSORRT_TOPOLOGY if engine == "tensorrt" else DEFAULT_TOPOLOGY
 
 
 def render_repository(
@@ -248,14 +275,15 @@ def render_repository(
     dims: contract.ContractDims,
     checkpoint_sha256: str,
     settings: RenderSettings | None = None,
-    default_topology: str = DEFAULT_TOPOLOGY,
+    topology: str | None = None,
     placeholder_engine: str | None = None,
     cascade: CascadeExports | None = None,
 ) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
-    engine onnxruntime|torch: every model, all three topologies. engine tensorrt: generator and
-    ranker are `tensorrt_plan` models (plans built by tensorrt_build), topologies bls and ensemble;
+    engine onnxruntime|torch: every model, every topology. engine tensorrt: generator, ranker,
+    generation and ranking are `tensorrt_plan` models (plans built by tensorrt_build), topologies
+    graphs (the default: preprocess, then the two native engines), bls and ensemble;
     with `placeholder_engine` they are rendered as Python models of the same tensor blocks
     running that engine, so the repository's wiring can be loaded and checked on a CPU host.
     `cascade`: also render the cascade baseline (`cascade` model + `oneranker_cascade` ensemble);
@@ -278,9 +306,10 @@ def render_repository(
     }
     native_trt = engine == "tensorrt" and placeholder_engine is None
     runner_engine = placeholder_engine or engine
-    topologies = ("bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
-    if default_topology not in topologies:
-        raise RenderError(f"default topology {default_topology!r} is not rendered for engine {engine}")
+    topologies = ("graphs", "bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
+    public_topology = topology or default_topology(engine)
+    if public_topology not in topologies:
+        raise RenderError(f"default topology {public_topology!r} is not rendered for engine {engine}")
     if cascade is not None:
         if engine == "tensorrt":
             raise RenderError("the cascade baseline is rendered for the onnxruntime and torch engines only")
@@ -312,7 +341,7 @@ def render_repository(
     }
     transport = kv_transport(runner_engine, s.instance_kind)
     for topology in topologies:
-        names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == default_topology else [])
+        names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == public_topology else [])
         for name in names:
             write(
                 contract.PUBLIC_MODEL,
@@ -364,10 +393,12 @@ def render_repository(
     instances = {
         contract.GENERATOR_MODEL: s.generator_instances,
         contract.RANKER_MODEL: s.ranker_instances,
+        contract.GENERATION_MODEL: s.generator_instances,
+        contract.RANKING_MODEL: s.ranker_instances,
         contract.SELECT_MODEL: s.select_instances,
         contract.TOPK_MODEL: s.topk_instances,
     }
-    for spec in (contract.GENERATOR, contract.RANKER):
+    for spec in (contract.GENERATOR, contract.RANKER, contract.GENERATION, contract.RANKING):
         if native_trt:
             write(
                 spec.name,

@@ -1,7 +1,8 @@
 """Compile the exported ONNX graphs to TensorRT plans (runs where TensorRT exists: NGC images).
 
-    generator.onnx / ranker.onnx + build/profiles.json (min/opt/max per input, aligned with the
-    serving length buckets, batch bound = Triton max_batch_size)
+    generation.onnx / ranking.onnx (and generator.onnx / ranker.onnx) + build/profiles.json
+    (min/opt/max per input, aligned with the serving length buckets, batch bound = Triton
+    max_batch_size)
       -> <out>/<model>/1/model.plan + build_info.json (TensorRT version, profile, precision,
          ONNX sha256)
 
@@ -95,11 +96,16 @@ def build_engine(
     }
 
 
+PLAN_MODELS = ("generation", "ranking", "generator", "ranker")
+
+
 def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
-    """Both engines into a rendered `tensorrt` repository (<repo>/<model>/1/model.plan)."""
+    """Every engine into a rendered `tensorrt` repository (<repo>/<model>/1/model.plan): the
+    generation and ranking graphs (topology `graphs`, the default) and the level-logit generator
+    and ranker (topologies bls and ensemble)."""
     profiles = load_profiles(preset)
     info = {}
-    for model in ("generator", "ranker"):
+    for model in PLAN_MODELS:
         plan = Path(repo_dir) / model / "1" / "model.plan"
         info[model] = build_engine(
             Path(export_dir) / f"{model}.onnx", profiles[model], plan, Path(export_dir) / "timing.cache"
@@ -179,7 +185,25 @@ def profile_for(cfg, max_batch_size: int = 8) -> dict:
         "cand_attrs": {"min": shp(1, n_lo, 2), "opt": shp(b_opt, n_opt, 2), "max": shp(max_batch_size, n_hi, 2)},
         "cand_bid": {"min": shp(1, n_lo), "opt": shp(b_opt, n_opt), "max": shp(max_batch_size, n_hi)},
     }
-    return {"generator": generator, "ranker": ranker}
+    e_hi = s.max_exclude_items
+    knob = {"min": shp(1), "opt": shp(b_opt), "max": shp(max_batch_size)}
+    generation = {
+        **generator,
+        "beam_width": knob,
+        "num_candidates": knob,
+        "exclude_idx": {"min": shp(1, 1), "opt": shp(b_opt, 1), "max": shp(max_batch_size, e_hi)},
+    }
+    # the generation graph keeps up to the batch's largest num_candidates
+    candidates = {"min": shp(1, n_lo), "opt": shp(b_opt, n_opt), "max": shp(max_batch_size, n_hi)}
+    ranking = {
+        "kv": ranker["kv"],
+        "hist_len": knob,
+        "cand_idx": candidates,
+        "cand_logp": candidates,
+        "cand_stream": candidates,
+        "top_k": knob,
+    }
+    return {"generator": generator, "ranker": ranker, "generation": generation, "ranking": ranking}
 
 
 def write_profiles(path: Path = PROFILES, max_batch_size: int = 8) -> None:

@@ -318,6 +318,10 @@ def parse_result(result, latency_ms: float = 0.0) -> Recommendation:
                 f"output {spec.name} has dtype {arr.dtype}, the contract says {spec.wire_dtype}", "INTERNAL"
             )
         fields[_output_field(spec.name)] = arr.reshape(arr.shape[0], -1)[0] if arr.ndim >= 2 else arr.reshape(-1)
+    # native engines pad every request of a batch to the batch's largest top_k: item id -1 marks it
+    served = fields[_output_field("rec_item_ids")] >= 0
+    if not served.all():
+        fields = {name: value[served] for name, value in fields.items()}
     return Recommendation(**fields, latency_ms=latency_ms)
 
 

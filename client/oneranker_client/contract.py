@@ -18,7 +18,7 @@ import numpy as np
 # Version of this contract (tensor names, dtypes, dims, meanings, action codes). Every rendered
 # model reports it as the config parameter `contract_version`; the client compares it with its own
 # (`OneRankerClient.check_contract`). Bump it on any change a client or an export would notice.
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 
 # Action codes of behaviour events (`actions` input). 0 is padding inside the model. Order = the
 # funnel order of the task tokens.
@@ -45,6 +45,7 @@ TOPOLOGY_MODELS = {
     "numpy_beam": "oneranker_numpy_beam",  # (a') preprocess -> fused model with the numpy beam search
     "bls": "oneranker_bls",
     "ensemble": "oneranker_ensemble",
+    "graphs": "oneranker_graphs",  # preprocess -> generation graph -> ranking graph (TensorRT: native plans)
 }
 # The baseline OneRanker replaces, served beside it for side-by-side measurement (rendered when
 # `oneranker build --cascade-run` is given): the same preprocess, then a generator that only
@@ -152,7 +153,7 @@ PUBLIC = ModelSpec(
         ),
     ),
     outputs=(
-        TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first"),
+        TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first; -1 = padding"),
         TensorSpec("rec_scores", "TYPE_FP32", (-1,), "R-Decoder value score (ordinal, not calibrated)"),
         TensorSpec("rec_gen_logp", "TYPE_FP32", (-1,), "generation log-probability of the item"),
         TensorSpec("rec_source_head", "TYPE_INT32", (-1,), "generating stream: 0-5 interest heads, 6 value"),
@@ -160,13 +161,18 @@ PUBLIC = ModelSpec(
     doc="Public entry: raw request in, top-k out. Ensemble of preprocess -> recommender.",
 )
 
+_KNOB = {"dims": (1,), "reshape": ()}
+
 PREPROCESS = ModelSpec(
     PREPROCESS_MODEL,
     inputs=PUBLIC.inputs,
     outputs=_HIST
     + (
         TensorSpec("options", "TYPE_INT32", (3,), "validated top_k, num_candidates, beam_width"),
-        TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices to exclude (may be empty)"),
+        TensorSpec("exclude_idx", "TYPE_INT64", (-1,), "dense ad indices to exclude, -1 = padding (>= 1 entry)"),
+        TensorSpec("beam_width", "TYPE_INT64", **_KNOB, meaning="validated beam width (the graphs topology)"),
+        TensorSpec("num_candidates", "TYPE_INT64", **_KNOB, meaning="validated candidate count (graphs topology)"),
+        TensorSpec("top_k", "TYPE_INT64", **_KNOB, meaning="validated top_k (the graphs topology)"),
     ),
     doc="Validation + tokenization (the training code path): raw events -> tokens.",
 )
@@ -201,8 +207,6 @@ RANKER = ModelSpec(
     outputs=(TensorSpec("scores", "TYPE_FP32", (-1,), "value score per candidate"),),
     doc="Step 3 R-Decoder (ONNX / TensorRT graph) over the generator's KV buffers.",
 )
-
-_KNOB = {"dims": (1,), "reshape": ()}
 
 GENERATION = ModelSpec(
     GENERATION_MODEL,

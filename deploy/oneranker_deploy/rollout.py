@@ -180,19 +180,12 @@ def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Pa
     """Render the repository `oneranker build --engine ENGINE` would (same templates, default
     settings and default topology) from an empty export folder: configs and Python code, no
     artifacts. For inspecting what a deployment serves without a trained run."""
-    import inspect
-
     from oneranker_build import render
 
-    kwargs = {"settings": settings}
-    if "default_topology" in inspect.signature(render.render_repository).parameters:
-        from oneranker_build.cli import default_topology  # the topology `oneranker build` picks per engine
-
-        kwargs["default_topology"] = default_topology(engine)
     export = Path(out_dir) / ".empty-export"
     export.mkdir(parents=True, exist_ok=True)
     return render.render_repository(
-        export, Path(out_dir) / engine, engine, contract_dims(config_preset("tiny")), "0" * 64, **kwargs
+        export, Path(out_dir) / engine, engine, contract_dims(config_preset("tiny")), "0" * 64, settings=settings
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from .config import ServeConfig
 from .selection import beam_search, merge_candidates, top_k
 from .tables import GenerationTables, ItemTables
-from .tokenize import RequestError, UserTokens, bucket_for, pad_batch, tokenize_request
+from .tokenize import RequestError, UserTokens, bucket_for, pad_batch, pad_exclusions, tokenize_request
 
 
 class EngineRunner(Protocol):
@@ -247,14 +247,10 @@ class GraphRecommender(Recommender):
     def knobs(parsed: list[Parsed]) -> dict[str, np.ndarray]:
         """Per-request knobs of a batch: beam_width, num_candidates, top_k [B]; exclude_idx [B, E]
         padded with -1 to the batch's longest list (E >= 1)."""
-        longest = max(1, max(len(p.exclude) for p in parsed))
-        exclude = np.full((len(parsed), longest), -1, dtype=np.int64)
-        for row, p in enumerate(parsed):
-            exclude[row, : len(p.exclude)] = p.exclude
         return {
             "beam_width": np.array([p.beam_width for p in parsed], np.int64),
             "num_candidates": np.array([p.num_candidates for p in parsed], np.int64),
-            "exclude_idx": exclude,
+            "exclude_idx": pad_exclusions([p.exclude for p in parsed]),
             "top_k": np.array([p.top_k for p in parsed], np.int64),
         }
 

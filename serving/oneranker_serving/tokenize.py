@@ -109,3 +109,13 @@ def pad_batch(users: list[UserTokens], length: int) -> dict[str, np.ndarray]:
         out["hist_actions"][row, :n] = u.hist_actions
         out["hist_dt"][row, :n] = u.hist_dt
     return out
+
+
+def pad_exclusions(lists: list[np.ndarray]) -> np.ndarray:
+    """Dense ad indices per request -> [B, E] int64, -1-padded to the longest list (E >= 1, so a
+    shape-strict engine never sees an empty dimension)."""
+    longest = max([1] + [len(x) for x in lists])
+    out = np.full((len(lists), longest), -1, dtype=np.int64)
+    for row, x in enumerate(lists):
+        out[row, : len(x)] = x
+    return out

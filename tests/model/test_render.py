@@ -169,7 +169,7 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     ]
     assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()
     with pytest.raises(RenderError, match="onnxruntime and torch"):
-        render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, default_topology="ensemble", cascade=cascade)
+        render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, topology="ensemble", cascade=cascade)
     foreign = tmp_path / "foreign_ranker"
     shutil.copytree(halves["ranker"], foreign)
     info = json.loads((foreign / "export_info.json").read_text())

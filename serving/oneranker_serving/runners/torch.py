@@ -109,7 +109,9 @@ class TorchGraphRunner(_OnDevice):
             )
         names = ("rec_item_ids", "rec_scores", "rec_gen_logp", "rec_source_head", "rec_count")
         rec = {name: value.cpu().numpy() for name, value in zip(names, outs)}
-        rec["num_generated"] = (cands["cand_idx"] >= 0).sum(-1).cpu().numpy()
+        idx = cands["cand_idx"]  # torch on the device (in process) or host numpy (from another model)
+        live = idx >= 0 if is_torch_tensor(idx) else np.asarray(idx) >= 0
+        rec["num_generated"] = live.sum(-1).cpu().numpy() if is_torch_tensor(live) else live.sum(-1)
         return rec
 
 

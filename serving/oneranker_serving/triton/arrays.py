@@ -15,7 +15,7 @@ from oneranker_client import contract
 from ..recommender import Parsed, Request, RequestValidator, Response
 from ..selection import beam_search, merge_candidates, top_k
 from ..tables import GenerationTables, ItemTables
-from ..tokenize import RequestError, UserTokens, bucket_for, pad_batch
+from ..tokenize import RequestError, UserTokens, bucket_for, pad_batch, pad_exclusions
 
 
 def _first(value, name: str):
@@ -77,7 +77,10 @@ def tokens_to_arrays(validator: RequestValidator, req: Request) -> dict[str, np.
         "hist_dt": padded["hist_dt"],
         "hist_len": np.array([[tokens.length]], dtype=np.int64),
         "options": np.array([[k, n, w]], dtype=np.int32),
-        "exclude_idx": exclude.astype(np.int64)[None],
+        "exclude_idx": pad_exclusions([exclude])[:1],
+        "beam_width": np.array([[w]], dtype=np.int64),
+        "num_candidates": np.array([[n]], dtype=np.int64),
+        "top_k": np.array([[k]], dtype=np.int64),
     }
 
 
@@ -91,7 +94,8 @@ def parsed_from_arrays(slot: int, arrays: dict) -> Parsed:
         hist_actions=np.asarray(arrays["hist_actions"])[0, :length],
         hist_dt=np.asarray(arrays["hist_dt"])[0, :length],
     )
-    return Parsed(slot, tokens, k, n, w, np.asarray(arrays["exclude_idx"]).reshape(-1))
+    exclude = np.asarray(arrays["exclude_idx"]).reshape(-1)
+    return Parsed(slot, tokens, k, n, w, exclude[exclude >= 0])
 
 
 def response_arrays(resp: Response) -> dict[str, np.ndarray]:

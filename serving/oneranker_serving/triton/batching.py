@@ -1,10 +1,14 @@
-"""Batching for the split topologies (BLS, pure ensemble), where generator and ranker are
-separate Triton models: several requests -> one engine call -> per-request results again.
+"""Batching for the split topologies, where the two engine calls are separate Triton models:
+several requests -> one engine call -> per-request results again.
 
-    generator: token tensors [b_i, L_i, ...] -> one batch padded to max L -> level_logits, kv
-               -> per request, kv re-laid out to that request's own L
-    ranker:    kv [b_i, R2, S_i, DM] + candidates [b_i, n_i, ...] -> one batch (kv to the longest
-               history, candidates zero-padded to the widest) -> scores [b_i, n_i]
+    generator:  token tensors [b_i, L_i, ...] -> one batch padded to max L -> level_logits, kv
+                -> per request, kv re-laid out to that request's own L            (BLS, ensemble)
+    ranker:     kv [b_i, R2, S_i, DM] + candidates [b_i, n_i, ...] -> one batch (kv to the longest
+                history, candidates zero-padded to the widest) -> scores [b_i, n_i]
+    generation: tokens + knobs (beam_width, num_candidates [b_i], exclude_idx [b_i, E_i]) -> one
+                batch (exclusions -1-padded to the widest) -> cand_* [b_i, N], kv per request
+    ranking:    kv + cand_* [b_i, N_i] + top_k -> one batch (candidates -1-padded) -> rec_* per
+                request, cut to its rec_count                                         (graphs)
 The KV is numpy (ONNX Runtime) or a torch tensor on its device (torch engine, DLPack transport).
 """
 
@@ -150,3 +154,72 @@ def rank_split(runner, batch: dict) -> np.ndarray:
     return np.asarray(
         runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
     )
+
+
+GENERATION_KNOBS = ("beam_width", "num_candidates")
+CANDIDATES = ("cand_idx", "cand_logp", "cand_stream")
+# what the generation graph leaves in an empty candidate slot (the ranking graph masks cand_idx < 0)
+CANDIDATE_PAD = {"cand_idx": -1, "cand_logp": -1e30, "cand_stream": 0}
+
+
+def _pad_columns(parts: list[np.ndarray], fill) -> np.ndarray:
+    """[b_i, n_i] arrays -> [sum b_i, max n_i], right-padded with `fill`."""
+    width = max(1, max(p.shape[1] for p in parts))
+    return np.concatenate([np.pad(p, [(0, 0), (0, width - p.shape[1])], constant_values=fill) for p in parts])
+
+
+def _host(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if is_torch(value) else np.asarray(value)
+
+
+def stack_generation_inputs(items: list[dict]) -> tuple[dict, dict, list[int]]:
+    """Generation-graph inputs of several requests -> (token batch padded to the longest history,
+    knobs {beam_width, num_candidates [B], exclude_idx [B, E]}, each request's own history length)."""
+    batch, own = stack_generator_inputs(items)
+    knobs = {k: np.concatenate([np.asarray(a[k], np.int64).reshape(-1) for a in items]) for k in GENERATION_KNOBS}
+    knobs["exclude_idx"] = _pad_columns([np.asarray(a["exclude_idx"], np.int64) for a in items], -1)
+    return batch, knobs, own
+
+
+def generate_graphs(runner, items: list[dict], num_prefix: int, keep_device: bool = False) -> list[dict]:
+    """One generation-graph call for several requests -> per request {cand_idx, cand_logp,
+    cand_stream [b_i, N] (host), kv laid out for its own history (numpy, or torch where it lives
+    with `keep_device`)}. The runner is built with `bind_kv=False`: the KV leaves the model."""
+    batch, knobs, own = stack_generation_inputs(items)
+    cands, kv = runner.generate(batch, knobs)
+    cands = {k: _host(cands[k]) for k in CANDIDATES}
+    kv = getattr(kv, "value", kv)
+    if is_torch(kv) and not keep_device:
+        kv = kv.detach().cpu().numpy()
+    out, row, length = [], 0, max(own)
+    for a, n in zip(items, own):
+        b = _rows(a["hist_actions"])
+        per = {k: np.ascontiguousarray(cands[k][row : row + b]) for k in CANDIDATES}
+        per["kv"] = _contiguous(relayout_kv(kv[row : row + b], num_prefix, length, n))
+        out.append(per)
+        row += b
+    return out
+
+
+def rank_graphs(runner, items: list[dict], num_prefix: int, num_step2: int) -> list[dict]:
+    """One ranking-graph call for several requests (kv [b_i, R2, S_i, DM], cand_* [b_i, N_i],
+    hist_len, top_k) -> per request {rec_* [b_i, k_i]} cut to the request's own rec_count
+    (rows of one request share its top_k), plus rec_count [b_i]."""
+    lengths = [a["kv"].shape[2] - num_prefix - num_step2 for a in items]
+    longest = max(lengths)
+    kv = _concat([relayout_kv(a["kv"], num_prefix, n, longest) for a, n in zip(items, lengths)], axis=0)
+    cands = {k: _pad_columns([np.asarray(a[k]) for a in items], CANDIDATE_PAD[k]) for k in CANDIDATES}
+    hist_len = np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items])
+    top_k = np.concatenate([np.asarray(a["top_k"], np.int64).reshape(-1) for a in items])
+    rec = runner.rank(kv, hist_len, cands, top_k)
+    names = ("rec_item_ids", "rec_scores", "rec_gen_logp", "rec_source_head")
+    out, row = [], 0
+    for a in items:
+        b = _rows(a["hist_len"])
+        count = np.asarray(rec["rec_count"][row : row + b], np.int64).reshape(-1)
+        width = int(count.max()) if b else 0
+        per = {k: np.ascontiguousarray(np.asarray(rec[k])[row : row + b, :width]) for k in names}
+        per["rec_count"] = count
+        out.append(per)
+        row += b
+    return out

@@ -5,6 +5,8 @@ under a fake `pb_utils` in unit tests.
     PreprocessModel   raw request -> validated tokens          (numpy_beam, BLS, ensemble, cascade)
     RecommenderModel  raw request (fused) or tokens -> generate, beam search, rank -> top-k
                       (fused: both inside the graphs; numpy_beam and cascade: numpy beam search)
+    GenerationModel   tokens + knobs -> generation graph -> candidates, kv    (graphs)
+    RankingModel      kv + candidates -> ranking graph -> top-k               (graphs)
     GeneratorModel    tokens -> level_logits, kv                              (BLS, ensemble)
     SelectModel       level_logits -> candidates                              (ensemble)
     RankerModel       kv + candidates -> scores                               (BLS, ensemble)
@@ -156,8 +158,9 @@ class SplitEngine:
     num_step2: int  # T2
 
 
-def load_split_engine(args: dict, pb) -> SplitEngine:
-    """Triton's initialize() args of a generator/ranker model -> its runner, codec and dims."""
+def load_split_engine(args: dict, pb, search: str = "numpy") -> SplitEngine:
+    """Triton's initialize() args of a generator/ranker (search "numpy": level-logit graphs) or
+    generation/ranking model (search "graph") -> its runner, codec and dims."""
     params, artifacts = model_setup(args)
     rec = load_recommender(
         artifacts,
@@ -166,6 +169,7 @@ def load_split_engine(args: dict, pb) -> SplitEngine:
         expected_checkpoint=params["checkpoint_sha256"],
         device=instance_device(args),
         bind_kv=False,
+        search=search,
     )
     info = read_export_info(artifacts)
     return SplitEngine(rec, TensorCodec(pb, params["kv_transport"]), info["dims"]["F"], info["num_step2_tokens"])
@@ -182,6 +186,42 @@ class GeneratorModel(PythonModel):
         level_logits, kv = batching.generate_split(e.recommender.runner, batch, keep_device=e.codec.dlpack)
         outs = batching.split_generator_outputs(items, level_logits, kv, own, e.num_prefix)
         return [self.pb.InferenceResponse(output_tensors=e.codec.outputs(o)) for o in outs]
+
+
+class GenerationModel(PythonModel):
+    """Topology `graphs`, first engine call: one generation-graph run per dynamic batch; each
+    request gets its candidates and its KV (numpy, or by DLPack on its device: torch engine)."""
+
+    def initialize(self, args):
+        self.engine = load_split_engine(args, self.pb, search="graph")
+
+    def execute(self, requests):
+        e = self.engine
+        items = [e.codec.inputs(r, contract.GENERATION) for r in requests]
+        outs = batching.generate_graphs(e.recommender.runner, items, e.num_prefix, keep_device=e.codec.dlpack)
+        return [self.pb.InferenceResponse(output_tensors=e.codec.outputs(o)) for o in outs]
+
+
+class RankingModel(PythonModel):
+    """Topology `graphs`, second engine call: one ranking-graph run per dynamic batch -> each
+    request's top-k (public outputs, cut to its own count), or an INVALID_ARG when exclusions
+    left it no candidate (the fused model's answer)."""
+
+    def initialize(self, args):
+        self.engine = load_split_engine(args, self.pb, search="graph")
+
+    def execute(self, requests):
+        e = self.engine
+        items = [e.codec.inputs(r, contract.RANKING) for r in requests]
+        responses = []
+        for out in batching.rank_graphs(e.recommender.runner, items, e.num_prefix, e.num_step2):
+            if int(out["rec_count"].min()) == 0:
+                responses.append(self.error("no candidate left after exclusions"))
+                continue
+            values = {s.name: out[s.name].astype(s.numpy_dtype) for s in contract.RANKING.outputs if s.name in out}
+            values["rec_count"] = out["rec_count"].astype(np.int64)  # [b]: the config reshapes [1] to []
+            responses.append(self.respond(values))
+        return responses
 
 
 class RankerModel(PythonModel):
