@@ -27,7 +27,8 @@ import numpy as np
 from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command
 from .summary_file import write_summary
 
-KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "ensemble": 2, "bls": 4}  # stub<->server copies of the kv per request
+# stub<->server copies of the kv per request
+KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "ensemble": 2, "bls": 4, "graphs": 2}
 
 
 def scrape_metrics(url: str) -> list[tuple[str, str, float]]:
