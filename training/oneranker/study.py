@@ -435,6 +435,11 @@ def source_config(
     cfg.data.seed = 0
     cfg.train.seed = cfg.tokenizer.seed = seed
     cfg.train.num_threads = threads
+    # every study run stops by the declared validation rule (TrainConfig's defaults: HR@5 of the
+    # final scorer every eval_every steps, patience, best weights restored); `steps` is the cap.
+    # The presets turn it off only for the README's main job and the test suite.
+    declared = type(cfg.train)()
+    cfg.train.early_stopping, cfg.train.eval_every = declared.early_stopping, declared.eval_every
     if steps:
         cfg.train.steps = steps
         if cfg.train.warmup_steps * 4 > steps:  # very short (smoke) runs: warm-up = 20% of the steps
