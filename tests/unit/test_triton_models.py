@@ -230,3 +230,87 @@ def test_bls_gives_a_request_with_no_candidate_left_its_own_error(artifacts):
     responses = bls.execute(pre)
     np.testing.assert_array_equal(_outputs(responses[0])["rec_item_ids"], [[100]])
     assert responses[1].has_error() and "no candidate left after exclusions" in responses[1].error().message()
+
+
+class RecordingGraphRunner:
+    """A generation/ranking runner that records the batch it was given and answers with values
+    derived from it: candidate i of row r is 100 * r + i; the ranking returns each row's first
+    top_k[r] valid candidates (rec_count = that many), padded with -1 to the batch's largest top_k."""
+
+    def __init__(self, num_prefix: int, num_step2: int, dm: int = 2):
+        self.num_prefix, self.num_step2, self.dm = num_prefix, num_step2, dm
+        self.calls: list[tuple[str, dict]] = []
+
+    def generate(self, inputs: dict, knobs: dict):
+        self.calls.append(("generate", {**inputs, **knobs}))
+        b, length = inputs["hist_actions"].shape
+        n = int(knobs["num_candidates"].max())
+        idx = np.array([[100 * r + i if i < knobs["num_candidates"][r] else -1 for i in range(n)] for r in range(b)])
+        kv = np.zeros((b, 2, self.num_prefix + length + self.num_step2, self.dm), np.float32)
+        kv[:, :, : self.num_prefix + length] = np.arange(b, dtype=np.float32)[:, None, None, None] + 1
+        return {"cand_idx": idx, "cand_logp": -idx.astype(np.float32), "cand_stream": idx % 7}, kv
+
+    def rank(self, kv, hist_len, cands: dict, top_k):
+        self.calls.append(("rank", {"kv": kv, "hist_len": hist_len, **cands, "top_k": top_k}))
+        k = int(np.max(top_k))
+        b = len(top_k)
+        ids = np.full((b, k), -1, np.int64)
+        count = np.zeros(b, np.int64)
+        for r in range(b):
+            valid = cands["cand_idx"][r][cands["cand_idx"][r] >= 0][: top_k[r]]
+            ids[r, : len(valid)] = valid
+            count[r] = len(valid)
+        scores = ids.astype(np.float32)
+        return {
+            "rec_item_ids": ids,
+            "rec_scores": scores,
+            "rec_gen_logp": scores,
+            "rec_source_head": ids % 7,
+            "rec_count": count,
+            "num_generated": (cands["cand_idx"] >= 0).sum(1),
+        }
+
+
+def _generation_request(length: int, beam: int, n: int, exclude: list[int]) -> dict:
+    return {
+        "user_features": np.zeros((1, 2), np.int64),
+        "hist_sids": np.ones((1, length, 3), np.int64),
+        "hist_actions": np.ones((1, length), np.int64),
+        "hist_dt": np.zeros((1, length), np.float32),
+        "hist_len": np.array([length], np.int64),
+        "beam_width": np.array([beam], np.int64),
+        "num_candidates": np.array([n], np.int64),
+        "exclude_idx": np.array([exclude], np.int64),
+    }
+
+
+def test_graphs_topology_batches_pad_together_and_cut_apart():
+    """generate_graphs pads histories and exclusions of a dynamic batch into one call and gives
+    each request its own candidates and a KV laid out for its own history; rank_graphs pads
+    candidates with the graph's empty-slot values and cuts each answer to its own rec_count."""
+    from oneranker_serving.triton import batching
+
+    runner = RecordingGraphRunner(num_prefix=2, num_step2=1)
+    items = [_generation_request(4, 2, 3, [-1]), _generation_request(8, 5, 6, [7, 9, 11])]
+    outs = batching.generate_graphs(runner, items, num_prefix=2)
+    _, fed = runner.calls[0]
+    assert fed["hist_actions"].shape == (2, 8)  # padded to the longest history
+    np.testing.assert_array_equal(fed["beam_width"], [2, 5])
+    np.testing.assert_array_equal(fed["exclude_idx"], [[-1, -1, -1], [7, 9, 11]])  # -1-padded to the widest
+    assert outs[0]["kv"].shape == (1, 2, 2 + 4 + 1, 2) and outs[1]["kv"].shape == (1, 2, 2 + 8 + 1, 2)
+    assert outs[0]["kv"][0, 0, -1, 0] == 0  # the H2 segment stays last after the cut
+    np.testing.assert_array_equal(outs[0]["cand_idx"], [[0, 1, 2, -1, -1, -1]])
+    np.testing.assert_array_equal(outs[1]["cand_idx"], [[100, 101, 102, 103, 104, 105]])
+
+    rank_items = [
+        {**o, "hist_len": it["hist_len"], "top_k": np.array([k], np.int64)} for o, it, k in zip(outs, items, (2, 5))
+    ]
+    rank_items[0] = {**rank_items[0], **{k: v[:, :3] for k, v in rank_items[0].items() if k.startswith("cand_")}}
+    answers = batching.rank_graphs(runner, rank_items, num_prefix=2, num_step2=1)
+    _, fed = runner.calls[1]
+    assert fed["kv"].shape == (2, 2, 2 + 8 + 1, 2)  # both KVs laid out for the longest history
+    np.testing.assert_array_equal(fed["cand_idx"][0], [0, 1, 2, -1, -1, -1])  # padded with empty slots
+    assert fed["cand_logp"][0, -1] == np.float32(batching.CANDIDATE_PAD["cand_logp"])
+    np.testing.assert_array_equal(answers[0]["rec_item_ids"], [[0, 1]])  # cut to its own count
+    np.testing.assert_array_equal(answers[1]["rec_item_ids"], [[100, 101, 102, 103, 104]])
+    np.testing.assert_array_equal(answers[1]["rec_count"], [5])
