@@ -12,9 +12,12 @@ from oneranker_serving.local_server import TritonServer
 BUILDABLE = ("onnxruntime", "torch")
 
 
-def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True) -> tuple[dict, object, dict, object]:
+def export_run(
+    run_dir: Path, export_dir: Path, beam_search_graphs: bool = True, onnx_too: bool = True
+) -> tuple[dict, object, dict, object]:
     """One run dir -> export_dir (graphs, generation tables, export_info.json); returns (export
-    info, contract dims, manifest, config). The cascade's halves need the level-logit graphs only."""
+    info, contract dims, manifest, config). The cascade's halves need the level-logit graphs only;
+    `onnx_too=False` writes the exported programs (.pt2) alone, all the torch engine reads."""
     from oneranker.checkpoint import load_run
     from oneranker.reference import tables_from_run
 
@@ -29,20 +32,21 @@ def export_run(run_dir: Path, export_dir: Path, beam_search_graphs: bool = True)
     cfg, model, sids, manifest = load_run(run_dir)
     if export_dir.exists():
         shutil.rmtree(export_dir)
-    print(f"[build] exporting ONNX graphs of {run_dir} ...", flush=True)
+    print(f"[build] exporting {'ONNX graphs' if onnx_too else 'programs'} of {run_dir} ...", flush=True)
     info = export_level_logit_graphs(
-        model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history
+        model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history, onnx_too
     )
     tables = tables_from_run(run_dir, sids)
     if beam_search_graphs:
-        info.update(export_beam_search_graphs(model, sids, tables, export_dir, cfg.model.max_history))
+        info.update(export_beam_search_graphs(model, sids, tables, export_dir, cfg.model.max_history, onnx_too))
     write_generation_tables(model, sids, tables, export_dir)
     dims = dims_for(model)
     info = write_export_info(export_dir, manifest, info, dims, cfg)
-    graphs = [g for g in ("generation", "ranking", "generator", "ranker") if f"{g}_bytes" in info]
+    graphs = [g for g in ("generation", "ranking", "generator", "ranker") if f"{g}_export_s" in info]
+    suffix = "onnx" if onnx_too else "pt2"
+    sizes = {g: info.get(f"{g}_bytes", info[f"{g}_program_bytes"]) for g in graphs}
     print(
-        "[build] "
-        + ", ".join(f"{g}.onnx {info[f'{g}_bytes'] / 1e6:.2f} MB ({info[f'{g}_export_s']:.1f}s)" for g in graphs),
+        "[build] " + ", ".join(f"{g}.{suffix} {sizes[g] / 1e6:.2f} MB ({info[f'{g}_export_s']:.1f}s)" for g in graphs),
         flush=True,
     )
     return info, dims, manifest, cfg
@@ -55,24 +59,28 @@ def build(
     instance_kind: str = "KIND_CPU",
     cascade_run: Path | None = None,
     settings_overrides: dict | None = None,
+    onnx_too: bool = True,
 ) -> dict:
     """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine.
     `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`;
-    `settings_overrides` replaces RenderSettings fields (e.g. max_queue_delay_us)."""
+    `settings_overrides` replaces RenderSettings fields (e.g. max_queue_delay_us); `onnx_too=False`
+    (engines ["torch"] only) skips the ONNX conversion."""
     import torch
 
     from oneranker.cascade import GENERATOR, RANKER
 
     from .render import CascadeExports, RenderSettings, render_repository
 
+    if not onnx_too and set(engines) != {"torch"}:
+        raise ValueError(f"engines {engines} need ONNX graphs: onnx_too=False is for the torch engine alone")
     torch.set_num_threads(2)
-    info, dims, manifest, cfg = export_run(Path(run_dir), Path(out) / "export")
+    info, dims, manifest, cfg = export_run(Path(run_dir), Path(out) / "export", onnx_too=onnx_too)
     cascade = None
     if cascade_run is not None:
         cascade_run = Path(cascade_run)
         exports = {half: Path(out) / "export_cascade" / half for half in (GENERATOR, RANKER)}
         for half, folder in exports.items():
-            export_run(cascade_run / half, folder, beam_search_graphs=False)
+            export_run(cascade_run / half, folder, beam_search_graphs=False, onnx_too=onnx_too)
         cascade = CascadeExports(exports[GENERATOR], exports[RANKER])
     rendered = {}
     for engine in engines:

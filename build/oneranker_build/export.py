@@ -144,11 +144,16 @@ def example_candidates(model, batch: int, n: int, num_advertisers: int, num_cate
     }
 
 
-def _export(module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes, path: Path) -> None:
-    """path.pt2 (exported program) and path.onnx from ONE torch.export trace, in eval mode."""
+def _export(
+    module: nn.Module, args: tuple, names_in, names_out, dynamic_shapes, path: Path, onnx_too: bool = True
+) -> None:
+    """path.pt2 (exported program) and path.onnx from ONE torch.export trace, in eval mode
+    (`onnx_too=False`: the program only, all the torch engine reads)."""
     module = module.eval()
     program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
     torch.export.save(program, str(path.with_suffix(".pt2")))
+    if not onnx_too:
+        return
     onnx_program = torch.onnx.export(
         program,
         args,
@@ -185,15 +190,17 @@ def _history_shapes(d: dict) -> dict:
 
 def _describe(out_dir: Path, names, info: dict) -> None:
     for name in names:
+        info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
         path = out_dir / f"{name}.onnx"
+        if not path.exists():  # exported without ONNX (torch engine only)
+            continue
         onnx.checker.check_model(str(path))
         info[f"{name}_bytes"] = path.stat().st_size
         info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
-        info[f"{name}_program_bytes"] = (out_dir / f"{name}.pt2").stat().st_size
 
 
 def export_level_logit_graphs(
-    model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int
+    model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int, onnx_too: bool = True
 ) -> dict:
     """generator.{pt2,onnx} (level logits + kv) and ranker.{pt2,onnx} (scores): the numpy beam
     search baseline's graphs, and the cascade's."""
@@ -213,6 +220,7 @@ def export_level_logit_graphs(
         [t.name for t in contract.GENERATOR.outputs],
         _history_shapes(d),
         out_dir / "generator",
+        onnx_too,
     )
     info["generator_export_s"] = time.time() - t0
     with torch.no_grad():
@@ -235,6 +243,7 @@ def export_level_logit_graphs(
             "cand_bid": {0: B, 1: N},
         },
         out_dir / "ranker",
+        onnx_too,
     )
     info["ranker_export_s"] = time.time() - t0
     _describe(out_dir, ("generator", "ranker"), info)
@@ -242,7 +251,7 @@ def export_level_logit_graphs(
     return info
 
 
-def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: int) -> dict:
+def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: int, onnx_too: bool = True) -> dict:
     """generation.{pt2,onnx} and ranking.{pt2,onnx}: the in-graph beam search path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +276,7 @@ def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: i
         [t.name for t in contract.GENERATION.outputs],
         {**_history_shapes(d), "beam_width": {0: B}, "num_candidates": {0: B}, "exclude_idx": {0: B, 1: d["E"]}},
         out_dir / "generation",
+        onnx_too,
     )
     info["generation_export_s"] = time.time() - t0
     with torch.no_grad():
@@ -295,6 +305,7 @@ def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: i
             "top_k": {0: B},
         },
         out_dir / "ranking",
+        onnx_too,
     )
     info["ranking_export_s"] = time.time() - t0
     _describe(out_dir, ("generation", "ranking"), info)

@@ -11,6 +11,11 @@ Python-backend stubs for CPython 3.8-3.13. This module wires them together (see
   ``LD_LIBRARY_PATH``;
 * it listens on 127.0.0.1 only.
 
+Every locating function takes an optional ``root``: a folder laid out like the wheel's
+``site-packages`` (``pytriton/tritonserver/...`` beside ``nvidia_pytriton.libs``), e.g. the pieces
+cut out of the wheel by ``oneranker_perf.gpu_carry`` and unpacked on a machine without the wheel;
+``None`` means the installed wheel.
+
 Torch-free on purpose: importable from thin client/perf environments.
 
 CLI::
@@ -47,6 +52,7 @@ __all__ = [
     "find_tritonserver",
     "prepare_backend_dir",
     "pytriton_libs_dir",
+    "stub_versions",
     "main",
 ]
 
@@ -59,22 +65,24 @@ _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # ---------------------------------------------------------------------------------------------
 # Locating the pieces inside the installed wheel
 # ---------------------------------------------------------------------------------------------
-def _pytriton_root() -> Path:
-    """Directory of the installed ``pytriton`` package, found without importing it (its Python
-    API's dependencies are deliberately not installed)."""
+def _pytriton_root(root: Path | None = None) -> Path:
+    """Directory of the ``pytriton`` package: ``root/pytriton``, or the installed one, found without
+    importing it (its Python API's dependencies are deliberately not installed)."""
+    if root is not None:
+        return Path(root) / "pytriton"
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"the nvidia-pytriton package is not installed in {sys.prefix}: {BOOTSTRAP_HINT}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _tritonserver_root() -> Path:
-    return _pytriton_root() / "tritonserver"
+def _tritonserver_root(root: Path | None = None) -> Path:
+    return _pytriton_root(root) / "tritonserver"
 
 
-def find_tritonserver() -> Path:
-    """Path of the ``tritonserver`` binary inside the installed nvidia-pytriton wheel."""
-    binary = _tritonserver_root() / "bin" / "tritonserver"
+def find_tritonserver(root: Path | None = None) -> Path:
+    """Path of the ``tritonserver`` binary inside the nvidia-pytriton wheel (or under ``root``)."""
+    binary = _tritonserver_root(root) / "bin" / "tritonserver"
     if not binary.is_file():
         raise RuntimeError(f"tritonserver binary not found at {binary}: {BOOTSTRAP_HINT}")
     if not os.access(binary, os.X_OK):
@@ -82,21 +90,29 @@ def find_tritonserver() -> Path:
     return binary
 
 
-def pytriton_libs_dir() -> Path:
+def pytriton_libs_dir(root: Path | None = None) -> Path:
     """``site-packages/nvidia_pytriton.libs`` (tritonserver's and perf_analyzer's .so files)."""
-    libs = _pytriton_root().parent / "nvidia_pytriton.libs"
+    libs = _pytriton_root(root).parent / "nvidia_pytriton.libs"
     if not libs.is_dir():
         raise RuntimeError(f"{libs} not found: {BOOTSTRAP_HINT}")
     return libs
 
 
-def _stub_for_running_python() -> Path:
+def stub_versions(root: Path | None = None) -> list[str]:
+    """Python versions ("3.12", ...) that have a Python-backend stub (the wheel ships 3.8-3.13)."""
+    stubs = _tritonserver_root(root) / "python_backend_stubs"
+    found = [p.parent.name for p in stubs.glob("*/triton_python_backend_stub")] if stubs.is_dir() else []
+    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def _stub_for_running_python(root: Path | None = None) -> Path:
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = _tritonserver_root() / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    stub = _tritonserver_root(root) / "python_backend_stubs" / ver / "triton_python_backend_stub"
     if not stub.is_file():
+        where = "the nvidia-pytriton wheel" if root is None else str(root)
         raise RuntimeError(
-            f"no Python-backend stub for Python {ver} in the nvidia-pytriton wheel ({stub}); "
-            "it ships stubs for CPython 3.8-3.13"
+            f"no Python-backend stub for Python {ver} in {where} ({stub}); "
+            f"stubs there: {', '.join(stub_versions(root)) or 'none'}"
         )
     return stub
 
@@ -109,7 +125,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def prepare_backend_dir(out: Path) -> Path:
+def prepare_backend_dir(out: Path, root: Path | None = None) -> Path:
     """Make ``out/python`` = the wheel's ``backends/python`` + the stub of the running Python.
 
     Returns ``out`` (the value for ``--backend-directory``). Idempotent: an up-to-date folder is
@@ -117,10 +133,10 @@ def prepare_backend_dir(out: Path) -> Path:
     half-copied backend.
     """
     out = Path(out).resolve()
-    src = _tritonserver_root() / "backends" / "python"
+    src = _tritonserver_root(root) / "backends" / "python"
     if not (src / "libtriton_python.so").is_file():
         raise RuntimeError(f"Python backend not found at {src}: {BOOTSTRAP_HINT}")
-    stub = _stub_for_running_python()
+    stub = _stub_for_running_python(root)
     marker_text = (
         f"src={src}\nstub={stub}\nlib={_file_digest(src / 'libtriton_python.so')}\nstub_sha={_file_digest(stub)}\n"
     )
@@ -203,7 +219,8 @@ class TritonServer:
 
     Ports given as 0 are picked free at ``start()``. Everything the server prints (stdout and
     stderr, including the Python stubs' output) goes to ``log_file`` (a temporary file when
-    None).
+    None). ``triton_root``: take the binary, libraries, backend and stubs from there instead of
+    the installed wheel (see the module docstring).
     """
 
     def __init__(
@@ -222,6 +239,7 @@ class TritonServer:
         log_verbose: int = 0,
         ready_timeout: float = 60.0,
         cpus: Sequence[int] | None = None,
+        triton_root: str | os.PathLike | None = None,
     ) -> None:
         if model_control_mode not in _MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
@@ -237,6 +255,7 @@ class TritonServer:
         self.log_verbose = int(log_verbose)
         self.ready_timeout = float(ready_timeout)
         self.cpus = sorted(set(cpus)) if cpus else None  # CPU affinity of the server and its stubs
+        self.triton_root = Path(triton_root).resolve() if triton_root is not None else None
         self.process: subprocess.Popen | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -279,7 +298,7 @@ class TritonServer:
         # this interpreter's (venv) bin dir first. Do not resolve symlinks: that would leave
         # the venv.
         env["PATH"] = _prepend(os.path.dirname(os.path.abspath(sys.executable)), env.get("PATH"))
-        ld = [str(pytriton_libs_dir())]
+        ld = [str(pytriton_libs_dir(self.triton_root))]
         # The stub links libpython3.X.so.1.0: prefer the one of the interpreter the venv was made
         # from (pyenv builds ship it) over whatever the system has.
         libdir = sysconfig.get_config_var("LIBDIR")
@@ -295,7 +314,7 @@ class TritonServer:
     def build_command(self) -> list[str]:
         assert self.backend_dir is not None
         cmd = [
-            str(find_tritonserver()),
+            str(find_tritonserver(self.triton_root)),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={self.backend_dir}",
             f"--model-control-mode={self.model_control_mode}",
@@ -322,7 +341,7 @@ class TritonServer:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="oneranker-triton-")
         if self.backend_dir is None:
             self.backend_dir = Path(self._tmpdir.name) / "backends"
-        prepare_backend_dir(self.backend_dir)
+        prepare_backend_dir(self.backend_dir, self.triton_root)
         if self.log_file is None:
             self.log_file = Path(self._tmpdir.name) / "tritonserver.log"
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,38 @@ def train(
     return result
 
 
+def save_run(
+    run_dir: Path, model, cfg: ExperimentConfig, prep: Prepared, step: int, optimizer=None, extra=None
+) -> dict:
+    """Item tables + checkpoint + manifest of a run directory (what `checkpoint.load_run`, export
+    and serving read); returns the manifest."""
+    from .checkpoint import file_sha256
+    from .reference import save_item_tables
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    save_item_tables(run_dir, prep)
+    cat = prep.dataset.catalog
+    info = {
+        "num_advertisers": cat.num_advertisers,
+        "num_categories": cat.num_categories,
+        "dataset": prep.dataset.name,
+        "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors"),
+        "oov_code": model.oov_code,
+    }
+    return save_checkpoint(run_dir, model, cfg, prep.sids, step, optimizer, extra={**info, **(extra or {})})
+
+
+def init_run(cfg: ExperimentConfig, run_dir: Path, prep: Prepared | None = None) -> dict:
+    """A run directory holding the randomly initialised model (seed `train.seed`, step 0, no
+    optimizer state): what latency checks serve, since cost does not depend on the weights.
+    Returns the manifest (`"untrained": true`)."""
+    seed_everything(cfg.train.seed, cfg.train.num_threads)
+    prep = prep or prepare(cfg)
+    cat = prep.dataset.catalog
+    model = build_model(cfg, prep.sids, cat.num_advertisers, cat.num_categories).eval()
+    return save_run(run_dir, model, cfg, prep, 0, extra={"untrained": True})
+
+
 class _Stopper:
     """Validation stopping state: best value/step/weights, evaluations since the best."""
 
@@ -169,8 +201,6 @@ def _train(
     import os
 
     from . import distributed as dist_
-    from .checkpoint import file_sha256
-    from .reference import save_item_tables
 
     seed_everything(cfg.train.seed, dist_.threads_per_process(ctx, cfg.train.num_threads))
     started = time.time()
@@ -274,24 +304,8 @@ def _train(
     }
     manifest = None
     if ctx.is_main:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        save_item_tables(run_dir, prep)
-        manifest = save_checkpoint(
-            run_dir,
-            model,
-            cfg,
-            prep.sids,
-            done,
-            optimizer,
-            extra={
-                "num_advertisers": cat.num_advertisers,
-                "num_categories": cat.num_categories,
-                "dataset": prep.dataset.name,
-                "world_size": ctx.world_size,
-                "item_tables_sha256": file_sha256(Path(run_dir) / "item_tables.safetensors"),
-                "oov_code": model.oov_code,
-                "stopping": stopping,
-            },
+        manifest = save_run(
+            run_dir, model, cfg, prep, done, optimizer, {"world_size": ctx.world_size, "stopping": stopping}
         )
         (Path(run_dir) / "train_history.json").write_text(json.dumps(history))
     dist_.barrier(ctx)
