@@ -139,7 +139,7 @@ def settings_overrides(args) -> dict:
         out["max_queue_delay_us"] = args.max_queue_delay_us
     if args.engine_instances is not None:
         out.update(
-            dict.fromkeys(("recommender_instances", "generator_instances", "ranker_instances"), args.engine_instances)
+            dict.fromkeys(("recommender_instances", "generation_instances", "ranking_instances"), args.engine_instances)
         )
     if args.intra_op_threads is not None:
         out["intra_op_threads"] = args.intra_op_threads
@@ -179,7 +179,7 @@ def register(sub, common, make_config, run_dir_of) -> None:
     p.add_argument(
         "--engine-instances",
         type=_positive_int,
-        help="instances of each engine model (recommender, generator, ranker; default 2, one per core)",
+        help="instances of each engine model (recommender, generation, ranking; default 2, one per core)",
     )
     p.add_argument(
         "--intra-op-threads",

@@ -313,7 +313,7 @@ def export_beam_search_graphs(model, sids, tables, out_dir: Path, max_history: i
 
 
 def write_generation_tables(model, sids, tables, out_dir: Path) -> None:
-    """Everything the orchestrator needs beside the graphs, as one safetensors file."""
+    """Everything the Python models need beside the graphs, as one safetensors file."""
     save_file(
         generation_table_arrays(generation_tables(model, sids), tables),
         str(Path(out_dir) / "generation_tables.safetensors"),

@@ -47,37 +47,29 @@ class RenderSettings:
     # small). README "Batching and threads".
     preprocess_instances: int = 1  # tokenization is light
     recommender_instances: int = 2  # fused model, numpy beam baseline and the cascade baseline
-    generator_instances: int = 2  # split topologies
-    ranker_instances: int = 2
-    select_instances: int = 1
-    topk_instances: int = 1
-    bls_instances: int = 1
+    generation_instances: int = 2  # topology graphs
+    ranking_instances: int = 2
     intra_op_threads: int = 1  # ONNX Runtime / torch threads inside each engine-model instance
     instance_kind: str = "KIND_CPU"
 
 
 @dataclass(frozen=True)
 class KVTransport:
-    """How the KV crosses model boundaries in the split topologies (b)/(c).
+    """How the KV crosses from the `generation` model to the `ranking` model (topology graphs,
+    Python-backend engines).
 
     onnxruntime: host numpy arrays (the runner's KV is host memory anyway).
     torch: DLPack (zero copy); FORCE_CPU_ONLY_INPUT_TENSORS=no so a KV made on the GPU reaches
-    the ranker on the GPU; the BLS orchestrator's calls ask for outputs in `memory`."""
+    the ranking model on the GPU."""
 
     transport: str  # "numpy" | "dlpack"
-    memory: str  # preferred_memory of BLS outputs: "cpu" | "gpu:0"
 
     def engine_values(self) -> dict:
         return {"kv_transport": self.transport, "force_cpu_only_inputs": "no" if self.transport == "dlpack" else "yes"}
 
-    def bls_values(self) -> dict:
-        return {**self.engine_values(), "kv_memory": self.memory}
 
-
-def kv_transport(runner_engine: str, instance_kind: str) -> KVTransport:
-    if runner_engine == "torch":
-        return KVTransport("dlpack", "gpu:0" if instance_kind == "KIND_GPU" else "cpu")
-    return KVTransport("numpy", "cpu")
+def kv_transport(runner_engine: str) -> KVTransport:
+    return KVTransport("dlpack" if runner_engine == "torch" else "numpy")
 
 
 def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool) -> str:
@@ -152,44 +144,6 @@ def topology_steps(topology: str) -> list:
         return [(contract.FUSED_MODEL, contract.FUSED, _identity(contract.PUBLIC.inputs), public_out)]
     if topology == "numpy_beam":
         return numpy_beam_steps()
-    if topology == "bls":
-        return [preprocess, (contract.BLS_MODEL, contract.BLS, pre_out, public_out)]
-    if topology == "ensemble":
-        gen_out = _internal(contract.GENERATOR.outputs)
-        sel_out = _internal(contract.SELECT.outputs)
-        rank_in = {
-            "kv": gen_out["kv"],
-            "hist_len": pre_out["hist_len"],
-            **{k: sel_out[k] for k in ("cand_sids", "cand_attrs", "cand_bid")},
-        }
-        topk_in = {
-            "scores": "_scores",
-            "cand_item_ids": sel_out["cand_item_ids"],
-            "cand_logp": sel_out["cand_logp"],
-            "cand_head": sel_out["cand_head"],
-            "options": pre_out["options"],
-        }
-        return [
-            preprocess,
-            (
-                contract.GENERATOR_MODEL,
-                contract.GENERATOR,
-                {t.name: pre_out[t.name] for t in contract.GENERATOR.inputs},
-                gen_out,
-            ),
-            (
-                contract.SELECT_MODEL,
-                contract.SELECT,
-                {
-                    "level_logits": gen_out["level_logits"],
-                    "options": pre_out["options"],
-                    "exclude_idx": pre_out["exclude_idx"],
-                },
-                sel_out,
-            ),
-            (contract.RANKER_MODEL, contract.RANKER, rank_in, {"scores": "_scores"}),
-            (contract.TOPK_MODEL, contract.TOPK, topk_in, public_out),
-        ]
     if topology == "graphs":  # preprocess -> generation graph -> ranking graph, nothing in between
         gen_in = {t.name: pre_out[t.name] for t in contract.GENERATION.inputs}
         gen_out = _internal(contract.GENERATION.outputs)
@@ -254,7 +208,7 @@ class CascadeExports:
                     )
 
 
-TOPOLOGIES = ("fused", "numpy_beam", "bls", "ensemble", "graphs")
+TOPOLOGIES = ("fused", "numpy_beam", "graphs")
 # The measured default (perf/results/topology: highest saturated throughput, lowest latency at
 # concurrency 1): the in-graph beam search path, one Python model, two engine calls per batch.
 DEFAULT_TOPOLOGY = "fused"
@@ -281,11 +235,11 @@ def render_repository(
 ) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
-    engine onnxruntime|torch: every model, every topology. engine tensorrt: generator, ranker,
-    generation and ranking are `tensorrt_plan` models (plans built by tensorrt_build), topologies
-    graphs (the default: preprocess, then the two native engines), bls and ensemble;
-    with `placeholder_engine` they are rendered as Python models of the same tensor blocks
-    running that engine, so the repository's wiring can be loaded and checked on a CPU host.
+    engine onnxruntime|torch: every model, every topology. engine tensorrt: generation and
+    ranking are `tensorrt_plan` models (plans built by tensorrt_build) and the one topology is
+    graphs (preprocess, then the two native engines); with `placeholder_engine` they are
+    rendered as Python models of the same tensor blocks running that engine, so the
+    repository's wiring can be loaded and checked on a CPU host.
     `cascade`: also render the cascade baseline (`cascade` model + `oneranker_cascade` ensemble);
     onnxruntime and torch engines only."""
     s = settings or RenderSettings()
@@ -306,7 +260,7 @@ def render_repository(
     }
     native_trt = engine == "tensorrt" and placeholder_engine is None
     runner_engine = placeholder_engine or engine
-    topologies = ("graphs", "bls", "ensemble") if engine == "tensorrt" else TOPOLOGIES
+    topologies = (TENSORRT_TOPOLOGY,) if engine == "tensorrt" else TOPOLOGIES
     public_topology = topology or default_topology(engine)
     if public_topology not in topologies:
         raise RenderError(f"default topology {public_topology!r} is not rendered for engine {engine}")
@@ -339,7 +293,7 @@ def render_repository(
         "engine": runner_engine,
         "intra_op_threads": s.intra_op_threads,
     }
-    transport = kv_transport(runner_engine, s.instance_kind)
+    transport = kv_transport(runner_engine)
     for topology in topologies:
         names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == public_topology else [])
         for name in names:
@@ -390,15 +344,8 @@ def render_repository(
             },
             artifacts=True,
         )
-    instances = {
-        contract.GENERATOR_MODEL: s.generator_instances,
-        contract.RANKER_MODEL: s.ranker_instances,
-        contract.GENERATION_MODEL: s.generator_instances,
-        contract.RANKING_MODEL: s.ranker_instances,
-        contract.SELECT_MODEL: s.select_instances,
-        contract.TOPK_MODEL: s.topk_instances,
-    }
-    for spec in (contract.GENERATOR, contract.RANKER, contract.GENERATION, contract.RANKING):
+    instances = {contract.GENERATION_MODEL: s.generation_instances, contract.RANKING_MODEL: s.ranking_instances}
+    for spec in (contract.GENERATION, contract.RANKING):
         if native_trt:
             write(
                 spec.name,
@@ -419,23 +366,6 @@ def render_repository(
                 },
                 artifacts=True,
             )
-    for spec in (contract.SELECT, contract.TOPK):
-        write(
-            spec.name,
-            {"name": spec.name, **python_model, "instance_count": instances[spec.name], **blocks(spec, True)},
-            artifacts=spec.name != contract.TOPK_MODEL,
-        )
-    write(
-        contract.BLS_MODEL,
-        {
-            "name": contract.BLS_MODEL,
-            **python_model,
-            "instance_count": s.bls_instances,
-            **transport.bls_values(),
-            **blocks(contract.BLS, True),
-        },
-        artifacts=True,
-    )
     if cascade is not None:
         write(
             contract.PUBLIC_MODEL,

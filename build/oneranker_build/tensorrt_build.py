@@ -1,18 +1,18 @@
 """Compile the exported ONNX graphs to TensorRT plans (runs where TensorRT exists: NGC images).
 
-    generation.onnx / ranking.onnx (and generator.onnx / ranker.onnx) + build/profiles.json
-    (min/opt/max per input, aligned with the serving length buckets, batch bound = Triton
-    max_batch_size)
+    generation.onnx / ranking.onnx + build/profiles.json (min/opt/max per input, aligned with
+    the serving length buckets, batch bound = Triton max_batch_size)
       -> <out>/<model>/1/model.plan + build_info.json (TensorRT version, profile, precision,
-         ONNX sha256)
+         ONNX sha256): the `generation` and `ranking` models of the `graphs` topology
 
 Precision: TensorRT 10 builds *strongly typed* networks (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`):
 the precision comes from the ONNX graph (fp32 here; export an fp16/bf16 graph to change it), not
 from builder flags. One optimization profile per engine (Triton requires all profiles to share
 the max batch; profile switching costs latency). A timing cache is reused across builds.
 
-`compile_torch_tensorrt` is the second path the user asked for: the same PyTorch modules through
-torch-tensorrt (dynamo IR), to be checked against this ONNX path on an NGC host.
+`compile_torch_tensorrt` is the second path the user asked for: the level-logit generator/ranker
+PyTorch modules through torch-tensorrt (dynamo IR), to be checked against the ONNX path on an NGC
+host; profiles.json keeps their profiles for it.
 """
 
 from __future__ import annotations
@@ -96,13 +96,12 @@ def build_engine(
     }
 
 
-PLAN_MODELS = ("generation", "ranking", "generator", "ranker")
+PLAN_MODELS = ("generation", "ranking")
 
 
 def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
     """Every engine into a rendered `tensorrt` repository (<repo>/<model>/1/model.plan): the
-    generation and ranking graphs (topology `graphs`, the default) and the level-logit generator
-    and ranker (topologies bls and ensemble)."""
+    generation and ranking graphs, the native models of its one topology, `graphs`."""
     profiles = load_profiles(preset)
     info = {}
     for model in PLAN_MODELS:
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write-profiles", action="store_true", help="regenerate build/profiles.json")
-    parser.add_argument("--export-dir", type=Path, help="folder with generator.onnx and ranker.onnx")
+    parser.add_argument("--export-dir", type=Path, help="folder with generation.onnx and ranking.onnx")
     parser.add_argument("--repository", type=Path, help="rendered tensorrt repository to place model.plan files in")
     parser.add_argument("--preset", default="small")
     args = parser.parse_args(argv)

@@ -31,20 +31,13 @@ NUM_ACTIONS = 5
 AD_ACTIONS = (ACTION_IMPRESSION, ACTION_CLICK, ACTION_CONVERSION)
 
 PUBLIC_MODEL = "oneranker"
-GENERATOR_MODEL = "generator"
-RANKER_MODEL = "ranker"
 PREPROCESS_MODEL = "preprocess"
 FUSED_MODEL = "recommender"  # topology (a): one Python model owns the engine runner
-BLS_MODEL = "orchestrator_bls"  # topology (b): calls generator and ranker through BLS
-SELECT_MODEL = "select"  # topology (c): beam search step between generator and ranker
-TOPK_MODEL = "topk"  # topology (c): final top-k step
 # Public ensembles with the same contract as PUBLIC, one per topology; PUBLIC_MODEL is the
 # measured default (see README "Serving topologies").
 TOPOLOGY_MODELS = {
     "fused": "oneranker_fused",  # (a) one Python model, beam search inside the generation graph
     "numpy_beam": "oneranker_numpy_beam",  # (a') preprocess -> fused model with the numpy beam search
-    "bls": "oneranker_bls",
-    "ensemble": "oneranker_ensemble",
     "graphs": "oneranker_graphs",  # preprocess -> generation graph -> ranking graph (TensorRT: native plans)
 }
 # The baseline OneRanker replaces, served beside it for side-by-side measurement (rendered when
@@ -58,9 +51,15 @@ NUMPY_BEAM_MODEL = "recommender_numpy_beam"
 NUMPY_BEAM_PUBLIC_MODEL = TOPOLOGY_MODELS["numpy_beam"]
 # The two graphs of the in-graph beam search path: generation (Steps 1-2, beam search over the
 # semantic-ID trie, merge, exclusions; -> candidates + KV) and ranking (Step 3 over the KV,
-# top-k). Served natively as tensorrt_plan models on GPU hosts, inside `recommender` on CPU.
+# top-k). Run inside `recommender` (fused) and served as models of their own in the `graphs`
+# topology (native tensorrt_plan models on GPU hosts).
 GENERATION_MODEL = "generation"
 RANKING_MODEL = "ranking"
+# The level-logit graphs (generator: Steps 1-2 -> level logits + KV; ranker: Step 3 -> scores),
+# exported beside them for the numpy beam search baseline and the cascade, which load them in
+# process. Graphs only, not Triton models.
+GENERATOR_GRAPH = "generator"
+RANKER_GRAPH = "ranker"
 
 TRITON_TO_NUMPY = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32}
 TRITON_TO_WIRE = {"TYPE_INT64": "INT64", "TYPE_INT32": "INT32", "TYPE_FP32": "FP32"}
@@ -186,17 +185,18 @@ FUSED = ModelSpec(
 )
 
 GENERATOR = ModelSpec(
-    GENERATOR_MODEL,
+    GENERATOR_GRAPH,
     inputs=_HIST,
     outputs=(
         TensorSpec("level_logits", "TYPE_FP32", ("H", "D", "K"), "prefix-free level logits per head"),
         TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "Step-3 keys/values over [H1 ; H2]"),
     ),
-    doc="Steps 1 and 2 + KV projection (ONNX / TensorRT graph).",
+    doc="Level-logit graph (not a Triton model): Steps 1 and 2 + KV projection, loaded in process by "
+    "`recommender_numpy_beam` and `cascade`.",
 )
 
 RANKER = ModelSpec(
-    RANKER_MODEL,
+    RANKER_GRAPH,
     inputs=(
         TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "the generator's kv"),
         TensorSpec("hist_len", "TYPE_INT64", (1,), "true history length", reshape=()),
@@ -205,7 +205,8 @@ RANKER = ModelSpec(
         TensorSpec("cand_bid", "TYPE_FP32", (-1,), "candidate bid"),
     ),
     outputs=(TensorSpec("scores", "TYPE_FP32", (-1,), "value score per candidate"),),
-    doc="Step 3 R-Decoder (ONNX / TensorRT graph) over the generator's KV buffers.",
+    doc="Level-logit ranker graph (not a Triton model): Step 3 R-Decoder over the generator graph's KV, "
+    "loaded in process by `recommender_numpy_beam` and `cascade`.",
 )
 
 GENERATION = ModelSpec(
@@ -248,48 +249,6 @@ RANKING = ModelSpec(
     doc="Step 3 R-Decoder over the generation graph's KV and candidates, then top-k by value score.",
 )
 
-_CANDIDATES = (
-    TensorSpec("cand_sids", "TYPE_INT64", (-1, "D"), "candidate semantic-ID paths"),
-    TensorSpec("cand_attrs", "TYPE_INT64", (-1, 2), "candidate advertiser, category"),
-    TensorSpec("cand_bid", "TYPE_FP32", (-1,), "candidate bid"),
-)
-
-SELECT = ModelSpec(
-    SELECT_MODEL,
-    inputs=(
-        GENERATOR.output("level_logits"),
-        PREPROCESS.output("options"),
-        PREPROCESS.output("exclude_idx"),
-    ),
-    outputs=_CANDIDATES
-    + (
-        TensorSpec("cand_item_ids", "TYPE_INT64", (-1,), "candidate ad ids"),
-        TensorSpec("cand_logp", "TYPE_FP32", (-1,), "generation log-probability"),
-        TensorSpec("cand_head", "TYPE_INT32", (-1,), "generating stream"),
-    ),
-    doc="Topology (c): constrained beam search per head, merge, dedupe -> candidates.",
-)
-
-TOPK = ModelSpec(
-    TOPK_MODEL,
-    inputs=(
-        RANKER.output("scores"),
-        SELECT.output("cand_item_ids"),
-        SELECT.output("cand_logp"),
-        SELECT.output("cand_head"),
-        PREPROCESS.output("options"),
-    ),
-    outputs=PUBLIC.outputs,
-    doc="Topology (c): top-k of the ranked candidates.",
-)
-
-BLS = ModelSpec(
-    BLS_MODEL,
-    inputs=PREPROCESS.outputs,
-    outputs=PUBLIC.outputs,
-    doc="Topology (b): BLS calls to `generator` and `ranker`, selection in between.",
-)
-
 NUMPY_BEAM = ModelSpec(
     NUMPY_BEAM_MODEL,
     inputs=PREPROCESS.outputs,
@@ -306,9 +265,11 @@ CASCADE = ModelSpec(
     "an independent ranker that encodes the history a second time. Same contract as the fused model.",
 )
 
-MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, BLS, GENERATOR, SELECT, RANKER, TOPK, CASCADE, NUMPY_BEAM)}
-# The graphs of the in-graph beam search path (ONNX / TensorRT / torch.export tensor names).
-GRAPHS = {m.name: m for m in (GENERATION, RANKING)}
+# Every Triton model a repository may hold, besides the public ensembles.
+MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, CASCADE, NUMPY_BEAM, GENERATION, RANKING)}
+# Every exported graph (ONNX / TensorRT / torch.export tensor names): the in-graph beam search
+# path's two graphs (also the `graphs` topology's models) and the level-logit pair.
+GRAPHS = {m.name: m for m in (GENERATION, RANKING, GENERATOR, RANKER)}
 # Public ensembles: every one has the PUBLIC contract.
 ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)
 
@@ -316,7 +277,7 @@ ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)
 def markdown_tables(dims: ContractDims | None = None) -> str:
     """One Markdown table per model (used for model_repository/README.md)."""
     parts = []
-    for spec in (*MODELS.values(), *GRAPHS.values()):
+    for spec in (*MODELS.values(), *(g for name, g in GRAPHS.items() if name not in MODELS)):
         spec = spec.resolve(dims) if dims else spec
         parts.append(
             f"### `{spec.name}`\n\n{spec.doc}\n\n| tensor | io | dtype | dims | meaning |\n|---|---|---|---|---|"

@@ -5,8 +5,8 @@ it runs in the builder image, the Triton image and on the CPU machines alike.
 
 Shared memory (``shm_size`` of the ``triton`` service, ``/dev/shm`` of the Kubernetes pods)
 ------------------------------------------------------------------------------------------
-Triton's Python backend moves every input and output tensor of a Python model (and of every
-BLS call it makes) through POSIX shared memory in ``/dev/shm``. Docker gives a container 64 MiB
+Triton's Python backend moves every input and output tensor of a Python model through POSIX
+shared memory in ``/dev/shm``. Docker gives a container 64 MiB
 of it by default, which the python_backend README (section "Managing Shared Memory") calls
 "very small". Per that README the backend allocates ``shm-default-byte-size`` per model instance
 up front (1 MiB in current releases; 64 MiB in the releases that introduced shared memory) and
@@ -139,13 +139,9 @@ VARIABLE_DIMS: dict[str, str] = {
     # candidate-sized lists
     "exclude_item_ids": "candidates",
     "exclude_idx": "candidates",
-    "cand_sids": "candidates",
-    "cand_attrs": "candidates",
-    "cand_bid": "candidates",
-    "cand_item_ids": "candidates",
+    "cand_idx": "candidates",
     "cand_logp": "candidates",
-    "cand_head": "candidates",
-    "scores": "candidates",
+    "cand_stream": "candidates",
     "rec_item_ids": "candidates",
     "rec_scores": "candidates",
     "rec_gen_logp": "candidates",
@@ -346,7 +342,7 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_instance_counts(text: str) -> dict[str, int]:
-    """ "generator=2,ranker=2" -> {"generator": 2, "ranker": 2}"""
+    """ "generation=2,ranking=2" -> {"generation": 2, "ranking": 2}"""
     out: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")

@@ -3,7 +3,7 @@
     python -m oneranker_perf.perf_analyzer_suite --url 127.0.0.1:8001 --model oneranker \\
         --input-data artifacts/perf/perf_data.json --concurrency 1,2,4 --out artifacts/perf/pa \\
         [--measurement-interval 3000] [--stability-percentage 10] [--max-trials 10] \\
-        [--bls-composing-models a,b] [--request-rate-range 50:200:50]
+        [--request-rate-range 50:200:50]
 
 For each load level (a concurrency, or a request rate with ``--request-rate-range``) it runs
 perf_analyzer over gRPC (``-f level.csv``), keeps its raw output in ``OUT/raw/``, and collects
@@ -191,8 +191,6 @@ def pa_args(
     cmd += ["--concurrency-range", spec] if mode == "concurrency" else ["--request-rate-range", spec]
     if args.percentile:
         cmd += ["--percentile", str(args.percentile)]
-    if args.bls_composing_models:
-        cmd += ["--bls-composing-models", args.bls_composing_models]
     if args.model_version:
         cmd += ["-x", str(args.model_version)]
     return cmd + list(args.pa_extra or [])
@@ -513,7 +511,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stability-percentage", type=float, default=10.0)
     ap.add_argument("--max-trials", type=int, default=10)
     ap.add_argument("--percentile", type=int, help="stabilize on this latency percentile instead of the mean")
-    ap.add_argument("--bls-composing-models", help="comma-separated models a BLS model calls (server-side stats)")
     ap.add_argument(
         "--retry-unstable",
         type=int,

@@ -4,9 +4,10 @@
         --export artifacts/model_repository/small/export --delays 0,100,500 --out perf/results/queue_delay
 
 One onnxruntime repository per delay (everything else as `RenderSettings` defaults), one
-tritonserver per repository, all up at once; the fused default (`oneranker`) and the pure
-ensemble (five composing models, so five waits) of every server are measured interleaved
-(topology_bench.paired_comparison): latency at concurrency 1 and throughput at saturation.
+tritonserver per repository, all up at once; the fused default (`oneranker_fused`, one composing
+model) and the `graphs` ensemble (preprocess, generation, ranking: three composing models, so
+three waits) of every server are measured interleaved (topology_bench.paired_comparison):
+latency at concurrency 1 and throughput at saturation.
 At concurrency 1 a batch never fills, so every composing model waits the full delay; at
 saturation requests queue while the instance is busy and batch anyway. Writes results.md,
 results.json, results.png and summary.json (`summary`).
@@ -45,7 +46,7 @@ def run(
     cfg, _, reqs = bench_requests(run_dir, n_requests)
     info = artifacts.read_export_info(export_dir)
     dims = contract.ContractDims(**info["dims"])
-    paths = {"fused": contract.TOPOLOGY_MODELS["fused"], "ensemble": contract.TOPOLOGY_MODELS["ensemble"]}
+    paths = {"fused": contract.TOPOLOGY_MODELS["fused"], "graphs": contract.TOPOLOGY_MODELS["graphs"]}
     servers, targets = [], {}
     with tempfile.TemporaryDirectory(prefix="queue-delay-") as tmp:
         try:

@@ -1,5 +1,5 @@
-"""Start tritonserver on a rendered repository, run the perf_analyzer sweep (public model and
-core models) and a headless locust run against it, stop it. Used by perf/reproduce.sh.
+"""Start tritonserver on a rendered repository, run the perf_analyzer sweep of the public model
+and a headless locust run against it, stop it. Used by perf/reproduce.sh.
 
     python -m oneranker_perf.serve_and_load --repository artifacts/model_repository/small/onnxruntime \
         --inputs artifacts/perf --out perf/results [--run-dir artifacts/runs/small] [--pin]
@@ -86,16 +86,6 @@ def main(argv=None) -> int:
     rc = serve_and_run(
         [
             suite + ["--model", contract.PUBLIC_MODEL, "--out", str(args.out / "perf_analyzer"), *pa_common],
-            suite
-            + [
-                "--model",
-                contract.TOPOLOGY_MODELS["bls"],
-                "--out",
-                str(args.out / "perf_analyzer_bls"),
-                *pa_common,
-                "--bls-composing-models",
-                f"{contract.GENERATOR_MODEL},{contract.RANKER_MODEL}",
-            ],
             [
                 sys.executable,
                 "-m",

@@ -3,10 +3,10 @@
     python -m oneranker_perf.topology_bench --run-dir artifacts/runs/small \
         --repository artifacts/model_repository/onnxruntime --out perf/results/topology
 
-For each topology ensemble (fused / bls / ensemble) on one tritonserver: latency of single
+For each topology ensemble (fused / numpy_beam / graphs) on one tritonserver: latency of single
 requests at concurrency 1 (p50/p99) and throughput at saturation (a timed gRPC loop with
-`--concurrency` threads), plus the in-process pipeline (same ONNX graphs, same orchestrator
-code) and the PyTorch reference at concurrency 1. The default topology is the one with the
+`--concurrency` threads), plus the in-process pipeline (same ONNX graphs, same serving code)
+and the PyTorch reference at concurrency 1. The default topology is the one with the
 highest throughput whose saturated p99 stays <= 2x its own concurrency-1 p50. When the
 repository was built with `--cascade-run`, the cascade baseline `oneranker_cascade` is measured
 on the same server in the same run (unified vs cascade, both served, same requests). The compute
@@ -27,8 +27,8 @@ import numpy as np
 from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command
 from .summary_file import write_summary
 
-# stub<->server copies of the kv per request
-KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "ensemble": 2, "bls": 4, "graphs": 2}
+# stub<->server copies of the kv per request (graphs: out of the generation stub, into the ranking one)
+KV_CROSSINGS = {"fused": 0, "numpy_beam": 0, "graphs": 2}
 
 
 def scrape_metrics(url: str) -> list[tuple[str, str, float]]:
@@ -538,7 +538,7 @@ def write_report(results: dict, out: Path) -> None:
             f"{sat['rss_at_rest_mb']:.0f} | {sat['rss_peak_mb']:.0f} | {sat['rss_per_in_flight_mb']:.1f} |"
         )
     for key, label in (
-        ("in_process_onnxruntime", "in-process (same ONNX graphs + orchestrator code)"),
+        ("in_process_onnxruntime", "in-process (same ONNX graphs + serving code)"),
         ("in_process_torch_reference", "in-process PyTorch reference"),
         ("in_process_cascade_onnxruntime", "in-process cascade (same ONNX graphs + code)"),
     ):

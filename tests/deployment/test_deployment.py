@@ -501,27 +501,31 @@ def test_shm_arithmetic_by_hand():
     assert dims.extra["step2_tokens"] == 40
     limits = deploy.deploy_limits(cfg)
     assert limits == {"max_batch_size": 8, "max_history": 2048, "max_candidates": 1024}
-    kv = contract.GENERATOR.output("kv")
+    kv = contract.GENERATION.output("kv")
     assert deploy.tensor_bytes(kv, dims, 2048, 1024, 40) == 2 * (4 + 2048 + 40) * 128 * 4
-    assert deploy.tensor_bytes(contract.RANKER.input("cand_sids"), dims, 2048, 1024, 40) == 1024 * 4 * 8
+    assert deploy.tensor_bytes(contract.RANKING.input("cand_idx"), dims, 2048, 1024, 40) == 1024 * 8
     assert deploy.tensor_bytes(contract.PREPROCESS.output("options"), dims, 2048, 1024, 40) == 3 * 4
     # An independent sum: per request bytes of every model, from the contract's own table.
+    kv_bytes = 2 * 2092 * 128 * 4
     per_request = {
         "oneranker": 8 * 4 + 3 * 8 * 2048 + 8 + 3 * 4 + 8 * 1024 + 1024 * (8 + 4 + 4 + 4),
-        "generator": (8 * 4 + 8 * 2048 * 4 + 8 * 2048 + 4 * 2048 + 8) + (8 * 4 * 256 * 4 + 2 * 2092 * 128 * 4),
-        "ranker": (2 * 2092 * 128 * 4 + 8 + 1024 * 4 * 8 + 1024 * 2 * 8 + 1024 * 4) + 1024 * 4,
+        # history, hist_len, beam_width, num_candidates, exclude_idx -> cand_idx, cand_logp, cand_stream, kv
+        "generation": (8 * 4 + 8 * 2048 * 4 + 8 * 2048 + 4 * 2048 + 8 + 8 + 8 + 1024 * 8)
+        + (1024 * 8 + 1024 * 4 + 1024 * 8 + kv_bytes),
+        # kv, hist_len, cand_idx, cand_logp, cand_stream, top_k -> rec_* (8 + 4 + 4 + 4 per item), rec_count
+        "ranking": (kv_bytes + 8 + 1024 * 8 + 1024 * 4 + 1024 * 8 + 8) + (1024 * (8 + 4 + 4 + 4) + 8),
     }
     for name, nbytes in per_request.items():
         assert deploy.model_request_bytes(contract.MODELS[name], dims, 2048, 1024, 40) == nbytes, name
-    counts = {**{m: 0 for m in contract.MODELS}, "oneranker": 1, "generator": 3, "ranker": 2}
-    raw = 8 * (per_request["oneranker"] + 3 * per_request["generator"] + 2 * per_request["ranker"])
+    counts = {**{m: 0 for m in contract.MODELS}, "oneranker": 1, "generation": 3, "ranking": 2}
+    raw = 8 * (per_request["oneranker"] + 3 * per_request["generation"] + 2 * per_request["ranking"])
     got = deploy.shm_size_bytes(dims, instance_counts=counts, floor=0, safety=2.0, **limits)
     assert got == -(-2 * raw // deploy.MIB) * deploy.MIB  # x2, rounded up to MiB
     assert deploy.shm_size_bytes(dims, instance_counts=counts, **limits) == max(got, 256 * deploy.MIB)
-    more = dict(counts, generator=20, ranker=20)
+    more = dict(counts, generation=20, ranking=20)
     big = deploy.shm_size_bytes(dims, instance_counts=more, **limits)
     assert big > 256 * deploy.MIB and big % deploy.MIB == 0
-    small = dict(counts, generator=0, ranker=0)
+    small = dict(counts, generation=0, ranking=0)
     assert deploy.shm_size_bytes(dims, instance_counts=small, **limits) == 256 * deploy.MIB
     with pytest.raises(ValueError, match="missing"):
         deploy.shm_size_bytes(dims, instance_counts={"oneranker": 1}, **limits)
@@ -561,8 +565,8 @@ TRITON_SKIP_MODULES = {
 TRITON_SKIP_IMPORTS = {
     "tritonclient": "oneranker_client.client's network functions: the models only use its arrays and contract",
     "tqdm": "optional progress bars of oneranker_client.client, guarded by ImportError",
-    "tensorrt": "TrtRunner: no Python model of the tensorrt repository runs engine tensorrt (generator and "
-    "ranker are native tensorrt_plan models; test_tensorrt_repository_runs_plans_natively)",
+    "tensorrt": "TrtRunner: no Python model of the tensorrt repository runs engine tensorrt (generation and "
+    "ranking are native tensorrt_plan models; test_tensorrt_repository_runs_plans_natively)",
     "torch": "TrtRunner's guarded import (never built here, see tensorrt); the torch runner module is loaded "
     "only for the torch engine or the DLPack KV transport, rendered for the torch engine alone: this "
     "image serves the onnxruntime and tensorrt repositories (the torch engine is for GPU hosts' own images)",
@@ -706,7 +710,7 @@ def test_triton_requirements_are_exactly_what_the_python_models_import():
 
 def test_tensorrt_repository_runs_plans_natively(tmp_path):
     """What lets the Triton image go without TensorRT's Python API: the tensorrt repository runs
-    generator and ranker as tensorrt_plan models, and no Python model there uses engine tensorrt."""
+    generation and ranking as tensorrt_plan models, and no Python model there uses engine tensorrt."""
     try:
         repo = deploy.render_default("tensorrt", tmp_path)
     except Exception as e:  # noqa: BLE001 - the renderer may not render tensorrt (yet)
@@ -718,7 +722,7 @@ def test_tensorrt_repository_runs_plans_natively(tmp_path):
             f"{model.name} runs the TensorRT Python API inside the Python backend: the Triton image "
             "then needs tensorrt (and torch with CUDA) in deploy/requirements-triton.txt"
         )
-        if model.name in (contract.GENERATOR_MODEL, contract.RANKER_MODEL):
+        if model.name in (contract.GENERATION_MODEL, contract.RANKING_MODEL):
             assert re.search(r'platform\s*:\s*"tensorrt_plan"', text), model.name
 
 
@@ -1523,20 +1527,20 @@ def test_promote_and_retire_versions(tmp_path):
     with pytest.raises(ValueError, match="exactly one version"):
         deploy.promote(bad, live)
     plans = _staging(tmp_path / "s4", "v4")
-    (plans / "generator" / "1").mkdir(parents=True)
-    (plans / "generator" / "config.pbtxt").write_text('name: "generator"\nplatform: "tensorrt_plan"\n')
+    (plans / "generation" / "1").mkdir(parents=True)
+    (plans / "generation" / "config.pbtxt").write_text('name: "generation"\nplatform: "tensorrt_plan"\n')
     with pytest.raises(ValueError, match="plans were not built"):
         deploy.promote(plans, live)
-    (plans / "generator" / "1" / "model.plan").write_bytes(b"plan")
+    (plans / "generation" / "1" / "model.plan").write_bytes(b"plan")
     assert deploy.promote(plans, live) == 3
     deploy.retire(live, 3)
     moved = deploy.retire(live, 2)
     assert len(moved) == 3 and deploy.latest_version(live) == 1
     assert all(p.name.startswith(".retired-2") for p in moved)
-    # generator existed only in version 3: it left the repository (Triton cannot load a model
+    # generation existed only in version 3: it left the repository (Triton cannot load a model
     # without versions) for <repository>.retired/
-    assert not (live / "generator").exists()
-    assert [p.name.split("-")[0] for p in (tmp_path / "live.retired").iterdir()] == ["generator"]
+    assert not (live / "generation").exists()
+    assert [p.name.split("-")[0] for p in (tmp_path / "live.retired").iterdir()] == ["generation"]
     with pytest.raises(FileNotFoundError):
         deploy.retire(live, 9)
     assert deploy.load_order(live) == ["preprocess", "recommender", "oneranker"]

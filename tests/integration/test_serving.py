@@ -59,7 +59,7 @@ def in_process(tiny_export):
 
 @pytest.fixture(scope="module")
 def in_process_numpy(tiny_export):
-    """What the split topologies and `oneranker_numpy_beam` serve: level-logit graphs, numpy beam search."""
+    """What `oneranker_numpy_beam` serves: level-logit graphs, numpy beam search."""
     return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1, search="numpy")
 
 
@@ -223,8 +223,8 @@ def _metric(text: str, name: str, *labels: str) -> float:
 
 
 def test_stage_metrics_rise_per_request(served_repository):
-    """Fused topology: custom per-stage counters; split topologies: Triton's per-model counters
-    of generator / select / ranker are the per-stage latencies."""
+    """Fused topology: custom per-stage counters; graphs topology: Triton's per-model counters
+    of generation / ranking are the per-stage latencies."""
 
     def scrape():
         return urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
@@ -235,7 +235,7 @@ def test_stage_metrics_rise_per_request(served_repository):
         for model in (
             contract.TOPOLOGY_MODELS["fused"],
             contract.NUMPY_BEAM_PUBLIC_MODEL,
-            contract.TOPOLOGY_MODELS["ensemble"],
+            contract.TOPOLOGY_MODELS["graphs"],
         ):
             client.infer(model, make_inputs(fields_of(req)))
     after = scrape()
@@ -249,7 +249,7 @@ def test_stage_metrics_rise_per_request(served_repository):
         assert _metric(after, "oneranker_stage_seconds_total", label, f'beam_search="{search}"') > _metric(
             before, "oneranker_stage_seconds_total", label, f'beam_search="{search}"'
         ), stage
-    for model in (contract.GENERATOR_MODEL, contract.SELECT_MODEL, contract.RANKER_MODEL):
+    for model in (contract.GENERATION_MODEL, contract.RANKING_MODEL):
         label = f'model="{model}"'
         assert _metric(after, "nv_inference_compute_infer_duration_us", label) > _metric(
             before, "nv_inference_compute_infer_duration_us", label
@@ -305,11 +305,11 @@ def _serve(repository, log):
     return server
 
 
-def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, in_process, in_process_numpy, tmp_path):
+def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, in_process, tmp_path):
     """The `tensorrt` repository's ensembles and tensor blocks, with Python placeholder models
     (same contract, ONNX Runtime inside) in place of the plans, load and answer correctly: the
-    default `graphs` ensemble (preprocess -> generation plan -> ranking plan) as the in-process
-    graph path, the level-logit topologies as the numpy beam search path."""
+    public entry and its `graphs` ensemble (preprocess -> generation plan -> ranking plan), the
+    only topology there, as the in-process graph path."""
     import json
 
     from oneranker_build.render import render_repository
@@ -331,7 +331,9 @@ def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, i
         contract.ContractDims(**info["dims"]),
         info["checkpoint_sha256"],
     )
-    plans = (contract.GENERATOR_MODEL, contract.RANKER_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL)
+    plans = (contract.GENERATION_MODEL, contract.RANKING_MODEL)
+    native_plans = {c.parent.name for c in native.glob("*/config.pbtxt") if "tensorrt_plan" in c.read_text()}
+    assert native_plans == set(plans)  # the graphs topology's two engines are the only plans
     for name in plans:  # placeholders have the plans' tensor blocks
         plan_cfg = (native / name / "config.pbtxt").read_text()
         placeholder_cfg = (repo / name / "config.pbtxt").read_text()
@@ -348,13 +350,9 @@ def test_tensorrt_repository_wiring_on_cpu_placeholders(tiny_run, tiny_export, i
 
         for row in range(0, 40, 8):
             req = request_dict(example_request(tiny_run.prep, row))
-            for model, local in (
-                (contract.PUBLIC_MODEL, in_process),
-                (contract.TOPOLOGY_MODELS["graphs"], in_process),
-                (contract.TOPOLOGY_MODELS["bls"], in_process_numpy),
-            ):
+            for model in (contract.PUBLIC_MODEL, contract.TOPOLOGY_MODELS["graphs"]):
                 got = grpcclient.InferenceServerClient(server.grpc_url).infer(model, make_inputs(fields_of(req)))
-                want = local.recommend([as_request(req)])[0]
+                want = in_process.recommend([as_request(req)])[0]
                 np.testing.assert_array_equal(got.as_numpy("rec_item_ids")[0], want.item_ids)
     finally:
         server.stop()
@@ -412,10 +410,10 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
 def test_torch_repository_reaches_ready_and_answers(
     tiny_run, tiny_export, tiny_cascade, in_process, in_process_numpy, tmp_path
 ):
-    """The `torch` engine repository (PyTorch runner inside the Python models; the split
-    topologies pass the KV by DLPack) reaches ready and answers like the ONNX Runtime pipeline up
-    to float tolerance; so does its cascade baseline. (Load time is a benchmark figure, not
-    asserted here.)"""
+    """The `torch` engine repository (PyTorch runner inside the Python models; the graphs
+    topology's generation model hands the KV to the ranking model by DLPack) reaches ready and
+    answers like the ONNX Runtime pipeline up to float tolerance; so does its cascade baseline.
+    (Load time is a benchmark figure, not asserted here.)"""
     import json
 
     from conftest import request_dict
@@ -427,7 +425,7 @@ def test_torch_repository_reaches_ready_and_answers(
     halves = tiny_export / "export_cascade"
     cascade = CascadeExports(halves / "generator", halves / "ranker")
     # one instance per engine model: every stub imports torch, which makes loading slow on 2 cores
-    one_each = RenderSettings(recommender_instances=1, generator_instances=1, ranker_instances=1)
+    one_each = RenderSettings(recommender_instances=1, generation_instances=1, ranking_instances=1)
     repo = render_repository(
         tiny_export / "export",
         tmp_path / "torch",

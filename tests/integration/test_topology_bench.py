@@ -53,7 +53,7 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
     assert set(summary["paths"]) == {*contract.TOPOLOGY_MODELS, "cascade"}
     assert summary["paths"]["fused"]["saturated_rps"] == results["topologies"]["fused"]["saturation"]["throughput_rps"]
     assert results["cascade"]["c1"]["stages"]["generate_ms"] > 0  # the cascade's own pipeline-labelled counters
-    assert results["topologies"]["ensemble"]["c1"]["stages"]["ranker_compute_ms"] > 0
+    assert results["topologies"]["graphs"]["c1"]["stages"]["ranking_compute_ms"] > 0
     floor = results["compute_floor"]
     assert floor["cascade_gflop"] > floor["unified_gflop"] > 0  # the cascade encodes the history twice
     report = (out / "results.md").read_text()
@@ -72,7 +72,7 @@ def test_queue_delay_bench_serves_every_delay_side_by_side(tiny_run, tiny_export
         tiny_run.run_dir, tiny_export / "export", [0, 500], out, n_latency=4, concurrency=2, seconds=1.0, n_requests=4
     )
     results = json.loads((out / "results.json").read_text())
-    assert set(results["measured"]) == {f"{p} @ {d} us" for p in ("fused", "ensemble") for d in (0, 500)}
+    assert set(results["measured"]) == {f"{p} @ {d} us" for p in ("fused", "graphs") for d in (0, 500)}
     for label, t in results["measured"].items():
         assert t["errors"] == 0 and t["throughput_rps"] > 0 and t["c1"]["n"] == 4, label
     assert "| fused | 0 |" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0

@@ -52,13 +52,14 @@ def test_ensemble_wiring_is_closed(tiny_repository, ensemble):
         required = {t.name for t in spec.inputs if not t.optional}
         assert required <= set(step.input_map) <= {t.name for t in spec.inputs}, step.model_name
         assert set(step.input_map.values()) <= available, step.model_name
-        assert set(step.output_map) == {t.name for t in spec.outputs}
+        # every output a later step or the ensemble reads; unread internal ones are left out
+        assert set(step.output_map) <= {t.name for t in spec.outputs}, step.model_name
         available |= set(step.output_map.values())
     assert {t.name for t in cfg.output} <= available
 
 
 def test_dynamic_batching_and_queue_policy(tiny_repository):
-    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL, contract.GENERATOR_MODEL, contract.RANKER_MODEL):
+    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL):
         cfg = _parse(tiny_repository / name / "config.pbtxt")
         policy = cfg.dynamic_batching.default_queue_policy
         assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
@@ -103,7 +104,7 @@ def test_fill_fails_on_missing_unused_and_leftover(tmp_path):
 
 def test_markdown_contract_lists_every_tensor():
     text = contract.markdown_tables()
-    for spec in contract.MODELS.values():
+    for spec in (*contract.MODELS.values(), *contract.GRAPHS.values()):
         for t in spec.inputs + spec.outputs:
             assert f"`{t.name}`" in text
 
@@ -116,8 +117,9 @@ def test_repository_readme_shows_current_contract():
 
 
 def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tmp_path):
-    """onnxruntime: KV as host numpy. torch: KV by DLPack, GPU inputs allowed; KIND_GPU instances
-    and BLS outputs preferred in GPU memory (what keeps the KV on the device)."""
+    """The `graphs` topology's generation -> ranking KV: onnxruntime as host numpy; torch by
+    DLPack with GPU inputs allowed (FORCE_CPU_ONLY_INPUT_TENSORS=no), on the instance kind asked
+    for, so with KIND_GPU the KV stays on the device."""
     from oneranker_build.render import RenderSettings, render_repository
 
     export, dims, sha = (
@@ -126,24 +128,20 @@ def test_kv_transport_follows_engine_and_instance_kind(tiny_run, tiny_export, tm
         artifacts.read_export_info(tiny_export / "export")["checkpoint_sha256"],
     )
     cases = {
-        ("onnxruntime", "KIND_CPU"): ("numpy", "yes", "cpu"),
-        ("torch", "KIND_CPU"): ("dlpack", "no", "cpu"),
-        ("torch", "KIND_GPU"): ("dlpack", "no", "gpu:0"),
+        ("onnxruntime", "KIND_CPU"): ("numpy", "yes"),
+        ("torch", "KIND_CPU"): ("dlpack", "no"),
+        ("torch", "KIND_GPU"): ("dlpack", "no"),
     }
-    for (engine, kind), (transport, force_cpu, memory) in cases.items():
+    for (engine, kind), (transport, force_cpu) in cases.items():
         repo = render_repository(
             export, tmp_path / f"{engine}-{kind}", engine, dims, sha, settings=RenderSettings(instance_kind=kind)
         )
-        for model in (contract.GENERATOR_MODEL, contract.RANKER_MODEL, contract.BLS_MODEL):
+        for model in (contract.GENERATION_MODEL, contract.RANKING_MODEL):
             cfg = _parse(repo / model / "config.pbtxt")
             params = {k: v.string_value for k, v in cfg.parameters.items()}
             assert params["kv_transport"] == transport, (engine, kind, model)
             assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == force_cpu, (engine, kind, model)
-            if model == contract.BLS_MODEL:
-                assert params["kv_memory"] == memory
-                assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-            else:
-                assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
+            assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
         fused = _parse(repo / contract.FUSED_MODEL / "config.pbtxt")
         assert model_config_pb2.ModelInstanceGroup.Kind.Name(fused.instance_group[0].kind) == kind
 
@@ -169,7 +167,7 @@ def test_cascade_is_rendered_only_beside_a_compatible_unified_model(tiny_run, ti
     ]
     assert (repo / contract.CASCADE_MODEL / "1" / "artifacts" / "ranker" / "ranker.onnx").exists()
     with pytest.raises(RenderError, match="onnxruntime and torch"):
-        render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, topology="ensemble", cascade=cascade)
+        render_repository(export, tmp_path / "trt", "tensorrt", dims, sha, cascade=cascade)
     foreign = tmp_path / "foreign_ranker"
     shutil.copytree(halves["ranker"], foreign)
     info = json.loads((foreign / "export_info.json").read_text())
@@ -194,7 +192,7 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
     register(parser.add_subparsers(), lambda p: None, None, None)
     export, dims = tiny_export / "export", _dims(tiny_export)
     sha = artifacts.read_export_info(export)["checkpoint_sha256"]
-    engine_models = (contract.FUSED_MODEL, contract.GENERATOR_MODEL, contract.RANKER_MODEL)
+    engine_models = (contract.FUSED_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL)
     for argv, (count, threads) in (
         (["build"], (2, 1)),
         (["build", "--engine-instances", "1", "--intra-op-threads", "2"], (1, 2)),

@@ -41,32 +41,29 @@ def test_mixed_length_batch_equals_each_request_alone(tiny_run, tiny_export, sea
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
-def test_split_topology_helpers_round_trip(tiny_run, tiny_export, engine):
-    """generator batching + KV re-layout + ranker batching reproduce the fused pipeline; with the
-    torch engine the KV stays a torch tensor all the way (the DLPack transport's path)."""
+def test_graphs_topology_helpers_round_trip(tiny_run, tiny_export, engine):
+    """What the `generation` and `ranking` models run (generation batching + KV re-layout + ranking
+    batching) reproduces the in-process graph path; with the torch engine the KV stays a torch
+    tensor all the way (the DLPack transport's path)."""
     import torch
 
-    rec = artifacts.load_recommender(tiny_export / "export", engine=engine, threads=1, bind_kv=False)
-    info = artifacts.read_export_info(tiny_export / "export")
+    export = tiny_export / "export"
+    rec = artifacts.load_recommender(export, engine=engine, threads=1, bind_kv=False, search="graph")
+    info = artifacts.read_export_info(export)
     f, t2 = info["dims"]["F"], info["num_step2_tokens"]
     requests = [example_request(tiny_run.prep, row) for row in (0, 50, 120)]
     tokens = [arrays.tokens_to_arrays(rec, r) for r in requests]
-    batch, own = batching.stack_generator_inputs(tokens)
-    logits, kv = batching.generate_split(rec.runner, batch, keep_device=engine == "torch")
-    assert isinstance(kv, torch.Tensor if engine == "torch" else np.ndarray)
-    outs = batching.split_generator_outputs(tokens, logits, kv, own, f)
-    ranked = []
-    for tok, out in zip(tokens, outs):
-        cands = arrays.select_arrays(
-            rec.tables, rec.gen_tables, out["level_logits"], tok["options"], tok["exclude_idx"]
-        )
-        ranked.append((cands, {"kv": out["kv"], "hist_len": tok["hist_len"], **cands}))
-    rbatch, shapes = batching.stack_ranker_inputs([r[1] for r in ranked], f, t2)
-    assert isinstance(rbatch["kv"], torch.Tensor if engine == "torch" else np.ndarray)
-    scores = batching.split_scores(batching.rank_split(rec.runner, rbatch), shapes)
-    for req, tok, (cands, _), sc in zip(requests, tokens, ranked, scores):
-        got = arrays.topk_arrays(sc[0], cands["cand_item_ids"], cands["cand_logp"], cands["cand_head"], tok["options"])
-        want = rec.recommend([req])[0]
+    generated = batching.generate_graphs(rec.runner, tokens, f, keep_device=engine == "torch")
+    for out in generated:
+        assert isinstance(out["kv"], torch.Tensor if engine == "torch" else np.ndarray)
+    ranked = batching.rank_graphs(
+        rec.runner,
+        [{**out, "hist_len": tok["hist_len"], "top_k": tok["top_k"]} for out, tok in zip(generated, tokens)],
+        f,
+        t2,
+    )
+    for req, got in zip(requests, ranked):
+        want = rec.recommend([req])[0]  # the in-process graph path, same engine, each request alone
         np.testing.assert_array_equal(got["rec_item_ids"][0], want.item_ids)
         np.testing.assert_allclose(got["rec_scores"][0], want.scores, atol=1e-5)
 
@@ -100,11 +97,6 @@ class _FakeTensor:
 
 class _FakePb:
     Tensor = _FakeTensor
-    TRITONSERVER_MEMORY_CPU, TRITONSERVER_MEMORY_GPU = "CPU", "GPU"
-
-    @staticmethod
-    def PreferredMemory(kind, device):
-        return kind, device
 
     @staticmethod
     def get_input_tensor_by_name(request, name):
@@ -115,25 +107,22 @@ def test_tensor_codec_moves_kv_by_dlpack_without_copy():
     import torch
 
     kv = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
-    dl = codec.TensorCodec(_FakePb, "dlpack", "gpu:1")
+    dl = codec.TensorCodec(_FakePb, "dlpack")
     sent = dl.tensor("kv", kv)
     received = dl.kv(sent)
     assert isinstance(received, torch.Tensor) and received.data_ptr() == kv.data_ptr()  # zero copy
     request = {
         "kv": sent,
-        "hist_len": _FakeTensor("hist_len", np.array([[3]], np.int64)),
-        **{name: _FakeTensor(name, np.zeros((1, 2, 1))) for name in ("cand_sids", "cand_attrs", "cand_bid")},
+        **{name: _FakeTensor(name, np.array([[3]], np.int64)) for name in ("hist_len", "top_k")},
+        **{name: _FakeTensor(name, np.zeros((1, 2))) for name in ("cand_idx", "cand_logp", "cand_stream")},
     }
-    got = dl.inputs(request, contract.RANKER)
-    assert isinstance(got["kv"], torch.Tensor) and isinstance(got["hist_len"], np.ndarray)
-    assert dl.preferred_memory() == ("GPU", 1)
+    got = dl.inputs(request, contract.RANKING)
+    assert isinstance(got["kv"], torch.Tensor) and got["kv"].data_ptr() == kv.data_ptr()
+    assert all(isinstance(got[name], np.ndarray) for name in got if name != "kv")
     host = codec.TensorCodec(_FakePb, "numpy")
     assert isinstance(host.kv(_FakeTensor("kv", kv.numpy())), np.ndarray)
-    assert host.preferred_memory() == ("CPU", 0)
     with pytest.raises(ValueError, match="kv_transport"):
         codec.TensorCodec(_FakePb, "shm")
-    with pytest.raises(ValueError, match="kv_memory"):
-        codec.TensorCodec(_FakePb, "dlpack", "tpu:0")
 
 
 def test_kv_relayout_is_the_same_in_torch_and_numpy():

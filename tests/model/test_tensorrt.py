@@ -19,7 +19,7 @@ NO_TRT = "TensorRT is not installable on these machines (shared/docs/platform.md
 def test_every_exported_op_is_supported_by_onnx_tensorrt(tiny_export):
     supported = tensorrt_build.supported_ops()
     assert {"MatMul", "LayerNormalization", "Softmax"} <= supported
-    for name in ("generation", "ranking", "generator", "ranker"):
+    for name in tensorrt_build.PLAN_MODELS:
         graph = onnx.load(str(tiny_export / "export" / f"{name}.onnx"))
         ops = {node.op_type for node in graph.graph.node}
         assert ops <= supported, (name, sorted(ops - supported))
@@ -42,7 +42,7 @@ def test_profiles_file_is_current_and_aligned_with_buckets():
     for name in PRESETS:
         cfg = preset(name)
         assert data["presets"][name] == json.loads(json.dumps(tensorrt_build.profile_for(cfg, data["max_batch_size"])))
-        gen = data["presets"][name]["generator"]["hist_actions"]
+        gen = data["presets"][name]["generation"]["hist_actions"]
         assert gen["max"][1] == cfg.serve.length_buckets[-1]
         assert gen["opt"][1] in cfg.serve.length_buckets
         for model in data["presets"][name].values():
@@ -62,6 +62,7 @@ def test_missing_tensorrt_stops_with_a_clear_message(tiny_export, tmp_path):
 @pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)
 def test_build_plans_and_compare_with_onnxruntime(tiny_export, tmp_path):  # pragma: no cover - NGC only
     info = tensorrt_build.build_plans(tiny_export / "export", tmp_path, "tiny")
-    for model in ("generator", "ranker"):
+    assert tuple(info) == tensorrt_build.PLAN_MODELS == ("generation", "ranking")
+    for model in tensorrt_build.PLAN_MODELS:
         assert (tmp_path / model / "1" / "model.plan").stat().st_size > 0
         assert info[model]["onnx_sha256"] == tensorrt_build.sha256(tiny_export / "export" / f"{model}.onnx")

@@ -38,8 +38,8 @@ def test_queue_delay_summary(tmp_path):
     measured = {
         "fused @ 0 us": target(3.1, 4.2, 600.5, 0),
         "fused @ 500 us": target(3.9, 5.3, 610.25, 1),
-        "ensemble @ 0 us": target(6.7, 8.8, 350.75, 2),
-        "ensemble @ 500 us": target(9.4, 11.6, 340.125, 0),
+        "graphs @ 0 us": target(6.7, 8.8, 350.75, 2),
+        "graphs @ 500 us": target(9.4, 11.6, 340.125, 0),
     }
     results = {
         "machine": "2 cores (test CPU), Python 3",
@@ -48,7 +48,7 @@ def test_queue_delay_summary(tmp_path):
         "preset": "tiny",
         "delays_us": [0, 500],
         "concurrency": 4,
-        "paths": {"fused": "oneranker", "ensemble": "oneranker_ensemble"},
+        "paths": {"fused": "oneranker_fused", "graphs": "oneranker_graphs"},
         "measured": measured,
     }
     queue_delay_bench.write_report(results, tmp_path)
@@ -144,7 +144,7 @@ def test_perf_analyzer_summary(tmp_path):
         pas.LevelResult("concurrency", 4, 230.75, 17.25, 22.5, 25.25, 30.5, 17.5, 2400, 1, "failed", 1, 11.5),
     ]
     args = argparse.Namespace(
-        model="oneranker_bls",
+        model="oneranker_graphs",
         url="127.0.0.1:8001",
         input_data="perf_data.json",
         measurement_interval=3000,
@@ -154,10 +154,10 @@ def test_perf_analyzer_summary(tmp_path):
         note=["a note"],
     )
     machine = {"host": "h", "nproc": 2, "cpu_count": 2, "cpu_model": "Test CPU", "ram_gib": 23.5, "os": "Linux"}
-    command = "perf_analyzer -m oneranker_bls --concurrency-range 1:1:1"
+    command = "perf_analyzer -m oneranker_graphs --concurrency-range 1:1:1"
     pas.write_reports(levels, tmp_path, args, machine, command)
     s = _load(tmp_path)
-    assert s["commit"] and s["command"] == command and s["model"] == "oneranker_bls" and s["mode"] == "concurrency"
+    assert s["commit"] and s["command"] == command and s["model"] == "oneranker_graphs" and s["mode"] == "concurrency"
     assert s["machine"] == "2 usable cores (2 online), Test CPU, 23.5 GiB RAM"
     assert list(s["levels"]) == ["1", "2", "4"]
     for r in levels:

@@ -399,12 +399,10 @@ def test_perf_analyzer_suite_parsing(tmp_path):
     assert pas._rate_range("100:300:100") == [100, 200, 300]
     m = pas.machine_description()
     assert m["nproc"] >= 1 and m["cpu_model"]
-    args = pas.build_parser().parse_args(
-        ["--input-data", "x.json", "--out", "o", "--concurrency", "1,2", "--bls-composing-models", "a,b"]
-    )
+    args = pas.build_parser().parse_args(["--input-data", "x.json", "--out", "o", "--concurrency", "1,2"])
     cmd = pas.pa_args(args, "concurrency", 2, tmp_path / "c.csv")
     assert cmd[cmd.index("--concurrency-range") + 1] == "2:2:1" and cmd[cmd.index("-i") + 1] == "grpc"
-    assert "--bls-composing-models" in cmd and "-f" in cmd
+    assert "-f" in cmd
     with pytest.raises(SystemExit):
         pas.build_parser().parse_args(["--input-data", "x", "--out", "o", "--concurrency", "0"])
 

@@ -1,5 +1,5 @@
 """The Triton models' logic under a fake `pb_utils` (no server, no trained run): per-request
-errors in a dynamic batch, BLS orchestration and its failure paths, output names of the contract.
+errors in a dynamic batch, the graphs topology's batching, output names of the contract.
 
 The artifacts are synthetic: 6 ads on a 2-level trie (3 codes per level), random transitions.
 """
@@ -55,13 +55,10 @@ class FakeError:
 
 
 class FakePb:
-    """The parts of triton_python_backend_utils the models use; `handlers` answer BLS calls."""
+    """The parts of triton_python_backend_utils the models use."""
 
     Tensor = FakeTensor
     TritonError = FakeError
-    TRITONSERVER_MEMORY_CPU, TRITONSERVER_MEMORY_GPU = "CPU", "GPU"
-    handlers: dict = {}
-    calls: list = []
 
     @staticmethod
     def InferenceResponse(output_tensors, error=None):
@@ -70,23 +67,6 @@ class FakePb:
     @staticmethod
     def get_input_tensor_by_name(request, name):
         return request.get(name)
-
-    @staticmethod
-    def get_output_tensor_by_name(response, name):
-        return next(t for t in response.output_tensors if t.name == name)
-
-    @staticmethod
-    def PreferredMemory(kind, device):
-        return kind, device
-
-    class InferenceRequest:
-        def __init__(self, model_name, requested_output_names, inputs, preferred_memory=None):
-            self.model_name, self.names, self.inputs = model_name, requested_output_names, inputs
-
-        def exec(self):
-            FakePb.calls.append(self.model_name)
-            arrays = {t.name: t.as_numpy() for t in self.inputs}
-            return FakePb.handlers[self.model_name](arrays)
 
 
 def _outputs(response) -> dict:
@@ -168,68 +148,6 @@ def test_preprocess_answers_each_request_of_a_batch_on_its_own(artifacts):
     assert out["hist_sids"].shape == (1, 4, D)  # padded to the first length bucket
     np.testing.assert_array_equal(out["hist_sids"][0, :2], [[0, 0], [1, 2]])
     np.testing.assert_array_equal(out["options"], [[2, 4, 3]])  # serve defaults from export_info
-
-
-def _tokens(repo, raw_requests) -> list[dict]:
-    pre = _model(models.PreprocessModel, repo)
-    return [{k: FakeTensor(k, v) for k, v in _outputs(r).items()} for r in pre.execute(raw_requests)]
-
-
-def _generator(arrays):
-    b, length = arrays["hist_actions"].shape
-    logits = np.zeros((b, H, D, K), np.float32)
-    kv = np.zeros((b, R2, F + length + T2, DM), np.float32)
-    return FakeResponse([FakeTensor("level_logits", logits), FakeTensor("kv", kv)])
-
-
-def _ranker_by_bid(arrays):
-    return FakeResponse([FakeTensor("scores", arrays["cand_bid"].astype(np.float32))])
-
-
-def test_bls_orchestrates_generator_then_ranker_and_keeps_errors_per_request(artifacts):
-    FakePb.handlers = {contract.GENERATOR_MODEL: _generator, contract.RANKER_MODEL: _ranker_by_bid}
-    FakePb.calls = []
-    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
-    wide = dict(beam_width=np.int32(6), num_candidates=np.int32(6))  # every ad becomes a candidate
-    best_excluded = _raw(exclude_item_ids=np.array([101], np.int64), **wide)
-    tokens = _tokens(artifacts, [_raw(), best_excluded, _raw(top_k=np.int32(3), **wide)])
-    responses = bls.execute(tokens)
-    assert FakePb.calls == [contract.GENERATOR_MODEL, contract.RANKER_MODEL]  # one call each per batch
-    assert [r.has_error() for r in responses] == [False, False, False]
-    first, second, third = (_outputs(r) for r in responses)
-    assert list(first) == [t.name for t in contract.PUBLIC.outputs]
-    # scores = bids: top-k is the candidates sorted by bid
-    np.testing.assert_array_equal(third["rec_item_ids"][0], [101, 103, 105])
-    np.testing.assert_array_equal(second["rec_item_ids"][0], [103, 105])  # 101 excluded
-    np.testing.assert_allclose(second["rec_scores"][0], [5, 4])
-    assert first["rec_item_ids"].shape == (1, 2)  # the serve default top_k
-
-
-def test_bls_reports_a_failed_composing_model_on_every_request(artifacts):
-    FakePb.handlers = {
-        contract.GENERATOR_MODEL: lambda a: FakeResponse(failure=FakeError("out of memory")),
-        contract.RANKER_MODEL: _ranker_by_bid,
-    }
-    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
-    responses = bls.execute(_tokens(artifacts, [_raw(), _raw()]))
-    assert all(r.has_error() and r.error().message() == "generator: out of memory" for r in responses)
-
-
-def _generator_preferring_ad_100(arrays):
-    """Level logits that make code 0 win at both levels (ad 100 = path [0, 0]) for every head."""
-    response = _generator(arrays)
-    response.output_tensors[0].value[..., 0] = 100.0
-    return response
-
-
-def test_bls_gives_a_request_with_no_candidate_left_its_own_error(artifacts):
-    FakePb.handlers = {contract.GENERATOR_MODEL: _generator_preferring_ad_100, contract.RANKER_MODEL: _ranker_by_bid}
-    bls = _model(models.BlsModel, artifacts, kv_transport="numpy", kv_memory="cpu")
-    narrow = dict(beam_width=np.int32(1), top_k=np.int32(1), num_candidates=np.int32(1))
-    pre = _tokens(artifacts, [_raw(**narrow), _raw(exclude_item_ids=AD_IDS[:1], **narrow)])
-    responses = bls.execute(pre)
-    np.testing.assert_array_equal(_outputs(responses[0])["rec_item_ids"], [[100]])
-    assert responses[1].has_error() and "no candidate left after exclusions" in responses[1].error().message()
 
 
 class RecordingGraphRunner:
@@ -314,3 +232,38 @@ def test_graphs_topology_batches_pad_together_and_cut_apart():
     np.testing.assert_array_equal(answers[0]["rec_item_ids"], [[0, 1]])  # cut to its own count
     np.testing.assert_array_equal(answers[1]["rec_item_ids"], [[100, 101, 102, 103, 104]])
     np.testing.assert_array_equal(answers[1]["rec_count"], [5])
+
+
+def test_ranking_model_gives_a_request_with_no_candidate_left_its_own_error():
+    """The `ranking` model answers a request whose exclusions left no candidate (rec_count 0)
+    with its own INVALID_ARG, as the fused model does, and the others of the batch normally,
+    each with the ranking contract's outputs cut to its own count."""
+    from types import SimpleNamespace
+
+    from oneranker_serving.triton.codec import TensorCodec
+
+    runner = RecordingGraphRunner(num_prefix=2, num_step2=1)
+    model = type("Model", (models.RankingModel,), {"pb": FakePb})()
+    model.engine = models.GraphEngine(SimpleNamespace(runner=runner), TensorCodec(FakePb), 2, 1)
+
+    def request(cand_idx, top_k):
+        idx = np.array([cand_idx], np.int64)
+        values = {
+            "kv": np.zeros((1, 2, 2 + 4 + 1, 2), np.float32),
+            "hist_len": np.array([4], np.int64),
+            "cand_idx": idx,
+            "cand_logp": -np.abs(idx).astype(np.float32),
+            "cand_stream": np.zeros_like(idx),
+            "top_k": np.array([top_k], np.int64),
+        }
+        return {k: FakeTensor(k, v) for k, v in values.items()}
+
+    good, empty = request([5, 6, 7], 2), request([-1, -1], 3)
+    responses = model.execute([good, empty])
+    assert [r.has_error() for r in responses] == [False, True]
+    assert "no candidate left after exclusions" in responses[1].error().message()
+    assert responses[1].error().code == "INVALID_ARG"
+    out = _outputs(responses[0])
+    assert list(out) == [t.name for t in contract.RANKING.outputs]
+    np.testing.assert_array_equal(out["rec_item_ids"], [[5, 6]])
+    np.testing.assert_array_equal(out["rec_count"], [2])

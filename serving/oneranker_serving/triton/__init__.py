@@ -1,3 +1,4 @@
 """Triton glue, with `pb_utils` passed in (so a fake can stand in for it in unit tests):
 `models` (one class per Python model), `arrays` (contract arrays <-> requests and responses),
-`batching` (split topologies), `codec` (tensor transport), `errors` (per-request errors)."""
+`batching` (the graphs topology's engine models), `codec` (tensor transport), `errors`
+(per-request errors)."""

@@ -3,7 +3,6 @@
 preprocess:  raw arrays (contract.PUBLIC inputs) -> Request -> validate/tokenize
              -> token arrays (contract.PREPROCESS outputs, history padded to its bucket)
 recommender: token arrays -> Parsed -> Recommender.recommend_parsed -> Response -> rec_* arrays
-select/topk: level logits -> candidate arrays; scores -> rec_* arrays (split topologies)
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import numpy as np
 from oneranker_client import contract
 
 from ..recommender import Parsed, Request, RequestValidator, Response
-from ..selection import beam_search, merge_candidates, top_k
-from ..tables import GenerationTables, ItemTables
 from ..tokenize import RequestError, UserTokens, bucket_for, pad_batch, pad_exclusions
 
 
@@ -107,42 +104,3 @@ def response_arrays(resp: Response) -> dict[str, np.ndarray]:
         "rec_source_head": resp.source_head,
     }
     return {spec.name: np.asarray(values[spec.name], dtype=spec.numpy_dtype)[None] for spec in contract.PUBLIC.outputs}
-
-
-def select_arrays(
-    tables: ItemTables,
-    gen_tables: GenerationTables,
-    level_logits: np.ndarray,
-    options: np.ndarray,
-    exclude_idx: np.ndarray,
-) -> dict:
-    """Selection step of topologies (b)/(c): one request's level logits -> candidate tensors."""
-    k, n, w = (int(x) for x in np.asarray(options).reshape(-1))
-    ads, lp, head = merge_candidates(
-        *beam_search(np.asarray(level_logits)[0], gen_tables, w), n, np.asarray(exclude_idx).reshape(-1)
-    )
-    if len(ads) == 0:
-        raise RequestError("no candidate left after exclusions")
-    sids, attrs, bid = tables.candidate_features(ads)
-    return {
-        "cand_sids": sids[None],
-        "cand_attrs": attrs[None],
-        "cand_bid": bid[None],
-        "cand_item_ids": tables.ad_ids[ads].astype(np.int64)[None],
-        "cand_logp": lp.astype(np.float32)[None],
-        "cand_head": head.astype(np.int32)[None],
-    }
-
-
-def topk_arrays(scores, cand_item_ids, cand_logp, cand_head, options) -> dict:
-    """Final step of topologies (b)/(c): value scores -> contract.PUBLIC outputs."""
-    k = int(np.asarray(options).reshape(-1)[0])
-    scores = np.asarray(scores).reshape(-1)
-    best = top_k(scores, k)
-    resp = Response(
-        item_ids=np.asarray(cand_item_ids).reshape(-1)[best],
-        scores=scores[best],
-        gen_logp=np.asarray(cand_logp).reshape(-1)[best],
-        source_head=np.asarray(cand_head).reshape(-1)[best],
-    )
-    return response_arrays(resp)

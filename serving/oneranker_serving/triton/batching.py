@@ -1,21 +1,17 @@
-"""Batching for the split topologies, where the two engine calls are separate Triton models:
-several requests -> one engine call -> per-request results again.
+"""Batching for the `graphs` topology, where the two engine calls are separate Triton models
+(`generation`, `ranking`): several requests -> one engine call -> per-request results again.
 
-    generator:  token tensors [b_i, L_i, ...] -> one batch padded to max L -> level_logits, kv
-                -> per request, kv re-laid out to that request's own L            (BLS, ensemble)
-    ranker:     kv [b_i, R2, S_i, DM] + candidates [b_i, n_i, ...] -> one batch (kv to the longest
-                history, candidates zero-padded to the widest) -> scores [b_i, n_i]
-    generation: tokens + knobs (beam_width, num_candidates [b_i], exclude_idx [b_i, E_i]) -> one
-                batch (exclusions -1-padded to the widest) -> cand_* [b_i, N], kv per request
-    ranking:    kv + cand_* [b_i, N_i] + top_k -> one batch (candidates -1-padded) -> rec_* per
-                request, cut to its rec_count                                         (graphs)
+    generation: tokens [b_i, L_i, ...] + knobs (beam_width, num_candidates [b_i], exclude_idx
+                [b_i, E_i]) -> one batch (history padded to the longest L, exclusions -1-padded
+                to the widest) -> cand_* [b_i, N], kv re-laid out to each request's own L
+    ranking:    kv [b_i, R2, S_i, DM] + cand_* [b_i, N_i] + top_k -> one batch (kv to the longest
+                history, candidates -1-padded) -> rec_* per request, cut to its rec_count
 The KV is numpy (ONNX Runtime) or a torch tensor on its device (torch engine, DLPack transport).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
 
@@ -26,8 +22,8 @@ def _rows(value) -> int:
     return int(np.asarray(value).shape[0])
 
 
-def stack_generator_inputs(items: list[dict]) -> tuple[dict, list[int]]:
-    """Generator inputs of several Triton requests (each [b_i, L_i, ...], history padded to L_i)
+def stack_history_inputs(items: list[dict]) -> tuple[dict, list[int]]:
+    """History inputs of several Triton requests (each [b_i, L_i, ...], history padded to L_i)
     -> one batch padded to the longest L; returns each request's own L."""
     own = [int(np.asarray(a["hist_actions"]).shape[1]) for a in items]
     length = max(own)
@@ -82,80 +78,6 @@ def relayout_kv(kv, num_prefix: int, from_len: int, to_len: int):
     return _concat([h1, h2], axis=-2)
 
 
-def split_generator_outputs(
-    items: list[dict], level_logits: np.ndarray, kv, own: list[int], num_prefix: int
-) -> list[dict]:
-    """One batch of generator outputs -> per-request outputs, kv (numpy, or torch on its device)
-    laid out for the request's L."""
-    out, row, length = [], 0, max(own)
-    for a, n in zip(items, own):
-        b = _rows(a["hist_actions"])
-        out.append(
-            {
-                "level_logits": level_logits[row : row + b],
-                "kv": _contiguous(relayout_kv(kv[row : row + b], num_prefix, length, n)),
-            }
-        )
-        row += b
-    return out
-
-
-def stack_ranker_inputs(items: list[dict], num_prefix: int, num_step2: int) -> tuple[dict, list[tuple[int, int]]]:
-    """Ranker inputs of several requests (kv [b_i, R2, S_i, DM], candidates [b_i, n_i, ...]) ->
-    one batch (kv re-laid out to the longest history, candidates zero-padded to the widest);
-    returns (rows, candidates) per request."""
-    lengths = [a["kv"].shape[2] - num_prefix - num_step2 for a in items]
-    longest = max(lengths)
-    shapes = [(_rows(a["cand_bid"]), int(np.asarray(a["cand_bid"]).shape[1])) for a in items]
-    width = max(1, max(n for _, n in shapes))
-    kv = _concat([relayout_kv(a["kv"], num_prefix, n, longest) for a, n in zip(items, lengths)], axis=0)
-
-    def pad(name, dtype):
-        parts = []
-        for a in items:
-            v = np.asarray(a[name], dtype=dtype)
-            widths = [(0, 0)] * v.ndim
-            widths[1] = (0, width - v.shape[1])
-            parts.append(np.pad(v, widths))
-        return np.concatenate(parts)
-
-    batch = {
-        "kv": kv,
-        "hist_len": np.concatenate([np.asarray(a["hist_len"], np.int64).reshape(-1) for a in items]),
-        "cand_sids": pad("cand_sids", np.int64),
-        "cand_attrs": pad("cand_attrs", np.int64),
-        "cand_bid": pad("cand_bid", np.float32),
-    }
-    return batch, shapes
-
-
-def split_scores(scores: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    out, row = [], 0
-    for b, n in shapes:
-        out.append(np.ascontiguousarray(scores[row : row + b, :n]))
-        row += b
-    return out
-
-
-def generate_split(runner, batch: dict, keep_device: bool = False) -> tuple[np.ndarray, Any]:
-    """Run the generator for topologies (b)/(c), where the KV leaves the runner as a tensor of
-    the Triton model (the runner is built with `bind_kv=False`). level_logits come back on the
-    host (beam search is numpy); the KV as numpy, or, with `keep_device` (torch engine, DLPack
-    transport), as the torch tensor on the runner's device."""
-    level_logits, kv = runner.generate(batch)
-    value = getattr(kv, "value", kv)
-    if is_torch(value) and not keep_device:
-        value = value.detach().cpu().numpy()
-    return np.asarray(level_logits), value if is_torch(value) else np.asarray(value)
-
-
-def rank_split(runner, batch: dict) -> np.ndarray:
-    """Run the ranker on a KV that came from another model (numpy, or torch via DLPack)."""
-    return np.asarray(
-        runner.rank(batch["kv"], batch["hist_len"], batch["cand_sids"], batch["cand_attrs"], batch["cand_bid"])
-    )
-
-
 GENERATION_KNOBS = ("beam_width", "num_candidates")
 CANDIDATES = ("cand_idx", "cand_logp", "cand_stream")
 # what the generation graph leaves in an empty candidate slot (the ranking graph masks cand_idx < 0)
@@ -175,7 +97,7 @@ def _host(value) -> np.ndarray:
 def stack_generation_inputs(items: list[dict]) -> tuple[dict, dict, list[int]]:
     """Generation-graph inputs of several requests -> (token batch padded to the longest history,
     knobs {beam_width, num_candidates [B], exclude_idx [B, E]}, each request's own history length)."""
-    batch, own = stack_generator_inputs(items)
+    batch, own = stack_history_inputs(items)
     knobs = {k: np.concatenate([np.asarray(a[k], np.int64).reshape(-1) for a in items]) for k in GENERATION_KNOBS}
     knobs["exclude_idx"] = _pad_columns([np.asarray(a["exclude_idx"], np.int64) for a in items], -1)
     return batch, knobs, own

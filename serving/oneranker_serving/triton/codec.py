@@ -3,10 +3,10 @@ injected so everything here is testable with a fake.
 
     transport "numpy":  every tensor is a host numpy array (ONNX Runtime engine).
     transport "dlpack": (torch engine) the KV moves as a torch tensor through DLPack, zero copy and
-                        on the device it lives on (GPU memory for KIND_GPU instances); token and
-                        score tensors, which the numpy selection code reads, come to the host.
-BLS requests ask for outputs in `kv_memory` (Triton's preferred_memory), so a generator's KV
-reaches the orchestrator on the GPU.
+                        on the device it lives on (GPU memory for KIND_GPU instances); token,
+                        knob and candidate tensors come to the host. With
+                        FORCE_CPU_ONLY_INPUT_TENSORS=no (rendered for the torch engine) the
+                        generation model's KV reaches the ranking model where it was made.
 """
 
 from __future__ import annotations
@@ -18,25 +18,16 @@ import numpy as np
 KV_TRANSPORTS = ("numpy", "dlpack")
 
 
-def kv_memory(spec: str) -> tuple[bool, int]:
-    """Render parameter `kv_memory` ("cpu" or "gpu:N") -> (is_gpu, device id)."""
-    kind, _, device = spec.partition(":")
-    if kind not in ("cpu", "gpu"):
-        raise ValueError(f"kv_memory must be cpu or gpu:N, got {spec!r}")
-    return kind == "gpu", int(device or 0)
-
-
 def is_torch(value) -> bool:
     """True for a torch tensor, without importing torch (a numpy-only model never loads it)."""
     return type(value).__module__.startswith("torch")
 
 
 class TensorCodec:
-    def __init__(self, pb, transport: str = "numpy", memory: str = "cpu"):
+    def __init__(self, pb, transport: str = "numpy"):
         if transport not in KV_TRANSPORTS:
             raise ValueError(f"kv_transport must be one of {KV_TRANSPORTS}, got {transport!r}")
         self.pb, self.dlpack = pb, transport == "dlpack"
-        self.gpu, self.device_id = kv_memory(memory)
         self._torch = None
 
     @property
@@ -76,8 +67,3 @@ class TensorCodec:
 
     def outputs(self, values: dict) -> list:
         return [self.tensor(name, value) for name, value in values.items()]
-
-    def preferred_memory(self):
-        """preferred_memory for BLS requests: where the callee's outputs (the KV) should land."""
-        kind = self.pb.TRITONSERVER_MEMORY_GPU if self.gpu else self.pb.TRITONSERVER_MEMORY_CPU
-        return self.pb.PreferredMemory(kind, self.device_id)

@@ -2,16 +2,11 @@
 model.py` is `class TritonPythonModel(<Model>): pb = pb_utils`, so every line of logic here runs
 under a fake `pb_utils` in unit tests.
 
-    PreprocessModel   raw request -> validated tokens          (numpy_beam, BLS, ensemble, cascade)
+    PreprocessModel   raw request -> validated tokens          (numpy_beam, graphs, cascade)
     RecommenderModel  raw request (fused) or tokens -> generate, beam search, rank -> top-k
                       (fused: both inside the graphs; numpy_beam and cascade: numpy beam search)
     GenerationModel   tokens + knobs -> generation graph -> candidates, kv    (graphs)
     RankingModel      kv + candidates -> ranking graph -> top-k               (graphs)
-    GeneratorModel    tokens -> level_logits, kv                              (BLS, ensemble)
-    SelectModel       level_logits -> candidates                              (ensemble)
-    RankerModel       kv + candidates -> scores                               (BLS, ensemble)
-    TopkModel         scores -> top-k                                         (ensemble)
-    BlsModel          tokens -> BLS generator -> beam search -> BLS ranker    (BLS)
 Every model answers a bad request with its own INVALID_ARG response (`errors.error_response`)
 and the other requests of the dynamic batch normally.
 """
@@ -26,7 +21,7 @@ import numpy as np
 
 from oneranker_client import contract
 
-from ..artifacts import load_recommender, load_selector, load_system, load_validator, read_export_info
+from ..artifacts import load_recommender, load_system, load_validator, read_export_info
 from ..recommender import Parsed, Recommender, StageTimes
 from ..tokenize import RequestError
 from . import arrays, batching
@@ -149,8 +144,8 @@ class RecommenderModel(PythonModel):
 
 
 @dataclass
-class SplitEngine:
-    """What the `generator` and `ranker` models of the split topologies hold."""
+class GraphEngine:
+    """What the `generation` and `ranking` models of the graphs topology hold."""
 
     recommender: Recommender  # its runner is built with bind_kv=False: the KV leaves the model
     codec: TensorCodec
@@ -158,9 +153,9 @@ class SplitEngine:
     num_step2: int  # T2
 
 
-def load_split_engine(args: dict, pb, search: str = "numpy") -> SplitEngine:
-    """Triton's initialize() args of a generator/ranker (search "numpy": level-logit graphs) or
-    generation/ranking model (search "graph") -> its runner, codec and dims."""
+def load_graph_engine(args: dict, pb) -> GraphEngine:
+    """Triton's initialize() args of a generation/ranking model -> its runner (the in-graph beam
+    search graphs), codec and dims."""
     params, artifacts = model_setup(args)
     rec = load_recommender(
         artifacts,
@@ -169,23 +164,10 @@ def load_split_engine(args: dict, pb, search: str = "numpy") -> SplitEngine:
         expected_checkpoint=params["checkpoint_sha256"],
         device=instance_device(args),
         bind_kv=False,
-        search=search,
+        search="graph",
     )
     info = read_export_info(artifacts)
-    return SplitEngine(rec, TensorCodec(pb, params["kv_transport"]), info["dims"]["F"], info["num_step2_tokens"])
-
-
-class GeneratorModel(PythonModel):
-    def initialize(self, args):
-        self.engine = load_split_engine(args, self.pb)
-
-    def execute(self, requests):
-        e = self.engine
-        items = [e.codec.inputs(r, contract.GENERATOR) for r in requests]
-        batch, own = batching.stack_generator_inputs(items)
-        level_logits, kv = batching.generate_split(e.recommender.runner, batch, keep_device=e.codec.dlpack)
-        outs = batching.split_generator_outputs(items, level_logits, kv, own, e.num_prefix)
-        return [self.pb.InferenceResponse(output_tensors=e.codec.outputs(o)) for o in outs]
+    return GraphEngine(rec, TensorCodec(pb, params["kv_transport"]), info["dims"]["F"], info["num_step2_tokens"])
 
 
 class GenerationModel(PythonModel):
@@ -193,7 +175,7 @@ class GenerationModel(PythonModel):
     request gets its candidates and its KV (numpy, or by DLPack on its device: torch engine)."""
 
     def initialize(self, args):
-        self.engine = load_split_engine(args, self.pb, search="graph")
+        self.engine = load_graph_engine(args, self.pb)
 
     def execute(self, requests):
         e = self.engine
@@ -208,7 +190,7 @@ class RankingModel(PythonModel):
     left it no candidate (the fused model's answer)."""
 
     def initialize(self, args):
-        self.engine = load_split_engine(args, self.pb, search="graph")
+        self.engine = load_graph_engine(args, self.pb)
 
     def execute(self, requests):
         e = self.engine
@@ -221,130 +203,4 @@ class RankingModel(PythonModel):
             values = {s.name: out[s.name].astype(s.numpy_dtype) for s in contract.RANKING.outputs if s.name in out}
             values["rec_count"] = out["rec_count"].astype(np.int64)  # [b]: the config reshapes [1] to []
             responses.append(self.respond(values))
-        return responses
-
-
-class RankerModel(PythonModel):
-    def initialize(self, args):
-        self.engine = load_split_engine(args, self.pb)
-
-    def execute(self, requests):
-        e = self.engine
-        items = [e.codec.inputs(r, contract.RANKER) for r in requests]
-        batch, shapes = batching.stack_ranker_inputs(items, e.num_prefix, e.num_step2)
-        scores = batching.rank_split(e.recommender.runner, batch)
-        return [
-            self.pb.InferenceResponse(output_tensors=e.codec.outputs({"scores": s}))
-            for s in batching.split_scores(scores, shapes)
-        ]
-
-
-class SelectModel(PythonModel):
-    def initialize(self, args):
-        params, artifacts = model_setup(args)
-        validator, self.gen_tables = load_selector(artifacts, expected_checkpoint=params["checkpoint_sha256"])
-        self.tables = validator.tables
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            a = self.host_inputs(request, contract.SELECT)
-            try:
-                responses.append(
-                    self.respond(
-                        arrays.select_arrays(
-                            self.tables, self.gen_tables, a["level_logits"], a["options"], a["exclude_idx"]
-                        )
-                    )
-                )
-            except RequestError as err:
-                responses.append(self.error(str(err)))
-        return responses
-
-
-class TopkModel(PythonModel):
-    def initialize(self, args):
-        pass
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            a = self.host_inputs(request, contract.TOPK)
-            responses.append(
-                self.respond(
-                    arrays.topk_arrays(a["scores"], a["cand_item_ids"], a["cand_logp"], a["cand_head"], a["options"])
-                )
-            )
-        return responses
-
-
-class SubRequestError(Exception):
-    """A BLS call to a composing model failed; the message names the model."""
-
-
-class BlsModel(PythonModel):
-    """Topology (b): one BLS call to `generator` for the whole batch, beam search per request, one
-    BLS call to `ranker`, top-k. With the torch engine the KV moves by DLPack and the BLS calls ask
-    for it in `kv_memory` (preferred_memory), so on a GPU it never leaves the device."""
-
-    def initialize(self, args):
-        params, artifacts = model_setup(args)
-        validator, self.gen_tables = load_selector(artifacts, expected_checkpoint=params["checkpoint_sha256"])
-        self.tables = validator.tables
-        info = read_export_info(artifacts)
-        self.num_prefix, self.num_step2 = info["dims"]["F"], info["num_step2_tokens"]
-        self.codec = TensorCodec(self.pb, params["kv_transport"], params["kv_memory"])
-
-    def call(self, model_name: str, tensors: dict, output_names) -> dict:
-        """One BLS request; a failed sub-request raises SubRequestError (the one place that checks)."""
-        pb, codec = self.pb, self.codec
-        request = pb.InferenceRequest(
-            model_name=model_name,
-            requested_output_names=list(output_names),
-            inputs=codec.outputs(tensors),
-            preferred_memory=codec.preferred_memory(),
-        )
-        response = request.exec()
-        if response.has_error():
-            raise SubRequestError(f"{model_name}: {response.error().message()}")
-        outputs = {name: pb.get_output_tensor_by_name(response, name) for name in output_names}
-        return {name: codec.kv(t) if name == "kv" else codec.host(t) for name, t in outputs.items()}
-
-    def execute(self, requests):
-        items = [self.codec.inputs(r, contract.BLS) for r in requests]
-        try:
-            batch, own = batching.stack_generator_inputs(items)
-            batch["hist_len"] = batch["hist_len"].reshape(-1, 1)
-            gen = self.call(contract.GENERATOR_MODEL, batch, ("level_logits", "kv"))
-            per_request = batching.split_generator_outputs(items, gen["level_logits"], gen["kv"], own, self.num_prefix)
-        except SubRequestError as err:
-            return [self.error(str(err)) for _ in requests]
-        responses = [None] * len(requests)
-        ranked = []
-        for i, (item, out) in enumerate(zip(items, per_request)):
-            try:
-                cands = arrays.select_arrays(
-                    self.tables, self.gen_tables, out["level_logits"], item["options"], item["exclude_idx"]
-                )
-                ranked.append((i, cands, {"kv": out["kv"], "hist_len": item["hist_len"].reshape(1, 1), **cands}))
-            except RequestError as err:
-                responses[i] = self.error(str(err))
-        if ranked:
-            try:
-                batch, shapes = batching.stack_ranker_inputs([r[2] for r in ranked], self.num_prefix, self.num_step2)
-                batch["hist_len"] = batch["hist_len"].reshape(-1, 1)
-                scores = self.call(contract.RANKER_MODEL, batch, ("scores",))["scores"]
-                for (i, cands, _), row_scores in zip(ranked, batching.split_scores(scores, shapes)):
-                    responses[i] = self.respond(
-                        arrays.topk_arrays(
-                            row_scores,
-                            cands["cand_item_ids"],
-                            cands["cand_logp"],
-                            cands["cand_head"],
-                            items[i]["options"],
-                        )
-                    )
-            except SubRequestError as err:
-                for i, _, _ in ranked:
-                    responses[i] = self.error(str(err))
         return responses
