@@ -143,6 +143,8 @@ def settings_overrides(args) -> dict:
         )
     if args.intra_op_threads is not None:
         out["intra_op_threads"] = args.intra_op_threads
+    if args.queue_policy:
+        out["queue_policy"] = True
     return out
 
 
@@ -180,6 +182,13 @@ def register(sub, common, make_config, run_dir_of) -> None:
         "--engine-instances",
         type=_positive_int,
         help="instances of each engine model (recommender, generation, ranking; default 2, one per core)",
+    )
+    p.add_argument(
+        "--queue-policy",
+        action="store_true",
+        help="render Triton's default_queue_policy (bounded queue of 64, 2 s queue timeout: overload answered "
+        "UNAVAILABLE at once); off by default because Triton 2.51's batcher then sometimes holds a batch "
+        "500 ms under saturation (README 'Batching and threads')",
     )
     p.add_argument(
         "--intra-op-threads",

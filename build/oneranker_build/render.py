@@ -35,22 +35,38 @@ class RenderSettings:
     # the highest saturated throughput (1.12x of 500 us on the fused path) and 0.90x its c1 p50;
     # 0 us had the lowest c1 p50 (0.87x) for less throughput (1.06x).
     max_queue_delay_us: int = 100
-    max_queue_size: int = 64  # beyond this Triton answers UNAVAILABLE at once (overload shedding)
-    queue_timeout_us: int = 2_000_000  # a request queued longer than 2 s is rejected, not served late
+    # Overload shedding by Triton's default_queue_policy (beyond max_queue_size, or queued longer
+    # than queue_timeout_us, a request is answered UNAVAILABLE at once). Off by default: Triton
+    # 2.51's dynamic batcher, whenever a queue policy is set, sometimes holds a whole batch for its
+    # fixed 500 ms re-check wait under saturation, with one instance or two (README "Batching and
+    # threads"); without a policy no request was held. Requests then wait in an unbounded queue
+    # until served or until the client's deadline cancels them.
+    queue_policy: bool = False
+    max_queue_size: int = 64
+    queue_timeout_us: int = 2_000_000
     # Instances per model (the one home of every instance count). The engine models run one
-    # instance per core with one intra-op thread each. With a single instance, Triton 2.51's
-    # dynamic batcher under saturation holds a whole batch for its fixed 500 ms re-check wait about
-    # once a second whenever a default_queue_policy is set (measured: 8 clients, fused model,
-    # 1 instance x 2 threads: ~230 rps, p99 515 ms; same block without the policy: ~640 rps, no
-    # stall; 2 instances x 1 thread with the policy: ~850 rps, p99 19 ms, no stall in 20 s at 16
-    # clients). The price is the concurrency-1 latency of one thread instead of two (~+0.9 ms on
-    # small). README "Batching and threads".
-    preprocess_instances: int = 1  # tokenization is light
+    # instance per core with one intra-op thread each: the most saturated throughput measured
+    # (fused, 8 clients: ~850 req/s against ~640 for one instance with two threads); at
+    # concurrency 1 the two layouts measured within noise. README "Batching and threads".
+    preprocess_instances: int = 2  # light, but one instance would serialise every request of numpy_beam/graphs
     recommender_instances: int = 2  # fused model, numpy beam baseline and the cascade baseline
     generation_instances: int = 2  # topology graphs
     ranking_instances: int = 2
     intra_op_threads: int = 1  # ONNX Runtime / torch threads inside each engine-model instance
     instance_kind: str = "KIND_CPU"
+
+
+def queue_policy_block(s: RenderSettings) -> str:
+    """The default_queue_policy lines inside `dynamic_batching { }`, or "" when s.queue_policy is off."""
+    if not s.queue_policy:
+        return ""
+    return (
+        "\n  default_queue_policy {\n"
+        f"    max_queue_size: {s.max_queue_size}\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {s.queue_timeout_us}\n"
+        "  }"
+    )
 
 
 @dataclass(frozen=True)
@@ -250,11 +266,7 @@ def render_repository(
     queue = {
         "dynamic_batching": fill(
             TEMPLATES / "dynamic_batching.pbtxt.tmpl",
-            {
-                "max_queue_delay_us": s.max_queue_delay_us,
-                "max_queue_size": s.max_queue_size,
-                "queue_timeout_us": s.queue_timeout_us,
-            },
+            {"max_queue_delay_us": s.max_queue_delay_us, "queue_policy": queue_policy_block(s)},
             keep_comments=False,
         )
     }

@@ -370,7 +370,7 @@ def test_overload_is_answered_quickly_with_unavailable(tiny_run, tiny_export, tm
     from oneranker_build.render import RenderSettings, render_repository
 
     info = json.loads((tiny_export / "export" / "export_info.json").read_text())
-    settings = RenderSettings(max_batch_size=1, max_queue_size=1, max_queue_delay_us=0)
+    settings = RenderSettings(max_batch_size=1, queue_policy=True, max_queue_size=1, max_queue_delay_us=0)
     repo = render_repository(
         tiny_export / "export",
         tmp_path / "tight",

@@ -58,13 +58,26 @@ def test_ensemble_wiring_is_closed(tiny_repository, ensemble):
     assert {t.name for t in cfg.output} <= available
 
 
-def test_dynamic_batching_and_queue_policy(tiny_repository):
-    for name in (contract.PREPROCESS_MODEL, contract.FUSED_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL):
+def test_dynamic_batching_and_queue_policy(tiny_repository, tiny_export, tmp_path):
+    """Every Python model batches (ragged where dims are variable) with no queue policy by default;
+    `queue_policy=True` renders the bounded queue and timeout into every one of them."""
+    from oneranker_build.render import RenderSettings, render_repository
+
+    names = (contract.PREPROCESS_MODEL, contract.FUSED_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL)
+    for name in names:
         cfg = _parse(tiny_repository / name / "config.pbtxt")
-        policy = cfg.dynamic_batching.default_queue_policy
-        assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == RenderSettings().max_queue_delay_us
+        assert not cfg.dynamic_batching.HasField("default_queue_policy"), name
         ragged = {t.name for t in cfg.input if t.allow_ragged_batch}
         assert ragged == {t.name for t in cfg.input if -1 in t.dims}
+    export = tiny_export / "export"
+    settings = RenderSettings(queue_policy=True, max_queue_size=7, queue_timeout_us=123_000)
+    sha = artifacts.read_export_info(export)["checkpoint_sha256"]
+    repo = render_repository(export, tmp_path / "policy", "onnxruntime", _dims(tiny_export), sha, settings=settings)
+    for name in names:
+        policy = _parse(repo / name / "config.pbtxt").dynamic_batching.default_queue_policy
+        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 123_000), name
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
 
 
 def test_glue_outputs_follow_contract(tiny_run, tiny_export):
@@ -206,4 +219,5 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
             assert sum(g.count for g in cfg.instance_group) == count, (argv, model)
             assert cfg.parameters["intra_op_threads"].string_value == str(threads), (argv, model)
         preprocess = _parse(repo / contract.PREPROCESS_MODEL / "config.pbtxt")
-        assert sum(g.count for g in preprocess.instance_group) == 1, argv
+        # not an engine model: --engine-instances leaves it at its own default
+        assert sum(g.count for g in preprocess.instance_group) == 2, argv
