@@ -121,3 +121,15 @@ def served_repository(tiny_run, tiny_repository, tmp_path_factory):
         )
     finally:
         server.stop()
+
+
+def require_tritonserver() -> None:
+    """Skip unless the bootstrap installed tritonserver (ONERANKER_REQUIRE_TRITON=1 makes it fail)."""
+    from oneranker_serving import local_server
+
+    try:
+        local_server.find_tritonserver()
+    except RuntimeError as e:
+        if os.environ.get("ONERANKER_REQUIRE_TRITON") == "1":
+            raise
+        pytest.skip(str(e))

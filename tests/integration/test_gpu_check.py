@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_tritonserver
 
 from oneranker_perf import gpu_carry
-from oneranker_serving import local_server as ts
 
 pytestmark = pytest.mark.triton
 
@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_packs_serves_compares_and_measures(tmp_path):
-    try:
-        ts.find_tritonserver()
-    except RuntimeError as e:
-        if os.environ.get("ONERANKER_REQUIRE_TRITON") == "1":
-            raise
-        pytest.skip(str(e))
+    require_tritonserver()
     # gz and no numpy wheel: this venv's numpy is < 2 (the real pack uses xz and carries numpy for 3.12)
     manifest = gpu_carry.pack(
         tmp_path / "carry", stubs=(gpu_carry.running_python(),), numpy_pythons=(), compression="gz"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_tritonserver
 
 from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 from oneranker_serving import local_server as ts
@@ -103,15 +104,6 @@ def _write_repository(root: Path) -> Path:
     return root
 
 
-def _require_tritonserver() -> None:
-    try:
-        ts.find_tritonserver()
-    except RuntimeError as e:
-        if os.environ.get("ONERANKER_REQUIRE_TRITON") == "1":
-            raise
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
     return _write_repository(tmp_path_factory.mktemp("model_repository"))
@@ -119,7 +111,7 @@ def repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository, tmp_path_factory):
-    _require_tritonserver()
+    require_tritonserver()
     logdir = tmp_path_factory.mktemp("triton_logs")
     srv = ts.TritonServer(
         repository,
@@ -154,7 +146,7 @@ def _infer(client, x: np.ndarray, dtype: str = "FP32"):
 
 
 def test_prepare_backend_dir_is_idempotent(tmp_path):
-    _require_tritonserver()
+    require_tritonserver()
     out = ts.prepare_backend_dir(tmp_path / "b")
     stub = out / "python" / "triton_python_backend_stub"
     assert (out / "python" / "libtriton_python.so").is_file()
@@ -249,7 +241,7 @@ def test_stop_ends_the_process(server):
 
 
 def test_cli_foreground_and_sigterm(repository, tmp_path):
-    _require_tritonserver()
+    require_tritonserver()
     log = tmp_path / "cli.log"
     proc = subprocess.Popen(
         [
