@@ -324,6 +324,7 @@ def write_export_info(out_dir: Path, manifest: dict, info: dict, dims: contract.
     payload = {
         "checkpoint_sha256": manifest["checkpoint_sha256"],
         "sid_version": manifest["sid_version"],
+        "oov_code": manifest.get("oov_code"),  # the history OOV token's code; None: the model has none
         "item_tables_sha256": manifest.get("item_tables_sha256"),
         "dims": {k: getattr(dims, k) for k in ("F", "D", "K", "H", "R2", "DM")},
         "num_interest_heads": cfg.model.num_interest_tokens,

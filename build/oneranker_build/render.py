@@ -151,16 +151,30 @@ def _internal(specs) -> dict:
     return {t.name: f"_{t.name}" for t in specs}
 
 
+def _preprocess_step() -> tuple:
+    """The shared preprocess step: tokens go to internal tensors, the status outputs (history
+    counts, model version) straight to the ensemble's outputs."""
+    out_map = _internal(contract.PREPROCESS.outputs)
+    out_map.update(_identity(contract.STATUS_OUTPUTS))
+    return (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), out_map)
+
+
 def topology_steps(topology: str) -> list:
     """Ensemble steps (model, spec, input_map, output_map) of each serving topology."""
-    pre_out = _internal(contract.PREPROCESS.outputs)
-    preprocess = (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out)
-    public_out = _identity(contract.PUBLIC.outputs)
     if topology == "fused":  # one Python model validates, tokenizes, generates and ranks
-        return [(contract.FUSED_MODEL, contract.FUSED, _identity(contract.PUBLIC.inputs), public_out)]
+        return [
+            (
+                contract.FUSED_MODEL,
+                contract.FUSED,
+                _identity(contract.PUBLIC.inputs),
+                _identity(contract.PUBLIC.outputs),
+            )
+        ]
     if topology == "numpy_beam":
         return numpy_beam_steps()
     if topology == "graphs":  # preprocess -> generation graph -> ranking graph, nothing in between
+        preprocess = _preprocess_step()
+        pre_out = preprocess[3]
         gen_in = {t.name: pre_out[t.name] for t in contract.GENERATION.inputs}
         gen_out = _internal(contract.GENERATION.outputs)
         rank_in = {
@@ -169,21 +183,19 @@ def topology_steps(topology: str) -> list:
             **{k: gen_out[k] for k in ("cand_idx", "cand_logp", "cand_stream")},
             "top_k": pre_out["top_k"],
         }
+        rank_out = _identity(contract.REC_OUTPUTS)
         return [
             preprocess,
             (contract.GENERATION_MODEL, contract.GENERATION, gen_in, gen_out),
-            (contract.RANKING_MODEL, contract.RANKING, rank_in, public_out),
+            (contract.RANKING_MODEL, contract.RANKING, rank_in, rank_out),
         ]
     raise RenderError(f"unknown topology {topology!r}")
 
 
 def _after_preprocess(model: str, spec: contract.ModelSpec) -> list:
-    """Ensemble steps: the shared preprocess, then one fused-style model."""
-    pre_out = _internal(contract.PREPROCESS.outputs)
-    return [
-        (contract.PREPROCESS_MODEL, contract.PREPROCESS, _identity(contract.PUBLIC.inputs), pre_out),
-        (model, spec, pre_out, _identity(contract.PUBLIC.outputs)),
-    ]
+    """Ensemble steps: the shared preprocess, then one fused-style model over its tokens."""
+    preprocess = _preprocess_step()
+    return [preprocess, (model, spec, {t.name: preprocess[3][t.name] for t in spec.inputs}, _identity(spec.outputs))]
 
 
 def cascade_steps() -> list:

@@ -216,6 +216,9 @@ class Recommendation:
     scores: np.ndarray
     gen_logp: np.ndarray
     source_head: np.ndarray
+    history_unknown: int = 0  # history events the model version did not know (served as OOV)
+    history_dropped: int = 0  # oldest history events cut beyond the model's max_history
+    model_version: int = -1  # the release that answered
     latency_ms: float = 0.0
 
     def __len__(self) -> int:
@@ -223,16 +226,21 @@ class Recommendation:
 
     def to_json(self) -> dict:
         out = {}
-        for spec in contract.PUBLIC.outputs:
+        for spec in contract.REC_OUTPUTS:
             field_name = _output_field(spec.name)
             arr = np.asarray(getattr(self, field_name))
             out[field_name] = [round(float(x), 6) for x in arr] if arr.dtype.kind == "f" else arr.astype(int).tolist()
+        for spec in contract.STATUS_OUTPUTS:
+            out[spec.name] = int(getattr(self, spec.name))
         out["latency_ms"] = round(float(self.latency_ms), 3)
         return out
 
 
 def _output_field(name: str) -> str:
     return name[len(_OUTPUT_PREFIX) :] if name.startswith(_OUTPUT_PREFIX) else name
+
+
+_REC_FIELDS = frozenset(_output_field(s.name) for s in contract.REC_OUTPUTS)
 
 
 def _is_scalar_spec(spec: contract.TensorSpec) -> bool:
@@ -309,7 +317,7 @@ def requested_outputs() -> list:
 def parse_result(result, latency_ms: float = 0.0) -> Recommendation:
     """A tritonclient ``InferResult`` (anything with ``as_numpy(name)``) -> Recommendation."""
     fields = {}
-    for spec in contract.PUBLIC.outputs:
+    for spec in contract.REC_OUTPUTS + contract.STATUS_OUTPUTS:
         arr = result.as_numpy(spec.name)
         if arr is None:
             raise OneRankerError(f"the server's response has no output {spec.name}", "INTERNAL")
@@ -321,7 +329,11 @@ def parse_result(result, latency_ms: float = 0.0) -> Recommendation:
     # native engines pad every request of a batch to the batch's largest top_k: item id -1 marks it
     served = fields[_output_field("rec_item_ids")] >= 0
     if not served.all():
-        fields = {name: value[served] for name, value in fields.items()}
+        fields = {name: value[served] for name, value in fields.items() if name in _REC_FIELDS} | {
+            name: value for name, value in fields.items() if name not in _REC_FIELDS
+        }
+    for spec in contract.STATUS_OUTPUTS:
+        fields[spec.name] = int(fields[spec.name][0])
     return Recommendation(**fields, latency_ms=latency_ms)
 
 

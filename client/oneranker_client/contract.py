@@ -18,7 +18,7 @@ import numpy as np
 # Version of this contract (tensor names, dtypes, dims, meanings, action codes). Every rendered
 # model reports it as the config parameter `contract_version`; the client compares it with its own
 # (`OneRankerClient.check_contract`). Bump it on any change a client or an export would notice.
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 
 # Action codes of behaviour events (`actions` input). 0 is padding inside the model. Order = the
 # funnel order of the task tokens.
@@ -132,6 +132,30 @@ _HIST = (
     TensorSpec("hist_len", "TYPE_INT64", (1,), "true history length", reshape=()),
 )
 
+# Per item of the answer (the recommendation itself).
+REC_OUTPUTS = (
+    TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first; -1 = padding"),
+    TensorSpec("rec_scores", "TYPE_FP32", (-1,), "R-Decoder value score (ordinal, not calibrated)"),
+    TensorSpec("rec_gen_logp", "TYPE_FP32", (-1,), "generation log-probability of the item"),
+    TensorSpec("rec_source_head", "TYPE_INT32", (-1,), "generating stream: 0-5 interest heads, 6 value"),
+)
+# Per request: what tokenization did to the history (made where the request is validated).
+HISTORY_OUTPUTS = (
+    TensorSpec(
+        "history_unknown",
+        "TYPE_INT64",
+        (1,),
+        "history events whose item id this model version does not know (served as the OOV token)",
+    ),
+    TensorSpec("history_dropped", "TYPE_INT64", (1,), "oldest history events dropped beyond max_history"),
+)
+# Per request: the model release that answered (its Triton version number; every ensemble step is
+# pinned to it, so one answer never mixes two releases' semantic IDs).
+VERSION_OUTPUT = TensorSpec("model_version", "TYPE_INT64", (1,), "version of the model release that answered")
+# Made by the model that validates the request (the fused model, or preprocess in the ensembles
+# that have one: the ensemble maps them straight to its outputs).
+STATUS_OUTPUTS = HISTORY_OUTPUTS + (VERSION_OUTPUT,)
+
 PUBLIC = ModelSpec(
     PUBLIC_MODEL,
     inputs=(
@@ -151,12 +175,7 @@ PUBLIC = ModelSpec(
             optional=True,
         ),
     ),
-    outputs=(
-        TensorSpec("rec_item_ids", "TYPE_INT64", (-1,), "recommended ad ids, best first; -1 = padding"),
-        TensorSpec("rec_scores", "TYPE_FP32", (-1,), "R-Decoder value score (ordinal, not calibrated)"),
-        TensorSpec("rec_gen_logp", "TYPE_FP32", (-1,), "generation log-probability of the item"),
-        TensorSpec("rec_source_head", "TYPE_INT32", (-1,), "generating stream: 0-5 interest heads, 6 value"),
-    ),
+    outputs=REC_OUTPUTS + STATUS_OUTPUTS,
     doc="Public entry: raw request in, top-k out. Ensemble of preprocess -> recommender.",
 )
 
@@ -172,7 +191,8 @@ PREPROCESS = ModelSpec(
         TensorSpec("beam_width", "TYPE_INT64", **_KNOB, meaning="validated beam width (the graphs topology)"),
         TensorSpec("num_candidates", "TYPE_INT64", **_KNOB, meaning="validated candidate count (graphs topology)"),
         TensorSpec("top_k", "TYPE_INT64", **_KNOB, meaning="validated top_k (the graphs topology)"),
-    ),
+    )
+    + STATUS_OUTPUTS,
     doc="Validation + tokenization (the training code path): raw events -> tokens.",
 )
 
@@ -236,7 +256,7 @@ RANKING = ModelSpec(
         TensorSpec("cand_stream", "TYPE_INT64", (-1,), "their generating streams"),
         TensorSpec("top_k", "TYPE_INT64", **_KNOB, meaning="items returned (validated)"),
     ),
-    outputs=PUBLIC.outputs
+    outputs=REC_OUTPUTS
     + (
         TensorSpec(
             "rec_count",
@@ -251,16 +271,16 @@ RANKING = ModelSpec(
 
 NUMPY_BEAM = ModelSpec(
     NUMPY_BEAM_MODEL,
-    inputs=PREPROCESS.outputs,
-    outputs=PUBLIC.outputs,
+    inputs=PREPROCESS.outputs[: -len(STATUS_OUTPUTS)],
+    outputs=REC_OUTPUTS,
     doc="The fused model with the numpy beam search between a level-logit generator graph and a ranker "
     "graph (ensemble `oneranker_numpy_beam`): the baseline the in-graph beam search is measured against.",
 )
 
 CASCADE = ModelSpec(
     CASCADE_MODEL,
-    inputs=PREPROCESS.outputs,
-    outputs=PUBLIC.outputs,
+    inputs=PREPROCESS.outputs[: -len(STATUS_OUTPUTS)],
+    outputs=REC_OUTPUTS,
     doc="The cascade baseline (ensemble `oneranker_cascade`): the cascade generator's beam search, then "
     "an independent ranker that encodes the history a second time. Same contract as the fused model.",
 )

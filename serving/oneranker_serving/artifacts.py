@@ -46,9 +46,8 @@ def load_selector(
     gen, items = load_generation_tables(
         artifact_dir / "generation_tables.safetensors", info["num_interest_heads"], info["num_value_heads"]
     )
-    validator = RequestValidator(
-        items, ServeConfig.from_dict(info["serve"]), info["feature_cardinality"], info["dims"]["F"]
-    )
+    serve = ServeConfig.from_dict(info["serve"])
+    validator = RequestValidator(items, serve, info["feature_cardinality"], info["dims"]["F"], info.get("oov_code"))
     return validator, gen
 
 

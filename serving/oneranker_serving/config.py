@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What a history item id the model version does not know becomes (`ServeConfig.oov_policy`):
+OOV_TOKEN = "token"  # the model's OOV semantic-ID path [oov_code] * D (trained for it), counted
+OOV_REJECT = "reject"  # the request is refused (INVALID_ARG naming the ids)
+OOV_POLICIES = (OOV_TOKEN, OOV_REJECT)
+
 
 @dataclass
 class ServeConfig:
@@ -24,6 +29,17 @@ class ServeConfig:
     max_exclude_items: int = 1024
     length_buckets: tuple[int, ...] = (16, 32, 64, 128)  # history padded up to one of these
     max_batch_size: int = 8
+    # A history item id this model version does not know: "token" serves it as the model's OOV
+    # token (trained for it, counted in the response's history_unknown), "reject" refuses the
+    # request (INVALID_ARG). Unseen items are normal traffic (new ads, new content), so token.
+    oov_policy: str = OOV_TOKEN
+    # |request_time - server clock| allowed, seconds; None = unchecked (the default: benches and
+    # offline evaluation replay old logs).
+    timestamp_skew_s: int | None = None
+
+    def __post_init__(self):
+        if self.oov_policy not in OOV_POLICIES:
+            raise ValueError(f"serve.oov_policy must be one of {OOV_POLICIES}, got {self.oov_policy!r}")
 
     @property
     def max_history(self) -> int:

@@ -20,7 +20,15 @@ import numpy as np
 from .config import ServeConfig
 from .selection import beam_search, merge_candidates, top_k
 from .tables import GenerationTables, ItemTables
-from .tokenize import RequestError, UserTokens, bucket_for, pad_batch, pad_exclusions, tokenize_request
+from .tokenize import (
+    HistoryPolicy,
+    RequestError,
+    UserTokens,
+    bucket_for,
+    pad_batch,
+    pad_exclusions,
+    tokenize_request,
+)
 
 
 class EngineRunner(Protocol):
@@ -78,6 +86,8 @@ class Response:
     gen_logp: np.ndarray  # [k] float32 generation log-probability
     source_head: np.ndarray  # [k] int32: 0-5 interest heads, 6 the bagged value stream
     num_candidates: int = 0
+    history_unknown: int = 0  # history events served as the OOV token
+    history_dropped: int = 0  # oldest history events cut beyond max_history
 
 
 @dataclass
@@ -101,10 +111,19 @@ class RequestValidator:
     """Validates and tokenizes one raw request against a model version's item tables and limits;
     what the preprocess step runs, with no engine behind it."""
 
-    def __init__(self, tables: ItemTables, serve: ServeConfig, feature_cardinality: int, num_user_features: int):
+    def __init__(
+        self,
+        tables: ItemTables,
+        serve: ServeConfig,
+        feature_cardinality: int,
+        num_user_features: int,
+        oov_code: int | None = None,
+    ):
         self.tables, self.serve = tables, serve
         self.feature_cardinality, self.num_user_features = feature_cardinality, num_user_features
-        self.max_history = serve.max_history
+        self.policy = HistoryPolicy(
+            feature_cardinality, serve.max_history, oov_code, serve.oov_policy, serve.timestamp_skew_s
+        )
 
     def validate(self, req: Request) -> tuple[UserTokens, int, int, int, np.ndarray]:
         """-> (tokens, top_k, num_candidates, beam_width, excluded dense ad indices)."""
@@ -124,8 +143,8 @@ class RequestValidator:
             req.actions,
             req.timestamps,
             req.request_time,
-            self.feature_cardinality,
-            self.max_history,
+            self.policy,
+            now=time.time(),
         )
         exclude_ids = np.asarray(req.exclude_item_ids, dtype=np.int64).reshape(-1)
         if exclude_ids.size > s.max_exclude_items:
@@ -145,9 +164,10 @@ class Recommender:
         serve: ServeConfig,
         feature_cardinality: int,
         num_user_features: int,
+        oov_code: int | None = None,
     ):
         self.runner, self.gen_tables = runner, gen_tables
-        self.validator = RequestValidator(tables, serve, feature_cardinality, num_user_features)
+        self.validator = RequestValidator(tables, serve, feature_cardinality, num_user_features, oov_code)
         self.tables, self.serve = tables, serve
 
     @classmethod
@@ -159,6 +179,7 @@ class Recommender:
             validator.serve,
             validator.feature_cardinality,
             validator.num_user_features,
+            validator.policy.oov_code,
         )
 
     def validate(self, req: Request):
@@ -225,6 +246,8 @@ class Recommender:
                     gen_logp=lp[best].astype(np.float32),
                     source_head=head[best].astype(np.int32),
                     num_candidates=len(ads),
+                    history_unknown=p.tokens.unknown,
+                    history_dropped=p.tokens.dropped,
                 )
             )
         return out
@@ -240,7 +263,13 @@ class GraphRecommender(Recommender):
 
     def __init__(self, runner, validator: RequestValidator):
         super().__init__(
-            runner, validator.tables, None, validator.serve, validator.feature_cardinality, validator.num_user_features
+            runner,
+            validator.tables,
+            None,
+            validator.serve,
+            validator.feature_cardinality,
+            validator.num_user_features,
+            validator.policy.oov_code,
         )
 
     @staticmethod
@@ -287,6 +316,8 @@ class GraphRecommender(Recommender):
                     gen_logp=rec["rec_gen_logp"][row, :n].astype(np.float32),
                     source_head=rec["rec_source_head"][row, :n].astype(np.int32),
                     num_candidates=int(generated[row]),
+                    history_unknown=parsed[row].tokens.unknown,
+                    history_dropped=parsed[row].tokens.dropped,
                 )
             )
         return out

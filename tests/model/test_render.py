@@ -85,17 +85,19 @@ def test_glue_outputs_follow_contract(tiny_run, tiny_export):
 
     rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
     req = example_request(tiny_run.prep, 0)
-    tokens = arrays.tokens_to_arrays(rec, req)
+    tokens = arrays.tokens_to_arrays(rec, req, model_version=7)
     assert list(tokens) == [t.name for t in contract.PREPROCESS.outputs]
+    assert tokens["model_version"].tolist() == [[7]] and tokens["history_unknown"].tolist() == [[0]]
     for spec in contract.PREPROCESS.outputs:
         assert tokens[spec.name].dtype == spec.numpy_dtype, spec.name
         assert tokens[spec.name].ndim == len(spec.dims) + 1, spec.name
     parsed = arrays.parsed_from_arrays(0, tokens)
     response = rec.recommend_parsed([parsed])[0]
-    outputs = arrays.response_arrays(response)
-    assert list(outputs) == [t.name for t in contract.PUBLIC.outputs]
-    for spec in contract.PUBLIC.outputs:
-        assert outputs[spec.name].dtype == spec.numpy_dtype
+    for version, specs in ((None, contract.NUMPY_BEAM.outputs), (7, contract.FUSED.outputs)):
+        outputs = arrays.response_arrays(response, version)  # tokens-format model / fused model
+        assert list(outputs) == [t.name for t in specs]
+        for spec in specs:
+            assert outputs[spec.name].dtype == spec.numpy_dtype
 
 
 def test_artifacts_refuse_a_foreign_checkpoint(tiny_export):

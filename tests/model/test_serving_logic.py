@@ -18,7 +18,7 @@ def test_raw_events_tokenize_like_training(tiny_run, tiny_export):
     rec = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1)
     training = sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"])
     for row in range(0, len(tiny_run.prep.splits["test"]), 37):
-        served = arrays.tokens_to_arrays(rec, example_request(tiny_run.prep, row))
+        served = arrays.tokens_to_arrays(rec, example_request(tiny_run.prep, row), 1)
         n = int(training["hist_len"][row])
         assert int(served["hist_len"][0, 0]) == n
         np.testing.assert_array_equal(served["user_features"][0], training["user_features"][row])
@@ -52,7 +52,7 @@ def test_graphs_topology_helpers_round_trip(tiny_run, tiny_export, engine):
     info = artifacts.read_export_info(export)
     f, t2 = info["dims"]["F"], info["num_step2_tokens"]
     requests = [example_request(tiny_run.prep, row) for row in (0, 50, 120)]
-    tokens = [arrays.tokens_to_arrays(rec, r) for r in requests]
+    tokens = [arrays.tokens_to_arrays(rec, r, 1) for r in requests]
     generated = batching.generate_graphs(rec.runner, tokens, f, keep_device=engine == "torch")
     for out in generated:
         assert isinstance(out["kv"], torch.Tensor if engine == "torch" else np.ndarray)

@@ -44,7 +44,10 @@ FULL = dict(REQ, top_k=5, num_candidates=32, beam_width=8, exclude_item_ids=[9, 
 def test_request_fields_are_the_public_inputs():
     assert RecommendRequest.field_names() == tuple(s.name for s in contract.PUBLIC.inputs)
     rec_fields = [f.name for f in dataclasses.fields(Recommendation) if f.name != "latency_ms"]
-    assert ["rec_" + f for f in rec_fields] == [s.name for s in contract.PUBLIC.outputs]
+    n_rec = len(contract.REC_OUTPUTS)
+    assert ["rec_" + f for f in rec_fields[:n_rec]] == [s.name for s in contract.REC_OUTPUTS]
+    assert rec_fields[n_rec:] == [s.name for s in contract.STATUS_OUTPUTS]
+    assert contract.PUBLIC.outputs == contract.REC_OUTPUTS + contract.STATUS_OUTPUTS
 
 
 def test_build_inputs_all_set_matches_contract():
@@ -138,11 +141,18 @@ def test_parse_result_strips_batch_dim_and_checks_dtypes():
         "rec_scores": np.array([[0.9, 0.5, 0.1]], dtype=np.float32),
         "rec_gen_logp": np.array([[-1.0, -2.0, -3.0]], dtype=np.float32),
         "rec_source_head": np.array([[0, 6, 2]], dtype=np.int32),
+        "history_unknown": np.array([[2]], dtype=np.int64),
+        "history_dropped": np.array([[5]], dtype=np.int64),
+        "model_version": np.array([[3]], dtype=np.int64),
     }
     rec = parse_result(_FakeResult(arrays), latency_ms=1.5)
     assert rec.item_ids.tolist() == [7, 8, 9] and rec.source_head.tolist() == [0, 6, 2] and len(rec) == 3
+    assert (rec.history_unknown, rec.history_dropped, rec.model_version) == (2, 5, 3)
     js = rec.to_json()
     assert js["item_ids"] == [7, 8, 9] and js["latency_ms"] == 1.5 and js["scores"][0] == pytest.approx(0.9)
+    assert js["model_version"] == 3 and js["history_unknown"] == 2
+    padded = dict(arrays, rec_item_ids=np.array([[7, -1, -1]], dtype=np.int64))
+    assert parse_result(_FakeResult(padded)).item_ids.tolist() == [7]  # a native engine's batch padding
     bad = dict(arrays, rec_scores=arrays["rec_scores"].astype(np.float64))
     with pytest.raises(OneRankerError, match="dtype"):
         parse_result(_FakeResult(bad))

@@ -23,7 +23,7 @@ from oneranker_perf import gpu_carry, http_v2
 from oneranker_perf.gpu_check import synthetic_request
 from oneranker_serving import local_server as ts
 from oneranker_serving.tables import ItemTables
-from oneranker_serving.tokenize import tokenize_request
+from oneranker_serving.tokenize import HistoryPolicy, tokenize_request
 
 REQ = RecommendRequest(
     user_features=[3, 1, 7, 0],
@@ -160,14 +160,15 @@ def test_synthetic_requests_pass_the_serving_validation():
         content_codes=np.zeros((10, 4), np.int64),
     )
     rng = np.random.default_rng(0)
+    policy = HistoryPolicy(feature_cardinality=24, max_history=2048, oov_code=None)  # unknown ids refused
     for length in (1, 64, 2048):
         req = synthetic_request(rng, tables, num_features=4, cardinality=24, length=length)
         arrays = request_arrays(req)  # contract dtypes, batch dim 1
         assert arrays["item_ids"].shape == (1, length) and arrays["num_candidates"].tolist() == [[256]]
         tokens = tokenize_request(
-            tables, req.user_features, req.item_ids, req.actions, req.timestamps, req.request_time, 24, 2048
+            tables, req.user_features, req.item_ids, req.actions, req.timestamps, req.request_time, policy
         )
-        assert tokens.length == length
+        assert tokens.length == length and tokens.unknown == 0 and tokens.dropped == 0
     assert set(np.unique(req.actions)) == {1, 2, 3, 4}
 
 

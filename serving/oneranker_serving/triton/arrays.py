@@ -2,7 +2,9 @@
 
 preprocess:  raw arrays (contract.PUBLIC inputs) -> Request -> validate/tokenize
              -> token arrays (contract.PREPROCESS outputs, history padded to its bucket)
+             + status (history_unknown, history_dropped, model_version)
 recommender: token arrays -> Parsed -> Recommender.recommend_parsed -> Response -> rec_* arrays
+             (+ status when it validated the request itself: the fused model)
 """
 
 from __future__ import annotations
@@ -62,7 +64,21 @@ def request_from_arrays(arrays: dict) -> Request:
     )
 
 
-def tokens_to_arrays(validator: RequestValidator, req: Request) -> dict[str, np.ndarray]:
+def status_arrays(tokens: UserTokens | Response, model_version: int) -> dict[str, np.ndarray]:
+    """contract.STATUS_OUTPUTS of one request, batch dim 1: history counts and the answering version."""
+    unknown, dropped = (
+        (tokens.unknown, tokens.dropped)
+        if isinstance(tokens, UserTokens)
+        else (tokens.history_unknown, tokens.history_dropped)
+    )
+    return {
+        "history_unknown": np.array([[unknown]], dtype=np.int64),
+        "history_dropped": np.array([[dropped]], dtype=np.int64),
+        "model_version": np.array([[model_version]], dtype=np.int64),
+    }
+
+
+def tokens_to_arrays(validator: RequestValidator, req: Request, model_version: int) -> dict[str, np.ndarray]:
     """Validate + tokenize one raw request -> contract.PREPROCESS outputs (batch dim 1, history
     right-padded to its length bucket so same-bucket requests batch in shape-strict engines)."""
     tokens, k, n, w, exclude = validator.validate(req)
@@ -78,6 +94,7 @@ def tokens_to_arrays(validator: RequestValidator, req: Request) -> dict[str, np.
         "beam_width": np.array([[w]], dtype=np.int64),
         "num_candidates": np.array([[n]], dtype=np.int64),
         "top_k": np.array([[k]], dtype=np.int64),
+        **status_arrays(tokens, model_version),
     }
 
 
@@ -95,12 +112,16 @@ def parsed_from_arrays(slot: int, arrays: dict) -> Parsed:
     return Parsed(slot, tokens, k, n, w, exclude[exclude >= 0])
 
 
-def response_arrays(resp: Response) -> dict[str, np.ndarray]:
-    """Response -> contract.PUBLIC outputs, batch dim 1."""
+def response_arrays(resp: Response, model_version: int | None = None) -> dict[str, np.ndarray]:
+    """Response -> contract.REC_OUTPUTS, batch dim 1, and with a model_version (the model that
+    validated the request: the fused one) contract.STATUS_OUTPUTS too."""
     values = {
         "rec_item_ids": resp.item_ids,
         "rec_scores": resp.scores,
         "rec_gen_logp": resp.gen_logp,
         "rec_source_head": resp.source_head,
     }
-    return {spec.name: np.asarray(values[spec.name], dtype=spec.numpy_dtype)[None] for spec in contract.PUBLIC.outputs}
+    out = {spec.name: np.asarray(values[spec.name], dtype=spec.numpy_dtype)[None] for spec in contract.REC_OUTPUTS}
+    if model_version is not None:
+        out.update(status_arrays(resp, model_version))
+    return out

@@ -29,6 +29,11 @@ from .codec import TensorCodec
 from .errors import error_response
 
 
+def model_version(args: dict) -> int:
+    """The version directory Triton loaded this model from: the release answering (status output)."""
+    return int(args["model_version"])
+
+
 def model_setup(args: dict) -> tuple[dict, Path]:
     """Triton's initialize() args -> (string parameters of config.pbtxt, the version's artifacts dir)."""
     config = json.loads(args["model_config"])
@@ -68,13 +73,14 @@ class PreprocessModel(PythonModel):
     def initialize(self, args):
         params, artifacts = model_setup(args)
         self.validator = load_validator(artifacts, expected_checkpoint=params["checkpoint_sha256"])
+        self.version = model_version(args)
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
                 raw = arrays.request_from_arrays(self.host_inputs(request, contract.PUBLIC))
-                responses.append(self.respond(arrays.tokens_to_arrays(self.validator, raw)))
+                responses.append(self.respond(arrays.tokens_to_arrays(self.validator, raw, self.version)))
             except RequestError as err:
                 responses.append(self.error(str(err)))
         return responses
@@ -92,6 +98,8 @@ class RecommenderModel(PythonModel):
         params, artifacts = model_setup(args)
         self.recommender: Recommender = load_system(params, artifacts, device=instance_device(args))
         self.raw_inputs = params.get("request_format", "tokens") == "raw"
+        # the fused model validates requests itself, so it reports the status outputs
+        self.version = model_version(args) if self.raw_inputs else None
         labels = {"system": params.get("system", "unified"), "beam_search": params.get("beam_search", "numpy")}
         family = self.pb.MetricFamily
         # MetricFamily objects must outlive their Metrics: keep them on self.
@@ -134,7 +142,7 @@ class RecommenderModel(PythonModel):
             responses[p.slot] = (
                 self.error(str(result))
                 if isinstance(result, RequestError)
-                else self.respond(arrays.response_arrays(result))
+                else self.respond(arrays.response_arrays(result, self.version))
             )
         for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
             self.stage_metrics[stage].increment(seconds)
