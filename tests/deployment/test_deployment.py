@@ -775,6 +775,20 @@ def test_builder_requirements_are_pyproject_minus_the_images_torch_and_numpy():
     assert "torch" not in got and "numpy" not in got
 
 
+def test_builder_image_copies_every_package_it_installs():
+    """`pip install -e .` in the builder image fails on a package directory pyproject.toml names
+    that is not in the image ("package directory ... does not exist"), and `python -m
+    oneranker_deploy` (promote, load) runs there."""
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    instrs = _dockerfile_instructions(ROOT / "deploy" / "builder.Dockerfile")
+    assert any(instr == "RUN" and "pip install --no-deps -e ." in args for instr, args in instrs)
+    copied = [shlex.split(args)[0] for instr, args in instrs if instr == "COPY" and "--from=" not in args]
+    for package, path in package_dirs.items():
+        assert any(path == src or path.startswith(src.rstrip("/") + "/") for src in copied), (
+            f"builder.Dockerfile installs {package} ({path}) but never copies it"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Kubernetes
 # ---------------------------------------------------------------------------------------------
