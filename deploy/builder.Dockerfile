@@ -34,8 +34,10 @@ COPY training training
 COPY build build
 COPY client client
 COPY perf perf
+COPY serving serving
 COPY model_repository model_repository
+COPY deploy/oneranker_deploy deploy/oneranker_deploy
 COPY deploy/builder.sh deploy/builder.sh
-RUN python -m pip install --no-deps -e . && oneranker --help >/dev/null
+RUN python -m pip install --no-deps -e . && oneranker --help >/dev/null && python -m oneranker_deploy --help >/dev/null
 
 CMD ["deploy/builder.sh", "ensure"]

@@ -42,5 +42,11 @@ import oneranker_serving.triton.models, oneranker_serving.runners.onnxruntime, o
 sys.exit(0 if numpy.__version__.startswith('1.') else 'numpy must be < 2, got ' + numpy.__version__)"
 
 COPY deploy/triton-start.sh /opt/oneranker/triton-start.sh
+
+# Serve as the image's unprivileged user, never root (Triton's secure-deployment advice; the
+# Kubernetes Deployment runs uid 1000 with a read-only root filesystem, docker-compose.yml drops
+# every capability). Fail the build if the NGC image no longer has that user as uid 1000.
+RUN test "$(id -u triton-server)" = 1000 || { echo "no user triton-server with uid 1000 in the image" >&2; exit 1; }
+USER triton-server
 EXPOSE 8000 8001 8002
 CMD ["/opt/oneranker/triton-start.sh", "--model-repository=/models"]

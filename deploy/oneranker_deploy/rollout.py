@@ -49,7 +49,9 @@ name and renamed into place, ``config.pbtxt`` replaced last (Triton ignores non-
 so it never sees half a version). Triton runs with ``--model-control-mode=explicit``: nothing
 changes until ``load`` asks it to (``POST /v2/repository/models/NAME/load``, non-ensembles first,
 ensembles last; models the repository no longer holds are unloaded); the old version serves until
-the new one is loaded. ``retire`` hides version V again (rollback: retire, then load).
+the new one is loaded. ``retire`` hides version V again (rollback: retire, then load). The
+repository API is restricted (``oneranker_client.restricted_api``): ``load`` sends the admin key
+held by ``$ONERANKER_ADMIN_KEY`` (``--admin-key-env``) as the ``oneranker-admin-key`` header.
 
 CLI::
 
@@ -58,7 +60,7 @@ CLI::
     python -m oneranker_deploy promote --staging STAGE/tensorrt --repository LIVE [--version V]
     python -m oneranker_deploy retire --repository LIVE --version V
     python -m oneranker_deploy latest --repository LIVE
-    python -m oneranker_deploy load --url HOST:8000 --repository LIVE
+    python -m oneranker_deploy load --url HOST:8000 --repository LIVE [--admin-key-env NAME]
 """
 
 from __future__ import annotations
@@ -478,8 +480,8 @@ def load_order(repository: str | os.PathLike) -> list[str]:
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _http(method: str, url: str, timeout: float) -> tuple[int, str]:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def _http(method: str, url: str, timeout: float, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers or {})
     try:
         with _NO_PROXY.open(req, timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
@@ -487,30 +489,35 @@ def _http(method: str, url: str, timeout: float) -> tuple[int, str]:
         return e.code, e.read().decode(errors="replace")
 
 
-def _http_ok(method: str, url: str, timeout: float, what: str) -> str:
+def _http_ok(method: str, url: str, timeout: float, what: str, headers: Mapping[str, str] | None = None) -> str:
     """_http that raises RuntimeError("WHAT: HTTP status body") unless the answer is 200."""
-    status, body = _http(method, url, timeout)
+    status, body = _http(method, url, timeout, headers)
     if status != 200:
-        raise RuntimeError(f"{what}: HTTP {status} {body.strip()}")
+        hint = " (the repository API is restricted: give the admin key, --admin-key-env)" if status == 403 else ""
+        raise RuntimeError(f"{what}: HTTP {status} {body.strip()}{hint}")
     return body
 
 
-def load_models(url: str, names: Sequence[str], timeout: float = 600.0) -> None:
+def load_models(url: str, names: Sequence[str], timeout: float = 600.0, admin_key: str | None = None) -> None:
     """POST /v2/repository/models/NAME/load for each name in order, unload the models the server
-    still serves that are not in `names` (retired ones), then check readiness."""
+    still serves that are not in `names` (retired ones), then check readiness. `admin_key`: the
+    key of the server's restricted repository API (sent as its header)."""
+    from oneranker_client.restricted_api import http_headers
+
+    h = http_headers(admin_key) if admin_key else {}
     base = url if url.startswith("http") else f"http://{url}"
     for name in names:
-        _http_ok("POST", f"{base}/v2/repository/models/{name}/load", timeout, f"loading {name}")
+        _http_ok("POST", f"{base}/v2/repository/models/{name}/load", timeout, f"loading {name}", h)
         print(f"loaded {name}", flush=True)
-    body = _http_ok("POST", f"{base}/v2/repository/index", 10.0, "repository index")
+    body = _http_ok("POST", f"{base}/v2/repository/index", 10.0, "repository index", h)
     stale = sorted(
         {e["name"] for e in json.loads(body or "[]") if e.get("state") == "READY" and e.get("name") not in set(names)}
     )
     for name in stale:
-        _http_ok("POST", f"{base}/v2/repository/models/{name}/unload", timeout, f"unloading {name}")
+        _http_ok("POST", f"{base}/v2/repository/models/{name}/unload", timeout, f"unloading {name}", h)
         print(f"unloaded {name} (no longer in the repository)", flush=True)
     _http_ok("GET", f"{base}/v2/health/ready", 10.0, "server not ready after the load")
-    status, body = _http("POST", f"{base}/v2/repository/index", 10.0)
+    status, body = _http("POST", f"{base}/v2/repository/index", 10.0, h)
     if status == 200:
         for entry in json.loads(body or "[]"):
             print(f"  {entry.get('name')} v{entry.get('version', '?')}: {entry.get('state', '?')}")
@@ -557,6 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repository", type=Path, required=True, help="the live repository (for the model names; ensembles load last)"
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per model load")
+    p.add_argument(
+        "--admin-key-env",
+        metavar="NAME",
+        default=None,
+        help="environment variable holding the server's admin key (default ONERANKER_ADMIN_KEY; unset: no key sent)",
+    )
 
     args = ap.parse_args(argv)
     try:
@@ -582,7 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "latest":
             print(latest_version(args.repository))
         elif args.command == "load":
-            load_models(args.url, load_order(args.repository), args.timeout)
+            from oneranker_client.restricted_api import ADMIN_KEY_ENV, admin_key_from_env
+
+            key = admin_key_from_env(args.admin_key_env or ADMIN_KEY_ENV)
+            if args.admin_key_env and key is None:
+                raise ValueError(f"--admin-key-env {args.admin_key_env}: that environment variable holds no key")
+            load_models(args.url, load_order(args.repository), args.timeout, admin_key=key)
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,10 @@ throughput and p50/p90/p95/p99/avg latency into
 * ``OUT/summary.json``: per level throughput, p50/p99, errors and status, with commit, machine and
   command (``summary``).
 
+The server's model-config API is restricted (``oneranker_client.restricted_api``) and
+perf_analyzer reads the model's config at start: the admin key held by ``$ONERANKER_ADMIN_KEY``
+(``--admin-key-env``), when set, is sent with ``-H`` and shown as ``***`` in every recorded command.
+
 Exit code 0 when every level measured without error, 1 otherwise (the files are written anyway),
 2 for usage errors. perf_analyzer is found by ``oneranker_perf.perf_analyzer_bin.perf_analyzer_command``.
 """
@@ -196,7 +200,19 @@ def pa_args(
     return cmd + list(args.pa_extra or [])
 
 
+def admin_key_args(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """(perf_analyzer's ``-H`` carrying the admin key, the key), ([], None) without a key."""
+    from oneranker_client.restricted_api import ADMIN_KEY_ENV, admin_key_from_env, grpc_headers
+
+    key = admin_key_from_env(getattr(args, "admin_key_env", None) or ADMIN_KEY_ENV)
+    if key is None:
+        return [], None
+    ((name, value),) = grpc_headers(key).items()
+    return ["-H", f"{name}:{value}"], key
+
+
 def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, str]:
+    from oneranker_client.restricted_api import redact
     from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     argv, env = perf_analyzer_command()
@@ -205,7 +221,8 @@ def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, 
     raw.mkdir(parents=True, exist_ok=True)
     csv_path = raw / f"{tag}.csv"
     csv_path.unlink(missing_ok=True)
-    cmd = argv + pa_args(args, mode, level, csv_path, stability)
+    key_args, key = admin_key_args(args)
+    cmd = argv + pa_args(args, mode, level, csv_path, stability) + key_args
     res = LevelResult(mode, level)
     t0 = time.monotonic()
     timed_out = False
@@ -227,7 +244,8 @@ def _run_once(args, mode, level, out, stability, attempt) -> tuple[LevelResult, 
 
         text, timed_out = _s(e.stdout) + _s(e.stderr), True
     res.seconds = round(time.monotonic() - t0, 2)
-    (raw / f"{tag}.log").write_text(shlex.join(cmd) + "\n\n" + text)
+    text = redact(text, key)
+    (raw / f"{tag}.log").write_text(redact(shlex.join(cmd), key) + "\n\n" + text)
     counts = re.findall(r"Request count:\s*(\d+)", text)
     res.request_count = int(counts[-1]) if counts else None
     errors = _error_lines(text)
@@ -456,11 +474,13 @@ def run_suite(args: argparse.Namespace) -> list[LevelResult]:
             print(f"{r.status.upper()} ({r.seconds:.1f} s): {r.message}", flush=True)
         if not r.ok and args.stop_on_error:
             break
+    from oneranker_client.restricted_api import redact
     from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 
     try:
         argv, _ = perf_analyzer_command()
-        command = shlex.join(argv + pa_args(args, mode, levels[0], out / "raw" / "LEVEL.csv"))
+        key_args, key = admin_key_args(args)
+        command = redact(shlex.join(argv + pa_args(args, mode, levels[0], out / "raw" / "LEVEL.csv") + key_args), key)
     except RuntimeError:
         command = "(perf_analyzer not found)"
     write_reports(results, out, args, machine, command)
@@ -522,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--client-cpus", help="pin perf_analyzer to these CPUs, e.g. 1 or 2-3 (default: not pinned)")
     ap.add_argument("--server-cpus", help="the CPUs the server was pinned to (stated in the report)")
     ap.add_argument("--note", action="append", help="a line added to the report (e.g. the compute floor)")
+    ap.add_argument(
+        "--admin-key-env",
+        metavar="NAME",
+        help="environment variable holding the server's admin key (default ONERANKER_ADMIN_KEY; unset: no key sent)",
+    )
     ap.add_argument("pa_extra", nargs="*", help="extra perf_analyzer arguments (after --)")
     return ap
 
@@ -531,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.input_data.is_file():
         ap.error(f"--input-data {args.input_data} is not a file")
+    if args.admin_key_env and not os.environ.get(args.admin_key_env, "").strip():
+        ap.error(f"--admin-key-env {args.admin_key_env}: that environment variable holds no key")
     try:
         results = run_suite(args)
     except RuntimeError as e:  # perf_analyzer not installed

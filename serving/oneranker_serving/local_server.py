@@ -9,7 +9,10 @@ Python-backend stubs for CPython 3.8-3.13. This module wires them together (see
 * the server starts with this virtualenv's ``bin`` first on ``PATH`` so the stub imports this
   venv's packages (numpy<2, onnxruntime, torch), and with ``nvidia_pytriton.libs`` on
   ``LD_LIBRARY_PATH``;
-* it listens on 127.0.0.1 only.
+* it listens on 127.0.0.1 only;
+* with an admin key (``admin_key=``, CLI ``--admin-key-env``) the control plane is closed: the
+  APIs of ``restricted_api.RESTRICTED_APIS`` answer only requests carrying the key (the same flags
+  as docker-compose.yml; see ``oneranker_client.restricted_api``).
 
 Every locating function takes an optional ``root``: a folder laid out like the wheel's
 ``site-packages`` (``pytriton/tritonserver/...`` beside ``nvidia_pytriton.libs``), e.g. the pieces
@@ -21,7 +24,8 @@ Torch-free on purpose: importable from thin client/perf environments.
 CLI::
 
     python -m oneranker_serving.local_server --model-repository DIR \\
-        [--grpc-port 8001 --http-port 8000 --metrics-port 8002 --log-file F]
+        [--grpc-port 8001 --http-port 8000 --metrics-port 8002 --log-file F] \\
+        [--admin-key-env ONERANKER_ADMIN_KEY [--restricted-apis model-repository,...]]
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from oneranker_client import restricted_api
 
 __all__ = [
     "BOOTSTRAP_HINT",
@@ -220,7 +226,8 @@ class TritonServer:
     Ports given as 0 are picked free at ``start()``. Everything the server prints (stdout and
     stderr, including the Python stubs' output) goes to ``log_file`` (a temporary file when
     None). ``triton_root``: take the binary, libraries, backend and stubs from there instead of
-    the installed wheel (see the module docstring).
+    the installed wheel (see the module docstring). ``admin_key``: close ``restricted_apis``
+    (default ``restricted_api.RESTRICTED_APIS``) over HTTP and gRPC behind that key.
     """
 
     def __init__(
@@ -240,6 +247,8 @@ class TritonServer:
         ready_timeout: float = 60.0,
         cpus: Sequence[int] | None = None,
         triton_root: str | os.PathLike | None = None,
+        admin_key: str | None = None,
+        restricted_apis: Sequence[str] = restricted_api.RESTRICTED_APIS,
     ) -> None:
         if model_control_mode not in _MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
@@ -256,6 +265,10 @@ class TritonServer:
         self.ready_timeout = float(ready_timeout)
         self.cpus = sorted(set(cpus)) if cpus else None  # CPU affinity of the server and its stubs
         self.triton_root = Path(triton_root).resolve() if triton_root is not None else None
+        self.admin_key = admin_key or None
+        self.restricted_apis = tuple(restricted_apis)
+        if self.admin_key:  # a malformed key fails here, not in the server's argument parser
+            restricted_api.restricted_api_flags(self.admin_key, self.restricted_apis)
         self.process: subprocess.Popen | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._log_handle = None
@@ -272,6 +285,16 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def admin_http_headers(self) -> dict[str, str]:
+        """What an HTTP client sends to reach the restricted APIs ({} when they are open)."""
+        return restricted_api.http_headers(self.admin_key) if self.admin_key else {}
+
+    @property
+    def admin_grpc_headers(self) -> dict[str, str]:
+        """The same for gRPC (tritonclient.grpc ``headers=``)."""
+        return restricted_api.grpc_headers(self.admin_key) if self.admin_key else {}
 
     @property
     def pid(self) -> int | None:
@@ -328,6 +351,8 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
         ]
         cmd += [f"--load-model={m}" for m in self.load_models]
+        if self.admin_key:
+            cmd += restricted_api.restricted_api_flags(self.admin_key, self.restricted_apis)
         cmd += self.extra_args
         return cmd
 
@@ -357,7 +382,7 @@ class TritonServer:
 
         cmd = self.build_command()
         self._log_handle = open(self.log_file, "ab", buffering=0)
-        self._log_handle.write(f"# {' '.join(cmd)}\n".encode())
+        self._log_handle.write(f"# {restricted_api.redact(' '.join(cmd), self.admin_key)}\n".encode())
         cpus = self.cpus
         self.process = subprocess.Popen(
             cmd,
@@ -382,9 +407,9 @@ class TritonServer:
             )
 
     def _get(self, path: str, timeout: float = 2.0) -> int:
-        url = f"http://{self.http_url}{path}"
+        request = urllib.request.Request(f"http://{self.http_url}{path}", headers=self.admin_http_headers)
         try:
-            with _NO_PROXY_OPENER.open(url, timeout=timeout) as r:
+            with _NO_PROXY_OPENER.open(request, timeout=timeout) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
@@ -501,8 +526,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--log-verbose", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=120.0)
+    ap.add_argument(
+        "--admin-key-env",
+        metavar="NAME",
+        default=None,
+        help="close the control plane: the restricted APIs need the key held by environment variable NAME "
+        f"(e.g. {restricted_api.ADMIN_KEY_ENV}; never put the key itself on a command line)",
+    )
+    ap.add_argument(
+        "--restricted-apis",
+        default=",".join(restricted_api.RESTRICTED_APIS),
+        help="with --admin-key-env: the API categories to close (default: %(default)s)",
+    )
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments (after --)")
     args = ap.parse_args(argv)
+    admin_key = None
+    if args.admin_key_env:
+        admin_key = restricted_api.admin_key_from_env(args.admin_key_env)
+        if admin_key is None:
+            ap.error(f"--admin-key-env {args.admin_key_env}: that environment variable holds no key")
+    restricted = [c.strip() for c in args.restricted_apis.split(",") if c.strip()]
+    if admin_key:
+        try:
+            restricted_api.restricted_api_flags(admin_key, restricted)
+        except ValueError as e:
+            ap.error(str(e))
 
     stop_event = threading.Event()
     received: list[int] = []
@@ -532,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend_dir=args.backend_dir,
         log_verbose=args.log_verbose,
         ready_timeout=args.ready_timeout,
+        admin_key=admin_key,
+        restricted_apis=restricted,
     )
     try:
         server.start()
@@ -550,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted before ready; stopping", flush=True)
             return 130
         print(f"ready  grpc={server.grpc_url}  http={server.http_url}  metrics={server.metrics_url}", flush=True)
+        if admin_key:
+            print(f"restricted ({','.join(server.restricted_apis)}): key from ${args.admin_key_env}", flush=True)
         while not stop_event.wait(0.5):
             if not server.is_running():
                 print(

@@ -13,7 +13,12 @@ deploy/k8s/               Deployment/Service/HPA/PVC/Job/PDB consistent with eac
 docs/deployment.md (+ the README's deployment section, when there is one): every command and
 flag named there, in the compose file, the scripts, the Dockerfiles and the manifests exists
 (its --help is run; a program that is not installed here is skipped with the reason)
-oneranker_deploy.rollout  shm arithmetic, promote/retire/latest/load
+oneranker_deploy.rollout  shm arithmetic, promote/retire/latest/load (with the admin key)
+closed by default         ports published on 127.0.0.1 unless a variable opens them; the control
+                          plane (oneranker_client.restricted_api.RESTRICTED_APIS) behind a
+                          required admin key, spelled as the launcher spells it; Kubernetes with
+                          model control `none`, a NetworkPolicy, a restrictive securityContext;
+                          the Triton image runs as a non-root user
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import yaml
 
 from oneranker.config import PRESETS, ExperimentConfig, preset
 from oneranker_client import contract, defaults
+from oneranker_client import restricted_api as ra
 from oneranker_deploy import rollout as deploy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +55,11 @@ RUNBOOK = ROOT / "docs" / "deployment.md"
 README = ROOT / "README.md"
 PY = sys.executable
 SRC_PATH = os.pathsep.join(str(ROOT / d) for d in ("training", "build", "client", "perf"))
+
+# deploy/.env.example leaves ONERANKER_ADMIN_KEY empty (compose refuses to start without one):
+# the files are read as with a deploy/.env that sets it to this.
+TEST_ADMIN_KEY = "test-admin-key-0123456789abcdef"
+RESTRICTED_FLAGS = (ra.HTTP_FLAG, ra.GRPC_FLAG)
 
 GPU_SERVICES = ("builder", "triton", "perf", "locust")
 CPU_SERVICES = ("builder-cpu", "triton-cpu", "perf-cpu", "locust-cpu")
@@ -128,10 +139,16 @@ def compose_raw() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+def compose_env() -> dict[str, str]:
+    """deploy/.env.example with an admin key, as an operator's deploy/.env holds it."""
+    return {**env_example(), ra.ADMIN_KEY_ENV: TEST_ADMIN_KEY}
+
+
 @functools.cache
 def compose() -> dict:
-    """The compose file as `docker compose --env-file deploy/.env.example config` would see it."""
-    return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), env_example()))
+    """The compose file as `docker compose --env-file deploy/.env config` would see it (deploy/.env
+    = deploy/.env.example plus an admin key)."""
+    return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), compose_env()))
 
 
 def services() -> dict:
@@ -370,7 +387,8 @@ def test_mounts_exist_or_are_generated_by_a_named_producer():
 
 def test_triton_services_health_check_ports_and_flags_match_the_defaults():
     ports = {
-        f"{p}:{p}" for p in (defaults.DEFAULT_HTTP_PORT, defaults.DEFAULT_GRPC_PORT, defaults.DEFAULT_METRICS_PORT)
+        f"127.0.0.1:{p}:{p}"
+        for p in (defaults.DEFAULT_HTTP_PORT, defaults.DEFAULT_GRPC_PORT, defaults.DEFAULT_METRICS_PORT)
     }
     for name in TRITON_SERVICES:
         svc = services()[name]
@@ -757,6 +775,20 @@ def test_builder_requirements_are_pyproject_minus_the_images_torch_and_numpy():
     assert "torch" not in got and "numpy" not in got
 
 
+def test_builder_image_copies_every_package_it_installs():
+    """`pip install -e .` in the builder image fails on a package directory pyproject.toml names
+    that is not in the image ("package directory ... does not exist"), and `python -m
+    oneranker_deploy` (promote, load) runs there."""
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    instrs = _dockerfile_instructions(ROOT / "deploy" / "builder.Dockerfile")
+    assert any(instr == "RUN" and "pip install --no-deps -e ." in args for instr, args in instrs)
+    copied = [shlex.split(args)[0] for instr, args in instrs if instr == "COPY" and "--from=" not in args]
+    for package, path in package_dirs.items():
+        assert any(path == src or path.startswith(src.rstrip("/") + "/") for src in copied), (
+            f"builder.Dockerfile installs {package} ({path}) but never copies it"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Kubernetes
 # ---------------------------------------------------------------------------------------------
@@ -775,6 +807,7 @@ def test_k8s_manifests_are_consistent():
         "PersistentVolumeClaim",
         "Job",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "Kustomization",
     } <= kinds
     (dep,) = k8s("Deployment")
@@ -803,15 +836,15 @@ def test_k8s_manifests_are_consistent():
     assert (flags["--http-port"], flags["--grpc-port"], flags["--metrics-port"]) == tuple(
         str(p) for p in (defaults.DEFAULT_HTTP_PORT, defaults.DEFAULT_GRPC_PORT, defaults.DEFAULT_METRICS_PORT)
     )
-    # the same tritonserver flags as the compose service
+    # the same tritonserver flags as the compose service, but for the repository, model control
+    # (none: a new version is a new rollout) and the admin key's source (test_k8s_is_closed_by_default)
     compose_flags = _flag_values(_command(services()["triton"]))
-    assert {k: v for k, v in flags.items() if k != "--model-repository"} == {
-        k: v for k, v in compose_flags.items() if k != "--model-repository"
-    }
+    own = {"--model-repository", "--model-control-mode", "--load-model", *RESTRICTED_FLAGS}
+    assert {k: v for k, v in flags.items() if k not in own} == {k: v for k, v in compose_flags.items() if k not in own}
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "cpu" in c["resources"]["requests"], "a CPU-utilization HPA needs CPU requests"
     # repository: releases/$(ONERANKER_RELEASE)/tensorrt on the PVC, mounted read-only
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     repo = flags["--model-repository"]
     assert "$(ONERANKER_RELEASE)" in repo and "ONERANKER_RELEASE" in env
     mounts = {m["name"]: m for m in c["volumeMounts"]}
@@ -863,7 +896,166 @@ def test_kustomize_renders_the_manifests():
     r = subprocess.run([kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(r.stdout) if d}
-    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "PodDisruptionBudget"}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed by default: published on localhost, control plane behind the admin key, least privilege
+# ---------------------------------------------------------------------------------------------
+def _restricted(tokens: list[str]) -> dict[str, tuple[tuple[str, ...], str, str]]:
+    """{flag: (categories, header, value)} of the restricted-API flags of a command line."""
+    return {k: ra.parse_restricted_flag(v) for k, v in _flag_values(tokens).items() if k in RESTRICTED_FLAGS}
+
+
+def test_control_plane_categories_are_closed_and_the_data_plane_open():
+    closed = set(ra.RESTRICTED_APIS)
+    # the control plane: loading models (code, for the Python backend), configs, shm, trace, logs
+    assert {"model-repository", "model-config", "shared-memory", "trace", "logging"} <= closed
+    # probes (health), clients (metadata, inference) and perf_analyzer's statistics need no key
+    assert not closed & {"health", "metadata", "inference", "statistics"}
+    assert closed <= set(ra.TRITON_API_CATEGORIES)
+    help_text = _tritonserver_help_or_skip()
+    for flag in RESTRICTED_FLAGS:
+        assert _has_flag(help_text, flag), f"tritonserver has no {flag}"
+    for category in ra.TRITON_API_CATEGORIES:  # the binary's list is ours
+        assert category in help_text, f"tritonserver --help does not name the category {category}"
+
+
+def _tritonserver_help_or_skip() -> str:
+    try:
+        return _tritonserver_help()
+    except LookupError as e:
+        pytest.skip(str(e))
+
+
+def test_compose_restricts_the_control_plane_with_the_launchers_flags():
+    want = ra.restricted_api_flags(TEST_ADMIN_KEY)
+    for name in TRITON_SERVICES:
+        cmd = _command(services()[name])
+        got = [t for t in cmd if t.split("=", 1)[0] in RESTRICTED_FLAGS]
+        assert got == want, f"{name}: {got} != the launcher's {want}"
+    # the key reaches the rollout tool (builder) and perf_analyzer (perf), not locust
+    for name in ("builder", "builder-cpu", "perf", "perf-cpu"):
+        assert services()[name]["environment"][ra.ADMIN_KEY_ENV] == TEST_ADMIN_KEY, name
+    for name in ("locust", "locust-cpu"):
+        assert ra.ADMIN_KEY_ENV not in (services()[name].get("environment") or {}), name
+
+
+def test_admin_key_is_required_and_never_in_the_repository():
+    text = COMPOSE_FILE.read_text()
+    uses = re.findall(r"\$\{" + ra.ADMIN_KEY_ENV + r"([^}]*)\}", text)
+    assert len(uses) >= 4 and all(u.startswith(":?") for u in uses), (
+        f"every ${{{ra.ADMIN_KEY_ENV}}} must be the required form (no default): {uses}"
+    )
+    assert env_example()[ra.ADMIN_KEY_ENV] == "", "deploy/.env.example must not ship a key"
+    with pytest.raises(MissingVariable, match=ra.ADMIN_KEY_ENV):
+        interpolate(text, env_example())
+    env = dict(env_example())
+    del env[ra.ADMIN_KEY_ENV]
+    with pytest.raises(MissingVariable, match=ra.ADMIN_KEY_ENV):
+        interpolate(text, env)
+    # no key value in any committed deployment file
+    for path in [COMPOSE_FILE, ENV_EXAMPLE, *K8S_DIR.glob("*.yaml")]:
+        for m in re.finditer(ra.ADMIN_KEY_HEADER + r"=([^\s\"']+)", path.read_text()):
+            assert m.group(1).startswith(("${", "$(")), f"{path.name}: a literal admin key {m.group(1)!r}"
+
+
+def _published(env: dict[str, str]) -> dict[str, set[str]]:
+    svcs = yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), env))["services"]
+    return {name: {str(p) for p in svc.get("ports", [])} for name, svc in svcs.items()}
+
+
+def test_ports_are_published_on_localhost_unless_a_variable_opens_them():
+    triton_ports = (defaults.DEFAULT_HTTP_PORT, defaults.DEFAULT_GRPC_PORT, defaults.DEFAULT_METRICS_PORT)
+    env = compose_env()
+    del env["ONERANKER_PUBLISH_ADDRESS"]  # an older deploy/.env without the variable
+    for address, published in (
+        ("127.0.0.1", _published(env)),  # compose's default
+        ("127.0.0.1", _published(compose_env())),  # deploy/.env.example's value
+        ("0.0.0.0", _published({**compose_env(), "ONERANKER_PUBLISH_ADDRESS": "0.0.0.0"})),  # opened
+    ):
+        for name, ports in published.items():
+            if name in TRITON_SERVICES:
+                assert ports == {f"{address}:{p}:{p}" for p in triton_ports}, (name, ports)
+            else:
+                assert not ports, f"{name} publishes {ports}: only Triton has ports"
+    assert env_example()["ONERANKER_PUBLISH_ADDRESS"] == "127.0.0.1"
+
+
+def test_compose_triton_runs_without_privileges():
+    for name in TRITON_SERVICES:
+        svc = services()[name]
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert not svc.get("privileged") and str(svc.get("user", "")) not in ("root", "0"), name
+        assert "user" not in svc, f"{name}: the image's non-root user serves (deploy/triton.Dockerfile)"
+
+
+def test_triton_image_runs_as_its_non_root_user():
+    instrs = _dockerfile_instructions(ROOT / "deploy" / "triton.Dockerfile")
+    users = [(i, args) for i, (instr, args) in enumerate(instrs) if instr == "USER"]
+    assert users, "deploy/triton.Dockerfile never leaves root (USER)"
+    last, user = users[-1]
+    assert user == "triton-server", f"USER {user}: the NGC image's unprivileged user is triton-server"
+    assert all(instr != "RUN" for instr, _ in instrs[last + 1 :]), "nothing may run as root after USER"
+    assert any(instr == "RUN" and 'id -u triton-server)" = 1000' in args for instr, args in instrs[:last]), (
+        "the build must check that triton-server is uid 1000 (the Deployment's runAsUser)"
+    )
+
+
+def test_k8s_is_closed_by_default():
+    (dep,) = k8s("Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    flags = _flag_values(c["command"] + c["args"])
+    # a new model version is a new rollout: no repository API that changes what is served
+    assert flags["--model-control-mode"] == "none" and "--load-model" not in flags
+    # the control plane behind the admin key, from a Secret, with the launcher's categories
+    env = {e["name"]: e for e in c["env"]}
+    ref = env[ra.ADMIN_KEY_ENV]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"] and not ref.get("optional"), ref
+    restricted = _restricted(c["command"] + c["args"])
+    assert set(restricted) == set(RESTRICTED_FLAGS)
+    for flag, (cats, header, value) in restricted.items():
+        assert (cats, header) == (ra.RESTRICTED_APIS, ra.ADMIN_KEY_HEADER), flag
+        assert value == f"$({ra.ADMIN_KEY_ENV})", f"{flag}: the key must come from the Secret"
+    # least privilege
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert csc.get("allowPrivilegeEscalation") is False and not csc.get("privileged")
+    assert csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc["capabilities"].get("add")
+    assert csc.get("readOnlyRootFilesystem") is True
+    assert pod.get("automountServiceAccountToken") is False
+    # what stays writable: emptyDirs for the Python backend (/tmp, /dev/shm), nothing else
+    vols = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert set(writable) == {"/tmp", "/dev/shm"}, writable
+    assert all("emptyDir" in vols[name] for name in writable.values())
+    # who reaches the pods
+    (netpol,) = k8s("NetworkPolicy")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert netpol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert {"Ingress", "Egress"} <= set(netpol["spec"]["policyTypes"])
+    assert not netpol["spec"].get("egress"), "Triton serves a mounted release: no egress"
+    container_ports = {p["containerPort"] for p in c["ports"]}
+    reached = set()
+    for rule in netpol["spec"]["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` admits every pod of the cluster"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer and (peer.get("podSelector") or peer.get("namespaceSelector")), peer
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports and ports <= container_ports
+        reached |= ports
+    assert reached == container_ports
+    assert "networkpolicy.yaml" in next(d for _, d in k8s_docs() if d["kind"] == "Kustomization")["resources"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1148,7 +1340,8 @@ def _subcommand(key: str, args: list[str]) -> list[str]:
             i += 2 if key == "kubectl" and a in ("-n", "--namespace") else 1
             continue
         words.append(a)
-        if key != "kubectl" or words[0] not in ("rollout", "set", "create") or len(words) == 2:
+        depth = 3 if words[:2] == ["create", "secret"] else 2  # kubectl create secret generic
+        if key != "kubectl" or words[0] not in ("rollout", "set", "create") or len(words) == depth:
             break
         i += 1
     return words
@@ -1358,6 +1551,14 @@ def test_runbook_covers_every_topic_of_the_issue():
         "torchrun --nnodes",
         "--rdzv-backend c10d",  # multi-node training
         "-m oneranker.cli train",
+        "ONERANKER_ADMIN_KEY",  # access control
+        "ONERANKER_PUBLISH_ADDRESS",
+        "oneranker-admin-key",
+        "triton-grpc-protocol-oneranker-admin-key",
+        "--model-control-mode=none",
+        "create secret generic oneranker-triton-admin",
+        "NetworkPolicy",
+        "oneranker.io/triton-client",
     ):
         assert needle in text, f"docs/deployment.md does not mention {needle!r}"
 
@@ -1595,3 +1796,54 @@ def test_load_posts_every_model_ensembles_last(tmp_path):
         defaults.HEALTH_READY_PATH,
         "/v2/repository/index",
     ]
+
+
+def test_load_sends_the_admin_key(tmp_path, monkeypatch, capsys):
+    """A server whose repository API wants the key (as Triton's --http-restricted-api does:
+    403 without it): `load` sends it from ONERANKER_ADMIN_KEY, and says what is missing when not."""
+    live = tmp_path / "live"
+    deploy.promote(_staging(tmp_path / "s1", "v1"), live)
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _reply(self, code, body=b""):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            key = self.headers.get(ra.ADMIN_KEY_HEADER)
+            seen.append((self.path, key))
+            if self.path.startswith("/v2/repository") and key != TEST_ADMIN_KEY:
+                body = json.dumps({"error": f"This API is restricted, expecting header '{ra.ADMIN_KEY_HEADER}'"})
+                return self._reply(403, body.encode())
+            self._reply(200, b"[]" if self.path.endswith("/index") else b"")
+
+        do_POST = do_GET = _handle  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"127.0.0.1:{server.server_port}"
+    try:
+        monkeypatch.delenv(ra.ADMIN_KEY_ENV, raising=False)
+        assert deploy.main(["load", "--url", url, "--repository", str(live)]) == 2
+        err = capsys.readouterr().err
+        assert "HTTP 403" in err and "restricted" in err and "--admin-key-env" in err, err
+        assert seen == [("/v2/repository/models/preprocess/load", None)]  # stops at the first refusal
+        seen.clear()
+        monkeypatch.setenv(ra.ADMIN_KEY_ENV, TEST_ADMIN_KEY)
+        assert deploy.main(["load", "--url", url, "--repository", str(live)]) == 0, capsys.readouterr().err
+        assert seen and all(key == TEST_ADMIN_KEY for path, key in seen if path.startswith("/v2/repository"))
+        assert [p for p, _ in seen][:3] == [f"/v2/repository/models/{m}/load" for m in deploy.load_order(live)]
+        monkeypatch.setenv("OTHER_KEY_VAR", "")
+        assert deploy.main(["load", "--url", url, "--repository", str(live), "--admin-key-env", "OTHER_KEY_VAR"]) == 2
+        assert "holds no key" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+        server.server_close()
