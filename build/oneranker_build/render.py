@@ -18,6 +18,8 @@ from pathlib import Path
 
 from oneranker_client import contract
 
+from . import warmup
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 LEFTOVER = re.compile(r"\$\{[^}]*\}")
 
@@ -43,7 +45,13 @@ class RenderSettings:
     # until served or until the client's deadline cancels them.
     queue_policy: bool = False
     max_queue_size: int = 64
-    queue_timeout_us: int = 2_000_000
+    # Half the latency budget a client gives a request (oneranker_client.defaults: 1 s deadline)
+    # may pass in the queue; a client may override it per request (`timeout` parameter,
+    # allow_timeout_override) to apply its own deadline.
+    queue_timeout_us: int = 500_000
+    # Versions of every non-ensemble model kept loaded: the release being rolled out and the one
+    # before it, which the ensembles pinned to it keep answering from until they move.
+    versions_loaded: int = 2
     # Instances per model (the one home of every instance count). The engine models run one
     # instance per core with one intra-op thread each: the most saturated throughput measured
     # (fused, 8 clients: ~850 req/s against ~640 for one instance with two threads); at
@@ -65,6 +73,7 @@ def queue_policy_block(s: RenderSettings) -> str:
         f"    max_queue_size: {s.max_queue_size}\n"
         "    timeout_action: REJECT\n"
         f"    default_timeout_microseconds: {s.queue_timeout_us}\n"
+        "    allow_timeout_override: true\n"
         "  }"
     )
 
@@ -108,8 +117,21 @@ def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool)
     return f"{section} [\n" + ",\n".join(entries) + "\n]"
 
 
+# A rendered repository holds one release as version folder 1; `oneranker_deploy promote` copies
+# it in as version N and rewrites every pin below to N (`pin_release`).
+STAGING_VERSION = 1
+
+
+def pin_release(config_text: str, version: int) -> str:
+    """A rendered config.pbtxt -> the same pinned to release `version`: every ensemble step's
+    `model_version` and the `release_version` parameter."""
+    text = re.sub(r"(?m)^(\s*model_version:\s*)\d+\s*$", rf"\g<1>{int(version)}", config_text)
+    return re.sub(r'(key: "release_version" value: \{ string_value: ")\d+(" \})', rf"\g<1>{int(version)}\g<2>", text)
+
+
 def ensemble_steps(steps: list[tuple[str, contract.ModelSpec, dict, dict]]) -> str:
-    """steps: (model name, spec, input_map {model input: ensemble tensor}, output_map). Internal
+    """steps: (model name, spec, input_map {model input: ensemble tensor}, output_map). Every step
+    is pinned to the release's version, so one answer never mixes two releases. Internal
     tensors (named `_...`) that no later step reads are left out of the output maps: Triton
     refuses an ensemble with an unused tensor, and a step may produce more than one topology reads
     (preprocess feeds both the numpy-beam and the graphs topologies)."""
@@ -117,7 +139,7 @@ def ensemble_steps(steps: list[tuple[str, contract.ModelSpec, dict, dict]]) -> s
     blocks = []
     for model_name, _spec, in_map, out_map in steps:
         out_map = {k: v for k, v in out_map.items() if not v.startswith("_") or v in consumed}
-        lines = [f'    model_name: "{model_name}"', "    model_version: -1"]
+        lines = [f'    model_name: "{model_name}"', f"    model_version: {STAGING_VERSION}"]
         lines += [f'    input_map {{ key: "{k}" value: "{v}" }}' for k, v in in_map.items()]
         lines += [f'    output_map {{ key: "{k}" value: "{v}" }}' for k, v in out_map.items()]
         blocks.append("  step [\n   {\n" + "\n".join(lines) + "\n   }\n  ]")
@@ -276,9 +298,14 @@ def render_repository(
         shutil.rmtree(out_dir)
     common = {"max_batch_size": s.max_batch_size, "contract_version": contract.CONTRACT_VERSION}
     queue = {
-        "dynamic_batching": fill(
-            TEMPLATES / "dynamic_batching.pbtxt.tmpl",
-            {"max_queue_delay_us": s.max_queue_delay_us, "queue_policy": queue_policy_block(s)},
+        "model_common": fill(
+            TEMPLATES / "model_common.pbtxt.tmpl",
+            {
+                "max_queue_delay_us": s.max_queue_delay_us,
+                "queue_policy": queue_policy_block(s),
+                "versions_loaded": s.versions_loaded,
+                "release_version": STAGING_VERSION,
+            },
             keep_comments=False,
         )
     }
@@ -299,9 +326,23 @@ def render_repository(
             "outputs": tensor_block("output", spec.outputs, dims, ragged=False),
         }
 
-    def write(model: str, values: dict, artifacts: bool, template: str | None = None, code: bool = True) -> None:
+    warm = warmup.warmup_inputs(export_dir, runner_engine)
+    example = json.dumps(json.dumps(warmup.example_request_json(export_dir)))  # a quoted pbtxt string
+
+    def write(
+        model: str,
+        values: dict,
+        artifacts: bool,
+        template: str | None = None,
+        code: bool = True,
+        spec: contract.ModelSpec | None = None,
+    ) -> None:
+        """`spec`: a non-ensemble model, warmed up with its sample of `warm` before it is ready."""
         folder = out_dir / values["name"]
         (folder / "1").mkdir(parents=True, exist_ok=True)
+        if spec is not None:
+            values = {**values, "warmup": warmup.warmup_block(spec, warm[values["name"]])}
+            warmup.write_warmup_files(folder, spec, warm[values["name"]])
         (folder / "config.pbtxt").write_text(fill(TEMPLATES / model / (template or "config.pbtxt.tmpl"), values))
         source = TEMPLATES / model / "1" / "model.py"
         if code and source.exists():
@@ -328,6 +369,7 @@ def render_repository(
                     **common,
                     **blocks(contract.PUBLIC, False),
                     "steps": ensemble_steps(topology_steps(topology)),
+                    "example_request": example,
                 },
                 artifacts=False,
             )
@@ -340,6 +382,7 @@ def render_repository(
             **blocks(contract.PREPROCESS, True),
         },
         artifacts=True,
+        spec=contract.PREPROCESS,
     )
     if "fused" in topologies:
         write(
@@ -354,6 +397,7 @@ def render_repository(
                 **blocks(contract.FUSED, True),
             },
             artifacts=True,
+            spec=contract.FUSED,
         )
         write(
             contract.FUSED_MODEL,
@@ -367,6 +411,7 @@ def render_repository(
                 **blocks(contract.NUMPY_BEAM, True),
             },
             artifacts=True,
+            spec=contract.NUMPY_BEAM,
         )
     instances = {contract.GENERATION_MODEL: s.generation_instances, contract.RANKING_MODEL: s.ranking_instances}
     for spec in (contract.GENERATION, contract.RANKING):
@@ -377,6 +422,7 @@ def render_repository(
                 artifacts=False,
                 template="config.tensorrt.pbtxt.tmpl",
                 code=False,
+                spec=spec,
             )
         else:
             write(
@@ -389,6 +435,7 @@ def render_repository(
                     **blocks(spec, engine != "tensorrt"),
                 },
                 artifacts=True,
+                spec=spec,
             )
     if cascade is not None:
         write(
@@ -398,6 +445,7 @@ def render_repository(
                 **common,
                 **blocks(contract.PUBLIC, False),
                 "steps": ensemble_steps(cascade_steps()),
+                "example_request": example,
             },
             artifacts=False,
         )
@@ -414,6 +462,7 @@ def render_repository(
                 **blocks(contract.CASCADE, True),
             },
             artifacts=False,
+            spec=contract.CASCADE,
         )
         for half, folder in (("generator", cascade.generator), ("ranker", cascade.ranker)):
             shutil.copytree(folder, out_dir / contract.CASCADE_MODEL / "1" / "artifacts" / half)

@@ -12,6 +12,7 @@ in-process reference both run exactly this code.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +30,16 @@ from .tokenize import (
     pad_exclusions,
     tokenize_request,
 )
+
+
+class RequestCancelled(Exception):
+    """The client cancelled the request (or its deadline passed) before a stage ran; the stage
+    is skipped for it."""
+
+
+# Called between generation and ranking with the batch's requests: True where the request is
+# still wanted (Triton: not `request.is_cancelled()`). When none is, ranking does not run.
+StillWanted = Callable[[list], list]
 
 
 class EngineRunner(Protocol):
@@ -199,8 +210,25 @@ class Recommender:
             results[p.slot] = out
         return results
 
-    def recommend_parsed(self, parsed: list[Parsed], times: StageTimes | None = None) -> list[Response | RequestError]:
-        """Validated, tokenized requests -> responses (generate once, select per request, rank once)."""
+    def _release(self, kv) -> None:
+        release = getattr(self.runner, "release", None)
+        if release is not None:
+            release(kv)
+
+    @staticmethod
+    def _cancelled_rows(parsed: list[Parsed], still_wanted: StillWanted | None) -> list[bool] | None:
+        """None when every request is still wanted, else per row True = cancelled."""
+        if still_wanted is None:
+            return None
+        wanted = still_wanted(parsed)
+        return None if all(wanted) else [not w for w in wanted]
+
+    def recommend_parsed(
+        self, parsed: list[Parsed], times: StageTimes | None = None, still_wanted: StillWanted | None = None
+    ) -> list[Response | RequestError | RequestCancelled]:
+        """Validated, tokenized requests -> responses (generate once, select per request, rank
+        once). `still_wanted` is asked between generation and ranking: a cancelled request gets
+        RequestCancelled, and when all are, ranking is skipped."""
         times = times if times is not None else StageTimes()
         if not parsed:
             return []
@@ -209,6 +237,10 @@ class Recommender:
         inputs = pad_batch(users, length)
         t0 = time.perf_counter()
         level_logits, kv = self.runner.generate(inputs)
+        cancelled = self._cancelled_rows(parsed, still_wanted)
+        if cancelled is not None and all(cancelled):
+            self._release(kv)
+            return [RequestCancelled("cancelled before ranking") for _ in parsed]
         t1 = time.perf_counter()
         selected = [
             merge_candidates(
@@ -223,9 +255,7 @@ class Recommender:
             cand[row, : len(sel[0])] = sel[0]
         cand_sids, cand_attrs, cand_bid = self.tables.candidate_features(cand)
         scores = self.runner.rank(kv, inputs["hist_len"], cand_sids, cand_attrs, cand_bid)
-        release = getattr(self.runner, "release", None)
-        if release is not None:
-            release(kv)
+        self._release(kv)
         t3 = time.perf_counter()
         times.generate_s += t1 - t0
         times.select_s += t2 - t1
@@ -233,6 +263,9 @@ class Recommender:
         out: list[Any] = []
         for row, p in enumerate(parsed):
             ads, lp, head = selected[row]
+            if cancelled is not None and cancelled[row]:
+                out.append(RequestCancelled("cancelled before ranking"))
+                continue
             if len(ads) == 0:
                 out.append(RequestError("no candidate left after exclusions"))
                 continue
@@ -283,7 +316,9 @@ class GraphRecommender(Recommender):
             "top_k": np.array([p.top_k for p in parsed], np.int64),
         }
 
-    def recommend_parsed(self, parsed: list[Parsed], times: StageTimes | None = None) -> list[Response | RequestError]:
+    def recommend_parsed(
+        self, parsed: list[Parsed], times: StageTimes | None = None, still_wanted: StillWanted | None = None
+    ) -> list[Response | RequestError | RequestCancelled]:
         times = times if times is not None else StageTimes()
         if not parsed:
             return []
@@ -293,11 +328,13 @@ class GraphRecommender(Recommender):
         top = knobs.pop("top_k")
         t0 = time.perf_counter()
         cands, kv = self.runner.generate(inputs, knobs)
+        cancelled = self._cancelled_rows(parsed, still_wanted)
+        if cancelled is not None and all(cancelled):
+            self._release(kv)
+            return [RequestCancelled("cancelled before ranking") for _ in parsed]
         t1 = time.perf_counter()
         rec = self.runner.rank(kv, inputs["hist_len"], cands, top)
-        release = getattr(self.runner, "release", None)
-        if release is not None:
-            release(kv)
+        self._release(kv)
         t2 = time.perf_counter()
         times.generate_s += t1 - t0
         times.rank_s += t2 - t1
@@ -305,6 +342,9 @@ class GraphRecommender(Recommender):
         out: list[Any] = []
         for row in range(len(parsed)):
             n = int(rec["rec_count"][row])
+            if cancelled is not None and cancelled[row]:
+                out.append(RequestCancelled("cancelled before ranking"))
+                continue
             if n == 0:
                 out.append(RequestError("no candidate left after exclusions"))
                 continue

@@ -45,7 +45,7 @@ class FakeResponse:
 
 
 class FakeError:
-    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+    INVALID_ARG, INTERNAL, CANCELLED = "INVALID_ARG", "INTERNAL", "CANCELLED"
 
     def __init__(self, msg, code="INTERNAL"):
         self.msg, self.code = msg, code
@@ -54,11 +54,31 @@ class FakeError:
         return self.msg
 
 
+class FakeMetric:
+    def __init__(self, labels):
+        self.labels, self.value = labels, 0.0
+
+    def increment(self, value):
+        self.value += value
+
+
+class FakeMetricFamily:
+    COUNTER = "counter"
+
+    def __init__(self, name, description, kind):
+        self.name, self.metrics = name, []
+
+    def Metric(self, labels):
+        self.metrics.append(FakeMetric(labels))
+        return self.metrics[-1]
+
+
 class FakePb:
     """The parts of triton_python_backend_utils the models use."""
 
     Tensor = FakeTensor
     TritonError = FakeError
+    MetricFamily = FakeMetricFamily
 
     @staticmethod
     def InferenceResponse(output_tensors, error=None):
@@ -267,3 +287,99 @@ def test_ranking_model_gives_a_request_with_no_candidate_left_its_own_error():
     assert list(out) == [t.name for t in contract.RANKING.outputs]
     np.testing.assert_array_equal(out["rec_item_ids"], [[5, 6]])
     np.testing.assert_array_equal(out["rec_count"], [2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Request lifecycle: cancellation at the stage boundaries of the fused model
+# ---------------------------------------------------------------------------------------------
+class CancellableRequest(dict):
+    """A fake request whose is_cancelled() turns True from its `cancel_at`-th check on (1 = the
+    first boundary, before validation); None = never."""
+
+    def __init__(self, tensors, cancel_at=None):
+        super().__init__(tensors)
+        self.cancel_at, self.checks = cancel_at, 0
+
+    def is_cancelled(self):
+        self.checks += 1
+        return self.cancel_at is not None and self.checks >= self.cancel_at
+
+
+class CountingRunner:
+    """Level-logit runner (numpy beam search path): zero logits, scores = bids; counts calls."""
+
+    def __init__(self):
+        self.generated, self.ranked = 0, 0
+
+    def generate(self, inputs):
+        self.generated += 1
+        b = inputs["hist_actions"].shape[0]
+        return np.zeros((b, H, D, K), np.float32), object()
+
+    def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
+        self.ranked += 1
+        return cand_bid.astype(np.float32)
+
+
+@pytest.fixture()
+def fused(artifacts, monkeypatch):
+    from oneranker_serving.artifacts import load_selector
+    from oneranker_serving.recommender import Recommender
+
+    runner = CountingRunner()
+    validator, gen = load_selector(artifacts / "1" / "artifacts")
+    monkeypatch.setattr(models, "load_system", lambda *a, **k: Recommender.from_validator(runner, validator, gen))
+    model = _model(models.RecommenderModel, artifacts, request_format="raw")
+    return model, runner
+
+
+def _cancelled_counts(model) -> dict:
+    return {m.labels["stage"]: m.value for m in model.families["cancelled"].metrics}
+
+
+@pytest.mark.parametrize(
+    "cancel_at, stage, generated, ranked",
+    [(1, "validate", 0, 0), (2, "generate", 0, 0), (3, "rank", 1, 0), (None, None, 1, 1)],
+)
+def test_a_cancelled_request_stops_at_its_stage_boundary(fused, cancel_at, stage, generated, ranked):
+    """Cancelled before validation, generation or ranking: a CANCELLED response, the stage's
+    counter +1, and none of the later engine calls runs; never cancelled: answered."""
+    model, runner = fused
+    (response,) = model.execute([CancellableRequest(_raw(), cancel_at)])
+    assert (runner.generated, runner.ranked) == (generated, ranked)
+    counts = _cancelled_counts(model)
+    if stage is None:
+        assert not response.has_error() and sum(counts.values()) == 0
+        assert _outputs(response)["model_version"].tolist() == [[1]]
+    else:
+        assert response.has_error() and response.error().code == "CANCELLED"
+        assert stage in response.error().message()
+        assert counts == {s: float(s == stage) for s in model.CANCEL_STAGES}
+
+
+def test_cancelling_one_request_of_a_batch_leaves_the_others_answered(fused):
+    model, runner = fused
+    responses = model.execute([CancellableRequest(_raw()), CancellableRequest(_raw(), 3), CancellableRequest(_raw())])
+    assert [r.has_error() for r in responses] == [False, True, False]
+    assert runner.ranked == 1  # the batch still ranks once for the two live requests
+    assert responses[1].error().code == "CANCELLED"
+    np.testing.assert_array_equal(_outputs(responses[0])["rec_item_ids"], _outputs(responses[2])["rec_item_ids"])
+
+
+def test_graph_models_answer_a_request_cancelled_in_the_queue_without_running_it():
+    from types import SimpleNamespace
+
+    from oneranker_serving.triton.codec import TensorCodec
+
+    runner = RecordingGraphRunner(num_prefix=2, num_step2=1)
+    model = type("Model", (models.GenerationModel,), {"pb": FakePb})()
+    model.engine = models.GraphEngine(SimpleNamespace(runner=runner), TensorCodec(FakePb), 2, 1)
+
+    def request(cancel_at):
+        tensors = {k: FakeTensor(k, v) for k, v in _generation_request(3, 2, 4, [-1]).items()}
+        return CancellableRequest(tensors, cancel_at)
+
+    live, gone = request(None), request(1)
+    responses = model.execute([gone, live])
+    assert responses[0].error().code == "CANCELLED" and not responses[1].has_error()
+    assert len(runner.calls) == 1 and runner.calls[0][1]["hist_actions"].shape[0] == 1  # only the live one ran

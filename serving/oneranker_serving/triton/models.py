@@ -14,6 +14,8 @@ and the other requests of the dynamic batch normally.
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,8 @@ import numpy as np
 
 from oneranker_client import contract
 
-from ..artifacts import load_recommender, load_system, load_validator, read_export_info
-from ..recommender import Parsed, Recommender, StageTimes
+from ..artifacts import ArtifactMismatch, load_recommender, load_system, load_validator, read_export_info
+from ..recommender import Parsed, Recommender, RequestCancelled, StageTimes
 from ..tokenize import RequestError
 from . import arrays, batching
 from .codec import TensorCodec
@@ -35,10 +37,24 @@ def model_version(args: dict) -> int:
 
 
 def model_setup(args: dict) -> tuple[dict, Path]:
-    """Triton's initialize() args -> (string parameters of config.pbtxt, the version's artifacts dir)."""
+    """Triton's initialize() args -> (string parameters of config.pbtxt, the version's artifacts dir).
+
+    The config is rendered for one release (`release_version`) and names its checkpoint; the
+    previous release, kept loaded beside it during a rollout, is checked against the contract
+    version only (its own artifacts say which checkpoint it is)."""
     config = json.loads(args["model_config"])
     params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-    return params, Path(args["model_repository"]) / args["model_version"] / "artifacts"
+    artifacts = Path(args["model_repository"]) / args["model_version"] / "artifacts"
+    release = params.get("release_version")
+    if release is not None and int(release) != model_version(args):
+        info = read_export_info(artifacts)
+        if str(info["contract_version"]) != params["contract_version"]:
+            raise ArtifactMismatch(
+                f"version {args['model_version']} was built for contract v{info['contract_version']}, the config "
+                f"(release {release}) is v{params['contract_version']}: it cannot be served beside that release"
+            )
+        params["checkpoint_sha256"] = ""  # not this release's checkpoint: no check
+    return params, artifacts
 
 
 def instance_device(args: dict) -> str:
@@ -48,6 +64,17 @@ def instance_device(args: dict) -> str:
     return "cpu"
 
 
+# Fault injection for tests of the request lifecycle: seconds slept after each stage of the fused
+# model (so a cancellation or a deadline can land between stages). Unset in production.
+STAGE_DELAY_ENV = "ONERANKER_STAGE_DELAY_S"
+
+
+def is_cancelled(request) -> bool:
+    """Triton's `request.is_cancelled()` (the client cancelled, or its gRPC deadline passed)."""
+    check = getattr(request, "is_cancelled", None)
+    return bool(check is not None and check())
+
+
 class PythonModel:
     """Shared by every model: `pb` is triton_python_backend_utils (or a fake)."""
 
@@ -55,6 +82,20 @@ class PythonModel:
 
     def error(self, message: str):
         return error_response(self.pb, message)
+
+    def cancelled_response(self, stage: str):
+        return error_response(self.pb, f"request cancelled before {stage}", self.pb.TritonError.CANCELLED)
+
+    def split_cancelled(self, requests, stage: str) -> tuple[list, list[int]]:
+        """-> (responses with CANCELLED where the request was cancelled while it queued, else
+        None; the slots still to answer)."""
+        responses = [self.cancelled_response(stage) if is_cancelled(r) else None for r in requests]
+        return responses, [i for i, r in enumerate(responses) if r is None]
+
+    def answer_live(self, requests, stage: str, answer) -> list:
+        """`answer(request)` for every request not cancelled while it queued; a cancelled one
+        gets a CANCELLED response and no work (the model's entry is a stage boundary)."""
+        return [self.cancelled_response(stage) if is_cancelled(r) else answer(r) for r in requests]
 
     def respond(self, values: dict):
         return self.pb.InferenceResponse(
@@ -76,14 +117,14 @@ class PreprocessModel(PythonModel):
         self.version = model_version(args)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                raw = arrays.request_from_arrays(self.host_inputs(request, contract.PUBLIC))
-                responses.append(self.respond(arrays.tokens_to_arrays(self.validator, raw, self.version)))
-            except RequestError as err:
-                responses.append(self.error(str(err)))
-        return responses
+        return self.answer_live(requests, "preprocess", self.answer)
+
+    def answer(self, request):
+        try:
+            raw = arrays.request_from_arrays(self.host_inputs(request, contract.PUBLIC))
+            return self.respond(arrays.tokens_to_arrays(self.validator, raw, self.version))
+        except RequestError as err:
+            return self.error(str(err))
 
 
 class RecommenderModel(PythonModel):
@@ -117,33 +158,75 @@ class RecommenderModel(PythonModel):
         self.stage_metrics = {s: self.families["stage"].Metric(labels={"stage": s, **labels}) for s in self.STAGES}
         self.candidates = self.families["candidates"].Metric(labels=labels)
         self.requests_metric = self.families["requests"].Metric(labels=labels)
+        self.families["cancelled"] = family(
+            name="oneranker_cancelled_total",
+            description="requests dropped because the client cancelled them (or its deadline passed), by the "
+            "stage that did not run",
+            kind=family.COUNTER,
+        )
+        self.cancelled_metrics = {
+            s: self.families["cancelled"].Metric(labels={"stage": s, **labels}) for s in self.CANCEL_STAGES
+        }
+        self.stage_delay_s = float(os.environ.get(STAGE_DELAY_ENV, "0") or 0)
 
-    def parse(self, requests, responses: list) -> list:
-        """Requests -> Parsed; an invalid raw request gets its error response in `responses`."""
+    # Stage boundaries where a cancelled request stops: before validation (it queued), before
+    # the generation graph, before the ranking graph.
+    CANCEL_STAGES = ("validate", "generate", "rank")
+
+    def drop_cancelled(self, requests, items: list, stage: str, responses: list, slot_of) -> list:
+        """The items whose request is still wanted; a cancelled one gets its CANCELLED response
+        and counts in oneranker_cancelled_total{stage}."""
+        kept = []
+        for item in items:
+            slot = slot_of(item)
+            if is_cancelled(requests[slot]):
+                responses[slot] = self.cancelled_response(stage)
+                self.cancelled_metrics[stage].increment(1.0)
+            else:
+                kept.append(item)
+        return kept
+
+    def pause(self) -> None:
+        if self.stage_delay_s > 0:
+            time.sleep(self.stage_delay_s)
+
+    def parse(self, requests, slots: list[int], responses: list) -> list:
+        """requests[slots] -> Parsed; an invalid raw request gets its error response in `responses`."""
         if not self.raw_inputs:
             return [
-                arrays.parsed_from_arrays(slot, self.host_inputs(request, contract.NUMPY_BEAM))
-                for slot, request in enumerate(requests)
+                arrays.parsed_from_arrays(slot, self.host_inputs(requests[slot], contract.NUMPY_BEAM)) for slot in slots
             ]
         parsed = []
-        for slot, request in enumerate(requests):
+        for slot in slots:
             try:
-                raw = arrays.request_from_arrays(self.host_inputs(request, contract.PUBLIC))
+                raw = arrays.request_from_arrays(self.host_inputs(requests[slot], contract.PUBLIC))
                 parsed.append(Parsed(slot, *self.recommender.validate(raw)))
             except RequestError as err:
                 responses[slot] = self.error(str(err))
         return parsed
 
     def execute(self, requests):
+        """Stage boundaries (validate | generate | rank) drop cancelled requests: theirs is a
+        CANCELLED response and none of their later stages runs."""
         responses = [None] * len(requests)
-        parsed = self.parse(requests, responses)
+        live = self.drop_cancelled(requests, list(range(len(requests))), "validate", responses, lambda slot: slot)
+        parsed = self.parse(requests, live, responses)
+        self.pause()
+        parsed = self.drop_cancelled(requests, parsed, "generate", responses, lambda p: p.slot)
+
+        def still_wanted(batch: list) -> list:
+            self.pause()
+            return [not is_cancelled(requests[p.slot]) for p in batch]
+
         times = StageTimes()
-        for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times)):
-            responses[p.slot] = (
-                self.error(str(result))
-                if isinstance(result, RequestError)
-                else self.respond(arrays.response_arrays(result, self.version))
-            )
+        for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times, still_wanted)):
+            if isinstance(result, RequestCancelled):
+                responses[p.slot] = self.cancelled_response("rank")
+                self.cancelled_metrics["rank"].increment(1.0)
+            elif isinstance(result, RequestError):
+                responses[p.slot] = self.error(str(result))
+            else:
+                responses[p.slot] = self.respond(arrays.response_arrays(result, self.version))
         for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
             self.stage_metrics[stage].increment(seconds)
         self.candidates.increment(float(times.candidates))
@@ -187,9 +270,13 @@ class GenerationModel(PythonModel):
 
     def execute(self, requests):
         e = self.engine
-        items = [e.codec.inputs(r, contract.GENERATION) for r in requests]
-        outs = batching.generate_graphs(e.recommender.runner, items, e.num_prefix, keep_device=e.codec.dlpack)
-        return [self.pb.InferenceResponse(output_tensors=e.codec.outputs(o)) for o in outs]
+        responses, live = self.split_cancelled(requests, "generation")
+        if live:
+            items = [e.codec.inputs(requests[i], contract.GENERATION) for i in live]
+            outs = batching.generate_graphs(e.recommender.runner, items, e.num_prefix, keep_device=e.codec.dlpack)
+            for i, out in zip(live, outs):
+                responses[i] = self.pb.InferenceResponse(output_tensors=e.codec.outputs(out))
+        return responses
 
 
 class RankingModel(PythonModel):
@@ -202,13 +289,15 @@ class RankingModel(PythonModel):
 
     def execute(self, requests):
         e = self.engine
-        items = [e.codec.inputs(r, contract.RANKING) for r in requests]
-        responses = []
-        for out in batching.rank_graphs(e.recommender.runner, items, e.num_prefix, e.num_step2):
+        responses, live = self.split_cancelled(requests, "ranking")
+        if not live:
+            return responses
+        items = [e.codec.inputs(requests[i], contract.RANKING) for i in live]
+        for i, out in zip(live, batching.rank_graphs(e.recommender.runner, items, e.num_prefix, e.num_step2)):
             if int(out["rec_count"].min()) == 0:
-                responses.append(self.error("no candidate left after exclusions"))
+                responses[i] = self.error("no candidate left after exclusions")
                 continue
             values = {s.name: out[s.name].astype(s.numpy_dtype) for s in contract.RANKING.outputs if s.name in out}
             values["rec_count"] = out["rec_count"].astype(np.int64)  # [b]: the config reshapes [1] to []
-            responses.append(self.respond(values))
+            responses[i] = self.respond(values)
         return responses
