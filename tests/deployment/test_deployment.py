@@ -57,7 +57,7 @@ TRITON_SERVICES = ("triton", "triton-cpu")
 # Bind-mount sources that do not exist in a checkout: generated under the git-ignored artifacts/
 # folder, each by the producer named here (which the tests below also check).
 GENERATED = {
-    "artifacts/deploy": "the builder services (deploy/builder.sh): runs/, staging/, repository/, perf-inputs/",
+    "artifacts/deploy": "the builder services (deploy/builder.sh): runs/, staging/, repository/, perf-inputs/, cache/",
     "artifacts/deploy/repository/tensorrt": (
         "builder: deploy/builder.sh (oneranker build --engine tensorrt + deploy promote)"
     ),
