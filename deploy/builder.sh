@@ -53,6 +53,10 @@ else
   oneranker train --preset "$preset" --run-dir "$run_dir" ${ONERANKER_TRAIN_ARGS:-}
 fi
 
+# TensorRT timing caches, one per TensorRT version and GPU: kept outside the build folders (a new
+# one each build) so the next build reads them; it prints whether it did
+cache_dir="$deploy_dir/cache/tensorrt-timing-cache"
+
 ngc_tag="${ONERANKER_NGC_TAG:?the builder image sets ONERANKER_NGC_TAG}"
 stamp() {  # what built the plans of repository $1 (read by deploy/triton-start.sh)
   [ "$engine" = tensorrt ] || return 0
@@ -62,7 +66,7 @@ stamp() {  # what built the plans of repository $1 (read by deploy/triton-start.
 
 if [ "$mode" = render ]; then
   echo "[builder] oneranker build --engine $engine -> $out"
-  oneranker build --run-dir "$run_dir" --engine "$engine" --out "$out"
+  oneranker build --run-dir "$run_dir" --engine "$engine" --out "$out" --timing-cache-dir "$cache_dir"
   stamp "$out/$engine"
   echo "[builder] release ready: $out/$engine"
   exit 0
@@ -70,7 +74,7 @@ fi
 
 stage="$deploy_dir/staging/$(date -u +%Y%m%dT%H%M%SZ)"
 echo "[builder] oneranker build --engine $engine -> $stage"
-oneranker build --run-dir "$run_dir" --engine "$engine" --out "$stage"
+oneranker build --run-dir "$run_dir" --engine "$engine" --out "$stage" --timing-cache-dir "$cache_dir"
 
 python -m oneranker_deploy promote --staging "$stage/$engine" --repository "$live"
 stamp "$live"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,8 +63,14 @@ def build(
     cascade_run: Path | None = None,
     settings_overrides: dict | None = None,
     onnx_too: bool = True,
+    timing_cache_dir: Path | None = None,
 ) -> dict:
-    """Checkpoint -> ONNX graphs + generation tables -> one rendered repository per engine.
+    """Checkpoint -> ONNX graphs + generation tables (OUT/export) -> one rendered repository per
+    engine (OUT/<engine>; tensorrt: plus its plans, compiled with the timing cache in
+    `timing_cache_dir`, default OUT/tensorrt-timing-cache, which no build deletes).
+    Each repository is rendered (and its plans built) in a hidden folder of OUT and moved to
+    OUT/<engine> only once complete: a failed build leaves no partial repository and the previous
+    one untouched. A tensorrt build without TensorRT raises TensorRTUnavailable before exporting.
     `cascade_run` (a `train_cascade` run dir) adds the cascade baseline as `oneranker_cascade`;
     `settings_overrides` replaces RenderSettings fields (e.g. max_queue_delay_us); `onnx_too=False`
     (engines ["torch"] only) skips the ONNX conversion."""
@@ -70,48 +79,69 @@ def build(
     from oneranker.cascade import GENERATOR, RANKER
 
     from .render import CascadeExports, RenderSettings, render_repository
+    from .tensorrt_build import TIMING_CACHE_DIR, build_plans, require_tensorrt
 
     if not onnx_too and set(engines) != {"torch"}:
         raise ValueError(f"engines {engines} need ONNX graphs: onnx_too=False is for the torch engine alone")
+    if "tensorrt" in engines:
+        require_tensorrt()  # fail before the export, not after it with a repository lacking its plans
+    out = Path(out)
     torch.set_num_threads(2)
-    info, dims, manifest, cfg = export_run(Path(run_dir), Path(out) / "export", onnx_too=onnx_too)
+    info, dims, manifest, cfg = export_run(Path(run_dir), out / "export", onnx_too=onnx_too)
     cascade = None
     if cascade_run is not None:
         cascade_run = Path(cascade_run)
-        exports = {half: Path(out) / "export_cascade" / half for half in (GENERATOR, RANKER)}
+        exports = {half: out / "export_cascade" / half for half in (GENERATOR, RANKER)}
         for half, folder in exports.items():
             export_run(cascade_run / half, folder, beam_search_graphs=False, onnx_too=onnx_too)
         cascade = CascadeExports(exports[GENERATOR], exports[RANKER])
-    rendered = {}
+    rendered, plans = {}, {}
     for engine in engines:
         settings = dataclasses.replace(
             RenderSettings(instance_kind=instance_kind if engine == "torch" else "KIND_CPU"),
             **(settings_overrides or {}),
         )
-        repo = render_repository(
-            Path(out) / "export",
-            Path(out) / engine,
-            engine,
-            dims,
-            manifest["checkpoint_sha256"],
-            settings=settings,
-            cascade=cascade if engine != "tensorrt" else None,
-        )
+        repo = out / engine
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{engine}.staging-", dir=out))
+        try:
+            render_repository(
+                out / "export",
+                staging,
+                engine,
+                dims,
+                manifest["checkpoint_sha256"],
+                settings=settings,
+                cascade=cascade if engine != "tensorrt" else None,
+            )
+            if engine == "tensorrt":
+                plans[engine] = build_plans(
+                    out / "export", staging, cfg.name, timing_cache_dir or out / TIMING_CACHE_DIR
+                )
+            publish(staging, repo)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         rendered[engine] = str(repo)
         print(
             f"[build] rendered {engine} repository -> {repo}"
-            + (" (with the cascade baseline oneranker_cascade)" if cascade and engine != "tensorrt" else ""),
+            + (" (with the cascade baseline oneranker_cascade)" if cascade and engine != "tensorrt" else "")
+            + (" with its TensorRT plans" if engine == "tensorrt" else ""),
             flush=True,
         )
-        if engine == "tensorrt":
-            from .tensorrt_build import TensorRTUnavailable, build_plans
+    return {"export": info, "repositories": rendered, "plans": plans}
 
-            try:
-                build_plans(Path(out) / "export", repo, cfg.name)
-                print(f"[build] TensorRT plans built into {repo}", flush=True)
-            except TensorRTUnavailable as err:
-                print(f"[build] tensorrt: configs rendered, plans NOT built: {err}", flush=True)
-    return {"export": info, "repositories": rendered}
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a complete repository from `staging` to `final` (same parent folder: renames only);
+    the repository it replaces is deleted afterwards."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def _non_negative_int(text: str) -> int:
@@ -197,17 +227,31 @@ def register(sub, common, make_config, run_dir_of) -> None:
         "trades saturated throughput for concurrency-1 latency, README 'Batching and threads')",
     )
 
+    p.add_argument(
+        "--timing-cache-dir",
+        type=Path,
+        help="TensorRT timing caches, one per TensorRT version and GPU, kept across builds "
+        "(default OUT/tensorrt-timing-cache)",
+    )
+
     def cmd_build(args) -> int:
+        from .tensorrt_build import TensorRTUnavailable
+
         cfg = make_config(args)
         engines = list(BUILDABLE + ("tensorrt",)) if args.engine == "all" else [args.engine]
-        build(
-            run_dir_of(args, cfg),
-            args.out,
-            engines,
-            instance_kind=args.instance_kind,
-            cascade_run=args.cascade_run,
-            settings_overrides=settings_overrides(args),
-        )
+        try:
+            build(
+                run_dir_of(args, cfg),
+                args.out,
+                engines,
+                instance_kind=args.instance_kind,
+                cascade_run=args.cascade_run,
+                settings_overrides=settings_overrides(args),
+                timing_cache_dir=args.timing_cache_dir,
+            )
+        except TensorRTUnavailable as err:
+            print(f"error: cannot build the tensorrt engine: {err}", file=sys.stderr)
+            return 2
         return 0
 
     p.set_defaults(func=cmd_build)

@@ -2,13 +2,20 @@
 
     generation.onnx / ranking.onnx + build/profiles.json (min/opt/max per input, aligned with
     the serving length buckets, batch bound = Triton max_batch_size)
-      -> <out>/<model>/1/model.plan + build_info.json (TensorRT version, profile, precision,
-         ONNX sha256): the `generation` and `ranking` models of the `graphs` topology
+    + <cache dir>/tensorrt-<TensorRT version>-<GPU>.cache (timing cache of earlier builds, if any)
+      -> <repo>/<model>/1/model.plan (path: oneranker_serving.plans.plan_path, which TrtRunner
+         reads too) + build_info.json (TensorRT version, profile, precision, ONNX sha256, timing
+         cache reused or not): the `generation` and `ranking` models of the `graphs` topology
+      -> the updated timing cache, back in <cache dir>
 
 Precision: TensorRT 10 builds *strongly typed* networks (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`):
 the precision comes from the ONNX graph (fp32 here; export an fp16/bf16 graph to change it), not
 from builder flags. One optimization profile per engine (Triton requires all profiles to share
-the max batch; profile switching costs latency). A timing cache is reused across builds.
+the max batch; profile switching costs latency).
+
+Timing cache: kept outside every folder a build recreates (default OUT/tensorrt-timing-cache
+beside OUT/export and OUT/tensorrt; `oneranker build --timing-cache-dir`), one file per TensorRT
+version and GPU model, since a cache only fits the TensorRT and GPU that wrote it.
 
 `compile_torch_tensorrt` is the second path the user asked for: the level-logit generator/ranker
 PyTorch modules through torch-tensorrt (dynamo IR), to be checked against the ONNX path on an NGC
@@ -19,10 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import sys
 from pathlib import Path
+
+from oneranker_serving.plans import PLAN_MODELS, plan_path
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles.json"
 SUPPORTED_OPS = Path(__file__).resolve().parents[1] / "onnx_tensorrt_supported_ops.txt"
+TIMING_CACHE_DIR = "tensorrt-timing-cache"  # default: beside the repository, in the build's OUT
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -59,10 +72,27 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def gpu_key(device: int = 0) -> str:
+    """The GPU model a plan and a timing cache are built for, as a file-name part: "nvidia-h200-sm90"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("no CUDA GPU is visible: TensorRT compiles plans for the GPU it runs on")
+    major, minor = torch.cuda.get_device_capability(device)
+    name = re.sub(r"[^a-z0-9.]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"{name}-sm{major}{minor}"
+
+
+def timing_cache_file(cache_dir: Path, tensorrt_version: str, gpu: str) -> Path:
+    """One timing cache per (TensorRT version, GPU model): a cache only fits the pair that wrote it."""
+    return Path(cache_dir) / f"tensorrt-{tensorrt_version}-{gpu}.cache"
+
+
 def build_engine(
     onnx_path: Path, profile: dict, out_plan: Path, timing_cache: Path, workspace_gib: float = 4.0
 ) -> dict:
-    """ONNX -> serialized TensorRT engine with one optimization profile."""
+    """ONNX -> serialized TensorRT engine with one optimization profile. Reads `timing_cache` when
+    it exists and writes it back (atomically) with this build's timings added."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -74,9 +104,11 @@ def build_engine(
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    cache_bytes = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
+    timing_cache = Path(timing_cache)
+    cache_bytes = timing_cache.read_bytes() if timing_cache.exists() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError(f"TensorRT refused the timing cache {timing_cache}: delete it to start a new one")
     opt = builder.create_optimization_profile()
     for name, shapes in profile.items():
         opt.set_shape(name, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
@@ -86,29 +118,40 @@ def build_engine(
         raise RuntimeError(f"TensorRT failed to build {onnx_path}")
     out_plan.parent.mkdir(parents=True, exist_ok=True)
     out_plan.write_bytes(bytes(plan))
-    Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}")
+    partial.write_bytes(bytes(config.get_timing_cache().serialize()))
+    os.replace(partial, timing_cache)  # a concurrent build reads the old cache or the new, never half
     return {
         "tensorrt_version": trt.__version__,
         "profile": profile,
         "precision": "from ONNX (strongly typed)",
         "onnx_sha256": sha256(onnx_path),
         "plan_bytes": out_plan.stat().st_size,
+        "timing_cache_bytes_read": len(cache_bytes),
     }
 
 
-PLAN_MODELS = ("generation", "ranking")
-
-
-def build_plans(export_dir: Path, repo_dir: Path, preset: str) -> dict:
-    """Every engine into a rendered `tensorrt` repository (<repo>/<model>/1/model.plan): the
-    generation and ranking graphs, the native models of its one topology, `graphs`."""
+def build_plans(export_dir: Path, repo_dir: Path, preset: str, cache_dir: Path, gpu: str | None = None) -> dict:
+    """Every engine into a rendered `tensorrt` repository (plan_path: <repo>/<model>/1/model.plan):
+    the generation and ranking graphs, the native models of its one topology, `graphs`.
+    `cache_dir` holds the timing caches (outside every folder a build recreates); whether this
+    build found one of an earlier build is printed and recorded in each build_info.json
+    (`timing_cache_reused`). Returns {model: build info}."""
+    trt = require_tensorrt()
     profiles = load_profiles(preset)
+    cache = timing_cache_file(cache_dir, trt.__version__, gpu or gpu_key())
+    reused = cache.exists()
+    print(
+        f"[build] TensorRT timing cache {cache}: "
+        + (f"reused from an earlier build ({cache.stat().st_size} bytes)" if reused else "none yet, starting one"),
+        flush=True,
+    )
     info = {}
     for model in PLAN_MODELS:
-        plan = Path(repo_dir) / model / "1" / "model.plan"
-        info[model] = build_engine(
-            Path(export_dir) / f"{model}.onnx", profiles[model], plan, Path(export_dir) / "timing.cache"
-        )
+        plan = plan_path(repo_dir, model)
+        info[model] = build_engine(Path(export_dir) / f"{model}.onnx", profiles[model], plan, cache)
+        info[model].update(timing_cache=str(cache), timing_cache_reused=reused)
         (plan.parent / "build_info.json").write_text(json.dumps(info[model], indent=2))
     return info
 
@@ -225,6 +268,9 @@ def main(argv=None) -> int:
     parser.add_argument("--export-dir", type=Path, help="folder with generation.onnx and ranking.onnx")
     parser.add_argument("--repository", type=Path, help="rendered tensorrt repository to place model.plan files in")
     parser.add_argument("--preset", default="small")
+    parser.add_argument(
+        "--timing-cache-dir", type=Path, help=f"timing caches (default: {TIMING_CACHE_DIR} beside the repository)"
+    )
     args = parser.parse_args(argv)
     if args.write_profiles:
         write_profiles()
@@ -232,10 +278,11 @@ def main(argv=None) -> int:
         return 0
     if not (args.export_dir and args.repository):
         parser.error("--export-dir and --repository are required to build plans")
+    cache_dir = args.timing_cache_dir or args.repository.parent / TIMING_CACHE_DIR
     try:
-        info = build_plans(args.export_dir, args.repository, args.preset)
+        info = build_plans(args.export_dir, args.repository, args.preset, cache_dir)
     except TensorRTUnavailable as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2))
     return 0

@@ -68,7 +68,7 @@ TRITON_SERVICES = ("triton", "triton-cpu")
 # Bind-mount sources that do not exist in a checkout: generated under the git-ignored artifacts/
 # folder, each by the producer named here (which the tests below also check).
 GENERATED = {
-    "artifacts/deploy": "the builder services (deploy/builder.sh): runs/, staging/, repository/, perf-inputs/",
+    "artifacts/deploy": "the builder services (deploy/builder.sh): runs/, staging/, repository/, perf-inputs/, cache/",
     "artifacts/deploy/repository/tensorrt": (
         "builder: deploy/builder.sh (oneranker build --engine tensorrt + deploy promote)"
     ),
@@ -697,12 +697,12 @@ def test_triton_requirements_are_exactly_what_the_python_models_import():
     roots = [(p, p.stem) for p in sorted((ROOT / "model_repository").glob("*/*/*.py"))]
     if not roots:
         pytest.skip("model_repository/ holds no Python model yet")
-    # make_runner loads the runner module of the rendered engine by name (runners.ENGINE_RUNNERS);
+    # make_runner loads the runner module of the rendered engine by name (runners.ENGINES);
     # the image serves the onnxruntime and tensorrt repositories, so both modules are reached.
-    from oneranker_serving.runners import ENGINE_RUNNERS
+    from oneranker_serving.runners import ENGINES
 
     served_engines = ("onnxruntime", "tensorrt")
-    assert set(served_engines) <= set(ENGINE_RUNNERS)
+    assert set(served_engines) <= set(ENGINES)
     roots += [
         (ROOT / "serving" / "oneranker_serving" / "runners" / f"{e}.py", f"oneranker_serving.runners.{e}")
         for e in served_engines

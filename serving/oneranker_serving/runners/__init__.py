@@ -3,12 +3,12 @@ the runner. One module per engine:
 
     onnxruntime   ONNX Runtime, CPU (the embedded default)
     torch         PyTorch exported programs, CPU or CUDA
-    tensorrt      TensorRT 10 plans (NGC hosts)
+    tensorrt      TensorRT 10 plans (NGC hosts), the ones `oneranker build --engine tensorrt` compiles
 
 Two graph pairs, chosen by `search`: "graph" (generation -> ranking, beam search and top-k inside
-the graphs: OrtGraphRunner, TorchGraphRunner) and "numpy" (generator -> ranker over level
-logits, the numpy beam search between them: OrtRunner, TorchRunner, TrtRunner; the baseline and
-the cascade).
+the graphs: OrtGraphRunner, TorchGraphRunner, TrtRunner) and "numpy" (generator -> ranker over
+level logits, the numpy beam search between them: OrtRunner, TorchRunner; the baseline and the
+cascade). TensorRT plans are built for the generation and ranking graphs only.
 
 `make_runner` loads the module of the chosen engine only: a Python model serving ONNX Runtime
 never pays torch's import time and memory, and the Triton image of one engine needs no other
@@ -21,9 +21,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-ENGINE_RUNNERS = {"onnxruntime": "OrtRunner", "torch": "TorchRunner", "tensorrt": "TrtRunner"}
-GRAPH_RUNNERS = {"onnxruntime": "OrtGraphRunner", "torch": "TorchGraphRunner"}
-ENGINES = tuple(ENGINE_RUNNERS)
+ENGINE_RUNNERS = {"onnxruntime": "OrtRunner", "torch": "TorchRunner"}
+GRAPH_RUNNERS = {"onnxruntime": "OrtGraphRunner", "torch": "TorchGraphRunner", "tensorrt": "TrtRunner"}
+ENGINES = tuple(dict.fromkeys((*ENGINE_RUNNERS, *GRAPH_RUNNERS)))
 SEARCHES = ("graph", "numpy")
 
 
@@ -43,6 +43,6 @@ def make_runner(
     cls = runner_class(engine, search)
     if engine == "onnxruntime":
         return cls(Path(artifact_dir), threads=threads, bind_kv=bind_kv)
-    if engine == "tensorrt":
-        return cls(Path(artifact_dir))
+    if engine == "tensorrt":  # plans beside the artifacts, on a CUDA device (cpu: refused, saying so)
+        return cls(Path(artifact_dir), device=device)
     return cls(Path(artifact_dir), device=device, threads=threads)
