@@ -118,15 +118,8 @@ def tensor_block(section: str, specs, dims: contract.ContractDims, ragged: bool)
 
 
 # A rendered repository holds one release as version folder 1; `oneranker_deploy promote` copies
-# it in as version N and rewrites every pin below to N (`pin_release`).
+# it in as version N and rewrites every pin below to N (`oneranker_deploy.rollout.pin_release`).
 STAGING_VERSION = 1
-
-
-def pin_release(config_text: str, version: int) -> str:
-    """A rendered config.pbtxt -> the same pinned to release `version`: every ensemble step's
-    `model_version` and the `release_version` parameter."""
-    text = re.sub(r"(?m)^(\s*model_version:\s*)\d+\s*$", rf"\g<1>{int(version)}", config_text)
-    return re.sub(r'(key: "release_version" value: \{ string_value: ")\d+(" \})', rf"\g<1>{int(version)}\g<2>", text)
 
 
 def ensemble_steps(steps: list[tuple[str, contract.ModelSpec, dict, dict]]) -> str:

@@ -396,6 +396,28 @@ def latest_version(repository: str | os.PathLike) -> int:
     return max((v for m in _model_dirs(root) for v in _versions(m)), default=0)
 
 
+# A copy of each model's config.pbtxt as promoted, kept in its version folder (Triton ignores it)
+# so that a rollback restores the config of the release it returns to.
+RELEASE_CONFIG = "release-config.pbtxt"
+
+
+def pin_release(config_text: str, version: int) -> str:
+    """A rendered config.pbtxt (pinned to the staging version 1) -> the same pinned to release
+    `version`: every ensemble step's `model_version` and the `release_version` parameter."""
+    text = re.sub(r"(?m)^(\s*model_version:\s*)-?\d+\s*$", rf"\g<1>{int(version)}", config_text)
+    return re.sub(r'(key: "release_version" value: \{ string_value: ")\d+(" \})', rf"\g<1>{int(version)}\g<2>", text)
+
+
+def _replace_dir(src: Path, dest: Path, stamp: str) -> None:
+    """dest := a copy of src (a model-level folder such as warmup/), swapped in by renames."""
+    tmp, old = dest.parent / f".{dest.name}.{stamp}", dest.parent / f".{dest.name}.old.{stamp}"
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def promote(staging: str | os.PathLike, repository: str | os.PathLike, version: int | None = None) -> int:
     """Copy a rendered repository into the live one as version `version` (default: next).
 
@@ -435,12 +457,20 @@ def promote(staging: str | os.PathLike, repository: str | os.PathLike, version: 
         tmp = dest_model / f".promote-{target}-{stamp}"
         shutil.copytree(src, tmp, symlinks=False)
         os.replace(tmp, dest_model / str(target))
-    # 2. model-level files (config.pbtxt last): atomic replace each
+    # 2. model-level folders (warmup samples), then files (config.pbtxt last, pinned to the
+    # release): atomic replace each
     for m in models:
+        for d in (p for p in m.iterdir() if p.is_dir() and not p.name.isdigit()):
+            _replace_dir(d, repository / m.name / d.name, stamp)
         files = sorted((p for p in m.iterdir() if p.is_file()), key=lambda p: p.name == "config.pbtxt")
         for f in files:
             tmp = repository / m.name / f".{f.name}.{stamp}"
-            shutil.copy2(f, tmp)
+            if f.name == "config.pbtxt":
+                pinned = pin_release(f.read_text(), target)
+                (repository / m.name / str(target) / RELEASE_CONFIG).write_text(pinned)  # for a rollback
+                tmp.write_text(pinned)
+            else:
+                shutil.copy2(f, tmp)
             os.replace(tmp, repository / m.name / f.name)
     return target
 
@@ -467,6 +497,14 @@ def retire(repository: str | os.PathLike, version: int) -> list[Path]:
         moved.append(dest)
     if not moved:
         raise FileNotFoundError(f"no model of {repository} has a version {version}")
+    # every config goes back to the newest release left: its own saved config, else re-pinned
+    latest = latest_version(root)
+    for m in _model_dirs(root):
+        config, saved = m / "config.pbtxt", m / str(latest) / RELEASE_CONFIG
+        text = saved.read_text() if saved.is_file() else pin_release(config.read_text(), latest)
+        tmp = m / f".config.pbtxt.{stamp}"
+        tmp.write_text(text)
+        os.replace(tmp, config)
     return moved
 
 

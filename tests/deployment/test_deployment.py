@@ -1847,3 +1847,50 @@ def test_load_sends_the_admin_key(tmp_path, monkeypatch, capsys):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _pinned_staging(root: Path, tag: str) -> Path:
+    """A staging repository whose configs carry what render writes: the graphs ensemble's steps
+    (pinned to the staging version), and each model's release_version parameter and warmup/."""
+    from oneranker_build.render import STAGING_VERSION, ensemble_steps, topology_steps
+
+    models = ["preprocess", "generation", "ranking"]
+    for model in models:
+        (root / model / "1").mkdir(parents=True)
+        (root / model / "warmup").mkdir()
+        (root / model / "warmup" / "item_ids").write_text(tag)
+        (root / model / "config.pbtxt").write_text(
+            f'name: "{model}"\nbackend: "python"  # {tag}\n'
+            f'parameters {{ key: "release_version" value: {{ string_value: "{STAGING_VERSION}" }} }}\n'
+        )
+    (root / "oneranker" / "1").mkdir(parents=True)
+    steps = ensemble_steps(topology_steps("graphs"))
+    (root / "oneranker" / "config.pbtxt").write_text(
+        f'name: "oneranker"\nplatform: "ensemble"  # {tag}\nensemble_scheduling {{\n{steps}\n}}\n'
+    )
+    return root
+
+
+def _pins(config: Path) -> set[str]:
+    text = config.read_text()
+    return set(re.findall(r"model_version:\s*(-?\d+)", text)) | set(
+        re.findall(r'key: "release_version" value: \{ string_value: "(\d+)"', text)
+    )
+
+
+def test_promote_pins_every_step_to_its_release_and_a_rollback_restores_the_previous_one(tmp_path):
+    """After promoting releases 1 and 2, every ensemble step and every model's release_version
+    name 2 (no step may follow "latest" while two releases are loaded), the warmup samples are
+    release 2's; retiring 2 brings back release 1's configs, pinned to 1."""
+    live = tmp_path / "live"
+    deploy.promote(_pinned_staging(tmp_path / "s1", "r1"), live)
+    deploy.promote(_pinned_staging(tmp_path / "s2", "r2"), live)
+    configs = sorted(live.glob("*/config.pbtxt"))
+    assert len(configs) == 4 and all(_pins(c) == {"2"} for c in configs), {c.parent.name: _pins(c) for c in configs}
+    assert len(re.findall(r"model_version: 2", (live / "oneranker" / "config.pbtxt").read_text())) == 3
+    assert (live / "preprocess" / "warmup" / "item_ids").read_text() == "r2"
+    assert not [p for p in live.rglob(".*")], "no hidden leftovers after a promote"
+    deploy.retire(live, 2)
+    assert all(_pins(c) == {"1"} for c in configs)
+    assert "r1" in (live / "oneranker" / "config.pbtxt").read_text()
+    assert "r1" in (live / "preprocess" / "config.pbtxt").read_text()

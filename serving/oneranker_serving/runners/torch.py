@@ -14,9 +14,21 @@ works (the Triton image for ONNX Runtime / TensorRT has none); building a runner
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# PyTorch's CPU wheels run intra-op parallelism on GNU OpenMP, whose threads spin-wait at every
+# barrier by default. With more than one intra-op thread per stub (`--intra-op-threads 2`) on a
+# host whose cores are shared (Triton, the other stubs, the clients, other jobs), the spinning
+# threads starve the one that holds the work: a 1-thread call of ~5 ms took ~0.8 s at the median
+# with 2 threads, 1.4 s at p99 (perf/results/topology_torch/README.md). PASSIVE makes them sleep.
+# libgomp reads it once, when torch loads it, so it is set before the import (the Triton stub's
+# first torch import is this module); an explicit OMP_WAIT_POLICY in the environment wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import torch

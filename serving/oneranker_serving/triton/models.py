@@ -65,8 +65,13 @@ def instance_device(args: dict) -> str:
 
 
 # Fault injection for tests of the request lifecycle: seconds slept after each stage of the fused
-# model (so a cancellation or a deadline can land between stages). Unset in production.
+# model and after preprocess (so a cancellation or a deadline can land between stages, or between
+# ensemble steps). Unset in production.
 STAGE_DELAY_ENV = "ONERANKER_STAGE_DELAY_S"
+
+
+def stage_delay_s() -> float:
+    return float(os.environ.get(STAGE_DELAY_ENV, "0") or 0)
 
 
 def is_cancelled(request) -> bool:
@@ -115,9 +120,13 @@ class PreprocessModel(PythonModel):
         params, artifacts = model_setup(args)
         self.validator = load_validator(artifacts, expected_checkpoint=params["checkpoint_sha256"])
         self.version = model_version(args)
+        self.stage_delay_s = stage_delay_s()
 
     def execute(self, requests):
-        return self.answer_live(requests, "preprocess", self.answer)
+        responses = self.answer_live(requests, "preprocess", self.answer)
+        if self.stage_delay_s > 0:
+            time.sleep(self.stage_delay_s)
+        return responses
 
     def answer(self, request):
         try:
@@ -167,7 +176,7 @@ class RecommenderModel(PythonModel):
         self.cancelled_metrics = {
             s: self.families["cancelled"].Metric(labels={"stage": s, **labels}) for s in self.CANCEL_STAGES
         }
-        self.stage_delay_s = float(os.environ.get(STAGE_DELAY_ENV, "0") or 0)
+        self.stage_delay_s = stage_delay_s()
 
     # Stage boundaries where a cancelled request stops: before validation (it queued), before
     # the generation graph, before the ranking graph.
