@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,13 @@ from oneranker_client.client import (
     OneRankerError,
     Recommendation,
     RecommendRequest,
+    RetryBudget,
     acall_with_retries,
     as_oneranker_error,
-    backoff_delays,
+    backoff_ceiling,
     build_inputs,
     call_with_retries,
+    full_jitter_delay,
     parse_result,
 )
 
@@ -159,77 +162,273 @@ def test_parse_result_strips_batch_dim_and_checks_dtypes():
 
 
 # ---------------------------------------------------------------------------------------------
-# Retry policy: only UNAVAILABLE, exponential backoff
+# Request lifecycle: what is retried, full jitter, retry budget, deadline
 # ---------------------------------------------------------------------------------------------
+def _server_error(status, msg="boom"):
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException(msg=msg, status=f"StatusCode.{status}")
+
+
 class _Flaky:
-    """Fails with `status` for the first `fails` calls, then returns "ok"."""
+    """Fails with `status` for the first `fails` calls, then returns "ok"; records each attempt's
+    timeout (the gRPC deadline it is sent with). With a fake `clock` each attempt takes `cost_s`,
+    cut at its timeout with DEADLINE_EXCEEDED as gRPC does."""
 
-    def __init__(self, fails, status):
-        self.fails, self.status, self.calls = fails, status, 0
+    def __init__(self, fails, status, msg=None, clock=None, cost_s=0.0):
+        self.fails, self.status, self.msg, self.calls, self.timeouts = fails, status, msg, 0, []
+        self.clock, self.cost_s = clock, cost_s
 
-    def __call__(self):
-        from tritonclient.utils import InferenceServerException
-
+    def __call__(self, timeout=None):
         self.calls += 1
+        self.timeouts.append(timeout)
+        if self.clock is not None:
+            if timeout is not None and self.cost_s >= timeout:
+                self.clock.advance(timeout)
+                raise _server_error("DEADLINE_EXCEEDED", "Deadline Exceeded")
+            self.clock.advance(self.cost_s)
         if self.calls <= self.fails:
-            raise InferenceServerException(msg=f"boom {self.calls}", status=f"StatusCode.{self.status}")
+            raise _server_error(self.status, self.msg or f"boom {self.calls}")
         return "ok"
 
 
-def test_retries_unavailable_with_exponential_backoff():
+class _FakeClock:
+    """time.monotonic + time.sleep of a world where only the test moves time."""
+
+    def __init__(self, t=1000.0):
+        self.t, self.sleeps = t, []
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, s):
+        self.t += s
+
+    def sleep(self, s):
+        assert s >= 0
+        self.sleeps.append(s)
+        self.t += s
+
+
+def test_retries_unavailable_then_succeeds_and_gives_up_with_the_server_message():
     sleeps = []
     fn = _Flaky(2, "UNAVAILABLE")
     assert call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append) == "ok"
-    assert fn.calls == 3 and sleeps == pytest.approx([0.05, 0.1])
-
-
-def test_gives_up_after_retries_with_the_server_message():
-    sleeps = []
+    assert fn.calls == 3 and len(sleeps) == 2
     fn = _Flaky(10, "UNAVAILABLE")
     with pytest.raises(OneRankerError) as err:
         call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append)
-    assert fn.calls == 4 and sleeps == pytest.approx([0.05, 0.1, 0.2])
+    assert fn.calls == 4 and err.value.attempts == 4
     assert err.value.status == "UNAVAILABLE" and str(err.value) == "boom 4"
 
 
-@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED"])
-def test_other_errors_are_not_retried(status):
+def test_full_jitter_sleeps_lie_in_0_cap_and_differ():
+    """Catches un-jittered backoff (every client sleeping the same base*2**n and retrying in one
+    wave), "equal jitter" (never below half the ceiling) and sleeps above the cap."""
+    base, cap = 0.05, 0.3
     sleeps = []
-    fn = _Flaky(1, status)
+    fn = _Flaky(100, "UNAVAILABLE")
+    with pytest.raises(OneRankerError):
+        call_with_retries(fn, retries=8, backoff_s=base, max_backoff_s=cap, sleep=sleeps.append, rng=random.Random(7))
+    assert len(sleeps) == 8 and fn.calls == 9
+    ceilings = [backoff_ceiling(i, base, cap) for i in range(8)]
+    assert ceilings == pytest.approx([0.05, 0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3])
+    assert all(0.0 <= s <= c for s, c in zip(sleeps, ceilings)), (sleeps, ceilings)
+    assert len(set(sleeps)) == len(sleeps)  # not all equal
+    assert any(s < c / 2 for s, c in zip(sleeps, ceilings))  # full, not "equal", jitter
+    # seeded: the same rng seed gives the same sleeps (the injection works)
+    again = []
+    with pytest.raises(OneRankerError):
+        call_with_retries(
+            _Flaky(100, "UNAVAILABLE"),
+            retries=8,
+            backoff_s=base,
+            max_backoff_s=cap,
+            sleep=again.append,
+            rng=random.Random(7),
+        )
+    assert again == sleeps
+    # the distribution over many draws covers [0, ceiling] (mean ~ ceiling / 2)
+    rng = random.Random(1)
+    draws = [full_jitter_delay(2, rng, base, cap) for _ in range(2000)]
+    assert 0.0 <= min(draws) < 0.01 and 0.19 < max(draws) <= 0.2 and np.mean(draws) == pytest.approx(0.1, rel=0.1)
+
+
+def test_retry_budget_stops_retries_under_a_stream_of_unavailable_and_refills_after_successes():
+    """Catches retries without a budget (every failing call sent 1 + retries times: an overloaded
+    server gets 4x the load) and a budget that never refills after the server recovers."""
+    clock = _FakeClock()
+    budget = RetryBudget(tokens=5, ratio=0.1, min_per_s=0.0, clock=clock)
+    attempts = []
+    for _ in range(20):  # the server sheds every request
+        fn = _Flaky(100, "UNAVAILABLE")
+        with pytest.raises(OneRankerError) as err:
+            call_with_retries(fn, retries=3, sleep=clock.sleep, budget=budget, clock=clock)
+        attempts.append(fn.calls)
+        assert err.value.attempts == fn.calls and err.value.status == "UNAVAILABLE"
+    assert sum(attempts) - 20 == 5  # the 5 tokens, then no retry at all
+    assert attempts[:2] == [4, 3] and set(attempts[2:]) == {1}
+    assert budget.tokens < 1
+    # the server recovers: 10 successes deposit 10 x 0.1 = one retry
+    for _ in range(10):
+        assert call_with_retries(_Flaky(0, "UNAVAILABLE"), budget=budget, clock=clock) == "ok"
+    fn = _Flaky(100, "UNAVAILABLE")
+    with pytest.raises(OneRankerError):
+        call_with_retries(fn, retries=3, sleep=clock.sleep, budget=budget, clock=clock)
+    assert fn.calls == 2  # exactly one retry was paid for
+    # a blip after recovery: one failure then success, retried with the refilled budget
+    for _ in range(10):
+        call_with_retries(_Flaky(0, "UNAVAILABLE"), budget=budget, clock=clock)
+    fn = _Flaky(1, "UNAVAILABLE")
+    assert call_with_retries(fn, retries=3, sleep=clock.sleep, budget=budget, clock=clock) == "ok"
+    assert fn.calls == 2
+
+
+def test_retry_budget_floor_and_cap():
+    clock = _FakeClock()
+    budget = RetryBudget(tokens=3, ratio=0.5, min_per_s=1.0, clock=clock)
+    assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]
+    clock.advance(2.0)  # the floor: 1 token a second whatever happens
+    assert [budget.try_spend() for _ in range(3)] == [True, True, False]
+    clock.advance(100.0)
+    for _ in range(10):
+        budget.on_success()
+    assert budget.tokens == 3.0  # never more than the bucket holds
+    with pytest.raises(ValueError):
+        RetryBudget(ratio=-1)
+
+
+@pytest.mark.parametrize(
+    "status, msg",
+    [
+        ("DEADLINE_EXCEEDED", None),
+        ("INVALID_ARGUMENT", None),
+        ("INTERNAL", None),
+        ("CANCELLED", None),
+        ("RESOURCE_EXHAUSTED", None),
+        # a restricted API refused (Triton answers UNAVAILABLE): the same key is refused again
+        ("UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-oneranker-admin-key'"),
+    ],
+)
+def test_unsafe_or_hopeless_errors_are_never_retried(status, msg):
+    """Catches a RETRYABLE_STATUSES that includes DEADLINE_EXCEEDED (a retry after the caller's
+    whole budget is spent), INVALID_ARGUMENT (fails the same way) or the restricted-API refusal."""
+    sleeps = []
+    budget = RetryBudget(tokens=10, min_per_s=0.0)
+    fn = _Flaky(1, status, msg)
     with pytest.raises(OneRankerError) as err:
-        call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append)
-    assert fn.calls == 1 and sleeps == [] and err.value.status == status and err.value.message == "boom 1"
+        call_with_retries(fn, retries=3, backoff_s=0.05, sleep=sleeps.append, budget=budget)
+    assert fn.calls == 1 and sleeps == [] and err.value.status == status and err.value.attempts == 1
+    assert err.value.message == (msg or "boom 1")
+    assert budget.tokens == 10  # no token spent on it
+    assert err.value.restricted == (msg is not None) and not err.value.retryable
 
 
-def test_async_retry_policy():
-    sleeps = []
+def test_total_time_is_bounded_by_the_deadline_fake_clock():
+    """Catches a deadline per attempt instead of per call (4 attempts x 1 s + sleeps), attempts
+    sent with the full timeout instead of the time left, and sleeps that run past the deadline."""
+    clock = _FakeClock()
+    t0 = clock()
+    fn = _Flaky(100, "UNAVAILABLE", clock=clock, cost_s=0.15)  # each attempt takes 150 ms to fail
+    with pytest.raises(OneRankerError) as err:
+        call_with_retries(
+            fn,
+            retries=50,
+            backoff_s=0.05,
+            max_backoff_s=0.4,
+            timeout_s=1.0,
+            sleep=clock.sleep,
+            clock=clock,
+            rng=random.Random(3),
+            budget=RetryBudget(tokens=100),
+        )
+    # the last attempt either failed (UNAVAILABLE, no time left to sleep) or ran out of time
+    assert err.value.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and err.value.attempts == fn.calls
+    assert 3 <= fn.calls < 51 and clock() - t0 <= 1.0 + 1e-9
+    # each attempt is sent with the time left as its deadline
+    assert fn.timeouts[0] == pytest.approx(1.0)
+    starts = np.cumsum([0.0] + [0.15 + s for s in clock.sleeps])
+    assert fn.timeouts == pytest.approx([1.0 - s for s in starts[: fn.calls]])
+    assert all(t > 0 for t in fn.timeouts)
+    # a backoff that would end after the deadline is not slept at all
+    clock2 = _FakeClock()
+    fn = _Flaky(100, "UNAVAILABLE")
+    with pytest.raises(OneRankerError):
+        call_with_retries(
+            fn,
+            retries=3,
+            backoff_s=50.0,
+            max_backoff_s=60.0,
+            timeout_s=1.0,
+            sleep=clock2.sleep,
+            clock=clock2,
+            rng=_AlwaysMax(),
+        )
+    assert fn.calls == 1 and clock2.sleeps == []
+
+
+class _AlwaysMax(random.Random):
+    def uniform(self, a, b):
+        return b
+
+
+def test_deadline_passed_by_an_attempt_is_deadline_exceeded_and_final():
+    clock = _FakeClock()
+
+    def slow(timeout):
+        clock.advance(timeout)  # the attempt uses all the time it was given
+        raise _server_error("DEADLINE_EXCEEDED", "Deadline Exceeded")
+
+    with pytest.raises(OneRankerError) as err:
+        call_with_retries(slow, retries=3, timeout_s=0.5, sleep=clock.sleep, clock=clock)
+    assert err.value.status == "DEADLINE_EXCEEDED" and err.value.attempts == 1 and clock.sleeps == []
+    with pytest.raises(OneRankerError) as err:  # no time at all: nothing is sent
+        call_with_retries(slow, timeout_s=0.0, clock=clock)
+    assert err.value.status == "DEADLINE_EXCEEDED" and err.value.attempts == 0
+
+
+def test_async_retry_policy_jitter_deadline_and_budget():
+    clock = _FakeClock()
 
     async def fake_sleep(s):
-        sleeps.append(s)
+        clock.sleep(s)
+
+    def wrap(flaky):
+        async def call(timeout):
+            return flaky(timeout)
+
+        return call
 
     fn = _Flaky(1, "UNAVAILABLE")
-
-    async def call():
-        return fn()
-
-    assert asyncio.run(acall_with_retries(call, retries=2, backoff_s=0.1, sleep=fake_sleep)) == "ok"
-    assert fn.calls == 2 and sleeps == pytest.approx([0.1])
+    out = asyncio.run(acall_with_retries(wrap(fn), retries=2, sleep=fake_sleep, clock=clock, rng=random.Random(0)))
+    assert out == "ok" and fn.calls == 2 and 0 <= clock.sleeps[0] <= backoff_ceiling(0)
     bad = _Flaky(5, "INVALID_ARGUMENT")
-
-    async def call_bad():
-        return bad()
-
     with pytest.raises(OneRankerError):
-        asyncio.run(acall_with_retries(call_bad, retries=2, backoff_s=0.1, sleep=fake_sleep))
+        asyncio.run(acall_with_retries(wrap(bad), retries=2, sleep=fake_sleep, clock=clock))
     assert bad.calls == 1
+    t0 = clock()
+    slow = _Flaky(100, "UNAVAILABLE", clock=clock, cost_s=0.2)
+    with pytest.raises(OneRankerError):
+        asyncio.run(
+            acall_with_retries(wrap(slow), retries=20, timeout_s=1.0, sleep=fake_sleep, clock=clock, max_backoff_s=0.3)
+        )
+    assert clock() - t0 <= 1.0 and slow.timeouts[0] == pytest.approx(1.0)
+    budget = RetryBudget(tokens=1, min_per_s=0.0, clock=clock)
+    calls = []
+    for _ in range(3):
+        f = _Flaky(100, "UNAVAILABLE")
+        with pytest.raises(OneRankerError):
+            asyncio.run(acall_with_retries(wrap(f), retries=3, sleep=fake_sleep, clock=clock, budget=budget))
+        calls.append(f.calls)
+    assert calls == [2, 1, 1]
 
 
-def test_backoff_is_capped_and_errors_convert():
-    assert backoff_delays(0, 0.05) == []
-    assert backoff_delays(8, 0.5)[-1] == 2.0
+def test_errors_convert():
     assert as_oneranker_error(ValueError("x")).status == "INVALID_ARGUMENT"
+    assert as_oneranker_error(TimeoutError()).status == "DEADLINE_EXCEEDED"
     err = OneRankerError("m", "UNAVAILABLE")
     assert as_oneranker_error(err) is err and err.retryable and err.to_json() == {"error": "m", "status": "UNAVAILABLE"}
+    assert as_oneranker_error(_server_error("DEADLINE_EXCEEDED", "Deadline Exceeded")).status == "DEADLINE_EXCEEDED"
 
 
 def test_client_against_a_closed_port_raises_unavailable_after_retries():
@@ -239,10 +438,77 @@ def test_client_against_a_closed_port_raises_unavailable_after_retries():
     client = OneRankerClient(f"127.0.0.1:{find_free_port()}", timeout_s=5, retries=1, backoff_s=0.01)
     with pytest.raises(OneRankerError) as err:
         client.recommend(REQ)
-    assert err.value.status == "UNAVAILABLE"
+    assert err.value.status == "UNAVAILABLE" and err.value.attempts == 2
     out = client.recommend_many([REQ, dict(REQ, top_k=1.5)], concurrency=2, progress=False)
     assert out[0].status == "UNAVAILABLE" and out[1].status == "INVALID_ARGUMENT"
     client.close()
+
+
+def test_client_retry_budget_is_shared_by_its_threads():
+    """Catches a budget made per call (or per thread) instead of per client: 24 failing requests
+    from 4 threads may add only the bucket's 4 retries, not 24 x 3."""
+    from oneranker_client import OneRankerClient
+    from oneranker_serving.local_server import find_free_port
+
+    budget = RetryBudget(tokens=4, ratio=0.1, min_per_s=0.0)
+    with OneRankerClient(
+        f"127.0.0.1:{find_free_port()}", timeout_s=5, retries=3, backoff_s=0.001, retry_budget=budget
+    ) as client:
+        assert client.retry_budget is budget
+        out = client.recommend_many([REQ] * 24, concurrency=4, progress=False)
+    assert all(isinstance(e, OneRankerError) and e.status == "UNAVAILABLE" for e in out)
+    assert sum(e.attempts for e in out) == 24 + 4
+    assert OneRankerClient("127.0.0.1:1").retry_budget is not OneRankerClient("127.0.0.1:1").retry_budget
+    with pytest.raises(ValueError, match="timeout_s"):
+        OneRankerClient("127.0.0.1:1", timeout_s=0)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers (a hung server)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    yield f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+
+
+def test_a_hung_server_gives_deadline_exceeded_at_the_deadline(silent_server):
+    """The deadline reaches gRPC (client_timeout of the attempt): catches a client that does not
+    send it (the call hangs) or that retries DEADLINE_EXCEEDED (takes 4x as long)."""
+    import threading
+    import time
+
+    from oneranker_client import AsyncOneRankerClient, OneRankerClient
+
+    result = {}
+
+    def call():
+        with OneRankerClient(silent_server, timeout_s=0.3, retries=3) as client:
+            t0 = time.perf_counter()
+            try:
+                client.recommend(REQ)
+            except OneRankerError as e:
+                result["err"], result["s"] = e, time.perf_counter() - t0
+
+    th = threading.Thread(target=call, daemon=True)
+    th.start()
+    th.join(10)
+    assert "err" in result, "the call did not end: no deadline was sent"
+    err = result["err"]
+    assert err.status == "DEADLINE_EXCEEDED" and err.attempts == 1, err
+    assert 0.25 <= result["s"] < 1.0, result["s"]
+
+    async def acall():
+        async with AsyncOneRankerClient(silent_server, timeout_s=0.3, retries=3) as client:
+            with pytest.raises(OneRankerError) as aerr:
+                await asyncio.wait_for(client.recommend(REQ), 10)
+            return aerr.value
+
+    aerr = asyncio.run(acall())
+    assert aerr.status == "DEADLINE_EXCEEDED" and aerr.attempts == 1
 
 
 # ---------------------------------------------------------------------------------------------
