@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import io
 import json
 import random
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ from oneranker_client.client import (
     RecommendRequest,
     RetryBudget,
     acall_with_retries,
+    admin_grpc_headers,
     as_oneranker_error,
     backoff_ceiling,
     build_inputs,
@@ -28,6 +32,7 @@ from oneranker_client.client import (
     full_jitter_delay,
     parse_result,
 )
+from oneranker_client.defaults import ADMIN_KEY_ENV, ADMIN_KEY_HEADER, GRPC_RESTRICTED_HEADER_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -604,6 +609,214 @@ def test_cli_unreachable_server_exits_1_with_message(capsys):
     rc = cli.main(["health", "--url", f"127.0.0.1:{find_free_port()}", "--retries", "0", "--timeout", "5"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: `example`, the help examples, the response fields
+# ---------------------------------------------------------------------------------------------
+ADMIN_KEY = "0123456789abcdef-admin-key"
+EXAMPLE = {
+    "user_features": [2, 5, 0, 13],
+    "item_ids": [900003, 100017],
+    "actions": [1, 3],
+    "timestamps": [1700000000, 1700000500],
+    "request_time": 1700001000,
+    "top_k": 10,
+}
+
+
+class _FakeTriton:
+    """The tritonclient calls `example` makes; `key` set = the model-config API is restricted."""
+
+    def __init__(self, config, key=None):
+        self.config, self.key, self.calls = config, key, []
+
+    def get_model_config(self, model_name, model_version="", headers=None, as_json=False, client_timeout=None):
+        self.calls.append({"model": model_name, "headers": headers, "timeout": client_timeout})
+        header = GRPC_RESTRICTED_HEADER_PREFIX + ADMIN_KEY_HEADER
+        if self.key is not None and (headers or {}).get(header) != self.key:
+            raise _server_error("UNAVAILABLE", f"This protocol is restricted, expecting header '{header}'")
+        assert as_json
+        return {"config": dict(self.config, name=model_name)}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """cli.OneRankerClient on a fake tritonclient; returns the fake (set .config / .key)."""
+    from oneranker_client.client import _ClientOptions
+
+    fake = _FakeTriton({"parameters": {"example_request": {"string_value": json.dumps(EXAMPLE)}}})
+
+    class FakeClient(cli.OneRankerClient):
+        def __init__(self, *args, **kwargs):
+            _ClientOptions.__init__(self, *args, **kwargs)
+            self._client, self._outputs = fake, []
+
+    monkeypatch.setattr(cli, "OneRankerClient", FakeClient)
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    return fake
+
+
+def test_cli_example_prints_the_served_example_in_recommend_json_format(fake_server, capsys, monkeypatch):
+    """Catches an `example` that reads the wrong parameter or model, or prints something
+    `recommend --json` does not take back."""
+    assert cli.main(["example", "--model", "oneranker_fused"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == EXAMPLE and len(out.strip().splitlines()) == 1  # also a JSONL line
+    call = fake_server.calls[-1]
+    assert call["model"] == "oneranker_fused" and call["headers"] is None  # no key: none sent
+    assert 0 < call["timeout"] <= cli.DEFAULT_TIMEOUT_S  # under the call's deadline
+    # piped into `recommend --json -`, it is the same request
+    monkeypatch.setattr(sys, "stdin", io.StringIO(out))
+    args = cli.build_parser().parse_args(["recommend", "--json", "-"])
+    assert cli.request_from_args(args).to_json() == EXAMPLE
+
+
+def test_cli_example_on_a_restricted_model_config_api(fake_server, capsys, monkeypatch):
+    """Catches a refusal that is retried (Triton answers UNAVAILABLE), a key that is not sent (or
+    sent under another header), and an unhelpful refusal message."""
+    fake_server.key = ADMIN_KEY
+    assert cli.main(["example"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "restricted" in err and f"set {ADMIN_KEY_ENV}" in err, err
+    assert len(fake_server.calls) == 1  # not retried
+    monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY[::-1])
+    assert cli.main(["example"]) == 1
+    err = capsys.readouterr().err
+    assert "refused the admin key" in err and ADMIN_KEY_ENV in err and ADMIN_KEY[::-1] not in err, err
+    monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
+    assert cli.main(["example"]) == 0
+    assert json.loads(capsys.readouterr().out) == EXAMPLE
+    assert fake_server.calls[-1]["headers"] == {f"triton-grpc-protocol-{ADMIN_KEY_HEADER}": ADMIN_KEY}
+    assert admin_grpc_headers(ADMIN_KEY) == fake_server.calls[-1]["headers"]
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({}, "has no parameter 'example_request'"),
+        ({"parameters": {"contract_version": {"string_value": "4"}}}, "oneranker build"),
+        ({"parameters": {"example_request": {"string_value": "{not json"}}}, "not a valid request"),
+        ({"parameters": {"example_request": {"string_value": json.dumps({"item_ids": [1]})}}}, "missing required"),
+    ],
+)
+def test_cli_example_without_a_valid_parameter(fake_server, capsys, config, match):
+    fake_server.config = config
+    assert cli.main(["example"]) == 1
+    assert match in capsys.readouterr().err
+
+
+def _recommend_examples(text: str) -> list[list[str]]:
+    """argv of every `oneranker-client ... recommend --user-features ...` command in `text`."""
+    text = text.replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("oneranker-client ") and " recommend " in line and "--user-features" in line:
+            out.append(shlex.split(line)[1:])
+    return out
+
+
+def _python_examples(text: str) -> list[dict]:
+    """The keyword arguments of every `RecommendRequest(...)` literal in `text`."""
+    out = []
+    for m in re.finditer(r"RecommendRequest\(", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        body = text[m.end() : i - 1]
+        if "user_features=" in body:
+            out.append(eval(f"dict({body})", {}))  # noqa: S307 - our own documentation
+    return out
+
+
+def _documented_requests() -> dict[str, dict]:
+    from oneranker_client import client as client_module
+
+    docs = {
+        "cli --help": cli.build_parser().format_help(),
+        "client/README.md": (ROOT / "client" / "README.md").read_text(),
+        "README.md": (ROOT / "README.md").read_text(),
+    }
+    found = {}
+    for where, text in docs.items():
+        for i, argv in enumerate(_recommend_examples(text)):
+            args = cli.build_parser().parse_args(argv)  # the example parses
+            found[f"{where} #{i}"] = cli.request_from_args(args).to_json()
+    for where, text in {"client.py docstring": client_module.__doc__, **docs}.items():
+        for i, kwargs in enumerate(_python_examples(text)):
+            found[f"{where} python #{i}"] = RecommendRequest(**kwargs).to_json()
+    return found
+
+
+def test_documented_examples_are_found():
+    found = _documented_requests()
+    assert any(k.startswith("cli --help") for k in found), found
+    assert any(k.startswith("client/README.md #") for k in found), found
+    assert any(k.startswith("client.py docstring python") for k in found), found
+    assert any(k.startswith("client/README.md python") for k in found), found
+
+
+@pytest.mark.parametrize("preset_name", ["small", "tiny"])  # small: the quickstart; tiny: the test server
+def test_documented_examples_are_valid_requests_for_the_model(preset_name):
+    """Every request in --help, the client README and the docstring is valid for the model the
+    quickstart serves (and the test suite's tiny one), with the ranges taken from the synthetic
+    world itself: catches ids outside the catalogue (served as OOV, or refused), content ids sent
+    with ad actions, features out of range, the wrong feature count, timestamps after request_time."""
+    config = pytest.importorskip("oneranker.config")
+    synthetic = pytest.importorskip("oneranker.data.synthetic")
+    data = config.preset(preset_name).data
+    catalog = synthetic.make_synthetic(data).catalog
+    ads, contents = set(catalog.ad_ids.tolist()), set(catalog.content_ids.tolist())
+    P, C = data.num_profile_features, data.num_context_features
+    for where, req in _documented_requests().items():
+        feats, t = req["user_features"], req["request_time"]
+        assert len(feats) == P + C, (where, feats)
+        assert all(0 <= f < data.profile_cardinality for f in feats[:P]), (where, feats)
+        assert all(0 <= f < data.context_cardinality for f in feats[P:]), (where, feats)
+        # the synthetic world's context feature 0: the hour-of-day bucket of the request
+        assert feats[P] == ((t // 3600) % 24) * data.context_cardinality // 24, (where, feats, t)
+        assert len(req["item_ids"]) == len(req["actions"]) == len(req["timestamps"]) >= 1, where
+        for item, action in zip(req["item_ids"], req["actions"]):
+            if action == contract.ACTION_CONTENT_VIEW:
+                assert item in contents, (where, item, "not a content id of the model")
+            else:
+                assert action in contract.AD_ACTIONS and item in ads, (where, item, action)
+        ts = req["timestamps"]
+        assert ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= t, (where, ts, t)
+        for name in ("top_k", "num_candidates", "beam_width"):
+            assert req.get(name, 1) >= 1, where
+
+
+def test_recommend_output_shows_history_counts_and_model_version():
+    """Catches a `recommend` output (table or JSON) that drops the v4 response fields."""
+    rec = Recommendation(
+        item_ids=np.array([100007, 100042]),
+        scores=np.array([0.9, 0.5], dtype=np.float32),
+        gen_logp=np.array([-1.0, -2.0], dtype=np.float32),
+        source_head=np.array([0, 6], dtype=np.int32),
+        history_unknown=2,
+        history_dropped=5,
+        model_version=3,
+        latency_ms=4.2,
+    )
+    js = json.loads(cli.format_recommendation(rec, "json"))
+    assert (js["history_unknown"], js["history_dropped"], js["model_version"]) == (2, 5, 3)
+    table = cli.format_recommendation(rec, "table")
+    assert "model version 3" in table and "2 unknown item ids" in table and "5 oldest events dropped" in table
+
+
+def test_cli_timeout_and_retries_flags():
+    args = cli.build_parser().parse_args(["health"])
+    assert args.timeout == cli.DEFAULT_TIMEOUT_S == 1.0 and args.retries == 3
+    for bad in (["--timeout", "0"], ["--timeout", "-1"], ["--retries", "-1"]):
+        with pytest.raises(cli.UsageError):
+            cli._client(cli.build_parser().parse_args(["health", *bad]))
+    assert cli.main(["health", "--timeout", "0"]) == 2
 
 
 def test_cli_latency_summary():
