@@ -5,12 +5,14 @@ from oneranker_client import OneRankerClient, RecommendRequest
 
 from . import contract
 from .client import (
+    DEFAULT_DEADLINE_S,
     DEFAULT_TIMEOUT_S,
     AsyncOneRankerClient,
     OneRankerClient,
     OneRankerError,
     Recommendation,
     RecommendRequest,
+    RetryBudget,
     build_inputs,
     call_with_retries,
 )
@@ -18,12 +20,14 @@ from .defaults import DEFAULT_GRPC_URL
 
 __all__ = [
     "AsyncOneRankerClient",
+    "DEFAULT_DEADLINE_S",
     "DEFAULT_GRPC_URL",
     "DEFAULT_TIMEOUT_S",
     "OneRankerClient",
     "OneRankerError",
     "Recommendation",
     "RecommendRequest",
+    "RetryBudget",
     "build_inputs",
     "call_with_retries",
     "contract",

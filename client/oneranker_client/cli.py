@@ -1,13 +1,24 @@
 """`oneranker-client`: query the served OneRanker model over gRPC (torch-free).
 
     oneranker-client health
-    oneranker-client recommend --user-features 3,1,7,0 --item-ids 101,5002 --actions 1,3 \\
-        --timestamps 1700000000,1700000100 --request-time 1700000200 --top-k 5
-    oneranker-client recommend --json request.json          # or --json - (stdin)
+    oneranker-client example > request.json         # a valid request for the served release
+    oneranker-client recommend --json request.json  # or: oneranker-client example | oneranker-client recommend --json -
+    oneranker-client recommend --user-features 3,1,5,22 --item-ids 900012,100007,100042 --actions 1,2,3 \\
+        --timestamps 1700000000,1700000100,1700000200 --request-time 1700000300 --top-k 5
     oneranker-client batch --input requests.jsonl --concurrency 4 --output results.jsonl
 
-Common options (before or after the subcommand): --url HOST:PORT, --model, --timeout S,
---retries N, --format json|table.
+The ids above are those of the quickstart model (synthetic marketplace, `small` preset): ad ids
+start at 100000, content ids at 900000; `--user-features` holds 3 profile values in [0, 8), then
+the UTC hour of `--request-time` (22 for 1700000300); action 1 is a content view, 2 an ad
+impression, 3 an ad click, 4 an ad conversion; timestamps are unix seconds, oldest first, none
+after the request time. Another model: `oneranker-client example` prints a request it accepts.
+
+Common options (before or after the subcommand): --url HOST:PORT, --model, --timeout S (the
+deadline of each call, retries included; default 1.0 s), --retries N (UNAVAILABLE only,
+full-jitter backoff, within the deadline and the client's retry budget), --format json|table.
+
+`example` reads the served model's config, a restricted API on a server started with an admin
+key: set ONERANKER_ADMIN_KEY to that key.
 
 Exit codes: 0 success; 1 the server (or the connection) reported an error, printed as
 `error: <message>` on stderr (batch: at least one request failed); 2 usage error.
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,13 +42,14 @@ from .client import (
     DEFAULT_BACKOFF_S,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
+    EXAMPLE_REQUEST_PARAMETER,
     OneRankerClient,
     OneRankerError,
     Recommendation,
     RecommendRequest,
     is_healthy,
 )
-from .defaults import DEFAULT_GRPC_URL
+from .defaults import ADMIN_KEY_ENV, DEFAULT_GRPC_URL
 
 # Request fields settable from flags: list-valued ones take "1,2,3", scalar ones an int.
 _HISTORY_FIELDS = ("user_features", "item_ids", "actions", "timestamps", "request_time")
@@ -71,9 +84,19 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 
     p.add_argument("--url", default=d(DEFAULT_GRPC_URL), help=f"gRPC endpoint host:port (default {DEFAULT_GRPC_URL})")
     p.add_argument("--model", default=d(contract.PUBLIC_MODEL), help=f"model name (default {contract.PUBLIC_MODEL})")
-    p.add_argument("--timeout", type=float, default=d(DEFAULT_TIMEOUT_S), help="per-call timeout in seconds")
     p.add_argument(
-        "--retries", type=int, default=d(DEFAULT_RETRIES), help="retries on UNAVAILABLE (exponential backoff)"
+        "--timeout",
+        type=float,
+        default=d(DEFAULT_TIMEOUT_S),
+        metavar="S",
+        help=f"deadline of each call in seconds, retries included (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=d(DEFAULT_RETRIES),
+        metavar="N",
+        help=f"retries on UNAVAILABLE, full-jitter backoff within the deadline (default {DEFAULT_RETRIES})",
     )
     p.add_argument("--format", choices=("json", "table"), default=d("table"), help="output format (default table)")
 
@@ -83,9 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneranker-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _add_common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{health,recommend,batch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{health,example,recommend,batch}")
 
     p = sub.add_parser("health", help="server live/ready, model ready, metadata vs the contract")
+    _add_common(p, suppress=True)
+
+    p = sub.add_parser(
+        "example",
+        help="print a valid request for the served model (JSON, the format of recommend --json)",
+        description=f"Print the request the served release of --model carries as its config parameter "
+        f"{EXAMPLE_REQUEST_PARAMETER!r}, as one JSON object (the format of `recommend --json`). The "
+        f"model-config API may be restricted: the admin key is sent when {ADMIN_KEY_ENV} is set.",
+    )
     _add_common(p, suppress=True)
 
     p = sub.add_parser("recommend", help="top-k for one request (flags or --json)")
@@ -194,7 +226,9 @@ def format_recommendation(rec: Recommendation, fmt: str) -> str:
     ]
     return (
         _table(("rank", "item_id", "score", "gen_logp", "head"), rows)
-        + f"\n{len(rows)} items in {rec.latency_ms:.1f} ms"
+        + f"\n{len(rows)} items in {rec.latency_ms:.1f} ms from model version {rec.model_version}"
+        + f"\nhistory: {rec.history_unknown} unknown item ids (served as the OOV token), "
+        + f"{rec.history_dropped} oldest events dropped (beyond max_history)"
     )
 
 
@@ -251,9 +285,18 @@ def format_summary(s: dict, fmt: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
-def _client(args) -> OneRankerClient:
+def _client(args, admin_key: str | None = None) -> OneRankerClient:
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}")
     return OneRankerClient(
-        args.url, model=args.model, timeout_s=args.timeout, retries=args.retries, backoff_s=DEFAULT_BACKOFF_S
+        args.url,
+        model=args.model,
+        timeout_s=args.timeout,
+        retries=args.retries,
+        backoff_s=DEFAULT_BACKOFF_S,
+        admin_key=admin_key,
     )
 
 
@@ -269,6 +312,25 @@ def cmd_health(args) -> int:
         )
         print(f"error: {what}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_example(args) -> int:
+    key = os.environ.get(ADMIN_KEY_ENV, "").strip() or None
+    with _client(args, admin_key=key) as client:
+        try:
+            req = client.example_request()
+        except OneRankerError as e:
+            if not e.restricted:
+                raise
+            if key:
+                why = f"refused the admin key in {ADMIN_KEY_ENV}: check that it is the server's key"
+            else:
+                why = f"needs the admin key: set {ADMIN_KEY_ENV} to the server's admin key and run again"
+            raise OneRankerError(
+                f"the model-config API of {args.url} is restricted and {why} (server: {e.message})", e.status
+            ) from None
+    print(json.dumps(req.to_json()))
     return 0
 
 
@@ -326,7 +388,7 @@ def cmd_batch(args) -> int:
     return 0
 
 
-COMMANDS = {"health": cmd_health, "recommend": cmd_recommend, "batch": cmd_batch}
+COMMANDS = {"health": cmd_health, "example": cmd_example, "recommend": cmd_recommend, "batch": cmd_batch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

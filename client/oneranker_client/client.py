@@ -7,14 +7,48 @@ field per public output (the ``rec_`` prefix dropped).
 
     from oneranker_client import OneRankerClient, RecommendRequest
 
-    client = OneRankerClient("localhost:8001")
-    req = RecommendRequest(user_features=[3, 1, 7, 0], item_ids=[101, 5002], actions=[1, 3],
-                           timestamps=[1700000000, 1700000100], request_time=1700000200, top_k=5)
-    rec = client.recommend(req)          # Recommendation(item_ids=array([...]), scores=..., ...)
+    client = OneRankerClient("localhost:8001")          # deadline 1.0 s a call, retries included
+    req = RecommendRequest(user_features=[3, 1, 5, 22], item_ids=[900012, 100007, 100042],
+                           actions=[1, 2, 3], timestamps=[1700000000, 1700000100, 1700000200],
+                           request_time=1700000300, top_k=5)
+    rec = client.recommend(req)   # Recommendation(item_ids=array([...]), scores=..., model_version=...)
+
+(Ids of the quickstart model: ads 100000.., contents 900000..; user_features = 3 profile values
+in [0, 8) then the hour-of-day bucket of request_time; actions 1 content view, 2-4 ad funnel.)
 
 Errors are raised as :class:`OneRankerError` carrying the server's message and the gRPC status
-(``INVALID_ARGUMENT`` for a bad request, ``UNAVAILABLE`` when the server is down or
-overloaded). Only ``UNAVAILABLE`` is retried, with exponential backoff.
+(``INVALID_ARGUMENT`` for a bad request, ``UNAVAILABLE`` when the server is down or sheds load,
+``DEADLINE_EXCEEDED`` when the call's deadline passed).
+
+Deadline, retries, retry budget
+-------------------------------
+* **Deadline.** A call (``recommend``, ``health``'s probes, ...) has one deadline, ``timeout_s``
+  (default :data:`~oneranker_client.defaults.DEFAULT_DEADLINE_S` = 1.0 s, the reasoning is in
+  ``defaults.py``), that covers every attempt and every backoff sleep. Each attempt is sent with
+  the time left as its gRPC deadline (``client_timeout``), so the server cancels work nobody waits
+  for. A passed deadline surfaces as ``OneRankerError`` with status ``DEADLINE_EXCEEDED``. The
+  client never sleeps past the deadline: when the next backoff would end after it, the last error
+  is raised at once. ``timeout_s=None`` means no deadline (retries are bounded by their count).
+* **What is retried.** Only ``UNAVAILABLE`` (:data:`RETRYABLE_STATUSES`): the connection failed
+  or the server shed the request before running it, and inference is read-only, so sending it
+  again is safe. Never ``DEADLINE_EXCEEDED`` (the deadline is the caller's whole budget: there is
+  no time left for another try), ``INVALID_ARGUMENT`` (the same request fails the same way),
+  ``INTERNAL`` (may fail the same way; not ours to hammer), ``CANCELLED`` (someone gave up on
+  it), or any other status. A refusal of a restricted API (Triton answers ``UNAVAILABLE`` with
+  "... is restricted, expecting header ...") is not retried either: the same key is refused again.
+* **Full-jitter backoff** (AWS Architecture Blog, "Exponential Backoff And Jitter"): the sleep
+  before retry ``n`` (0-based) is ``uniform(0, min(max_backoff_s, backoff_s * 2**n))``. Without
+  jitter every client that saw the same overload retries in lockstep and hits the server again
+  as one wave.
+* **Retry budget** (:class:`RetryBudget`, one per client instance, shared by its threads or
+  tasks; gRPC's retry throttling, Finagle's RetryBudget): a token bucket that starts with 10
+  tokens; a retry spends one, a successful call deposits 0.1, and 1 token a second trickles back
+  (the floor). So sustained retries add at most ~10% to the successful request rate: when the
+  server sheds load and most calls fail, the tokens run out and the client stops retrying instead
+  of multiplying the load by ``1 + retries``. The first attempt of a call is never held back.
+
+``rng``, ``sleep`` and ``clock`` of :func:`call_with_retries` are injectable (tests: seeded
+``random.Random``, a fake clock).
 """
 
 from __future__ import annotations
@@ -22,6 +56,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import json
+import math
+import random
+import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,12 +69,26 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import contract
-from .defaults import DEFAULT_GRPC_URL
+from .defaults import (
+    ADMIN_KEY_HEADER,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_GRPC_URL,
+    DEFAULT_RETRIES,
+    GRPC_RESTRICTED_HEADER_PREFIX,
+    MAX_BACKOFF_S,
+    RETRY_BUDGET_MIN_PER_S,
+    RETRY_BUDGET_RATIO,
+    RETRY_BUDGET_TOKENS,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "DEFAULT_DEADLINE_S",
     "RETRYABLE_STATUSES",
+    "EXAMPLE_REQUEST_PARAMETER",
     "OneRankerError",
+    "RetryBudget",
     "RecommendRequest",
     "Recommendation",
     "build_inputs",
@@ -43,20 +96,26 @@ __all__ = [
     "parse_result",
     "call_with_retries",
     "acall_with_retries",
-    "backoff_delays",
+    "backoff_ceiling",
+    "full_jitter_delay",
     "as_oneranker_error",
     "is_healthy",
     "request_arrays",
+    "admin_grpc_headers",
+    "example_request_from_config",
     "OneRankerClient",
     "AsyncOneRankerClient",
 ]
 
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_RETRIES = 3
-DEFAULT_BACKOFF_S = 0.05
-MAX_BACKOFF_S = 2.0
+DEFAULT_TIMEOUT_S = DEFAULT_DEADLINE_S  # the name the client options use (timeout_s)
 RETRYABLE_STATUSES = frozenset({"UNAVAILABLE"})
+# Name of the model-config string parameter holding a valid example request (a JSON object with
+# the RecommendRequest fields), rendered by `oneranker build` for the served release.
+EXAMPLE_REQUEST_PARAMETER = "example_request"
 _OUTPUT_PREFIX = "rec_"
+# Triton's refusal of a restricted API (gRPC: UNAVAILABLE "This protocol is restricted, expecting
+# header '...'"; HTTP 403 "This API is restricted, ...").
+_RESTRICTED_RE = re.compile(r"is restricted, expecting header", re.IGNORECASE)
 
 T = TypeVar("T")
 
@@ -66,22 +125,30 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------
 class OneRankerError(Exception):
     """A failed call. ``str(err)`` is the server's message; ``status`` the gRPC status name
-    (``INVALID_ARGUMENT``, ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) or ``None`` when unknown."""
+    (``INVALID_ARGUMENT``, ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) or ``None`` when unknown;
+    ``attempts`` how many times the call was sent."""
 
-    def __init__(self, message: str, status: str | None = None):
+    def __init__(self, message: str, status: str | None = None, attempts: int = 1):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.attempts = attempts
+
+    @property
+    def restricted(self) -> bool:
+        """The server refused a restricted API (model config, repository, ...): the admin key is
+        missing or wrong."""
+        return self.status in ("UNAVAILABLE", "PERMISSION_DENIED") and bool(_RESTRICTED_RE.search(self.message))
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE_STATUSES
+        return self.status in RETRYABLE_STATUSES and not self.restricted
 
     def to_json(self) -> dict:
         return {"error": self.message, "status": self.status}
 
     def __repr__(self) -> str:
-        return f"OneRankerError({self.message!r}, status={self.status!r})"
+        return f"OneRankerError({self.message!r}, status={self.status!r}, attempts={self.attempts})"
 
 
 def _status_name(status: Any) -> str | None:
@@ -110,50 +177,181 @@ def as_oneranker_error(exc: BaseException) -> OneRankerError:
     return OneRankerError(f"{type(exc).__name__}: {exc}", None)
 
 
-def backoff_delays(retries: int, backoff_s: float, max_backoff_s: float = MAX_BACKOFF_S) -> list[float]:
-    """Sleeps before retry 1..retries: backoff_s * 2**i, capped at max_backoff_s."""
-    return [min(max_backoff_s, backoff_s * (2**i)) for i in range(max(0, int(retries)))]
+def backoff_ceiling(attempt: int, backoff_s: float = DEFAULT_BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S) -> float:
+    """The largest sleep before retry ``attempt`` (0-based): ``min(max_backoff_s, backoff_s * 2**attempt)``."""
+    return min(float(max_backoff_s), float(backoff_s) * 2.0 ** min(int(attempt), 62))
+
+
+def full_jitter_delay(
+    attempt: int,
+    rng: random.Random,
+    backoff_s: float = DEFAULT_BACKOFF_S,
+    max_backoff_s: float = MAX_BACKOFF_S,
+) -> float:
+    """Full jitter: ``uniform(0, backoff_ceiling(attempt))``."""
+    return rng.uniform(0.0, backoff_ceiling(attempt, backoff_s, max_backoff_s))
+
+
+class RetryBudget:
+    """Token bucket that bounds the retries of one client (shared by its threads and tasks).
+
+    Starts full with ``tokens`` tokens (at most that many are ever held). A retry spends one token
+    (:meth:`try_spend`; no token, no retry); a successful call deposits ``ratio``
+    (:meth:`on_success`), so sustained retries add at most ``ratio`` to the successful request
+    rate; ``min_per_s`` tokens a second trickle back whatever happens (the floor). The first
+    attempt of a call never needs a token. ``clock`` is injectable (tests).
+    """
+
+    def __init__(
+        self,
+        tokens: float = RETRY_BUDGET_TOKENS,
+        ratio: float = RETRY_BUDGET_RATIO,
+        min_per_s: float = RETRY_BUDGET_MIN_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if tokens < 0 or ratio < 0 or min_per_s < 0:
+            raise ValueError("RetryBudget: tokens, ratio and min_per_s must be >= 0")
+        self.capacity, self.ratio, self.min_per_s = float(tokens), float(ratio), float(min_per_s)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._last:
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.min_per_s)
+        self._last = now
+
+    @property
+    def tokens(self) -> float:
+        with self._lock:
+            self._refill()
+            return self._tokens
+
+    def try_spend(self) -> bool:
+        """Take one token for a retry; False (and nothing taken) when less than one is left."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0 - 1e-9:  # 10 deposits of 0.1 sum to 0.999...9: that is one token
+                self._tokens = max(0.0, self._tokens - 1.0)
+                return True
+            return False
+
+    def on_success(self) -> None:
+        with self._lock:
+            self._refill()
+            self._tokens = min(self.capacity, self._tokens + self.ratio)
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(tokens={self.tokens:.2f}/{self.capacity:g}, ratio={self.ratio:g}, "
+            f"min_per_s={self.min_per_s:g})"
+        )
+
+
+_DEFAULT_RNG = random.Random()
+
+
+class _Attempts:
+    """The bookkeeping of one call shared by the blocking and the asyncio retry loop."""
+
+    def __init__(self, timeout_s, retries, backoff_s, max_backoff_s, budget, rng, clock):
+        self.retries, self.backoff_s, self.max_backoff_s = max(0, int(retries)), float(backoff_s), max_backoff_s
+        self.budget, self.rng, self.clock = budget, rng if rng is not None else _DEFAULT_RNG, clock
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)):
+            raise ValueError(f"timeout_s must be a finite number of seconds or None, got {timeout_s!r}")
+        self.deadline = None if timeout_s is None else clock() + float(timeout_s)
+        self.timeout_s = timeout_s
+        self.attempt = 0  # attempts sent so far
+
+    def next_timeout(self) -> float | None:
+        """The gRPC deadline of the next attempt: the time left (None: no deadline)."""
+        self.attempt += 1
+        if self.deadline is None:
+            return None
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise OneRankerError(f"deadline of {self.timeout_s:g} s exceeded", "DEADLINE_EXCEEDED", self.attempt - 1)
+        return left
+
+    def retry_delay(self, exc: BaseException) -> tuple[OneRankerError, float | None]:
+        """The failure as OneRankerError, and the sleep before the next attempt (None: raise it)."""
+        err = as_oneranker_error(exc)
+        err.attempts = self.attempt
+        if not err.retryable or self.attempt > self.retries:
+            return err, None
+        delay = full_jitter_delay(self.attempt - 1, self.rng, self.backoff_s, self.max_backoff_s)
+        if self.deadline is not None and self.clock() + delay >= self.deadline:
+            return err, None  # the next attempt would start after the deadline: give up now
+        if self.budget is not None and not self.budget.try_spend():
+            return err, None  # retry budget spent: the server is shedding load, do not add to it
+        return err, delay
+
+    def succeeded(self) -> None:
+        if self.budget is not None:
+            self.budget.on_success()
 
 
 def call_with_retries(
-    fn: Callable[[], T],
+    fn: Callable[[float | None], T],
     retries: int = DEFAULT_RETRIES,
     backoff_s: float = DEFAULT_BACKOFF_S,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    timeout_s: float | None = None,
+    max_backoff_s: float = MAX_BACKOFF_S,
+    budget: RetryBudget | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """``fn()``; on a retryable error (UNAVAILABLE only) try again up to ``retries`` more times
-    with exponential backoff. Every failure is raised as :class:`OneRankerError`."""
-    delays = backoff_delays(retries, backoff_s)
-    attempt = 0
+    """``fn(attempt_timeout)`` until it succeeds or fails for good (module docstring: "Deadline,
+    retries, retry budget"). ``attempt_timeout`` is the time left before the call's deadline
+    (``timeout_s`` from now; None without one): pass it as the attempt's gRPC deadline. On a
+    retryable error (UNAVAILABLE) ``fn`` runs again, at most ``retries`` more times, after a
+    full-jitter sleep, while the deadline leaves time and ``budget`` has a token. Every failure is
+    raised as :class:`OneRankerError` (``attempts`` set)."""
+    state = _Attempts(timeout_s, retries, backoff_s, max_backoff_s, budget, rng, clock)
     while True:
+        t = state.next_timeout()
         try:
-            return fn()
+            result = fn(t)
         except Exception as exc:  # noqa: BLE001 - converted, never swallowed
-            err = as_oneranker_error(exc)
-            if not err.retryable or attempt >= len(delays):
+            err, delay = state.retry_delay(exc)
+            if delay is None:
                 raise err from None
-            sleep(delays[attempt])
-            attempt += 1
+            sleep(delay)
+            continue
+        state.succeeded()
+        return result
 
 
 async def acall_with_retries(
-    fn: Callable[[], Awaitable[T]],
+    fn: Callable[[float | None], Awaitable[T]],
     retries: int = DEFAULT_RETRIES,
     backoff_s: float = DEFAULT_BACKOFF_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    *,
+    timeout_s: float | None = None,
+    max_backoff_s: float = MAX_BACKOFF_S,
+    budget: RetryBudget | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """The async twin of :func:`call_with_retries`."""
-    delays = backoff_delays(retries, backoff_s)
-    attempt = 0
+    """The async twin of :func:`call_with_retries` (``fn(attempt_timeout)`` returns an awaitable)."""
+    state = _Attempts(timeout_s, retries, backoff_s, max_backoff_s, budget, rng, clock)
     while True:
+        t = state.next_timeout()
         try:
-            return await fn()
+            result = await fn(t)
         except Exception as exc:  # noqa: BLE001
-            err = as_oneranker_error(exc)
-            if not err.retryable or attempt >= len(delays):
+            err, delay = state.retry_delay(exc)
+            if delay is None:
                 raise err from None
-            await sleep(delays[attempt])
-            attempt += 1
+            await sleep(delay)
+            continue
+        state.succeeded()
+        return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +575,13 @@ def _contract_mismatches(metadata: Mapping[str, Any] | None) -> list[str]:
 # Synchronous client
 # ---------------------------------------------------------------------------------------------
 class _ClientOptions:
-    """Settings shared by the blocking and the asyncio client."""
+    """Settings shared by the blocking and the asyncio client.
+
+    ``timeout_s``: the deadline of each call, retries included (None: none); ``retries``: the
+    most retries of one call (UNAVAILABLE only); ``backoff_s``/``max_backoff_s``: the full-jitter
+    backoff; ``retry_budget``: the :class:`RetryBudget` of this client (a fresh one by default;
+    pass one to share it between clients); ``admin_key``: sent (only) with the restricted
+    control-plane calls such as :meth:`model_config`; ``rng``: the jitter's random source."""
 
     def __init__(
         self,
@@ -387,11 +591,62 @@ class _ClientOptions:
         retries: int = DEFAULT_RETRIES,
         backoff_s: float = DEFAULT_BACKOFF_S,
         verbose: bool = False,
+        *,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        retry_budget: RetryBudget | None = None,
+        admin_key: str | None = None,
+        rng: random.Random | None = None,
     ):
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+            raise ValueError(f"timeout_s must be > 0 seconds (or None for no deadline), got {timeout_s!r}")
         self.url, self.model = url, model
         self.timeout_s = timeout_s
-        self.retries, self.backoff_s = int(retries), float(backoff_s)
+        self.retries, self.backoff_s, self.max_backoff_s = int(retries), float(backoff_s), float(max_backoff_s)
+        self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
+        self.admin_key = admin_key or None
+        self._rng = rng if rng is not None else random.Random()
         self._verbose = verbose
+
+    def _retry_kwargs(self) -> dict:
+        return {
+            "retries": self.retries,
+            "backoff_s": self.backoff_s,
+            "timeout_s": self.timeout_s,
+            "max_backoff_s": self.max_backoff_s,
+            "budget": self.retry_budget,
+            "rng": self._rng,
+        }
+
+    def _admin_headers(self) -> dict | None:
+        return admin_grpc_headers(self.admin_key) if self.admin_key else None
+
+
+def admin_grpc_headers(key: str) -> dict[str, str]:
+    """gRPC metadata that opens the restricted APIs of a server started with admin key ``key``."""
+    return {GRPC_RESTRICTED_HEADER_PREFIX + ADMIN_KEY_HEADER: key}
+
+
+def example_request_from_config(config: Mapping[str, Any], model: str = contract.PUBLIC_MODEL) -> RecommendRequest:
+    """The example request a model config carries (string parameter ``example_request``, a JSON
+    object with the RecommendRequest fields). ``config``: the ``config`` object of
+    ``get_model_config(as_json=True)`` (the whole answer is accepted too). OneRankerError
+    ``NOT_FOUND`` when the config has none (a repository rendered before the parameter existed),
+    ``INTERNAL`` when it is not a valid request."""
+    config = config.get("config", config) if isinstance(config, Mapping) else {}
+    param = (config.get("parameters") or {}).get(EXAMPLE_REQUEST_PARAMETER)
+    text = param.get("string_value") if isinstance(param, Mapping) else param
+    if not text:
+        raise OneRankerError(
+            f"model {config.get('name') or model}'s config has no parameter {EXAMPLE_REQUEST_PARAMETER!r} "
+            "(a repository rendered before it existed: run `oneranker build` again)",
+            "NOT_FOUND",
+        )
+    try:
+        return RecommendRequest.from_json(json.loads(text))
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise OneRankerError(
+            f"the served {EXAMPLE_REQUEST_PARAMETER} is not a valid request: {e}", "INTERNAL"
+        ) from None
 
 
 class OneRankerClient(_ClientOptions):
@@ -408,8 +663,9 @@ class OneRankerClient(_ClientOptions):
         self._outputs = requested_outputs()
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _call(self, fn: Callable[[], T]) -> T:
-        return call_with_retries(fn, self.retries, self.backoff_s)
+    def _call(self, fn: Callable[[float | None], T]) -> T:
+        """``fn(attempt_timeout)`` under this client's deadline, retry policy and budget."""
+        return call_with_retries(fn, **self._retry_kwargs())
 
     def close(self) -> None:
         self._client.close()
@@ -426,7 +682,7 @@ class OneRankerClient(_ClientOptions):
         them once."""
         t0 = time.perf_counter()
         result = self._call(
-            lambda: self._client.infer(self.model, list(inputs), outputs=self._outputs, client_timeout=self.timeout_s)
+            lambda t: self._client.infer(self.model, list(inputs), outputs=self._outputs, client_timeout=t)
         )
         latency_ms = (time.perf_counter() - t0) * 1e3
         return parse_result(result, latency_ms)
@@ -472,15 +728,27 @@ class OneRankerClient(_ClientOptions):
         """Server live/ready, model ready, server and model metadata, and how the served model's
         metadata compares with ``contract.PUBLIC`` (``contract_mismatches``, empty when equal).
         Raises :class:`OneRankerError` when the server cannot be reached."""
-        c, t = self._client, self.timeout_s
-        live = self._call(lambda: c.is_server_live(client_timeout=t))
-        ready = self._call(lambda: c.is_server_ready(client_timeout=t))
-        server = self._call(lambda: c.get_server_metadata(as_json=True, client_timeout=t))
-        model_ready = self._call(lambda: c.is_model_ready(self.model, client_timeout=t))
+        c = self._client
+        live = self._call(lambda t: c.is_server_live(client_timeout=t))
+        ready = self._call(lambda t: c.is_server_ready(client_timeout=t))
+        server = self._call(lambda t: c.get_server_metadata(as_json=True, client_timeout=t))
+        model_ready = self._call(lambda t: c.is_model_ready(self.model, client_timeout=t))
         metadata = None
         if model_ready:
-            metadata = self._call(lambda: c.get_model_metadata(self.model, as_json=True, client_timeout=t))
+            metadata = self._call(lambda t: c.get_model_metadata(self.model, as_json=True, client_timeout=t))
         return _health_dict(self, live, ready, server, model_ready, metadata)
+
+    def model_config(self) -> dict:
+        """The served model's config (the version the server picks), as JSON. A restricted API on
+        a server started with an admin key: give the client ``admin_key``; a refusal raises
+        OneRankerError with ``restricted`` True."""
+        c, headers = self._client, self._admin_headers()
+        answer = self._call(lambda t: c.get_model_config(self.model, headers=headers, as_json=True, client_timeout=t))
+        return dict(answer.get("config", answer))
+
+    def example_request(self) -> RecommendRequest:
+        """A valid request for the served release (its config's ``example_request``)."""
+        return example_request_from_config(self.model_config(), self.model)
 
 
 def _health_dict(client, live, ready, server, model_ready, metadata) -> dict:
@@ -524,8 +792,8 @@ class AsyncOneRankerClient(_ClientOptions):
             self._outputs = requested_outputs()
         return self._client
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        return await acall_with_retries(fn, self.retries, self.backoff_s)
+    async def _call(self, fn: Callable[[float | None], Awaitable[T]]) -> T:
+        return await acall_with_retries(fn, **self._retry_kwargs())
 
     async def close(self) -> None:
         if self._client is not None:
@@ -542,9 +810,7 @@ class AsyncOneRankerClient(_ClientOptions):
     async def recommend_inputs(self, inputs: Sequence) -> Recommendation:
         c = self._aio()
         t0 = time.perf_counter()
-        result = await self._call(
-            lambda: c.infer(self.model, list(inputs), outputs=self._outputs, client_timeout=self.timeout_s)
-        )
+        result = await self._call(lambda t: c.infer(self.model, list(inputs), outputs=self._outputs, client_timeout=t))
         return parse_result(result, (time.perf_counter() - t0) * 1e3)
 
     async def recommend(self, req: RecommendRequest | Mapping[str, Any]) -> Recommendation:
@@ -583,12 +849,22 @@ class AsyncOneRankerClient(_ClientOptions):
                 bar.close()
 
     async def health(self) -> dict:
-        c, t = self._aio(), self.timeout_s
-        live = await self._call(lambda: c.is_server_live(client_timeout=t))
-        ready = await self._call(lambda: c.is_server_ready(client_timeout=t))
-        server = await self._call(lambda: c.get_server_metadata(as_json=True, client_timeout=t))
-        model_ready = await self._call(lambda: c.is_model_ready(self.model, client_timeout=t))
+        c = self._aio()
+        live = await self._call(lambda t: c.is_server_live(client_timeout=t))
+        ready = await self._call(lambda t: c.is_server_ready(client_timeout=t))
+        server = await self._call(lambda t: c.get_server_metadata(as_json=True, client_timeout=t))
+        model_ready = await self._call(lambda t: c.is_model_ready(self.model, client_timeout=t))
         metadata = None
         if model_ready:
-            metadata = await self._call(lambda: c.get_model_metadata(self.model, as_json=True, client_timeout=t))
+            metadata = await self._call(lambda t: c.get_model_metadata(self.model, as_json=True, client_timeout=t))
         return _health_dict(self, live, ready, server, model_ready, metadata)
+
+    async def model_config(self) -> dict:
+        c, headers = self._aio(), self._admin_headers()
+        answer = await self._call(
+            lambda t: c.get_model_config(self.model, headers=headers, as_json=True, client_timeout=t)
+        )
+        return dict(answer.get("config", answer))
+
+    async def example_request(self) -> RecommendRequest:
+        return example_request_from_config(await self.model_config(), self.model)

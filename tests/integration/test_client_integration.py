@@ -10,6 +10,7 @@ import asyncio
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from oneranker_client import AsyncOneRankerClient, OneRankerClient, OneRankerError, RecommendRequest, cli
-from oneranker_client.client import is_healthy
+from oneranker_client.client import EXAMPLE_REQUEST_PARAMETER, is_healthy
 
 pytestmark = pytest.mark.triton
 
@@ -42,8 +43,14 @@ def _requests(served, n: int) -> list[dict]:
 def _unknown_item_request(served) -> dict:
     req = dict(served.requests[0])
     ids = list(req["item_ids"])
-    ids[-1] = 10**15 + 7  # in no catalogue
+    ids[-1] = 10**15 + 7  # in no catalogue: served as the OOV token (policy "token", the default)
     req["item_ids"] = ids
+    return req
+
+
+def _bad_request(served) -> dict:
+    req = dict(served.requests[0])
+    req["actions"] = [7] + list(req["actions"])[1:]  # no such action code: INVALID_ARGUMENT
     return req
 
 
@@ -109,15 +116,16 @@ def test_async_client(served_repository):
             h = await client.health()
             recs = await client.recommend_many(
                 [dict(r, top_k=3) for r in _requests(served_repository, 4)]
-                + [_unknown_item_request(served_repository)],
+                + [_bad_request(served_repository), _unknown_item_request(served_repository)],
                 concurrency=2,
             )
             return h, recs
 
     h, recs = asyncio.run(go())
     assert is_healthy(h)
-    assert all(len(r) == 3 for r in recs[:4])
-    assert isinstance(recs[4], OneRankerError) and recs[4].status == "INVALID_ARGUMENT"
+    assert all(len(r) == 3 and r.history_unknown == 0 for r in recs[:4])
+    assert isinstance(recs[4], OneRankerError) and recs[4].status == "INVALID_ARGUMENT" and recs[4].attempts == 1
+    assert not isinstance(recs[5], OneRankerError) and recs[5].history_unknown == 1
 
 
 def test_batch_cli_eight_requests_concurrency_2(served_repository, tmp_path, capsys):
@@ -152,12 +160,13 @@ def test_batch_cli_eight_requests_concurrency_2(served_repository, tmp_path, cap
 
 
 def test_bad_request_prints_server_message_and_exits_1(served_repository, tmp_path):
-    bad = _unknown_item_request(served_repository)
+    bad = _bad_request(served_repository)
     with OneRankerClient(served_repository.grpc_url, timeout_s=60, retries=3) as client:
         with pytest.raises(OneRankerError) as err:
             client.recommend(bad)
-    assert err.value.status == "INVALID_ARGUMENT"
-    assert "unknown item ids" in err.value.message
+        assert client.retry_budget.tokens == 10  # not retried: no token spent
+    assert err.value.status == "INVALID_ARGUMENT" and err.value.attempts == 1
+    assert "unknown action code 7" in err.value.message
     f = _write_jsonl(tmp_path / "bad.json", [bad])
     # through the console entry point, as a user runs it
     proc = subprocess.run(
@@ -177,11 +186,59 @@ def test_bad_request_prints_server_message_and_exits_1(served_repository, tmp_pa
         timeout=120,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("error: ") and "unknown item ids" in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") and "unknown action code 7" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     # the server is still fine afterwards
     with OneRankerClient(served_repository.grpc_url, timeout_s=60) as client:
         assert len(client.recommend(served_repository.requests[0])) > 0
+
+
+def test_help_example_is_served_with_every_id_known(served_repository, capsys):
+    """The `recommend` example of `oneranker-client --help`, as a user types it, against the real
+    server: answered, with no unknown history id and nothing dropped (unit tests check the ids
+    against the synthetic catalogue; this checks the server agrees)."""
+    doc = cli.build_parser().format_help().replace("\\\n", " ")
+    line = next(ln.strip() for ln in doc.splitlines() if ln.strip().startswith("oneranker-client recommend --user"))
+    argv = shlex.split(line.split("#", 1)[0])[1:]
+    rc = cli.main(argv + ["--url", served_repository.grpc_url, "--format", "json", "--timeout", "60"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out = json.loads(captured.out)
+    assert len(out["item_ids"]) == 5 and out["history_unknown"] == 0 and out["history_dropped"] == 0, out
+    assert out["model_version"] >= 1
+    rc = cli.main(argv + ["--url", served_repository.grpc_url, "--timeout", "60"])  # the table
+    table = capsys.readouterr().out
+    assert rc == 0 and f"model version {out['model_version']}" in table and "0 unknown item ids" in table, table
+
+
+def test_deadline_surfaces_as_deadline_exceeded(served_repository):
+    """A deadline the server cannot meet: DEADLINE_EXCEEDED after one attempt (never retried),
+    and the server keeps serving."""
+    with OneRankerClient(served_repository.grpc_url, timeout_s=1e-4, retries=3) as client:
+        with pytest.raises(OneRankerError) as err:
+            client.recommend(served_repository.requests[0])
+    assert err.value.status == "DEADLINE_EXCEEDED" and err.value.attempts == 1, err.value
+    with OneRankerClient(served_repository.grpc_url, timeout_s=60) as client:
+        assert len(client.recommend(served_repository.requests[0])) > 0
+
+
+def test_example_command_against_the_server(served_repository, capsys):
+    """`example` on the real server (model-config API open here). Until the build renders the
+    `example_request` parameter, the command must say so (exit 1); once it does, the printed
+    request must be served with every id known."""
+    with OneRankerClient(served_repository.grpc_url, timeout_s=60) as client:
+        config = client.model_config()
+    assert config["name"] == "oneranker"
+    rc = cli.main(["example", "--url", served_repository.grpc_url, "--timeout", "60"])
+    captured = capsys.readouterr()
+    if EXAMPLE_REQUEST_PARAMETER not in (config.get("parameters") or {}):
+        assert rc == 1 and "has no parameter 'example_request'" in captured.err, captured.err
+        pytest.skip("the served repository has no example_request parameter yet")
+    assert rc == 0, captured.err
+    req = RecommendRequest.from_json(json.loads(captured.out))
+    with OneRankerClient(served_repository.grpc_url, timeout_s=60) as client:
+        rec = client.recommend(req)
+    assert len(rec) > 0 and rec.history_unknown == 0
 
 
 def test_requests_from_run_are_served(served_repository, run_requests):
