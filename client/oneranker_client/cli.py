@@ -49,7 +49,8 @@ from .client import (
     RecommendRequest,
     is_healthy,
 )
-from .defaults import ADMIN_KEY_ENV, DEFAULT_GRPC_URL
+from .defaults import DEFAULT_GRPC_URL
+from .restricted_api import ADMIN_KEY_ENV
 
 # Request fields settable from flags: list-valued ones take "1,2,3", scalar ones an int.
 _HISTORY_FIELDS = ("user_features", "item_ids", "actions", "timestamps", "request_time")

@@ -68,14 +68,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import contract
+from . import contract, restricted_api
 from .defaults import (
-    ADMIN_KEY_HEADER,
     DEFAULT_BACKOFF_S,
     DEFAULT_DEADLINE_S,
     DEFAULT_GRPC_URL,
     DEFAULT_RETRIES,
-    GRPC_RESTRICTED_HEADER_PREFIX,
     MAX_BACKOFF_S,
     RETRY_BUDGET_MIN_PER_S,
     RETRY_BUDGET_RATIO,
@@ -623,7 +621,7 @@ class _ClientOptions:
 
 def admin_grpc_headers(key: str) -> dict[str, str]:
     """gRPC metadata that opens the restricted APIs of a server started with admin key ``key``."""
-    return {GRPC_RESTRICTED_HEADER_PREFIX + ADMIN_KEY_HEADER: key}
+    return restricted_api.grpc_headers(key)
 
 
 def example_request_from_config(config: Mapping[str, Any], model: str = contract.PUBLIC_MODEL) -> RecommendRequest:

@@ -50,14 +50,6 @@ RETRY_BUDGET_TOKENS = 10.0
 RETRY_BUDGET_RATIO = 0.1
 RETRY_BUDGET_MIN_PER_S = 1.0
 
-# The restricted control-plane APIs (model config, repository, ...): a server started with an
-# admin key refuses them unless the request carries this header with the key (over gRPC as
-# metadata GRPC_RESTRICTED_HEADER_PREFIX + ADMIN_KEY_HEADER). Inference, health and metadata stay
-# open. The key comes from the environment variable ADMIN_KEY_ENV, never from a file.
-ADMIN_KEY_HEADER = "oneranker-admin-key"
-ADMIN_KEY_ENV = "ONERANKER_ADMIN_KEY"
-GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
-
 __all__ = [
     "DEFAULT_HTTP_PORT",
     "DEFAULT_GRPC_PORT",
@@ -74,7 +66,4 @@ __all__ = [
     "RETRY_BUDGET_TOKENS",
     "RETRY_BUDGET_RATIO",
     "RETRY_BUDGET_MIN_PER_S",
-    "ADMIN_KEY_HEADER",
-    "ADMIN_KEY_ENV",
-    "GRPC_RESTRICTED_HEADER_PREFIX",
 ]

@@ -32,7 +32,8 @@ from oneranker_client.client import (
     full_jitter_delay,
     parse_result,
 )
-from oneranker_client.defaults import ADMIN_KEY_ENV, ADMIN_KEY_HEADER, GRPC_RESTRICTED_HEADER_PREFIX
+from oneranker_client.restricted_api import ADMIN_KEY_ENV, ADMIN_KEY_HEADER
+from oneranker_client.restricted_api import GRPC_HEADER_PREFIX as GRPC_RESTRICTED_HEADER_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 
