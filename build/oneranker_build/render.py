@@ -275,6 +275,7 @@ def render_repository(
     topology: str | None = None,
     placeholder_engine: str | None = None,
     cascade: CascadeExports | None = None,
+    samples: bool = True,
 ) -> Path:
     """Write OUT/<model>/... for one engine; returns OUT.
 
@@ -284,7 +285,9 @@ def render_repository(
     rendered as Python models of the same tensor blocks running that engine, so the
     repository's wiring can be loaded and checked on a CPU host.
     `cascade`: also render the cascade baseline (`cascade` model + `oneranker_cascade` ensemble);
-    onnxruntime and torch engines only."""
+    onnxruntime and torch engines only.
+    `samples`: render the warm-up samples and the example request (needs a real export; off only
+    to inspect the configs a deployment would serve, without a trained run)."""
     s = settings or RenderSettings()
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -319,8 +322,9 @@ def render_repository(
             "outputs": tensor_block("output", spec.outputs, dims, ragged=False),
         }
 
-    warm = warmup.warmup_inputs(export_dir, runner_engine)
-    example = json.dumps(json.dumps(warmup.example_request_json(export_dir)))  # a quoted pbtxt string
+    warm = warmup.warmup_inputs(export_dir, runner_engine) if samples else None
+    # the example request as a quoted pbtxt string
+    example = json.dumps(json.dumps(warmup.example_request_json(export_dir) if samples else {}))
 
     def write(
         model: str,
@@ -334,8 +338,9 @@ def render_repository(
         folder = out_dir / values["name"]
         (folder / "1").mkdir(parents=True, exist_ok=True)
         if spec is not None:
-            values = {**values, "warmup": warmup.warmup_block(spec, warm[values["name"]])}
-            warmup.write_warmup_files(folder, spec, warm[values["name"]])
+            values = {**values, "warmup": warmup.warmup_block(spec, warm[values["name"]]) if warm else ""}
+            if warm:
+                warmup.write_warmup_files(folder, spec, warm[values["name"]])
         (folder / "config.pbtxt").write_text(fill(TEMPLATES / model / (template or "config.pbtxt.tmpl"), values))
         source = TEMPLATES / model / "1" / "model.py"
         if code and source.exists():

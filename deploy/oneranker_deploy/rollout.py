@@ -183,7 +183,13 @@ def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Pa
     export = Path(out_dir) / ".empty-export"
     export.mkdir(parents=True, exist_ok=True)
     return render.render_repository(
-        export, Path(out_dir) / engine, engine, contract_dims(config_preset("tiny")), "0" * 64, settings=settings
+        export,
+        Path(out_dir) / engine,
+        engine,
+        contract_dims(config_preset("tiny")),
+        "0" * 64,
+        settings=settings,
+        samples=False,
     )
 
 

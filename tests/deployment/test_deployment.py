@@ -526,7 +526,8 @@ def test_shm_arithmetic_by_hand():
     # An independent sum: per request bytes of every model, from the contract's own table.
     kv_bytes = 2 * 2092 * 128 * 4
     per_request = {
-        "oneranker": 8 * 4 + 3 * 8 * 2048 + 8 + 3 * 4 + 8 * 1024 + 1024 * (8 + 4 + 4 + 4),
+        # inputs; rec_* (8 + 4 + 4 + 4 per item); history_unknown, history_dropped, model_version
+        "oneranker": 8 * 4 + 3 * 8 * 2048 + 8 + 3 * 4 + 8 * 1024 + 1024 * (8 + 4 + 4 + 4) + 3 * 8,
         # history, hist_len, beam_width, num_candidates, exclude_idx -> cand_idx, cand_logp, cand_stream, kv
         "generation": (8 * 4 + 8 * 2048 * 4 + 8 * 2048 + 4 * 2048 + 8 + 8 + 8 + 1024 * 8)
         + (1024 * 8 + 1024 * 4 + 1024 * 8 + kv_bytes),
@@ -690,7 +691,7 @@ def test_python_models_reach_only_the_serving_package_and_the_client_contract():
                 todo += _loaded_files(name)
     assert reached == {"oneranker_serving", "oneranker_client"}, reached
     client_files = {p.name for p in seen if "oneranker_client" in p.parts}
-    assert client_files <= {"__init__.py", "contract.py", "client.py", "defaults.py"}, client_files
+    assert client_files <= {"__init__.py", "contract.py", "client.py", "defaults.py", "restricted_api.py"}, client_files
 
 
 def test_triton_requirements_are_exactly_what_the_python_models_import():
