@@ -43,6 +43,7 @@ from oneranker_serving.recommender import Request
 pytestmark = pytest.mark.triton
 
 MODELS = (contract.PUBLIC_MODEL, contract.FUSED_MODEL)
+ROUNDS = 3  # the catalogue is sent this many times per protocol while the good traffic runs
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +128,20 @@ def test_bad_inputs_get_their_recorded_answer_over_grpc_and_http(served_reposito
         finally:
             channel.close()
 
-    answers: dict = {}
+    answers: list = []  # (case, protocol, status, message)
 
     def bad_traffic(protocol: str) -> None:
         channel, stub = br.grpc_stub(served.grpc_url)
         try:
-            for case in cases:
-                if case.expect(protocol) is None:
-                    continue
-                if protocol == "grpc":
-                    answers[case.name, protocol] = br.send_grpc(channel, stub, case.grpc_request())
-                else:
-                    answers[case.name, protocol] = br.send_http(served.http_url, case.model, *case.http_request())
+            for _ in range(ROUNDS):
+                for case in cases:
+                    if case.expect(protocol) is None:
+                        continue
+                    if protocol == "grpc":
+                        status, message = br.send_grpc(channel, stub, case.grpc_request())
+                    else:
+                        status, message = br.send_http(served.http_url, case.model, *case.http_request())
+                    answers.append((case, protocol, status, message))
         finally:
             channel.close()
 
@@ -152,18 +155,16 @@ def test_bad_inputs_get_their_recorded_answer_over_grpc_and_http(served_reposito
     for t in background:
         t.join()
 
+    sent = sum((c.grpc is not None) + (c.http is not None) for c in cases)
+    assert len(answers) == ROUNDS * sent
     problems = []
-    for case in cases:
-        for protocol in ("grpc", "http"):
-            if case.expect(protocol) is None:
-                continue
-            status, message = answers[case.name, protocol]
-            problem = br.check_answer(case, protocol, status, message if isinstance(message, str) else repr(message))
-            if problem:
-                problems.append(problem)
-    assert not problems, "\n".join(problems)
+    for case, protocol, status, message in answers:
+        problem = br.check_answer(case, protocol, status, message if isinstance(message, str) else repr(message))
+        if problem:
+            problems.append(problem)
+    assert not problems, "\n".join(sorted(set(problems)))
     assert not good_problems, "\n".join(good_problems[:20])
-    assert good_done.count("grpc") > 0 and good_done.count("http") > 0, "no good request ran alongside"
+    assert min(good_done.count("grpc"), good_done.count("http")) >= 5, "too few good requests ran alongside"
 
     # still ready, and every Python stub alive: each instance answers good requests unchanged
     assert served.server.is_live() and ready(served)
