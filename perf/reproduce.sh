@@ -12,6 +12,8 @@
 #      (and pinned: server and perf_analyzer on separate cores)    -> perf/results/perf_analyzer_pinned/
 #   5. headless locust                                          -> perf/results/locust/
 #   6. training throughput                                      -> perf/results/train/
+#   7. 10-minute soak, good + malformed calls over gRPC and HTTP,
+#      server + stub memory over time                           -> perf/results/soak/
 # Server and client share this machine's cores: absolute CPU numbers are floors; compare ratios
 # measured in one run. Absolute latencies are only meaningful from a GPU host (docs/deployment.md).
 set -euo pipefail
@@ -36,3 +38,4 @@ CASCADE=artifacts/runs/$PRESET-cascade
 "$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
 "$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES" --run-dir "$RUN" --pin
 "$PY" -m oneranker_perf.train_bench --out "$RES/train"
+"$PY" -m oneranker_perf.soak --repository "$OUT/onnxruntime" --requests artifacts/perf/requests.jsonl --out "$RES/soak"

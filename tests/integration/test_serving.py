@@ -1,9 +1,9 @@
 """The served ensemble on a real tritonserver over real gRPC: equality with the in-process
-pipeline and the PyTorch reference, per-request errors, metrics, overload shedding."""
+pipeline and the PyTorch reference, metrics, overload shedding (bad input over gRPC and HTTP:
+test_bad_input.py)."""
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -130,88 +130,6 @@ def test_concurrent_requests_equal_single_requests(served_repository):
         want = single[i % len(reqs)]
         np.testing.assert_array_equal(got["rec_item_ids"], want["rec_item_ids"])
         np.testing.assert_allclose(got["rec_scores"], want["rec_scores"], atol=1e-6)
-
-
-def _bad_cases(req: dict, max_history: int, known_content_free_id: int):
-    long = {
-        k: (list(v) * (max_history // len(v) + 2))[: max_history + 1]
-        for k, v in req.items()
-        if k in ("item_ids", "actions", "timestamps")
-    }
-    return {
-        "wrong dtype": (fields_of(req), {"item_ids": np.int32}, "data-type|INT32|datatype"),
-        "wrong rank": (dict(fields_of(req), item_ids=np.array(req["item_ids"])[None, :, None]), None, "shape|dims"),
-        "empty history": (dict(fields_of(req), item_ids=[], actions=[], timestamps=[]), None, "empty"),
-        "history too long": (dict(fields_of(req), **long), None, "maximum"),
-        "unknown item id": (
-            dict(fields_of(req), item_ids=[known_content_free_id] + req["item_ids"][1:]),
-            None,
-            "unknown item",
-        ),
-        "negative top_k": (fields_of(req, top_k=-3), None, "top_k"),
-        "absurd top_k": (fields_of(req, top_k=10_000_000), None, "top_k"),
-        "zero num_candidates": (fields_of(req, num_candidates=0), None, "num_candidates"),
-        "absurd beam_width": (fields_of(req, beam_width=1 << 30), None, "beam_width"),
-        "top_k above num_candidates": (fields_of(req, top_k=20, num_candidates=5), None, "top_k"),
-        "mismatched history lengths": (dict(fields_of(req), actions=req["actions"][:-1]), None, "different lengths"),
-        "request before history": (
-            dict(fields_of(req), request_time=[min(req["timestamps"]) - 1]),
-            None,
-            "after the request",
-        ),
-        "unknown action code": (dict(fields_of(req), actions=[9] * len(req["actions"])), None, "action"),
-        "user features out of range": (
-            dict(fields_of(req), user_features=[-1] * len(req["user_features"])),
-            None,
-            "user_features",
-        ),
-        "wrong user feature count": (
-            dict(fields_of(req), user_features=req["user_features"][:-1]),
-            None,
-            "user_features|shape|dims",
-        ),
-        "missing required input": (
-            {k: v for k, v in fields_of(req).items() if k != "timestamps"},
-            None,
-            "timestamps|input",
-        ),
-        "float timestamps": (fields_of(req), {"timestamps": np.float32}, "data-type|FP32|datatype"),
-        "two users in one request": (
-            {k: np.stack([np.asarray(v)] * 2) for k, v in fields_of(req).items()},
-            None,
-            "batch dimension of 1",
-        ),
-    }
-
-
-def test_bad_inputs_get_clear_per_request_errors(served_repository, tiny_run):
-    req = served_repository.requests[0]
-    max_history = tiny_run.prep.cfg.model.max_history
-    unknown = int(
-        max(tiny_run.prep.dataset.catalog.ad_ids.max(), tiny_run.prep.dataset.catalog.content_ids.max()) + 12345
-    )
-    cases = _bad_cases(req, max_history, unknown)
-    assert len(cases) >= 15
-    good_fields = fields_of(served_repository.requests[1])
-    expected_good = infer(served_repository.grpc_url, good_fields)
-
-    def good():
-        return infer(served_repository.grpc_url, good_fields)
-
-    statuses = {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        background = [pool.submit(good) for _ in range(len(cases))]
-        for name, (fields, dtypes, pattern) in cases.items():
-            with pytest.raises(InferenceServerException) as info:
-                infer(served_repository.grpc_url, fields, dtypes)
-            message = str(info.value)
-            assert re.search(pattern, message, re.IGNORECASE), (name, message)
-            assert "Traceback" not in message, (name, message)
-            statuses[name] = info.value.status()
-        for future in background:
-            np.testing.assert_array_equal(future.result()["rec_item_ids"], expected_good["rec_item_ids"])
-    assert served_repository.server.is_live()
-    assert set(statuses.values()) == {"StatusCode.INVALID_ARGUMENT"}, statuses
 
 
 def _metric(text: str, name: str, *labels: str) -> float:
