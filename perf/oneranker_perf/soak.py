@@ -442,6 +442,46 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+RUN_FIELDS = (
+    "commit",
+    "machine",
+    "command",
+    "duration_s",
+    "users",
+    "bad_share",
+    "rss_every_s",
+    "repository",
+    "requests_file",
+    "good_request_pool",
+    "sabotage",
+    "locust_exit_code",
+    "passed",
+    "after",
+)
+
+
+def read_rss_csv(path: Path) -> list[dict]:
+    """rss.csv -> the memory samples it was written from (t_s and MiB as floats, stubs as int)."""
+    lines = Path(path).read_text().splitlines()
+    keys = lines[0].split(",")
+    return [
+        {k: (int(v) if k == "stubs" else float(v)) for k, v in zip(keys, line.split(","))} for line in lines[1:] if line
+    ]
+
+
+def rebuild_summary(folder: Path) -> dict:
+    """A soak folder's summary from its committed files: the run's parameters and verdict from
+    summary.json, the traffic figures from locust_stats.json and the memory figures from rss.csv
+    (the two results the figures come from, recomputed)."""
+    folder = Path(folder)
+    written = json.loads((folder / "summary.json").read_text())
+    return {
+        **{k: written[k] for k in RUN_FIELDS if k in written},
+        "traffic": traffic_figures(json.loads((folder / "locust_stats.json").read_text())),
+        "memory": memory_figures(read_rss_csv(folder / "rss.csv")),
+    }
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)

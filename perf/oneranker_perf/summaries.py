@@ -77,6 +77,10 @@ def summarize_folder(folder: Path) -> dict:
     facts = report_facts(markdown)
     if (folder / "locust_stats.csv").exists():
         return backfilled(_locust(folder, markdown, facts))
+    if (folder / "rss.csv").exists() and (folder / "locust_stats.json").exists():
+        from .soak import rebuild_summary
+
+        return backfilled(rebuild_summary(folder))
     if (folder / "results.csv").exists():
         return backfilled(_perf_analyzer(folder, markdown, facts))
     results = json.loads((folder / "results.json").read_text())
