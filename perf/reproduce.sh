@@ -20,7 +20,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PRESET="${1:-small}"
 bash scripts/bootstrap.sh
-export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+# PASSIVE: torch's GNU OpenMP threads sleep at barriers instead of spinning (with 2 intra-op threads on
+# shared cores the spinning starved the working thread: perf/results/topology_torch/README.md).
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 PY="${ONERANKER_VENV:-.venv}/bin/python"
 RUN=artifacts/runs/$PRESET
 OUT=artifacts/model_repository/$PRESET
