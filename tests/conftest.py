@@ -133,3 +133,20 @@ def require_tritonserver() -> None:
         if os.environ.get("ONERANKER_REQUIRE_TRITON") == "1":
             raise
         pytest.skip(str(e))
+
+
+def read_until(proc, prefix: str, timeout: float = 60.0) -> list[str]:
+    """Lines of a subprocess's stdout up to (and with) the first one starting with `prefix`, or
+    all it printed before exiting or `timeout` seconds."""
+    import time
+
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            break
+    return lines

@@ -20,7 +20,7 @@ import numpy as np
 from oneranker_client import contract
 from oneranker_client.contract import ACTION_CLICK, ACTION_CONTENT_VIEW, ACTION_IMPRESSION
 from oneranker_serving.artifacts import load_recommender, load_validator, read_export_info
-from oneranker_serving.recommender import Request
+from oneranker_serving.recommender import Request, RequestValidator
 from oneranker_serving.triton import arrays, batching
 
 WARMUP_DIR = "warmup"  # Triton reads input_data_file from <model>/warmup/
@@ -28,10 +28,9 @@ EXAMPLE_EVENTS = 8  # history length of the example request
 EXAMPLE_REQUEST_TIME = 1_700_000_000  # unix seconds; the history ends one minute before
 
 
-def example_request(export_dir: Path) -> Request:
-    """A valid request of this release: alternating content views and ad impressions/clicks on
-    the first ids of its catalogue, one minute apart, all user features 0."""
-    validator = load_validator(export_dir)
+def example_request(validator: RequestValidator) -> Request:
+    """A valid request of the release `validator` checks against: alternating content views and
+    ad impressions/clicks on the first ids of its catalogue, one minute apart, user features 0."""
     tables = validator.tables
     content, ads = tables.content_ids[:EXAMPLE_EVENTS], tables.ad_ids[:EXAMPLE_EVENTS]
     ids, actions = [], []
@@ -54,7 +53,7 @@ def example_request(export_dir: Path) -> Request:
 
 def example_request_json(export_dir: Path) -> dict:
     """The example request as the client's JSON (`oneranker-client recommend --json`)."""
-    req = example_request(export_dir)
+    req = example_request(load_validator(export_dir))
     return {
         name: (np.asarray(getattr(req, name)).tolist() if name != "request_time" else int(req.request_time))
         for name in ("user_features", "item_ids", "actions", "timestamps", "request_time")
@@ -66,8 +65,8 @@ def warmup_inputs(export_dir: Path, engine: str) -> dict[str, dict[str, np.ndarr
     model; `engine` runs the generation graph once for the ranking sample (tensorrt: ONNX Runtime
     over the same export)."""
     export_dir = Path(export_dir)
-    req = example_request(export_dir)
     validator = load_validator(export_dir)
+    req = example_request(validator)
     tokens = arrays.tokens_to_arrays(validator, req, model_version=0)
     raw = {
         "user_features": req.user_features,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import contextlib
 import functools
 import http.server
 import json
@@ -1748,18 +1749,38 @@ def test_promote_and_retire_versions(tmp_path):
     assert deploy.load_order(live) == ["preprocess", "recommender", "oneranker"]
 
 
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A fake Triton HTTP endpoint's base: replies with a body, logs nothing."""
+
+    def _reply(self, code, body=b""):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _serving(handler):
+    """Serve `handler` on a free 127.0.0.1 port in a thread; yields "127.0.0.1:PORT"."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_load_posts_every_model_ensembles_last(tmp_path):
     live = tmp_path / "live"
     deploy.promote(_staging(tmp_path / "s1", "v1"), live)
     calls = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _reply(self, code, body=b""):
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(_QuietHandler):
         def do_POST(self):  # noqa: N802
             calls.append(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -1777,17 +1798,8 @@ def test_load_posts_every_model_ensembles_last(tmp_path):
             calls.append(self.path)
             self._reply(200)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        deploy.load_models(f"127.0.0.1:{server.server_port}", deploy.load_order(live), timeout=10)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        deploy.load_models(url, deploy.load_order(live), timeout=10)
     assert calls == [
         "/v2/repository/models/preprocess/load",
         "/v2/repository/models/recommender/load",
@@ -1806,13 +1818,7 @@ def test_load_sends_the_admin_key(tmp_path, monkeypatch, capsys):
     deploy.promote(_staging(tmp_path / "s1", "v1"), live)
     seen = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _reply(self, code, body=b""):
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(_QuietHandler):
         def _handle(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             key = self.headers.get(ra.ADMIN_KEY_HEADER)
@@ -1824,14 +1830,7 @@ def test_load_sends_the_admin_key(tmp_path, monkeypatch, capsys):
 
         do_POST = do_GET = _handle  # noqa: N815
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"127.0.0.1:{server.server_port}"
-    try:
+    with _serving(Handler) as url:
         monkeypatch.delenv(ra.ADMIN_KEY_ENV, raising=False)
         assert deploy.main(["load", "--url", url, "--repository", str(live)]) == 2
         err = capsys.readouterr().err
@@ -1845,9 +1844,6 @@ def test_load_sends_the_admin_key(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("OTHER_KEY_VAR", "")
         assert deploy.main(["load", "--url", url, "--repository", str(live), "--admin-key-env", "OTHER_KEY_VAR"]) == 2
         assert "holds no key" in capsys.readouterr().err
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _pinned_staging(root: Path, tag: str) -> Path:

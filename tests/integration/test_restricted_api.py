@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import require_tritonserver
+from conftest import read_until, require_tritonserver
 
 from oneranker_client import restricted_api as ra
 from oneranker_deploy import rollout
@@ -243,15 +242,7 @@ def test_cli_closes_the_server_from_the_environment(repository, tmp_path):
         text=True,
     )
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("restricted"):
-                break
+        lines = read_until(proc, "restricted")
         out = "".join(lines)
         assert lines and lines[-1].startswith("restricted") and "MY_TRITON_KEY" in lines[-1], out + ts._tail(log)
         http_url = re.search(r"http=(127\.0\.0\.1:\d+)", out).group(1)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_tritonserver
+from conftest import read_until, require_tritonserver
 
 from oneranker_perf.perf_analyzer_bin import perf_analyzer_command
 from oneranker_serving import local_server as ts
@@ -264,15 +264,7 @@ def test_cli_foreground_and_sigterm(repository, tmp_path):
         text=True,
     )
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ready"):
-                break
+        lines = read_until(proc, "ready")
         assert lines and lines[-1].startswith("ready"), "".join(lines) + ts._tail(log)
         assert re.search(r"grpc=127\.0\.0\.1:\d+", lines[-1])
         proc.send_signal(signal.SIGTERM)
