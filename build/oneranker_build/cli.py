@@ -19,7 +19,7 @@ def export_run(
     run_dir: Path, export_dir: Path, beam_search_graphs: bool = True, onnx_too: bool = True
 ) -> tuple[dict, object, dict, object]:
     """One run dir -> export_dir (graphs, generation tables, export_info.json); returns (export
-    info, contract dims, manifest, config). The cascade's halves need the level-logit graphs only;
+    info, contract dims, manifest, config). The cascade's halves need the decoder-state graphs only;
     `onnx_too=False` writes the exported programs (.pt2) alone, all the torch engine reads."""
     from oneranker.checkpoint import load_run
     from oneranker.reference import tables_from_run

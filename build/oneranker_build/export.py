@@ -6,16 +6,16 @@ In-graph beam search (the served path; tensor names: `contract.GENERATION`, `con
                 -> cand_idx [B,N], cand_logp [B,N], cand_stream [B,N], kv [B,R2,S,DM]
     ranking:    kv, hist_len [B], cand_* [B,N], top_k [B]
                 -> rec_item_ids, rec_scores, rec_gen_logp, rec_source_head [B,k], rec_count [B]
-The trie, the transition tables and the item tables are constants of these graphs.
+The trie, the decoder's tables and the item tables are constants of these graphs.
 
 Level-logit graphs (the numpy beam search baseline and the cascade):
 
     generator.onnx: user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L],
-                    hist_len [B] -> level_logits [B,H,D,K], kv [B,R2,S,DM]   (S = F + L + T2)
+                    hist_len [B] -> decoder_state [B,H,Z], kv [B,R2,S,DM]   (S = F + L + T2)
     ranker.onnx:    kv [B,R2,S,DM], hist_len [B], cand_sids [B,n,D], cand_attrs [B,n,2],
                     cand_bid [B,n] -> scores [B,n]
 Names and dtypes come from `oneranker_client.contract`; B, L and n are dynamic. Item tables and
-transition tables are written beside the graphs (`generation_tables.safetensors`), stamped with
+the decoder's tables are written beside the graphs (`generation_tables.safetensors`), stamped with
 the checkpoint hash in `export_info.json`.
 """
 
@@ -30,7 +30,7 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
-from oneranker.beam_search import NEG, FactorizedDecoder, TrieBeamSearch, stream_matrix
+from oneranker.beam_search import NEG, StreamDecoder, TrieBeamSearch, stream_matrix
 from oneranker.reference import generation_tables
 from oneranker_client import contract
 from oneranker_serving.tables import generation_table_arrays
@@ -45,7 +45,7 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, user_features, hist_sids, hist_actions, hist_dt, hist_len):
         enc = self.model.encode_user(user_features, hist_sids, hist_actions, hist_dt, hist_len)
-        return enc.level_logits, enc.kv
+        return enc.decoder_state, enc.kv
 
 
 class RankerGraph(nn.Module):
@@ -66,13 +66,13 @@ class GenerationGraph(nn.Module):
         gen = generation_tables(model, sids)
         streams = stream_matrix(gen.num_interest_heads, gen.num_value_heads)
         self.model = model
-        self.search = TrieBeamSearch(FactorizedDecoder(torch.from_numpy(gen.transitions), streams), gen.trie_children)
+        self.search = TrieBeamSearch(StreamDecoder(model.decoder, streams), gen.trie_children)
 
     def forward(
         self, user_features, hist_sids, hist_actions, hist_dt, hist_len, beam_width, num_candidates, exclude_idx
     ):
         enc = self.model.encode_user(user_features, hist_sids, hist_actions, hist_dt, hist_len)
-        cand_idx, cand_logp, cand_stream = self.search(enc.level_logits, beam_width, num_candidates, exclude_idx)
+        cand_idx, cand_logp, cand_stream = self.search(enc.decoder_state, beam_width, num_candidates, exclude_idx)
         return cand_idx, cand_logp, cand_stream, enc.kv
 
 
@@ -110,7 +110,13 @@ class RankingGraph(nn.Module):
 def dims_for(model) -> contract.ContractDims:
     cfg = model.cfg
     return contract.ContractDims(
-        F=model.num_prefix, D=model.depth, K=model.codes, H=cfg.num_task_tokens, R2=2 * cfg.r_layers, DM=cfg.d_model
+        F=model.num_prefix,
+        D=model.depth,
+        K=model.codes,
+        H=cfg.num_task_tokens,
+        R2=2 * cfg.r_layers,
+        DM=cfg.d_model,
+        Z=model.decoder.state_width,
     )
 
 
@@ -202,7 +208,7 @@ def _describe(out_dir: Path, names, info: dict) -> None:
 def export_level_logit_graphs(
     model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int, onnx_too: bool = True
 ) -> dict:
-    """generator.{pt2,onnx} (level logits + kv) and ranker.{pt2,onnx} (scores): the numpy beam
+    """generator.{pt2,onnx} (decoder state + kv) and ranker.{pt2,onnx} (scores): the numpy beam
     search baseline's graphs, and the cascade's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ Timing cache: kept outside every folder a build recreates (default OUT/tensorrt-
 beside OUT/export and OUT/tensorrt; `oneranker build --timing-cache-dir`), one file per TensorRT
 version and GPU model, since a cache only fits the TensorRT and GPU that wrote it.
 
-`compile_torch_tensorrt` is the second path the user asked for: the level-logit generator/ranker
+`compile_torch_tensorrt` is the second path the user asked for: the decoder-state generator/ranker
 PyTorch modules through torch-tensorrt (dynamo IR), to be checked against the ONNX path on an NGC
 host; profiles.json keeps their profiles for it.
 """

@@ -4,7 +4,8 @@ Export (ONNX input/output names), the rendered `config.pbtxt` files, the Python 
 client all read these specs; `tests/model/test_render.py` proves they agree.
 
 Symbolic dims resolved by `ContractDims`: F user features, D semantic-ID depth, K codes per
-level, H task-token heads, R2 = 2 x R-Decoder layers (K and V per layer), DM model width.
+level, H task-token heads, R2 = 2 x R-Decoder layers (K and V per layer), DM model width, Z the
+semantic-ID decoder's state width (D * K factorized, the user-vector width conditioned).
 -1 = variable (history length L, candidate count n). Dims exclude Triton's batch dimension;
 every model has max_batch_size > 0, so a client sends a leading batch dimension of 1 per user.
 """
@@ -18,7 +19,7 @@ import numpy as np
 # Version of this contract (tensor names, dtypes, dims, meanings, action codes). Every rendered
 # model reports it as the config parameter `contract_version`; the client compares it with its own
 # (`OneRankerClient.check_contract`). Bump it on any change a client or an export would notice.
-CONTRACT_VERSION = 4
+CONTRACT_VERSION = 5
 
 # Action codes of behaviour events (`actions` input). 0 is padding inside the model. Order = the
 # funnel order of the task tokens.
@@ -45,7 +46,7 @@ TOPOLOGY_MODELS = {
 # generates and an independent ranker that re-encodes the history. Same public contract.
 CASCADE_MODEL = "cascade"
 CASCADE_PUBLIC_MODEL = "oneranker_cascade"
-# The fused model before the in-graph beam search (level-logit graphs, numpy beam search between
+# The fused model before the in-graph beam search (decoder-state graphs, numpy beam search between
 # them), served beside it as a benchmark baseline: same preprocess, same contract.
 NUMPY_BEAM_MODEL = "recommender_numpy_beam"
 NUMPY_BEAM_PUBLIC_MODEL = TOPOLOGY_MODELS["numpy_beam"]
@@ -55,7 +56,7 @@ NUMPY_BEAM_PUBLIC_MODEL = TOPOLOGY_MODELS["numpy_beam"]
 # topology (native tensorrt_plan models on GPU hosts).
 GENERATION_MODEL = "generation"
 RANKING_MODEL = "ranking"
-# The level-logit graphs (generator: Steps 1-2 -> level logits + KV; ranker: Step 3 -> scores),
+# The decoder-state graphs (generator: Steps 1-2 -> decoder state + KV; ranker: Step 3 -> scores),
 # exported beside them for the numpy beam search baseline and the cascade, which load them in
 # process. Graphs only, not Triton models.
 GENERATOR_GRAPH = "generator"
@@ -118,6 +119,7 @@ class ContractDims:
     H: int  # task-token heads (interest + value)
     R2: int  # 2 x R-Decoder layers
     DM: int  # model width d
+    Z: int = 0  # decoder state width (`oneranker.decoders`); only the decoder-state generator graph has it
     extra: dict = field(default_factory=dict)
 
     def value(self, dim):
@@ -208,10 +210,10 @@ GENERATOR = ModelSpec(
     GENERATOR_GRAPH,
     inputs=_HIST,
     outputs=(
-        TensorSpec("level_logits", "TYPE_FP32", ("H", "D", "K"), "prefix-free level logits per head"),
+        TensorSpec("decoder_state", "TYPE_FP32", ("H", "Z"), "semantic-ID decoder state per head"),
         TensorSpec("kv", "TYPE_FP32", ("R2", -1, "DM"), "Step-3 keys/values over [H1 ; H2]"),
     ),
-    doc="Level-logit graph (not a Triton model): Steps 1 and 2 + KV projection, loaded in process by "
+    doc="Decoder-state graph (not a Triton model): Steps 1 and 2 + KV projection, loaded in process by "
     "`recommender_numpy_beam` and `cascade`.",
 )
 
@@ -225,7 +227,7 @@ RANKER = ModelSpec(
         TensorSpec("cand_bid", "TYPE_FP32", (-1,), "candidate bid"),
     ),
     outputs=(TensorSpec("scores", "TYPE_FP32", (-1,), "value score per candidate"),),
-    doc="Level-logit ranker graph (not a Triton model): Step 3 R-Decoder over the generator graph's KV, "
+    doc="Decoder-state ranker graph (not a Triton model): Step 3 R-Decoder over the generator graph's KV, "
     "loaded in process by `recommender_numpy_beam` and `cascade`.",
 )
 
@@ -273,7 +275,7 @@ NUMPY_BEAM = ModelSpec(
     NUMPY_BEAM_MODEL,
     inputs=PREPROCESS.outputs[: -len(STATUS_OUTPUTS)],
     outputs=REC_OUTPUTS,
-    doc="The fused model with the numpy beam search between a level-logit generator graph and a ranker "
+    doc="The fused model with the numpy beam search between a decoder-state generator graph and a ranker "
     "graph (ensemble `oneranker_numpy_beam`): the baseline the in-graph beam search is measured against.",
 )
 
@@ -288,7 +290,7 @@ CASCADE = ModelSpec(
 # Every Triton model a repository may hold, besides the public ensembles.
 MODELS = {m.name: m for m in (PUBLIC, PREPROCESS, FUSED, CASCADE, NUMPY_BEAM, GENERATION, RANKING)}
 # Every exported graph (ONNX / TensorRT / torch.export tensor names): the in-graph beam search
-# path's two graphs (also the `graphs` topology's models) and the level-logit pair.
+# path's two graphs (also the `graphs` topology's models) and the decoder-state pair.
 GRAPHS = {m.name: m for m in (GENERATION, RANKING, GENERATOR, RANKER)}
 # Public ensembles: every one has the PUBLIC contract.
 ENSEMBLES = (PUBLIC_MODEL, *TOPOLOGY_MODELS.values(), CASCADE_PUBLIC_MODEL)

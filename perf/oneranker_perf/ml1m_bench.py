@@ -145,8 +145,12 @@ def run_one(
     max_epochs: int = 0,
     max_steps_per_epoch: int = 0,
     command: str = "",
+    decoder: str | None = None,
+    path: Path | None = None,
 ) -> Path:
-    """Train + evaluate one (system, seed); write and return its run file."""
+    """Train + evaluate one (system, seed); write and return its run file (`path`, default
+    OUT/<source>/runs/<system>-seed<N>.json). `decoder` overrides the generator's
+    `ModelConfig.decoder` (system `oneranker` only)."""
     import torch
 
     from oneranker.data import movielens as ml
@@ -157,6 +161,8 @@ def run_one(
     cfg = cfg_cls(seed=seed, max_minutes=max_minutes, num_threads=threads)
     if max_epochs:
         cfg.max_epochs = max_epochs
+    if decoder is not None:
+        cfg.decoder = decoder
     data = ml.load(source, max_users=max_users)
     started = time.time()
     result = fit(data, cfg, max_steps_per_epoch=max_steps_per_epoch)
@@ -206,7 +212,7 @@ def run_one(
         "valid": splits["valid"],
         "test": splits["test"],
     }
-    path = out / source / "runs" / f"{system}-seed{seed}.json"
+    path = path or out / source / "runs" / f"{system}-seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path

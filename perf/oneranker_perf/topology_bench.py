@@ -453,7 +453,7 @@ def new_vs_old_section(results: dict) -> list[str]:
         "",
         "new = the fused model `oneranker_fused` (one Python model: validate, tokenize, generation "
         "graph with the beam search inside, ranking graph with the top-k inside; two engine calls); old = "
-        "`oneranker_numpy_beam` (preprocess model, then a Python model running the level-logit graph, the "
+        "`oneranker_numpy_beam` (preprocess model, then a Python model running the decoder-state graph, the "
         "numpy beam search and the ranker graph). Same checkpoint, same client, each pair interleaved.",
         "",
         "| | new | old | new / old | target |",

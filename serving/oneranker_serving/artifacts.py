@@ -78,7 +78,7 @@ def load_cascade_recommender(
     artifact_dir: Path, engine: str, threads: int = 2, expected_checkpoints: str | None = None, device: str = "cpu"
 ) -> Recommender:
     """The served cascade baseline: artifact_dir/generator and artifact_dir/ranker are the exports
-    of the two cascade runs. Candidates come from the generator export's level logits and tables,
+    of the two cascade runs. Candidates come from the generator export's decoder state and tables,
     K/V and scores from the ranker export (which encodes the history again). `expected_checkpoints`
     is "GENERATOR_SHA,RANKER_SHA" (the rendered config's checkpoint_sha256)."""
     artifact_dir = Path(artifact_dir)

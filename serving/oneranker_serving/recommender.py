@@ -3,7 +3,7 @@ in-process reference both run exactly this code.
 
     requests (raw) -> validate + tokenize (features.tokenize_request)   per request, errors kept
       -> pad the valid ones to one length bucket -> runner.generate      once per batch
-         level_logits [B, H, D, K], kv (opaque, stays inside the runner)
+         decoder_state [B, H, Z], kv (opaque, stays inside the runner)
       -> selection.beam_search + merge_candidates                       per request
       -> candidates padded to the batch's largest n -> runner.rank      once per batch
       -> top-k by value score                                           per request
@@ -44,7 +44,7 @@ StillWanted = Callable[[list], list]
 
 class EngineRunner(Protocol):
     def generate(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, Any]:
-        """Generator inputs -> (level_logits [B, H, D, K] float32, kv handle)."""
+        """Generator inputs -> (decoder_state [B, H, Z] float32, kv handle)."""
 
     def rank(
         self, kv: Any, hist_len: np.ndarray, cand_sids: np.ndarray, cand_attrs: np.ndarray, cand_bid: np.ndarray
@@ -54,19 +54,19 @@ class EngineRunner(Protocol):
 
 class CascadeRunner:
     """EngineRunner of the cascade baseline over two runners of any engine: generate() encodes the
-    user twice, the generator for the level logits (candidates) and the independent ranker for its
+    user twice, the generator for the decoder state (candidates) and the independent ranker for its
     own K/V; rank() and release() are the ranker's. The generator's KV is computed and dropped."""
 
     def __init__(self, generator: EngineRunner, ranker: EngineRunner):
         self.generator, self.ranker = generator, ranker
 
     def generate(self, inputs):
-        level_logits, unused_kv = self.generator.generate(inputs)
+        decoder_state, unused_kv = self.generator.generate(inputs)
         release = getattr(self.generator, "release", None)
         if release is not None:
             release(unused_kv)
         _, kv = self.ranker.generate(inputs)  # the ranker re-encodes the history
-        return level_logits, kv
+        return decoder_state, kv
 
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         return self.ranker.rank(kv, hist_len, cand_sids, cand_attrs, cand_bid)
@@ -236,7 +236,7 @@ class Recommender:
         length = bucket_for(max(u.length for u in users), self.serve.length_buckets)
         inputs = pad_batch(users, length)
         t0 = time.perf_counter()
-        level_logits, kv = self.runner.generate(inputs)
+        decoder_state, kv = self.runner.generate(inputs)
         cancelled = self._cancelled_rows(parsed, still_wanted)
         if cancelled is not None and all(cancelled):
             self._release(kv)
@@ -244,7 +244,7 @@ class Recommender:
         t1 = time.perf_counter()
         selected = [
             merge_candidates(
-                *beam_search(level_logits[row], self.gen_tables, p.beam_width), p.num_candidates, p.exclude
+                *beam_search(decoder_state[row], self.gen_tables, p.beam_width), p.num_candidates, p.exclude
             )
             for row, p in enumerate(parsed)
         ]

@@ -1,6 +1,6 @@
 """Reference candidate selection between the generator and the ranker (numpy only).
 
-level_logits [H, D, K] (one user) + transitions [D, D, K, K] + trie
+decoder state [H, Z] (one user) + the decoder's tables (`decoders.py`) + trie
   -> per generation stream (6 interest heads + 1 bagged value stream) beam search over the
      semantic-ID levels, constrained to paths of real ads
   -> union over streams, dedupe (best log-prob wins, its stream is the source head),
@@ -32,14 +32,15 @@ def stream_matrix(tables: GenerationTables) -> np.ndarray:
     return mat
 
 
-def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: int, margins: list | None = None):
-    """level_logits [H, D, K] -> (ad_idx [S, W], logp [S, W]) per stream S. A stream's level
+def beam_search(state: np.ndarray, tables: GenerationTables, beam_width: int, margins: list | None = None):
+    """decoder state [H, Z] -> (ad_idx [S, W], logp [S, W]) per stream S. Each head scores the
+    next level given its stream's live prefixes (`tables.decoder.level_logits`). A stream's level
     log-probs are the mean of its heads' log-softmaxes (bagging for the value stream). Paths
     follow the trie only; streams with fewer than W legal paths pad with ad_idx -1, logp NEG.
     `margins`, when given, receives per level the smallest gap between the last kept and the
     first dropped path log-prob over the streams (inf where nothing was dropped): how close a
     cut came to a tie, which decides whether float32 and float64 searches may differ."""
-    _, depth, codes = level_logits.shape
+    depth, codes = len(tables.trie_children), tables.trie_children[0].shape[1]
     avg = stream_matrix(tables)
     head_stream = avg.argmax(0)  # [H] stream each head belongs to
     s = avg.shape[0]
@@ -47,10 +48,8 @@ def beam_search(level_logits: np.ndarray, tables: GenerationTables, beam_width: 
     logp = np.zeros((s, 1), dtype=np.float64)
     prefix = np.zeros((s, 1, 0), dtype=np.int64)
     for level in range(depth):
-        trans = np.zeros((s, nodes.shape[1], codes))
-        for m in range(level):
-            trans += tables.transitions[level, m][prefix[:, :, m]]
-        per_head = log_softmax(level_logits[:, level][:, None, :].astype(np.float64) + trans[head_stream])
+        logits = tables.decoder.level_logits(state, level, prefix[head_stream])  # [H, b|1, K]
+        per_head = log_softmax(np.broadcast_to(logits, (len(head_stream), nodes.shape[1], codes)))
         step = np.einsum("sh,hbk->sbk", avg, per_head)
         alive = logp > NEG / 2
         children = tables.trie_children[level][np.where(alive, nodes, 0)]  # [S, b, K]

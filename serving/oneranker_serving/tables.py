@@ -1,9 +1,10 @@
 """The tables a served model version carries beside its graphs (numpy only).
 
     ItemTables        item id <-> dense index <-> semantic-ID path, candidate attributes
-    GenerationTables  transition tables [D, D, K, K] and the trie of legal ad paths
+    GenerationTables  the semantic-ID decoder's tables (`decoders.py`) and the trie of legal ad
+                      paths
 
-Both are written by `oneranker build` into `generation_tables.safetensors` (transitions,
+Both are written by `oneranker build` into `generation_tables.safetensors` (`decoder.<name>`,
 `trie_<level>` and `item_<field>` arrays) and belong to exactly one checkpoint.
 """
 
@@ -16,6 +17,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from oneranker_client.contract import ACTION_CONTENT_VIEW
+
+from .decoders import DecoderTables, decoder_from_prefixed
 
 ITEM_TABLE_FIELDS = ("ad_ids", "ad_codes", "ad_advertiser", "ad_category", "ad_bid", "content_ids", "content_codes")
 
@@ -77,7 +80,7 @@ class ItemTables:
 
 @dataclass
 class GenerationTables:
-    transitions: np.ndarray  # [D, D, K, K] float32
+    decoder: DecoderTables  # level_logits(state [H, Z], level, prefix [H, w, level]) -> [H, w, K]
     trie_children: list  # level l: [nodes_l, K] int, child node (last level: ad_idx) or -1
     num_interest_heads: int
     num_value_heads: int
@@ -89,7 +92,7 @@ class GenerationTables:
 
 def generation_table_arrays(gen: GenerationTables, items: ItemTables) -> dict[str, np.ndarray]:
     """The arrays of `generation_tables.safetensors` (inverse of `load_generation_tables`)."""
-    arrays = {"transitions": np.ascontiguousarray(gen.transitions, dtype=np.float32)}
+    arrays = {f"decoder.{k}": np.ascontiguousarray(v) for k, v in gen.decoder.arrays().items()}
     for level, child in enumerate(gen.trie_children):
         arrays[f"trie_{level}"] = np.ascontiguousarray(child)
     arrays.update({f"item_{key}": value for key, value in items.arrays().items()})
@@ -99,6 +102,7 @@ def generation_table_arrays(gen: GenerationTables, items: ItemTables) -> dict[st
 def load_generation_tables(path: Path, num_interest: int, num_value: int) -> tuple[GenerationTables, ItemTables]:
     arrays = load_file(str(path))
     depth = sum(1 for k in arrays if k.startswith("trie_"))
-    gen = GenerationTables(arrays["transitions"], [arrays[f"trie_{i}"] for i in range(depth)], num_interest, num_value)
+    trie = [arrays[f"trie_{i}"] for i in range(depth)]
+    gen = GenerationTables(decoder_from_prefixed(arrays), trie, num_interest, num_value)
     items = ItemTables(**{k[5:]: v for k, v in arrays.items() if k.startswith("item_")})
     return gen, items

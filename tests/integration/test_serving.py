@@ -59,7 +59,7 @@ def in_process(tiny_export):
 
 @pytest.fixture(scope="module")
 def in_process_numpy(tiny_export):
-    """What `oneranker_numpy_beam` serves: level-logit graphs, numpy beam search."""
+    """What `oneranker_numpy_beam` serves: decoder-state graphs, numpy beam search."""
     return artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=1, search="numpy")
 
 

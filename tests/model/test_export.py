@@ -66,7 +66,7 @@ def test_onnx_parity_over_many_shapes(tiny_run, sessions):
     cat = tiny_run.prep.dataset.catalog
     shapes = _shapes(cfg.max_history, tiny_run.prep.cfg.serve.length_buckets)
     assert len(shapes) >= 50
-    worst = {"level_logits": 0.0, "kv": 0.0, "scores": 0.0}
+    worst = {"decoder_state": 0.0, "kv": 0.0, "scores": 0.0}
     for i, (batch, length, n) in enumerate(shapes):
         inputs = example_generator_inputs(model, batch, length, seed=i)
         cands = example_candidates(model, batch, n, cat.num_advertisers, cat.num_categories, seed=i)
@@ -78,11 +78,11 @@ def test_onnx_parity_over_many_shapes(tiny_run, sessions):
             None, {"kv": kv_o, "hist_len": inputs["hist_len"].numpy(), **{k: v.numpy() for k, v in cands.items()}}
         )[0]
         finite = logits_t.numpy() > -1e8
-        worst["level_logits"] = max(worst["level_logits"], float(np.abs(logits_o - logits_t.numpy())[finite].max()))
+        worst["decoder_state"] = max(worst["decoder_state"], float(np.abs(logits_o - logits_t.numpy())[finite].max()))
         worst["kv"] = max(worst["kv"], float(np.abs(kv_o - kv_t.numpy()).max()))
         worst["scores"] = max(worst["scores"], float(np.abs(scores_o - scores_t.numpy()).max()))
     assert worst["scores"] <= SCORE_TOL, worst
-    assert worst["level_logits"] <= SCORE_TOL * 10, worst
+    assert worst["decoder_state"] <= SCORE_TOL * 10, worst
     assert worst["kv"] <= SCORE_TOL, worst
 
 

@@ -66,15 +66,15 @@ def variants(prep, serve) -> list[Request]:
 def reference_margin(reference, parsed: Parsed) -> float:
     """Smallest gap to a tie at any cut the reference made for this request."""
     inputs = pad_batch([parsed.tokens], bucket_for(parsed.tokens.length, reference.serve.length_buckets))
-    level_logits, kv = reference.runner.generate(inputs)
+    decoder_state, kv = reference.runner.generate(inputs)
     margins: list = []
     ads, lp, _ = merge_candidates(
-        *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width, margins),
+        *beam_search(decoder_state[0], reference.gen_tables, parsed.beam_width, margins),
         parsed.num_candidates,
         parsed.exclude,
     )
     all_ads, all_lp, _ = merge_candidates(
-        *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width), 10**9, parsed.exclude
+        *beam_search(decoder_state[0], reference.gen_tables, parsed.beam_width), 10**9, parsed.exclude
     )
     if len(all_lp) > len(lp):
         margins.append(lp[-1] - all_lp[len(lp)])
@@ -119,9 +119,9 @@ def test_graph_candidates_equal_the_reference_selection_except_near_ties(parity)
         cands, kv = graph.runner.generate(inputs, knobs)
         graph.runner.release(kv)
         got = cands["cand_idx"][0][cands["cand_idx"][0] >= 0]
-        level_logits, _ = reference.runner.generate(inputs)
+        decoder_state, _ = reference.runner.generate(inputs)
         want, want_lp, _ = merge_candidates(
-            *beam_search(level_logits[0], reference.gen_tables, parsed.beam_width),
+            *beam_search(decoder_state[0], reference.gen_tables, parsed.beam_width),
             parsed.num_candidates,
             parsed.exclude,
         )

@@ -123,7 +123,7 @@ def test_scores_invariant_to_history_padding(tiny_run, batch):
         padded[key] = torch.cat([v, filler], dim=1)
     out = model(padded)
     assert torch.allclose(base["scores"], out["scores"], atol=1e-5)
-    assert torch.allclose(base["encoding"].level_logits, out["encoding"].level_logits, atol=1e-4)
+    assert torch.allclose(base["encoding"].decoder_state, out["encoding"].decoder_state, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -226,7 +226,7 @@ def test_ablation_switch_builds_trains_and_changes_behaviour(switch, tiny_cfg, t
         assert model.task_tokens.shape[0] == 1
         assert out["encoding"].h2.shape[1] == 1 + cfg.model.num_fake_items
     elif switch in ("cross_attention_first", "use_hetero_mask"):
-        assert not torch.allclose(out["encoding"].level_logits, base_out["encoding"].level_logits)
+        assert not torch.allclose(out["encoding"].decoder_state, base_out["encoding"].decoder_state)
     elif switch in ("use_dc_loss", "use_ranker"):
         assert not math.isclose(float(terms["total"]), float(outputs[True][0]["total"]))
 
@@ -265,7 +265,7 @@ def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, ti
     enc = model.encode_user(
         batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
     )
-    enc.level_logits.clamp(min=-50).sum().backward()
+    enc.decoder_state.clamp(min=-50).sum().backward()
     derived = [n for n, _ in model.named_parameters() if n.startswith(("fake_", "target_"))]
     if use_fake_items:
         assert centroids.grad is not None and centroids.grad.abs().sum() > 0
@@ -274,7 +274,7 @@ def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, ti
     else:
         assert centroids.grad is None and code_feats.grad is None
         assert derived == []
-        assert not [n for n, _ in model.named_buffers() if n in ("fake_centroids", "level_code_features")]
+        assert not [n for n, _ in model.named_buffers() if n.endswith(("fake_centroids", "level_code_features"))]
 
 
 def test_without_mda_one_shared_head(tiny_cfg, tiny_prep):
@@ -290,7 +290,7 @@ def test_without_mda_one_shared_head(tiny_cfg, tiny_prep):
         torch.manual_seed(0)
         models[flag] = build_model(cfg, tiny_prep.sids, cat.num_advertisers, cat.num_categories)
         with torch.no_grad():
-            logits[flag] = models[flag](batch)["encoding"].level_logits
+            logits[flag] = models[flag](batch)["encoding"].decoder_state
     full = dict(models[True].named_parameters())
     shared = dict(models[False].named_parameters())
     per_head = [n for n, p in full.items() if p.dim() >= 2 and p.shape[0] == H]

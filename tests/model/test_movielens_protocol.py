@@ -260,26 +260,33 @@ def generator_slice(data1m):
     return ge.build(data1m, cfg)
 
 
-def test_generator_full_catalogue_log_probs_equal_path_log_probs(generator_slice, data1m):
+@pytest.mark.parametrize("decoder", ["factorized", "conditioned"])
+def test_generator_full_catalogue_log_probs_equal_path_log_probs(generator_slice, data1m, decoder):
     from oneranker.baselines import generator_eval as ge
 
-    model, gd = generator_slice, generator_slice.ml
-    with torch.no_grad():  # non-zero transitions, so the prefix-dependent term is exercised
-        model.transition.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-        model.code_emb.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    if decoder == "factorized":
+        model = generator_slice
+    else:
+        model = ge.build(data1m, ge.GeneratorConfig(decoder="conditioned"))
+    gd = model.ml
+    with torch.no_grad():  # a prefix-dependent term far from zero, so it is exercised
+        params = dict(model.decoder.named_parameters())
+        prefix_term = "transition" if decoder == "factorized" else "prefix_emb"
+        params[prefix_term].normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        params["code_emb"].normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
     model.eval()
     rows = ml.split_bounds(data1m)["test"][:3]
     b = gd.batch(rows)
     with torch.no_grad():
         enc = model.encode_user(b["user_features"], b["hist_sids"], b["hist_actions"], b["hist_dt"], b["hist_len"])
-        trans = model.transition_tables()
-        assert trans.abs().max() > 0.1
-        every = ge.all_item_log_probs(enc.level_logits, gd.paths, trans=trans)  # [3, H, I]
+        constants = model.decoder_constants()
+        every = ge.all_item_log_probs(model.decoder, enc.decoder_state, gd.paths, constants=constants, chunk=2)
         items = torch.tensor([0, 1, data1m.num_items // 2, data1m.num_items - 1])
-        ref = model.path_log_probs(enc.level_logits, gd.paths[items].unsqueeze(0).expand(3, -1, -1), trans=trans)
+        paths = gd.paths[items].unsqueeze(0).expand(3, -1, -1)
+        ref = model.path_log_probs(enc.decoder_state, paths, constants=constants)
         assert every.shape == (3, model.cfg.num_task_tokens, data1m.num_items)
         assert torch.allclose(every[:, :, items], ref, atol=1e-4)
-        value = model.generation_scores(enc.level_logits, gd.paths[items].unsqueeze(0).expand(3, -1, -1), trans=trans)
+        value = model.generation_scores(enc.decoder_state, paths, constants=constants)
         streams = ge.stream_scores(every, model.cfg.num_interest_tokens, model.cfg.num_value_tokens)
         assert torch.allclose(streams["value"][:, items], value, atol=1e-4)
         assert torch.all(streams["max_streams"] >= streams["value"] - 1e-6)

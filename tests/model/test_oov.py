@@ -65,14 +65,14 @@ def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_pr
     with torch.no_grad():
         plain, out = model(batch), model(oov)
     enc = out["encoding"]
-    assert torch.isfinite(enc.level_logits[enc.level_logits > -1e8]).all() and torch.isfinite(out["scores"]).all()
+    assert torch.isfinite(enc.decoder_state[enc.decoder_state > -1e8]).all() and torch.isfinite(out["scores"]).all()
     assert not torch.allclose(plain["scores"], out["scores"])  # the token is read, not ignored
     export_level_logit_graphs(model, tmp_path, cat.num_advertisers, cat.num_categories, tiny_cfg.model.max_history)
     names = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
     sess = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
     feeds = {n: oov[n].numpy() for n in names}
-    level_logits, kv = sess.run(None, feeds)
-    np.testing.assert_allclose(level_logits, enc.level_logits.numpy(), rtol=1e-4, atol=1e-3)
+    decoder_state, kv = sess.run(None, feeds)
+    np.testing.assert_allclose(decoder_state, enc.decoder_state.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(kv, enc.kv.numpy(), rtol=1e-4, atol=1e-4)
     ranker = ort.InferenceSession(str(tmp_path / "ranker.onnx"), providers=["CPUExecutionProvider"])
     scores = ranker.run(

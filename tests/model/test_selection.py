@@ -18,7 +18,7 @@ def _logits_and_tables(tiny_run, rows=3):
         enc = tiny_run.model.encode_user(
             batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
         )
-    return enc.level_logits, generation_tables(tiny_run.model, tiny_run.prep.sids)
+    return enc.decoder_state, generation_tables(tiny_run.model, tiny_run.prep.sids)
 
 
 def test_beam_search_never_emits_unknown_items(tiny_run):

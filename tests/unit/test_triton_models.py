@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from oneranker_client import contract
+from oneranker_serving.decoders import FactorizedTables
 from oneranker_serving.tables import GenerationTables, ItemTables, generation_table_arrays
 from oneranker_serving.triton import models
 
@@ -104,7 +105,7 @@ def artifacts(tmp_path):
     for ad, (a, b) in enumerate(codes):
         level1[a, b] = ad
     trie = [np.array([[0, 1, 2]], np.int64), level1]
-    gen = GenerationTables(rng.standard_normal((D, D, K, K)).astype(np.float32), trie, 2, 1)
+    gen = GenerationTables(FactorizedTables(rng.standard_normal((D, D, K, K)).astype(np.float32)), trie, 2, 1)
     items = ItemTables(
         ad_ids=AD_IDS,
         ad_codes=codes,
@@ -314,7 +315,7 @@ class CountingRunner:
     def generate(self, inputs):
         self.generated += 1
         b = inputs["hist_actions"].shape[0]
-        return np.zeros((b, H, D, K), np.float32), object()
+        return np.zeros((b, H, D * K), np.float32), object()
 
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         self.ranked += 1

@@ -3,7 +3,7 @@ ONNX / TensorRT): the part of the generation graph that turns the user's decoder
 candidate set, so a served request is two engine calls and nothing goes back to the host between
 generation and ranking.
 
-    decoder state (factorized: level_logits [B, H, D, K]) + per-request knobs
+    decoder state [B, H, Z] (`oneranker.decoders`) + per-request knobs
       beam_width [B], num_candidates [B], exclude_idx [B, E] (dense ad indices, -1 = padding)
       -> per stream (S = interest heads + 1 bagged value stream), for each level l = 0..D-1:
          stream log-probs of every child of every live beam [B, S, w, K] (the decoder),
@@ -18,10 +18,9 @@ generation and ranking.
 streams, trie, merge and tie rules; candidate sets differ only where two log-probs at a cut are
 equal to float precision.
 
-The decoder sits behind one interface (`SemanticIdDecoder.stream_log_probs`), so a decoder that
-conditions each level on the chosen prefix can replace the factorized one without changing the
-graph's inputs and outputs. Every op here is in the onnx-tensorrt supported list (TopK's K is a
-runtime tensor below 3840 there; the serve limits keep it so).
+Both decoders (factorized, prefix-conditioned) sit behind `StreamDecoder.stream_log_probs`; the
+graph's inputs and outputs do not depend on which one. Every op here is in the onnx-tensorrt
+supported list (TopK's K is a runtime tensor below 3840 there; the serve limits keep it so).
 """
 
 from __future__ import annotations
@@ -44,32 +43,27 @@ def stream_matrix(num_interest: int, num_value: int) -> np.ndarray:
     return mat
 
 
-class SemanticIdDecoder(nn.Module):
-    """Interface: per-stream log-probabilities of the next semantic-ID code given the prefix.
+class StreamDecoder(nn.Module):
+    """Per-stream log-probabilities of the next code given each live beam's prefix, from one of
+    the model's decoders (`oneranker.decoders`): every head scores its stream's beams in one
+    batched call (W beams x H heads), log-softmax per head, then the stream's mean over heads.
 
-    stream_log_probs(state, level, prefix [B, S, w, level] int64) -> [B, S, w, K] float32, each
-    row a log-softmax over the K codes of `level` (mean over the stream's heads)."""
+    stream_log_probs(state [B, H, Z], level, prefix [B, S, w, level] int64) -> [B, S, w, K].
+    The decoder's per-weights constants (factorized: the transition tables) are computed once
+    here and become constants of the exported graph."""
 
-    def stream_log_probs(self, state: torch.Tensor, level: int, prefix: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class FactorizedDecoder(SemanticIdDecoder):
-    """Today's decoder: prefix-free level logits per head (state = level_logits [B, H, D, K])
-    plus user-independent transitions [D, D, K, K] added per chosen prefix code."""
-
-    def __init__(self, transitions: torch.Tensor, streams: np.ndarray):
+    def __init__(self, decoder, streams: np.ndarray):
         super().__init__()
-        self.register_buffer("transitions", transitions.float().clone())
+        self.decoder = decoder
+        constants = decoder.constants()
+        self.register_buffer("constants", constants.detach().float().clone())
         self.register_buffer("streams", torch.as_tensor(streams, dtype=torch.float32))
         self.register_buffer("head_stream", torch.as_tensor(np.asarray(streams).argmax(0), dtype=torch.int64))
 
     def stream_log_probs(self, state, level, prefix):
-        b, s, w, _ = prefix.shape
+        w = prefix.shape[2]
         per_head_prefix = prefix[:, self.head_stream]  # [B, H, w, level]: each head follows its stream's beams
-        logits = state[:, :, level].unsqueeze(2)  # [B, H, 1, K]
-        for m in range(level):
-            logits = logits + self.transitions[level, m][per_head_prefix[..., m]]  # [B, H, w, K]
+        logits = self.decoder.level_logits(state, level, per_head_prefix, self.constants)  # [B, H, w|1, K]
         per_head = torch.log_softmax(logits.expand(-1, -1, w, -1), dim=-1)
         return torch.einsum("sh,bhwk->bswk", self.streams, per_head)
 
@@ -87,7 +81,7 @@ class TrieBeamSearch(nn.Module):
 
     trie: level l -> [nodes_l, K] child node id (last level: ad index), -1 where no child."""
 
-    def __init__(self, decoder: SemanticIdDecoder, trie: list):
+    def __init__(self, decoder: StreamDecoder, trie: list):
         super().__init__()
         self.decoder = decoder
         self.depth = len(trie)

@@ -24,6 +24,8 @@ from oneranker_client.contract import (  # noqa: F401  (re-exported: the action 
 )
 from oneranker_serving.config import ServeConfig
 
+DECODERS = ("factorized", "conditioned")  # ModelConfig.decoder
+
 
 class ConfigError(ValueError):
     """A config field has an invalid value; the message names the field."""
@@ -137,6 +139,11 @@ class ModelConfig:
     # [#9] target-aware channel: "sum_vectors" = MLP([h_T; h_F]) -> R^k summed over fake tokens;
     # "scalar" = MLP -> R per fake token, stacked to R^k.
     target_channel: str = "sum_vectors"
+    # [#10] semantic-ID decoder (`decoders.py`): "conditioned" = each level's query from the
+    # head's user vector and the prefix chosen so far (one hidden layer of `decoder_hidden`
+    # units); "factorized" = prefix-free level logits + transition tables shared by all users.
+    decoder: str = "factorized"
+    decoder_hidden: int = 64
     # [#16] Step-3 K/V = concat_seq(H1, H2) + learned segment embedding, projected once in the
     # generator ("KV pass-through"); the ranker never sees the raw history.
     # [#15] T_r attends only to itself; each candidate attends to T_r and itself.
@@ -156,6 +163,11 @@ class ModelConfig:
     @property
     def num_task_tokens(self) -> int:
         return self.num_interest_tokens + self.num_value_tokens
+
+    @property
+    def user_width(self) -> int:
+        """U: the dual-channel user vector's width (task channel + target channel)."""
+        return self.d_task + (self.num_fake_items if self.use_fake_items else 0)
 
     @property
     def num_step2_tokens(self) -> int:
@@ -249,6 +261,8 @@ class ExperimentConfig:
                 "must be 'sum_vectors' or 'scalar'",
             ),
             ("model.max_history", self.model.max_history >= 1, "must be >= 1"),
+            ("model.decoder", self.model.decoder in DECODERS, f"must be one of {DECODERS}"),
+            ("model.decoder_hidden", self.model.decoder_hidden >= 1, "must be >= 1"),
             (
                 "serve.length_buckets",
                 tuple(sorted(self.serve.length_buckets)) == tuple(self.serve.length_buckets)
@@ -288,6 +302,14 @@ class ExperimentConfig:
             if not ok:
                 raise ConfigError(f"config field {name} {msg}")
         return self
+
+    @property
+    def decoder_state_width(self) -> int:
+        """Z of the decoder state [B, H, Z]: D * K level logits (factorized) or the user vector
+        width U (conditioned)."""
+        if self.model.decoder == "factorized":
+            return self.tokenizer.sid_depth * self.tokenizer.max_codes
+        return self.model.user_width
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

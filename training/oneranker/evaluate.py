@@ -66,7 +66,7 @@ def score_split(
         batch = {k: v.to(device) for k, v in to_batch(arrays, index, prep.cfg.serve.length_buckets).items()}
         out = model(batch)
         rank_scores.append(out["scores"].cpu().numpy())
-        gen_scores.append(model.generation_scores(out["encoding"].level_logits, batch["cand_sids"]).cpu().numpy())
+        gen_scores.append(model.generation_scores(out["encoding"].decoder_state, batch["cand_sids"]).cpu().numpy())
     samples = prep.splits[split]
     return {
         "ranking": np.concatenate(rank_scores),

@@ -7,7 +7,7 @@ depth, K codes per level (padded to the largest level), H = number of task token
     encode_user(user_features [B,F], hist_sids [B,L,D], hist_actions [B,L], hist_dt [B,L], hist_len [B])
       Step 1  G-Decoder (HSTU)                    -> H1 [B, N, d]
       Step 2  heterogeneous decoder over [T ; F]  -> H2 [B, T2, d]
-              dual-channel user vectors, MTP       -> level_logits [B, H, D, K]
+              dual-channel user vectors, decoder   -> decoder_state [B, H, Z]
       KV      concat(H1, H2) + segment -> per R-layer K and V projections
                                                    -> kv [B, 2 * r_layers, S, d]
     rank(kv, hist_len, cand_sids [B,n,D], cand_attrs [B,n,2], cand_bid [B,n])
@@ -17,17 +17,19 @@ depth, K codes per level (padded to the largest level), H = number of task token
 History tokens: hist_sids[b, j] is an item's semantic-ID path, or the OOV path [K] * D for an item
 the model does not know (`OneRanker.oov_code` = K = tokenizer.max_codes: one reserved row per
 level in `sid_emb`, trained by replacing `train.oov_history_share` of history items). Generation
-and candidates never use it (level logits have K codes).
+and candidates never use it (the decoder scores K codes).
 
 Ablations change the graph, not only the losses: use_fake_items=False builds no fake tokens and no
 centroid-derived item features (no `fake_proj`, `target_*`, `fake_centroids`,
-`level_code_features`: the level logits are e_task . code_emb only); use_task_decoupling=False
+`decoder.level_code_features`: the decoder scores e_task . code_emb only); use_task_decoupling=False
 builds one task token and one head projection (`task_head` etc. with a head axis of 1) whose
-level logits are copied to all H heads.
+user vector serves all H heads.
 
-Semantic-ID generation: logits of level l given the prefix p_<l are
-    level_logits[b, h, l, :] + sum_{m<l} transitions[l, m, p_m, :]
-(`transition_tables()`, [D, D, K, K], batch independent), so beam search needs no extra graph.
+Semantic-ID generation: Step 2 gives one user vector per head, e_user [B, Hp, U]; the decoder
+(`decoders.py`, `model.decoder`, chosen by `ModelConfig.decoder`) turns it into its state
+[B, H, Z] and scores level l's codes given the prefix chosen so far: the factorized decoder adds
+user-independent transition tables to prefix-free level logits, the conditioned one computes each
+level's query from the user vector and the prefix.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import NUM_ACTIONS, DataConfig, ModelConfig, TokenizerConfig
+from .decoders import build_decoder
 
 NEG_INF = -1e9
 
@@ -228,7 +231,7 @@ class RankerLayer(nn.Module):
 
 @dataclass
 class UserEncoding:
-    level_logits: torch.Tensor  # [B, H, D, K]
+    decoder_state: torch.Tensor  # [B, H, Z] (`decoders.py`)
     kv: torch.Tensor  # [B, 2 * r_layers, S, d]
     kv_valid: torch.Tensor  # [B, S] bool
     h1: torch.Tensor  # [B, N, d]
@@ -284,17 +287,7 @@ class OneRanker(nn.Module):
             self.target_b = nn.Parameter(torch.randn(Hp, d, d) / d**0.5)
             out_dim = k if cfg.target_channel == "sum_vectors" else 1
             self.target_out = nn.Parameter(torch.randn(Hp, d, out_dim) / d**0.5 / k)
-        d_user = cfg.d_task + k
-        self.level_query = nn.Parameter(torch.randn(D, d_user, d_user) / d_user**0.5)
-        self.code_emb = nn.Parameter(torch.randn(D, K, cfg.d_task) * 0.1)
-        self.code_bias = nn.Parameter(torch.zeros(D, K))
-        self.transition = nn.Parameter(torch.zeros(D, D, cfg.d_task, cfg.d_task))
-        if cfg.use_fake_items:
-            self.register_buffer("level_code_features", level_code_features.float().clone())
-        valid = torch.zeros(D, K, dtype=torch.bool)
-        for level, size in enumerate(level_sizes):
-            valid[level, :size] = True
-        self.register_buffer("code_valid", valid)
+        self.decoder = build_decoder(cfg, D, K, level_code_features if cfg.use_fake_items else None, level_sizes)
 
         # KV pass-through and Step 3
         self.segment_emb = nn.Embedding(2, d)
@@ -350,10 +343,10 @@ class OneRanker(nn.Module):
         for layer in self.h_layers:
             q = layer(q, h1, key_valid, self_allowed)
         h2 = self.h_norm(q)
-        level_logits = self._level_logits(h2, num_task)
+        decoder_state = self.decoder.state(self.user_vectors(h2, num_task), self.num_heads_gen)
 
         kv, kv_valid = self.kv_from(h1, h2, key_valid)
-        return UserEncoding(level_logits=level_logits, kv=kv, kv_valid=kv_valid, h1=h1, h2=h2)
+        return UserEncoding(decoder_state=decoder_state, kv=kv, kv_valid=kv_valid, h1=h1, h2=h2)
 
     def kv_from(self, h1: torch.Tensor, h2: torch.Tensor, key_valid: torch.Tensor):
         """KV pass-through: concat(H1 [B,N,d], H2 [B,T2,d]) + segment embedding, projected once
@@ -366,67 +359,41 @@ class OneRanker(nn.Module):
         h2_valid = torch.full((b, h2.shape[1]), cfg.use_h2_in_kv and cfg.use_generation, device=h1.device)
         return kv, torch.cat([key_valid, h2_valid], dim=1)
 
-    def _level_logits(self, h2: torch.Tensor, num_task: int) -> torch.Tensor:
-        """Dual-channel user vector per head -> [B, H, D, K] prefix-free level logits.
-
-        Hp = H head projections (1 without task decoupling: the single head's logits are
-        repeated for all H heads); without fake items the user vector is e_task alone and the
-        item side code_emb alone (no centroid-derived feature anywhere)."""
-        cfg, H = self.cfg, self.num_heads_gen
+    def user_vectors(self, h2: torch.Tensor, num_task: int) -> torch.Tensor:
+        """Dual-channel user vector per head: H2 [B, T2, d] -> e_user [B, Hp, U], U = d_task + k
+        (the task-semantic channel, then the target-aware channel; e_task alone without fake
+        items). Hp = H, or 1 without task decoupling (the decoder repeats it for every head)."""
+        cfg = self.cfg
         task_out = h2[:, :num_task]  # [B, Hp, d]
         e_task = torch.einsum("bhd,hde->bhe", task_out, self.task_head)  # [B, Hp, d_task]
-        if cfg.use_fake_items:
-            fake_out = h2[:, num_task:]  # [B, k, d]
-            a = torch.einsum("bhd,hde->bhe", task_out, self.target_a).unsqueeze(2)  # [B,Hp,1,d]
-            f = torch.einsum("bld,hde->bhle", fake_out, self.target_b)  # [B,Hp,k,d]
-            per_fake = torch.einsum("bhle,heo->bhlo", F.silu(a + f), self.target_out)  # [B,Hp,k,o]
-            if cfg.target_channel == "sum_vectors":
-                s_target = per_fake.sum(2)  # [B, Hp, k]
-            else:
-                s_target = per_fake.squeeze(-1)  # [B, Hp, k]
-            e_user = torch.cat([e_task, s_target], dim=-1)  # [B, Hp, d_task + k]
-            item_side = torch.cat([self.code_emb, self.level_code_features], dim=-1)  # [D, K, d_task + k]
-        else:
-            e_user, item_side = e_task, self.code_emb
-        query = torch.einsum("bhu,luv->bhlv", e_user, self.level_query)  # [B, Hp, D, d_user]
-        logits = torch.einsum("bhlv,lkv->bhlk", query, item_side) + self.code_bias
-        if logits.shape[1] != H:  # w/o MDA: one head's logits serve every head
-            logits = logits.expand(-1, H, -1, -1)
-        return logits.masked_fill(~self.code_valid, NEG_INF)
+        if not cfg.use_fake_items:
+            return e_task
+        fake_out = h2[:, num_task:]  # [B, k, d]
+        a = torch.einsum("bhd,hde->bhe", task_out, self.target_a).unsqueeze(2)  # [B,Hp,1,d]
+        f = torch.einsum("bld,hde->bhle", fake_out, self.target_b)  # [B,Hp,k,d]
+        per_fake = torch.einsum("bhle,heo->bhlo", F.silu(a + f), self.target_out)  # [B,Hp,k,o]
+        s_target = per_fake.sum(2) if cfg.target_channel == "sum_vectors" else per_fake.squeeze(-1)  # [B, Hp, k]
+        return torch.cat([e_task, s_target], dim=-1)
 
-    def transition_tables(self) -> torch.Tensor:
-        """[D, D, K, K]: transitions[l, m, p, c] added to level-l logit of code c when the
-        level-m code is p (m < l; zero elsewhere)."""
-        D = self.depth
-        t = torch.einsum("mpe,lmef,lcf->lmpc", self.code_emb, self.transition, self.code_emb)
-        lower = torch.tril(torch.ones(D, D, device=t.device), diagonal=-1).view(D, D, 1, 1)
-        return t * lower
+    def decoder_constants(self):
+        """The decoder's per-weights tables (factorized: transitions [D, D, K, K]); pass them to
+        repeated `path_log_probs` calls under the same weights."""
+        return self.decoder.constants()
 
-    def path_log_probs(
-        self, level_logits: torch.Tensor, paths: torch.Tensor, heads=None, trans: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """log P(path) under each head. level_logits [B, H, D, K]; paths [B, P, D] (-1 rows are
-        ignored, give 0) -> [B, H', P] with H' = len(heads) or H."""
+    def path_log_probs(self, decoder_state: torch.Tensor, paths: torch.Tensor, heads=None, constants=None):
+        """log P(path) under each head. decoder_state [B, H, Z]; paths [B, P, D] (every head
+        scores every path) or [B, H, P, D] (each head its own); -1 rows give 0 -> [B, H', P]
+        with H' = len(heads) or H."""
         if heads is not None:
-            level_logits = level_logits[:, heads]
-        trans = self.transition_tables() if trans is None else trans  # pass it in to reuse across calls
-        safe = paths.clamp(min=0)
-        total = 0.0
-        for level in range(self.depth):
-            logits = level_logits[:, :, level].unsqueeze(2).expand(-1, -1, paths.shape[1], -1)  # [B, H, P, K]
-            for m in range(level):
-                logits = logits + trans[level, m][safe[:, :, m]].unsqueeze(1)  # [B, 1, P, K]
-            logp = torch.log_softmax(logits, dim=-1)
-            idx = safe[:, :, level].unsqueeze(1).expand(-1, logp.shape[1], -1).unsqueeze(-1)
-            total = total + logp.gather(-1, idx).squeeze(-1)
-        return total * (paths[:, :, 0] >= 0).unsqueeze(1)
+            decoder_state = decoder_state[:, heads]
+        return self.decoder.path_log_probs(decoder_state, paths, constants)
 
     def value_head_ids(self) -> list[int]:
         return list(range(self.cfg.num_interest_tokens, self.cfg.num_task_tokens))
 
-    def generation_scores(self, level_logits, paths, trans: torch.Tensor | None = None) -> torch.Tensor:
+    def generation_scores(self, decoder_state, paths, constants=None) -> torch.Tensor:
         """Value-head (bagged: mean of the two heads) log-probability of each path [B, P]."""
-        return self.path_log_probs(level_logits, paths, heads=self.value_head_ids(), trans=trans).mean(1)
+        return self.path_log_probs(decoder_state, paths, heads=self.value_head_ids(), constants=constants).mean(1)
 
     # -- Step 3 -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from oneranker_serving.decoders import decoder_tables
 from oneranker_serving.recommender import Recommender
 from oneranker_serving.tables import ITEM_TABLE_FIELDS, GenerationTables, ItemTables
 
@@ -32,7 +33,7 @@ class ModuleRunner:
     def generate(self, inputs):
         t = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in inputs.items()}
         enc = self.model.encode_user(t["user_features"], t["hist_sids"], t["hist_actions"], t["hist_dt"], t["hist_len"])
-        return enc.level_logits.float().cpu().numpy(), enc.kv
+        return enc.decoder_state.float().cpu().numpy(), enc.kv
 
     @torch.no_grad()
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
@@ -52,10 +53,8 @@ class ModuleRunner:
 
 
 def generation_tables(model, sids) -> GenerationTables:
-    with torch.no_grad():
-        transitions = model.transition_tables().float().cpu().numpy()
     return GenerationTables(
-        transitions=transitions,
+        decoder=decoder_tables(model.decoder.kind, model.decoder.numpy_arrays()),
         trie_children=[np.asarray(t) for t in sids.trie_children],
         num_interest_heads=model.cfg.num_interest_tokens,
         num_value_heads=model.cfg.num_value_tokens,

@@ -351,9 +351,9 @@ def full_catalogue(gen_model, rank_model, prep, split: str = "test", batch_size:
             batch = to_batch(arrays, index, cfg.serve.length_buckets)
             args = [batch[k] for k in keys]
             enc = gen_model.encode_user(*args)
-            logits = enc.level_logits.float().numpy()
+            state = enc.decoder_state.float().numpy()
             selected = [
-                merge_candidates(*beam_search(logits[r], tables, cfg.serve.beam_width), num_candidates)
+                merge_candidates(*beam_search(state[r], tables, cfg.serve.beam_width), num_candidates)
                 for r in range(len(index))
             ]
             width = max(1, max(len(s[0]) for s in selected))

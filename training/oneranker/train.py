@@ -45,10 +45,12 @@ def loss_terms(model, batch: dict, cfg: ExperimentConfig, step: int) -> dict[str
     enc, scores = out["encoding"], out["scores"]
     terms: dict[str, torch.Tensor] = {}
     total = scores.new_zeros(())
-    trans = model.transition_tables() if m.use_generation else None  # shared by MTP and DC
+    constants = model.decoder_constants() if m.use_generation else None  # shared by MTP and DC
     if m.use_generation:
-        per_head = model.path_log_probs(enc.level_logits, batch["head_paths"], trans=trans)  # [B, H, H]
-        head_logp = torch.diagonal(per_head, dim1=1, dim2=2)  # head h scored on its own target
+        # head h scored on its own target path: head_paths [B, H, D] -> [B, H, 1, D] -> [B, H]
+        head_logp = model.path_log_probs(enc.decoder_state, batch["head_paths"].unsqueeze(2), constants=constants)[
+            ..., 0
+        ]
         terms["mtp"] = losses.mtp_loss(head_logp, batch["head_valid"])
         total = total + lc.alpha * terms["mtp"]
     if m.use_ranker:
@@ -62,7 +64,7 @@ def loss_terms(model, batch: dict, cfg: ExperimentConfig, step: int) -> dict[str
         terms["rank"] = losses.bpr_loss(scores, engaged, values, known, lc.engagement_pair_weight)
         total = total + lc.beta * terms["rank"]
     if m.use_ranker and m.use_generation and m.use_dc_loss:
-        gen = model.generation_scores(enc.level_logits, batch["cand_sids"], trans=trans)
+        gen = model.generation_scores(enc.decoder_state, batch["cand_sids"], constants=constants)
         terms["dc"] = losses.dc_loss(scores, gen, lc.tau)
         warm = step >= lc.dc_warmup_fraction * cfg.train.steps
         total = total + (lc.gamma if warm else 0.0) * terms["dc"]

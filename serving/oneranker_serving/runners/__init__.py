@@ -7,7 +7,7 @@ the runner. One module per engine:
 
 Two graph pairs, chosen by `search`: "graph" (generation -> ranking, beam search and top-k inside
 the graphs: OrtGraphRunner, TorchGraphRunner, TrtRunner) and "numpy" (generator -> ranker over
-level logits, the numpy beam search between them: OrtRunner, TorchRunner; the baseline and the
+decoder state, the numpy beam search between them: OrtRunner, TorchRunner; the baseline and the
 cascade). TensorRT plans are built for the generation and ranking graphs only.
 
 `make_runner` loads the module of the chosen engine only: a Python model serving ONNX Runtime

@@ -1,6 +1,6 @@
 """What every engine runner shares: pooled KV buffers and the handle that names one.
 
-A runner implements `generate(inputs) -> (level_logits, kv)` and `rank(kv, ...) -> scores`
+A runner implements `generate(inputs) -> (decoder_state, kv)` and `rank(kv, ...) -> scores`
 (`oneranker_serving.recommender.EngineRunner`); `release(kv)` returns a pooled buffer.
 """
 

@@ -2,7 +2,7 @@
 
     OrtGraphRunner  generation.onnx (beam search inside) then ranking.onnx (top-k inside): the
                     served path, two engine calls per batch
-    OrtRunner       generator.onnx (level logits) then ranker.onnx (scores), with the numpy beam
+    OrtRunner       generator.onnx (decoder state) then ranker.onnx (scores), with the numpy beam
                     search between them: the baseline it replaces, and the cascade's runner
 
 KV buffers are OrtValues from a pool keyed by (batch, kv length); IOBinding binds the same
@@ -110,7 +110,7 @@ class OrtGraphRunner(_KVShape):
 
 
 class OrtRunner(_KVShape):
-    """generator.onnx -> ranker.onnx (level logits, numpy beam search in between)."""
+    """generator.onnx -> ranker.onnx (decoder state, numpy beam search in between)."""
 
     def __init__(self, export_dir: Path, threads: int = 2, bind_kv: bool = True, spin: bool = False):
         super().__init__(export_dir)
@@ -120,18 +120,18 @@ class OrtRunner(_KVShape):
 
     def generate(self, inputs):
         if not self.bind_kv:
-            level_logits, kv = self.generator.run(None, inputs)
-            return level_logits, KVHandle(kv.shape, kv)
+            decoder_state, kv = self.generator.run(None, inputs)
+            return decoder_state, KVHandle(kv.shape, kv)
         shape = self.kv_shape(inputs)
         kv = self.pool.acquire(shape)
         io = self.generator.io_binding()
         for name, value in inputs.items():
             io.bind_cpu_input(name, np.ascontiguousarray(value))
-        io.bind_output("level_logits", "cpu")
+        io.bind_output("decoder_state", "cpu")
         io.bind_ortvalue_output("kv", kv)
         self.generator.run_with_iobinding(io)
-        level_logits = io.copy_outputs_to_cpu()[0]
-        return level_logits, KVHandle(shape, kv)
+        decoder_state = io.copy_outputs_to_cpu()[0]
+        return decoder_state, KVHandle(shape, kv)
 
     def rank(self, kv: KVHandle, hist_len, cand_sids, cand_attrs, cand_bid):
         feeds = {

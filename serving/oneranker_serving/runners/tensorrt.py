@@ -10,7 +10,7 @@ module without TensorRT works; constructing a runner fails with the reason.
     rank:     KV + candidates + hist_len + top_k -> ranking plan -> rec_* (host numpy)
 
 Both plans hold the in-graph beam search and top-k: this is GraphRecommender's runner, like
-OrtGraphRunner / TorchGraphRunner. No level-logit plans are built, so TensorRT has no
+OrtGraphRunner / TorchGraphRunner. No decoder-state plans are built, so TensorRT has no
 numpy-search runner.
 
 Device: engines, execution contexts, streams, inputs, the KV and the outputs all live on the

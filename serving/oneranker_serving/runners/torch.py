@@ -3,7 +3,7 @@ never imports the training code: the programs carry the weights and tables.
 
     TorchGraphRunner  generation.pt2 then ranking.pt2 (beam search and top-k inside the graphs;
                       tensor names in contract.GENERATION / contract.RANKING)
-    TorchRunner       generator.pt2 (level logits + kv) then ranker.pt2 (scores): the numpy beam
+    TorchRunner       generator.pt2 (decoder state + kv) then ranker.pt2 (scores): the numpy beam
                       search baseline and the cascade
 
 The KV stays a torch tensor on the runner's device between the two calls. This module is the
@@ -128,7 +128,7 @@ class TorchGraphRunner(_OnDevice):
 
 
 class TorchRunner(_OnDevice):
-    """generator.pt2 -> ranker.pt2 (level logits; numpy beam search in between)."""
+    """generator.pt2 -> ranker.pt2 (decoder state; numpy beam search in between)."""
 
     def __init__(self, export_dir: Path, device: str = "cpu", threads: int = 2):
         programs = load_programs(export_dir, PROGRAM_FILES, device, threads)
@@ -136,8 +136,8 @@ class TorchRunner(_OnDevice):
 
     def generate(self, inputs):
         with torch.inference_mode():
-            level_logits, kv = self.generator(*(self._tensor(inputs[k]) for k in HISTORY_INPUTS))
-        return level_logits.float().cpu().numpy(), kv
+            decoder_state, kv = self.generator(*(self._tensor(inputs[k]) for k in HISTORY_INPUTS))
+        return decoder_state.float().cpu().numpy(), kv
 
     def rank(self, kv, hist_len, cand_sids, cand_attrs, cand_bid):
         kv = getattr(kv, "value", kv)

@@ -19,10 +19,10 @@ Data flow (U users, I items, D = SID depth, K codes per level, H = 8 task heads,
     (conversions) none, 6 and 7 (value) = independent uniform draws among the window (value-
     weighted sampling with a constant bid is uniform). Loss = `losses.mtp_loss` of
     `model.path_log_probs` (the generator-only MTP objective of train.py).
-    evaluation: per user `encode_user` -> level_logits [B, H, D, K]; `all_item_log_probs` ->
-    log P_h(path_i) for every item i and head h [B, H, I] (vectorised over items: at level l
-    the transition term depends only on the item's prefix, so the log-softmax normaliser is
-    computed once per distinct prefix) -> streams as serving forms them
+    evaluation: per user `encode_user` -> decoder_state [B, H, Z]; `all_item_log_probs` ->
+    log P_h(path_i) for every item i and head h [B, H, I] (vectorised over items: level l's
+    log-softmax depends on the user and the item's prefix only, so it is computed once per
+    distinct prefix) -> streams as serving forms them
     (`selection.stream_matrix`: 6 interest streams + 1 bagged value stream = mean of the 2
     value heads' log-probs) -> scores [B, I] -> `movielens.full_rank`.
 
@@ -83,6 +83,7 @@ class GeneratorConfig:
     grad_clip: float = 1.0
     eval_batch_size: int = 64
     max_len: int = ml.MAX_HISTORY
+    decoder: str = "factorized"  # ModelConfig.decoder: the decoder issue compares both
 
 
 def experiment_config(cfg: GeneratorConfig) -> ExperimentConfig:
@@ -94,6 +95,7 @@ def experiment_config(cfg: GeneratorConfig) -> ExperimentConfig:
     exp.model.use_ranker = False  # "OneRanker S2": Steps 1-2, MTP only
     exp.model.position_buckets = cfg.max_len + 1
     exp.tokenizer.seed = cfg.seed
+    exp.model.decoder = cfg.decoder
     return exp.validate()
 
 
@@ -125,45 +127,43 @@ def to_dataset(data: ml.SeqData, exp: ExperimentConfig) -> Dataset:
 # ----------------------------------------------------------------------------- log-probs
 
 
-def prefix_transitions(trans: torch.Tensor, paths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level l: (T_l [P_l, K], inverse [I]) with T_l[j] = sum_{m<l} trans[l, m, prefix_j[m]]
-    over the P_l distinct prefixes paths[:, :l], inverse = each item's prefix row."""
-    out = []
-    for level in range(paths.shape[1]):
-        if level == 0:
-            out.append((trans.new_zeros(1, trans.shape[-1]), torch.zeros(paths.shape[0], dtype=torch.long)))
-            continue
-        prefixes, inverse = torch.unique(paths[:, :level], dim=0, return_inverse=True)  # [P_l, l]
-        t = sum(trans[level, m][prefixes[:, m]] for m in range(level))  # [P_l, K]
-        out.append((t, inverse))
+def distinct_prefixes(paths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level l: (prefixes [P_l, l], inverse [I]): the P_l distinct prefixes paths[:, :l] and
+    each item's row among them (level 0: one empty prefix)."""
+    out = [(paths.new_zeros(1, 0), torch.zeros(paths.shape[0], dtype=torch.long))]
+    for level in range(1, paths.shape[1]):
+        out.append(torch.unique(paths[:, :level], dim=0, return_inverse=True))
     return out
 
 
 def all_item_log_probs(
-    level_logits: torch.Tensor, paths: torch.Tensor, prefix_tables=None, trans: torch.Tensor | None = None
+    decoder, state: torch.Tensor, paths: torch.Tensor, prefixes=None, constants=None, chunk: int = 16
 ) -> torch.Tensor:
-    """log P_h(path_i) for every item: level_logits [B, H, D, K], paths [I, D] -> [B, H, I].
+    """log P_h(path_i) for every item: decoder state [B, H, Z], paths [I, D] -> [B, H, I].
 
-    Same numbers as `OneRanker.path_log_probs(level_logits, paths.expand(B, I, D))` without the
-    [B, H, I, K] tensor per level: the level-l normaliser logsumexp_c(logit_l[c] + T_l[prefix, c])
-    is computed per distinct prefix [B, H, P_l] and gathered per item."""
-    if prefix_tables is None:
-        prefix_tables = prefix_transitions(trans, paths)
-    total = 0.0
-    for level, (t, inverse) in enumerate(prefix_tables):
-        logits = level_logits[:, :, level]  # [B, H, K]
-        lse = torch.logsumexp(logits.unsqueeze(2) + t, dim=-1)  # [B, H, P_l]
-        code = paths[:, level]  # [I]
-        chosen = logits[:, :, code] + t[inverse, code]  # [B, H, I]
-        total = total + chosen - lse[:, :, inverse]
-    return total
+    Same numbers as `decoder.path_log_probs(state, paths.expand(B, I, D))` without a [B, H, I, K]
+    tensor per level: the level-l log-softmax is computed once per distinct prefix [B, H, P_l, K]
+    and gathered per item; users go `chunk` at a time (the conditioned decoder's hidden layer is
+    [chunk, H, P_l, hidden])."""
+    prefixes = distinct_prefixes(paths) if prefixes is None else prefixes
+    constants = decoder.constants() if constants is None else constants
+    out = []
+    for start in range(0, state.shape[0], chunk):
+        part = state[start : start + chunk]
+        total = 0.0
+        for level, (prefix, inverse) in enumerate(prefixes):
+            logits = decoder.level_logits(part, level, prefix.view(1, 1, *prefix.shape), constants)  # [b, H, P|1, K]
+            logp = torch.log_softmax(logits, dim=-1)
+            total = total + logp[:, :, inverse, paths[:, level]]  # [b, H, I]
+        out.append(total)
+    return torch.cat(out)
 
 
 def stream_scores(head_logp: torch.Tensor, num_interest: int, num_value: int) -> dict[str, torch.Tensor]:
     """[B, H, I] -> {"value": [B, I] bagged value stream, "max_streams": [B, I] max over the
     trained streams} (module docstring; stream layout = `selection.stream_matrix`)."""
     tables = GenerationTables(
-        transitions=np.zeros(0), trie_children=[], num_interest_heads=num_interest, num_value_heads=num_value
+        decoder=None, trie_children=[], num_interest_heads=num_interest, num_value_heads=num_value
     )
     mat = torch.as_tensor(stream_matrix(tables), dtype=head_logp.dtype)  # [S, H]
     streams = torch.einsum("sh,bhi->bsi", mat, head_logp)  # [B, S, I]
@@ -260,8 +260,8 @@ def train_generator_mtp(model, gd: GeneratorData, optimizer, rows: np.ndarray, r
     enc = model.encode_user(
         batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
     )
-    per_head = model.path_log_probs(enc.level_logits, paths)  # [B, H, H]
-    loss = losses.mtp_loss(torch.diagonal(per_head, dim1=1, dim2=2), valid)
+    head_logp = model.path_log_probs(enc.decoder_state, paths.unsqueeze(2))[..., 0]  # each head its own target [B, H]
+    loss = losses.mtp_loss(head_logp, valid)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -275,8 +275,8 @@ def evaluate(model, inputs: ml.EvalInputs, mask_seen: bool = True, stream: str =
     other stream's metrics under "other_streams"."""
     gd: GeneratorData = model.ml
     model.eval()
-    trans = model.transition_tables()
-    tables = prefix_transitions(trans, gd.paths)
+    constants = model.decoder_constants()
+    prefixes = distinct_prefixes(gd.paths)
     mcfg = model.cfg
     end = inputs.target_row  # the history is the up-to-200 rows before the target row
     other = "max_streams" if stream == "value" else "value"
@@ -287,7 +287,7 @@ def evaluate(model, inputs: ml.EvalInputs, mask_seen: bool = True, stream: str =
         enc = model.encode_user(
             batch["user_features"], batch["hist_sids"], batch["hist_actions"], batch["hist_dt"], batch["hist_len"]
         )
-        head = all_item_log_probs(enc.level_logits, gd.paths, tables)  # [b, H, I]
+        head = all_item_log_probs(model.decoder, enc.decoder_state, gd.paths, prefixes, constants)  # [b, H, I]
         s = stream_scores(head, mcfg.num_interest_tokens, mcfg.num_value_tokens)
         other_ranks.append(ml.target_ranks(s[other], inputs.target[index], inputs.hist[index] if mask_seen else None))
         return s[stream]
