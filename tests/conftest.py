@@ -4,6 +4,7 @@ tiny_prep          the `tiny` preset's dataset, splits and semantic IDs
 tiny_run           a trained tiny run directory (+ its model, prep and training summary)
 tiny_cascade       the cascade baseline on the same data and semantic IDs (short: 12 steps each)
 tiny_export        ONNX graphs + generation tables of that run (and of the cascade's two runs)
+tiny_other_decoder the same tiny run with the other semantic-ID decoder, trained and exported
 tiny_repository    rendered onnxruntime Triton repository (with `oneranker_cascade`)
 served_repository  a real tritonserver on free ports serving it (grpc_url, run_dir, requests)
 """
@@ -75,6 +76,25 @@ def tiny_export(tiny_run, tiny_cascade, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_build")
     build(tiny_run.run_dir, out, ["onnxruntime"], cascade_run=tiny_cascade.run_dir)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_other_decoder(tiny_cfg, tiny_prep, tmp_path_factory) -> tuple[TrainedRun, Path]:
+    """(run, build folder) of the tiny preset with the decoder that is NOT the default, so both
+    decoders are exported and checked against the reference on a trained model."""
+    import copy
+
+    from oneranker.config import DECODERS
+    from oneranker.train import train
+    from oneranker_build.cli import build
+
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.model.decoder = next(d for d in DECODERS if d != tiny_cfg.model.decoder)
+    run_dir = tmp_path_factory.mktemp("tiny_other_decoder")
+    result = train(cfg, run_dir, prep=tiny_prep, progress=False)
+    out = tmp_path_factory.mktemp("tiny_other_decoder_build")
+    build(run_dir, out, ["onnxruntime"])
+    return TrainedRun(run_dir, result["model"], result["prep"], result["summary"]), out
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ Declared before any run (the decision rule and everything it reads):
 
 Each run writes ONE file `OUT/runs/<source>-<decoder>-seed<N>.json` (per-user hits packed), so
 the runs can span sessions; `--report` rebuilds `summary.json` and `results.md` from whatever run
-files exist and lists the missing ones. The latency block is read from the topology benchmark's
-per-decoder summaries (`perf/results/topology/<decoder>/summary.json`) when they exist.
+files exist and lists the missing ones. The latency block is read from `OUT/latency.json`
+(`oneranker_perf.decoder_latency`) when it exists.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def run_ml1m(decoder: str, seed: int, out: Path, max_minutes: float, command: st
     return _write(out, "ml1m", decoder, seed, record, command)
 
 
-def synthetic_config(decoder: str, seed: int, threads: int):
+def synthetic_config(decoder: str, seed: int, threads: int, max_steps: int = 0):
     from oneranker.config import preset
 
     cfg = preset("small")
@@ -101,18 +101,24 @@ def synthetic_config(decoder: str, seed: int, threads: int):
     cfg.train.seed = cfg.tokenizer.seed = seed  # the data seed (cfg.data.seed) stays fixed
     cfg.train.early_stopping, cfg.train.eval_every = True, 50  # the model issue's stopping rule
     cfg.train.num_threads = threads
+    if max_steps:  # smoke runs only
+        cfg.train.steps, cfg.train.eval_every, cfg.train.warmup_steps = max_steps, max_steps, 1
     return cfg.validate()
 
 
-def run_synthetic(decoder: str, seed: int, out: Path, command: str, threads: int) -> Path:
+def run_synthetic(
+    decoder: str, seed: int, out: Path, command: str, threads: int, keep_run: Path | None = None, max_steps: int = 0
+) -> Path:
+    """One full OneRanker run on the synthetic world; `keep_run` keeps its run directory (the
+    latency benchmark builds from it)."""
     from oneranker import study
     from oneranker.evaluate import score_split, target_rank
     from oneranker.train import train
 
-    cfg = synthetic_config(decoder, seed, threads)
+    cfg = synthetic_config(decoder, seed, threads, max_steps)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg, Path(tmp), progress=sys.stderr.isatty())
+        result = train(cfg, keep_run or Path(tmp), progress=sys.stderr.isatty())
     model, prep = result["model"], result["prep"]
     hits = {}
     for split in ("valid", "test"):
@@ -123,7 +129,7 @@ def run_synthetic(decoder: str, seed: int, out: Path, command: str, threads: int
     record = {
         "config": cfg.to_dict(),
         "threads": threads,
-        "stopping": {k: summary.get(k) for k in ("steps_done", "best_step", "stopped_by") if k in summary},
+        "stopping": summary.get("stopping"),
         "train_minutes": (time.time() - started) / 60,
         "metrics": {k: float(np.mean(v)) for k, v in hits.items()},
         "hits": {k: pack_hits(v) for k, v in hits.items()},
@@ -176,16 +182,11 @@ def decide(block: dict) -> dict:
     }
 
 
-def latency_block(results: Path = RESULTS) -> dict:
-    """{decoder: {"in_process_p50", "served_c1_p50"}} in ms, from the topology benchmark's
-    per-decoder summaries (absent ones are left out)."""
-    out = {}
-    for decoder in DECODERS:
-        path = results / "topology" / decoder / "summary.json"
-        if path.exists():
-            s = json.loads(path.read_text())
-            out[decoder] = {k: s["decoder_latency_ms"][k] for k in ("in_process_p50", "served_c1_p50")}
-    return out
+def latency_block(out: Path) -> dict:
+    """{decoder: {"in_process_p50", "served_c1_p50", "paper_generation_p50"}} in ms, from
+    `decoder_latency`'s latency.json ({} before it ran)."""
+    path = out / "latency.json"
+    return json.loads(path.read_text())["latency_ms"] if path.exists() else {}
 
 
 def report(out: Path = DEFAULT_OUT, command: str = "") -> dict:
@@ -208,7 +209,7 @@ def report(out: Path = DEFAULT_OUT, command: str = "") -> dict:
             small.setdefault(source, {})[decoder] = cell
     summary = {
         "small": small,
-        "latency_ms": latency_block(out.parent),
+        "latency_ms": latency_block(out),
         "decision": decide(small.get("ml1m", {})),
         "runs_missing": missing,
         "interval": "95%: t over seeds (+) bootstrap over users, in quadrature (ml1m_bench.interval)",
@@ -255,9 +256,17 @@ def markdown(summary: dict) -> str:
         "",
     ]
     if summary["latency_ms"]:
-        lines += ["| decoder | in-process p50 ms | served c=1 p50 ms |", "|---|---|---|"]
+        lines += [
+            "Latency (`latency.json`, `python -m oneranker_perf.decoder_latency`; both decoders interleaved in one run):",
+            "",
+            "| decoder | in-process p50 ms | served c=1 p50 ms | paper-preset generation p50 ms |",
+            "|---|---|---|---|",
+        ]
         for decoder, lat in summary["latency_ms"].items():
-            lines.append(f"| {decoder} | {lat['in_process_p50']:.2f} | {lat['served_c1_p50']:.2f} |")
+            lines.append(
+                f"| {decoder} | {lat['in_process_p50']:.2f} | {lat['served_c1_p50']:.2f} | "
+                f"{lat['paper_generation_p50']:.2f} |"
+            )
         lines.append("")
     if summary["runs_missing"]:
         lines += ["Missing runs: " + ", ".join(summary["runs_missing"]), ""]
@@ -275,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-users", type=int, default=0, help="ML-1M: first N users only (smoke tests)")
     parser.add_argument("--max-epochs", type=int, default=0, help="ML-1M: override the config (smoke tests)")
     parser.add_argument("--max-steps-per-epoch", type=int, default=0, help="ML-1M: truncate epochs (smoke)")
+    parser.add_argument("--max-steps", type=int, default=0, help="synthetic: step budget (smoke tests)")
+    parser.add_argument("--keep-run", type=Path, help="synthetic: keep the run directory here")
     args = parser.parse_args(argv)
     command = reproduce_command(argv).replace("ml1m_bench", "decoder_bench")
     if args.report:
@@ -291,7 +302,7 @@ def main(argv=None) -> int:
         }
         path = run_ml1m(args.decoder, args.seed, args.out, args.max_minutes, command, **smoke)
     else:
-        path = run_synthetic(args.decoder, args.seed, args.out, command, threads)
+        path = run_synthetic(args.decoder, args.seed, args.out, command, threads, args.keep_run, args.max_steps)
     print(f"{path}: {json.loads(path.read_text())['metrics']}")
     return 0
 

@@ -1,9 +1,10 @@
-"""Parity of the in-graph beam search path on the trained tiny model, over 200+ requests that put
-every knob at its edges: the exported generation graph's candidate sets equal `selection.py`'s,
-and the served path (generation + ranking graphs on ONNX Runtime) answers like the PyTorch
-reference (items and order; scores within 1e-5) — except where the reference itself came within
-1e-5 of a tie at a cut (a beam cut, the candidate cut or the top-k cut), where float32 and
-float64 may choose differently. How often that happens is printed and bounded.
+"""Parity of the in-graph beam search path on the trained tiny model of each semantic-ID decoder
+(factorized, prefix-conditioned), over 200+ requests that put every knob at its edges: the
+exported generation graph's candidate sets equal `selection.py`'s, and the served path
+(generation + ranking graphs on ONNX Runtime) answers like the PyTorch reference (items and
+order; scores within 1e-5) — except where the reference itself came within 1e-5 of a tie at a
+cut (a beam cut, the candidate cut or the top-k cut), where float32 and float64 may choose
+differently. How often that happens is printed and bounded.
 """
 
 from __future__ import annotations
@@ -85,12 +86,18 @@ def reference_margin(reference, parsed: Parsed) -> float:
     return float(min(margins))
 
 
-@pytest.fixture(scope="module")
-def parity(tiny_run, tiny_export):
-    reference = load_reference(tiny_run.run_dir)
-    graph = artifacts.load_recommender(tiny_export / "export", engine="onnxruntime", threads=2, search="graph")
+@pytest.fixture(scope="module", params=["default_decoder", "other_decoder"])
+def parity(request, tiny_run, tiny_export):
+    """(reference, graph recommender, requests) for the tiny run of each semantic-ID decoder."""
+    if request.param == "default_decoder":
+        run, build_dir = tiny_run, tiny_export
+    else:
+        run, build_dir = request.getfixturevalue("tiny_other_decoder")
+    reference = load_reference(run.run_dir)
+    graph = artifacts.load_recommender(build_dir / "export", engine="onnxruntime", threads=2, search="graph")
     assert isinstance(graph, GraphRecommender)
-    return reference, graph, variants(tiny_run.prep, graph.serve)
+    assert reference.gen_tables.decoder.kind == run.model.cfg.decoder
+    return reference, graph, variants(run.prep, graph.serve)
 
 
 def test_the_variants_cover_every_edge(parity):
