@@ -257,7 +257,8 @@ def markdown(summary: dict) -> str:
     ]
     if summary["latency_ms"]:
         lines += [
-            "Latency (`latency.json`, `python -m oneranker_perf.decoder_latency`; both decoders interleaved in one run):",
+            "Latency (`latency.json`, `python -m oneranker_perf.decoder_latency`; both decoders "
+            "interleaved in one run):",
             "",
             "| decoder | in-process p50 ms | served c=1 p50 ms | paper-preset generation p50 ms |",
             "|---|---|---|---|",
