@@ -27,7 +27,7 @@ def export_run(
     from .export import (
         dims_for,
         export_beam_search_graphs,
-        export_level_logit_graphs,
+        export_decoder_state_graphs,
         write_export_info,
         write_generation_tables,
     )
@@ -36,7 +36,7 @@ def export_run(
     if export_dir.exists():
         shutil.rmtree(export_dir)
     print(f"[build] exporting {'ONNX graphs' if onnx_too else 'programs'} of {run_dir} ...", flush=True)
-    info = export_level_logit_graphs(
+    info = export_decoder_state_graphs(
         model, export_dir, manifest["num_advertisers"], manifest["num_categories"], cfg.model.max_history, onnx_too
     )
     tables = tables_from_run(run_dir, sids)

@@ -205,7 +205,7 @@ def _describe(out_dir: Path, names, info: dict) -> None:
         info[f"{name}_ops"] = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
 
 
-def export_level_logit_graphs(
+def export_decoder_state_graphs(
     model, out_dir: Path, num_advertisers: int, num_categories: int, max_history: int, onnx_too: bool = True
 ) -> dict:
     """generator.{pt2,onnx} (decoder state + kv) and ranker.{pt2,onnx} (scores): the numpy beam

@@ -40,7 +40,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
 
     from oneranker.config import preset
     from oneranker.reference import ModuleRunner
-    from oneranker_build.export import example_candidates, example_generator_inputs, export_level_logit_graphs
+    from oneranker_build.export import example_candidates, example_generator_inputs, export_decoder_state_graphs
     from oneranker_serving.runners.onnxruntime import OrtRunner
 
     torch.set_num_threads(threads)
@@ -51,7 +51,7 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
     peak = matmul_gflops(threads)
     export_dir = Path(tempfile.mkdtemp(prefix="oneranker_scaling_"))
     print(f"[scaling] exporting {preset_name} graphs ...", flush=True)
-    export_level_logit_graphs(model, export_dir, 64, 32, cfg.model.max_history)
+    export_decoder_state_graphs(model, export_dir, 64, 32, cfg.model.max_history)
     (export_dir / "export_info.json").write_text(
         json.dumps(
             {

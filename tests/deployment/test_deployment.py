@@ -1012,6 +1012,31 @@ def test_triton_image_runs_as_its_non_root_user():
     )
 
 
+def test_k8s_build_job_runs_without_privileges():
+    """The per-release build Job: non-root (the replicas' uid, so they can read what it writes),
+    no privilege escalation, no capabilities, read-only root; writable: the artifacts PVC and
+    emptyDirs only."""
+    (job,) = k8s("Job")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    (dep,) = k8s("Deployment")
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0
+    assert psc["runAsUser"] == dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert psc.get("fsGroup") == psc["runAsGroup"]
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert csc.get("allowPrivilegeEscalation") is False and not csc.get("privileged")
+    assert csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc["capabilities"].get("add")
+    assert csc.get("readOnlyRootFilesystem") is True
+    assert pod.get("automountServiceAccountToken") is False
+    vols = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert set(writable) == {"/artifacts", "/tmp", "/dev/shm"}, writable
+    assert "persistentVolumeClaim" in vols[writable["/artifacts"]]
+    assert all("emptyDir" in vols[writable[p]] for p in ("/tmp", "/dev/shm"))
+    assert {"name": "HOME", "value": "/tmp"} in c["env"]
+
+
 def test_k8s_is_closed_by_default():
     (dep,) = k8s("Deployment")
     pod = dep["spec"]["template"]["spec"]

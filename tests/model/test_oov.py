@@ -57,7 +57,7 @@ def _with_oov(batch: dict, code: int) -> dict:
 def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_prep, tmp_path):
     import onnxruntime as ort
 
-    from oneranker_build.export import export_level_logit_graphs
+    from oneranker_build.export import export_decoder_state_graphs
 
     cat = tiny_prep.dataset.catalog
     batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
@@ -67,7 +67,7 @@ def test_oov_history_runs_through_model_and_onnx_export(model, tiny_cfg, tiny_pr
     enc = out["encoding"]
     assert torch.isfinite(enc.decoder_state[enc.decoder_state > -1e8]).all() and torch.isfinite(out["scores"]).all()
     assert not torch.allclose(plain["scores"], out["scores"])  # the token is read, not ignored
-    export_level_logit_graphs(model, tmp_path, cat.num_advertisers, cat.num_categories, tiny_cfg.model.max_history)
+    export_decoder_state_graphs(model, tmp_path, cat.num_advertisers, cat.num_categories, tiny_cfg.model.max_history)
     names = ("user_features", "hist_sids", "hist_actions", "hist_dt", "hist_len")
     sess = ort.InferenceSession(str(tmp_path / "generator.onnx"), providers=["CPUExecutionProvider"])
     feeds = {n: oov[n].numpy() for n in names}
