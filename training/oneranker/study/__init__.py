@@ -49,7 +49,7 @@ over test users (1000 resamples) of the per-user values averaged over seeds; an 
 is tested by the paired bootstrap of the per-user difference a - b.
 
 Modules: `rows` (runs, rows, paper numbers, per-source configs), `stats` (per-user metrics,
-bootstrap intervals, verdicts), `catalogue` (full-catalogue generation and the
+bootstrap and seed-and-user intervals, verdicts), `catalogue` (full-catalogue generation and the
 final slate), `runs` (training and scoring, `run_study`), `aggregate` (per-source summary: CIs,
 orderings, lifts), `plots`, `report` (report.md), `summary` (summary.json, provenance), `cli`.
 """
@@ -82,9 +82,12 @@ from .stats import (
     candidate_ranks,
     iqr,
     iqr_diff_ci,
+    paired_seed_user_interval,
     pooled_auc,
     protocol_metrics,
     rank_agreement,
+    seed_user_interval,
+    t_quantile,
     verdict,
 )
 from .summary import ANSWER_METRICS, study_summary, write_summary
@@ -114,6 +117,7 @@ __all__ = [
     "iqr",
     "iqr_diff_ci",
     "main",
+    "paired_seed_user_interval",
     "paper_orderings",
     "parse_args",
     "plot_ablation",
@@ -126,9 +130,11 @@ __all__ = [
     "rank_agreement",
     "run_source",
     "run_study",
+    "seed_user_interval",
     "source_config",
     "study_summary",
     "summarize",
+    "t_quantile",
     "variant_config",
     "verdict",
     "write_report",

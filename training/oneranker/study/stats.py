@@ -3,17 +3,23 @@
 Per-user metrics: a [U, n] score matrix of the n-candidate protocol (column 0 = the target) ->
 one value per test user and metric, so that intervals can resample users.
 
-Intervals: `bootstrap_ci`, percentile bootstrap over users of values [U] or [S, U] (averaged over
-the S seeds first) - the finite test set only.
+Intervals:
+  * `bootstrap_ci`: percentile bootstrap over users of values [U] or [S, U] (averaged over the S
+    seeds first) - the finite test set only;
+  * `seed_user_interval` / `paired_seed_user_interval`: per-seed values [S, U] -> [mean, lo, hi]
+    that also carries training randomness (t over seed means, in quadrature with the user bootstrap).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 KS = (1, 3, 5, 10)  # HR@K / NDCG@K cut-offs of the n-candidate protocol
 PROTOCOL_SLATE_K = 5  # value of the top-5 of the n candidates
 N_BOOT = 1000  # bootstrap resamples of `bootstrap_ci` (the study's --n-boot default)
+SEED_USER_N_BOOT = 2000  # bootstrap resamples of the user part of `seed_user_interval`
 
 
 def bootstrap_ci(
@@ -147,3 +153,65 @@ def protocol_metrics(scores: np.ndarray, samples, price: np.ndarray | None) -> d
         out[f"rGMV@{PROTOCOL_SLATE_K}"] = price[samples.target].astype(np.float64) * (rank < PROTOCOL_SLATE_K)
     out["GAUC"] = auc_per_user(scores)
     return out
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student-t quantile (no scipy in the venv): the CDF by integrating the closed-form
+    density on a fine grid, inverted by interpolation. Accurate to ~1e-4 for df >= 1."""
+    if not 0.5 <= p < 1:
+        raise ValueError("p must be in [0.5, 1)")
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    # substitution x = tan(u) keeps the heavy tails (df = 1) on a finite grid
+    u = np.linspace(0.0, math.pi / 2 - 1e-9, 400_001)
+    x = np.tan(u)
+    dens = np.exp(logc - (df + 1) / 2 * np.log1p(x * x / df)) / np.cos(u) ** 2
+    cdf = 0.5 + np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(u))])
+    return float(np.interp(p, cdf, x))
+
+
+def seed_user_interval(
+    per_seed: np.ndarray, level: float = 0.95, n_boot: int = SEED_USER_N_BOOT, seed: int = 0
+) -> list[float]:
+    """per_seed [S, U] per-user values of one metric for S training seeds (the same U users in every
+    row; [U] = one seed) -> [mean, lo, hi], a `level` interval around the overall mean.
+
+    Two sources of error, each with its own half-width:
+      * h_seed, training randomness: t-interval of the S seed means (S - 1 degrees of freedom);
+        absent when S == 1;
+      * h_user, the finite test set: percentile bootstrap over users, half the width between the
+        quantiles. Every seed scores the same users, so users are resampled jointly across seeds,
+        which for the mean over seeds equals resampling the per-user means over seeds.
+    half = sqrt(h_seed^2 + h_user^2): the sources are independent (a seed changes the model, not
+    the users) and neither interval alone covers both, so their variances add."""
+    values = np.asarray(per_seed, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[None]
+    num_seeds, num_users = values.shape
+    mean = float(values.mean())
+    h_seed = 0.0
+    if num_seeds >= 2:
+        seed_means = values.mean(1)
+        h_seed = t_quantile(0.5 + level / 2, num_seeds - 1) * seed_means.std(ddof=1) / math.sqrt(num_seeds)
+    rng = np.random.default_rng(seed)
+    user_means = values.mean(0)  # [U]
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, 250):  # chunks keep the index matrix at 250 x U
+        idx = rng.integers(0, num_users, size=(min(250, n_boot - start), num_users))
+        boot[start : start + idx.shape[0]] = user_means[idx].mean(1)
+    alpha = (1 - level) / 2
+    lo_q, hi_q = np.quantile(boot, [alpha, 1 - alpha])
+    h_user = float(hi_q - lo_q) / 2
+    half = math.sqrt(h_seed**2 + h_user**2)
+    return [mean, mean - half, mean + half]
+
+
+def paired_seed_user_interval(
+    a: np.ndarray, b: np.ndarray, level: float = 0.95, n_boot: int = SEED_USER_N_BOOT, seed: int = 0
+) -> list[float]:
+    """a, b [S, U]: two systems scored on the same users with the same seeds -> [mean, lo, hi] of
+    a - b (`seed_user_interval` of the per-seed, per-user difference; pairing removes the user
+    and seed effects the two share)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    return seed_user_interval(a - b, level, n_boot, seed)
