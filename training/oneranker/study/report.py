@@ -116,11 +116,6 @@ def write_report(
         + "."
     )
     add("")
-    add(
-        "Nothing in the protocol was tuned toward a result: the numbers below are what the first run of "
-        "this harness produced."
-    )
-    add("")
     add("## Answers (generated from the numbers below)")
     add("")
     for s in summaries:
