@@ -19,6 +19,7 @@ committed run files only, listing missing (system, seed) runs. Per system and me
     seed ranks the same users; 2,000 replicates, percentile half-width),
 in quadrature: half = sqrt(h_seed^2 + h_user^2). The two sources are independent (seeds change
 the model, not the users), and neither alone covers both; with one seed only the user part exists.
+(`interval` = `oneranker.study.stats.seed_user_interval`.)
 
 Systems: `hstu` (`oneranker.baselines.hstu`, the G-Decoder alone with a next-item head) and
 `oneranker` (`oneranker.baselines.generator_eval`: OneRanker's generator, every item ranked by
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 import os
 import subprocess
 import sys
@@ -39,6 +39,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from oneranker.study.stats import seed_user_interval, t_quantile  # noqa: F401 - t_quantile: tests import it from here
 
 SEEDS = (0, 1, 2)  # declared before any run
 SYSTEMS = ("hstu", "oneranker")
@@ -49,52 +51,13 @@ PUBLISHED = {  # HSTU repository README, ML-1M, full ranking: (HR@10, NDCG@10)
     "HSTU-large": (0.3294, 0.1893),
 }
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
-N_BOOT = 2000
 
 
 # ----------------------------------------------------------------------------- intervals
 
-
-def t_quantile(p: float, df: int) -> float:
-    """Student-t quantile (no scipy in the venv): the CDF by integrating the closed-form
-    density on a fine grid, inverted by interpolation. Accurate to ~1e-4 for df >= 1."""
-    if not 0.5 <= p < 1:
-        raise ValueError("p must be in [0.5, 1)")
-    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    # substitution x = tan(u) keeps the heavy tails (df = 1) on a finite grid
-    u = np.linspace(0.0, math.pi / 2 - 1e-9, 400_001)
-    x = np.tan(u)
-    dens = np.exp(logc - (df + 1) / 2 * np.log1p(x * x / df)) / np.cos(u) ** 2
-    cdf = 0.5 + np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(u))])
-    return float(np.interp(p, cdf, x))
-
-
-def interval(per_seed: np.ndarray, level: float = 0.95, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
-    """per_seed [S, U] per-user values of one metric (same users in every row) -> [mean, lo, hi].
-
-    Seed part: t-interval of the S seed means (absent when S == 1). User part: bootstrap over
-    users, rows resampled with the same user indices, percentile half-width of the mean over
-    seeds. Combined in quadrature around the overall mean (module docstring)."""
-    values = np.asarray(per_seed, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[None]
-    s, u = values.shape
-    mean = float(values.mean())
-    h_seed = 0.0
-    if s >= 2:
-        seed_means = values.mean(1)
-        h_seed = t_quantile(0.5 + level / 2, s - 1) * seed_means.std(ddof=1) / math.sqrt(s)
-    rng = np.random.default_rng(seed)
-    user_mean = values.mean(0)  # [U]: the mean over seeds is linear, so resample its users
-    boot = np.empty(n_boot)
-    for i in range(0, n_boot, 250):  # chunks keep memory at 250 x U
-        idx = rng.integers(0, u, size=(min(250, n_boot - i), u))
-        boot[i : i + idx.shape[0]] = user_mean[idx].mean(1)
-    alpha = (1 - level) / 2
-    lo_q, hi_q = np.quantile(boot, [alpha, 1 - alpha])
-    h_user = float(hi_q - lo_q) / 2
-    half = math.sqrt(h_seed**2 + h_user**2)
-    return [mean, mean - half, mean + half]
+# One implementation of the seed-and-user interval, shared with the study; `interval` is this
+# module's name for it (decoder_bench and the tests import it from here).
+interval = seed_user_interval
 
 
 # ----------------------------------------------------------------------------- run files
