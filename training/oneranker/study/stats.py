@@ -12,6 +12,7 @@ Intervals:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -155,6 +156,7 @@ def protocol_metrics(scores: np.ndarray, samples, price: np.ndarray | None) -> d
     return out
 
 
+@functools.lru_cache(maxsize=64)  # the grid costs ~10 ms; reports ask the same (p, df) many times
 def t_quantile(p: float, df: int) -> float:
     """Student-t quantile (no scipy in the venv): the CDF by integrating the closed-form
     density on a fine grid, inverted by interpolation. Accurate to ~1e-4 for df >= 1."""
