@@ -1389,10 +1389,10 @@ USAGES = collect_usages()
 
 @functools.cache
 def _tritonserver_help() -> str:
-    from oneranker_serving import local_server as ts
+    from oneranker_serving import triton_install
 
     try:
-        binary, libs = ts.find_tritonserver(), ts.pytriton_libs_dir()
+        binary, libs = triton_install.find_tritonserver(), triton_install.pytriton_libs_dir()
     except RuntimeError as e:
         raise LookupError(f"tritonserver is not installed here ({e})") from None
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
