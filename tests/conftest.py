@@ -145,10 +145,10 @@ def served_repository(tiny_run, tiny_repository, tmp_path_factory):
 
 def require_tritonserver() -> None:
     """Skip unless the bootstrap installed tritonserver (ONERANKER_REQUIRE_TRITON=1 makes it fail)."""
-    from oneranker_serving import local_server
+    from oneranker_serving import triton_install
 
     try:
-        local_server.find_tritonserver()
+        triton_install.find_tritonserver()
     except RuntimeError as e:
         if os.environ.get("ONERANKER_REQUIRE_TRITON") == "1":
             raise

@@ -4,19 +4,10 @@ from oneranker_client import OneRankerClient, RecommendRequest
 """
 
 from . import contract
-from .client import (
-    DEFAULT_DEADLINE_S,
-    DEFAULT_TIMEOUT_S,
-    AsyncOneRankerClient,
-    OneRankerClient,
-    OneRankerError,
-    Recommendation,
-    RecommendRequest,
-    RetryBudget,
-    build_inputs,
-    call_with_retries,
-)
-from .defaults import DEFAULT_GRPC_URL
+from .client import DEFAULT_TIMEOUT_S, AsyncOneRankerClient, OneRankerClient
+from .defaults import DEFAULT_DEADLINE_S, DEFAULT_GRPC_URL
+from .messages import Recommendation, RecommendRequest, build_inputs
+from .retries import OneRankerError, RetryBudget, call_with_retries
 
 __all__ = [
     "AsyncOneRankerClient",

@@ -38,19 +38,11 @@ from typing import Any
 import numpy as np
 
 from . import contract
-from .client import (
-    DEFAULT_BACKOFF_S,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT_S,
-    EXAMPLE_REQUEST_PARAMETER,
-    OneRankerClient,
-    OneRankerError,
-    Recommendation,
-    RecommendRequest,
-    is_healthy,
-)
-from .defaults import DEFAULT_GRPC_URL
+from .client import DEFAULT_TIMEOUT_S, EXAMPLE_REQUEST_PARAMETER, OneRankerClient, is_healthy
+from .defaults import DEFAULT_BACKOFF_S, DEFAULT_GRPC_URL, DEFAULT_RETRIES
+from .messages import Recommendation, RecommendRequest
 from .restricted_api import ADMIN_KEY_ENV
+from .retries import OneRankerError
 
 # Request fields settable from flags: list-valued ones take "1,2,3", scalar ones an int.
 _HISTORY_FIELDS = ("user_features", "item_ids", "actions", "timestamps", "request_time")

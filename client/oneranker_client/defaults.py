@@ -23,7 +23,7 @@ HEALTH_READY_PATH = "/v2/health/ready"
 HEALTH_LIVE_PATH = "/v2/health/live"
 
 # ---------------------------------------------------------------------------------------------
-# Request lifecycle of the client (oneranker_client.client: "Deadline, retries, retry budget")
+# Request lifecycle of the client (oneranker_client.retries: "Deadline, retries, retry budget")
 # ---------------------------------------------------------------------------------------------
 # Deadline of one call, retries and backoff included: 1.0 s. Each attempt is sent with the time
 # left as its gRPC deadline (tritonclient's client_timeout); the server cancels a request whose
@@ -36,7 +36,7 @@ HEALTH_LIVE_PATH = "/v2/health/live"
 # (ceilings 50 + 100 + 200 ms). It is shorter than the server's own queue timeout (2 s when
 # `oneranker build --queue-policy` renders one), so the caller's deadline fires first.
 DEFAULT_DEADLINE_S = 1.0
-# Retries (UNAVAILABLE only, see client.RETRYABLE_STATUSES) after the first attempt.
+# Retries (UNAVAILABLE only, see retries.RETRYABLE_STATUSES) after the first attempt.
 DEFAULT_RETRIES = 3
 # Full-jitter backoff: the sleep before retry n (0-based) is uniform(0, min(cap, base * 2**n)).
 DEFAULT_BACKOFF_S = 0.05

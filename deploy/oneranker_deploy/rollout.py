@@ -3,42 +3,10 @@
 Torch-free (imports only ``oneranker.config``, the tensor contract and the standard library), so
 it runs in the builder image, the Triton image and on the CPU machines alike.
 
-Shared memory (``shm_size`` of the ``triton`` service, ``/dev/shm`` of the Kubernetes pods)
-------------------------------------------------------------------------------------------
-Triton's Python backend moves every input and output tensor of a Python model through POSIX
-shared memory in ``/dev/shm``. Docker gives a container 64 MiB
-of it by default, which the python_backend README (section "Managing Shared Memory") calls
-"very small". Per that README the backend allocates ``shm-default-byte-size`` per model instance
-up front (1 MiB in current releases; 64 MiB in the releases that introduced shared memory) and
-grows the region in ``shm-growth-byte-size`` chunks when a batch needs more (both set with
-``--backend-config=python,<key>=<bytes>``). The size we give the container is::
-
-    shm = round_up_MiB( safety * sum_models( instances[m] * max_batch_size *
-                                             sum_tensors(m) bytes of one request ) )
-    shm = max(shm, 256 MiB)
-
-over every model of ``oneranker_client.contract.MODELS`` and every one of its inputs and
-outputs, at the largest shape a request may have. Variable (-1) dimensions resolve by the rule
-in ``VARIABLE_DIMS`` (explicit per tensor name; a tensor the rule does not know is an error, so a
-contract change forces a decision here):
-
-* ``history``: the behaviour history, padded at most to ``max_history`` (model.max_history);
-* ``kv``: the Step-3 key/value sequence ``[H1 ; H2]`` = ``F`` feature tokens + ``max_history``
-  events + the Step-2 tokens (``model.num_step2_tokens``: task tokens + fake items);
-* ``candidates``: candidate lists, the top-k outputs and the exclusion lists, bounded by
-  ``max_candidates`` (serve.max_num_candidates; top_k <= num_candidates <= max_candidates).
-  ``exclude_item_ids`` is not bounded by the contract itself: preprocess must reject longer
-  lists, otherwise the bound here is not one.
-
-``safety`` (default 2) covers a request's inputs and outputs being alive at once and the growth
-chunks' fragmentation. The 256 MiB floor covers the per-instance default regions (64 MiB each in
-early python_backend releases) and the backend's control structures, whatever the tensors.
-
-Instance counts: one per contract model, as ``oneranker build`` renders them
-(`rendered_instance_counts` renders the templates and reads their instance groups back: 1 for an
-ensemble, 0 for a contract model the repository does not hold, e.g. the fused recommender in the
-tensorrt repository). A deployment that raises counts
-declares its own (``--instances``, or the ``oneranker.instances`` label of the compose service).
+This module holds the versioned rollout and the ``python -m oneranker_deploy`` CLI; the
+shared-memory sizing lives in :mod:`oneranker_deploy.shm` and the repository reading and
+rendering in :mod:`oneranker_deploy.repository`. Every name of those listed in ``__all__`` below
+is importable from here too.
 
 Rollout (``promote`` / ``retire`` / ``load``)
 ---------------------------------------------
@@ -67,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -77,13 +44,37 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported lazily: `latest`/`promote`/`retire`/`load` start in ~0.1 s
-    from oneranker.config import ExperimentConfig
-    from oneranker_client.contract import ContractDims, ModelSpec, TensorSpec
+from .repository import (
+    _model_dirs,
+    _models,
+    _versions,
+    config_instance_count,
+    config_preset,
+    contract_dims,
+    latest_version,
+    render_default,
+    rendered_instance_counts,
+    repository_instance_counts,
+)
+from .shm import (
+    GIB,
+    MIB,
+    SHM_FLOOR_BYTES,
+    VARIABLE_DIMS,
+    compose_shm_inputs,
+    deploy_limits,
+    format_size,
+    model_request_bytes,
+    parse_instance_counts,
+    parse_size,
+    shm_size_bytes,
+    shm_size_for_preset,
+    tensor_bytes,
+)
 
 __all__ = [
+    "GIB",
     "MIB",
     "SHM_FLOOR_BYTES",
     "VARIABLE_DIMS",
@@ -91,6 +82,7 @@ __all__ = [
     "render_default",
     "repository_instance_counts",
     "config_instance_count",
+    "config_preset",
     "contract_dims",
     "deploy_limits",
     "tensor_bytes",
@@ -102,305 +94,14 @@ __all__ = [
     "parse_instance_counts",
     "compose_shm_inputs",
     "latest_version",
+    "RELEASE_CONFIG",
+    "pin_release",
     "promote",
     "retire",
     "load_order",
     "load_models",
     "main",
 ]
-
-
-def _models() -> dict:
-    from oneranker_client.contract import MODELS
-
-    return MODELS
-
-
-def config_preset(name: str) -> ExperimentConfig:
-    from oneranker.config import preset
-
-    return preset(name)
-
-
-MIB = 1 << 20
-GIB = 1 << 30
-SHM_FLOOR_BYTES = 256 * MIB
-_WORD_BYTES = {"TYPE_INT64": 8, "TYPE_INT32": 4, "TYPE_FP32": 4}
-
-# How every variable (-1) dimension of the contract resolves (see the module docstring).
-VARIABLE_DIMS: dict[str, str] = {
-    # behaviour history
-    "item_ids": "history",
-    "actions": "history",
-    "timestamps": "history",
-    "hist_sids": "history",
-    "hist_actions": "history",
-    "hist_dt": "history",
-    # Step-3 key/value sequence [H1 ; H2]
-    "kv": "kv",
-    # candidate-sized lists
-    "exclude_item_ids": "candidates",
-    "exclude_idx": "candidates",
-    "cand_idx": "candidates",
-    "cand_logp": "candidates",
-    "cand_stream": "candidates",
-    "rec_item_ids": "candidates",
-    "rec_scores": "candidates",
-    "rec_gen_logp": "candidates",
-    "rec_source_head": "candidates",
-}
-
-
-def config_instance_count(config_text: str) -> int:
-    """Instances a config.pbtxt asks for: 1 for an ensemble (it is counted once, for the tensors
-    it hands between steps), the sum of its instance_group counts, 1 without instance_group
-    (Triton's default on one GPU or on CPU)."""
-    if re.search(r'platform\s*:\s*"ensemble"', config_text):
-        return 1
-    groups = re.search(r"instance_group\s*\[(.*?)\]", config_text, re.S)
-    if not groups:
-        return 1
-    counts = [int(c) for c in re.findall(r"count\s*:\s*(\d+)", groups.group(1))]
-    return sum(counts) if counts else 1
-
-
-def repository_instance_counts(repository: str | os.PathLike) -> dict[str, int]:
-    """Instance count of every contract model in a rendered repository (0 = not in it)."""
-    root = Path(repository)
-    counts = {name: 0 for name in _models()}
-    for m in _model_dirs(root):
-        if m.name in counts:
-            counts[m.name] = config_instance_count((m / "config.pbtxt").read_text())
-    return counts
-
-
-def render_default(engine: str, out_dir: str | os.PathLike, settings=None) -> Path:
-    """Render the repository `oneranker build --engine ENGINE` would (same templates, default
-    settings and default topology) from an empty export folder: configs and Python code, no
-    artifacts. For inspecting what a deployment serves without a trained run."""
-    from oneranker_build import render
-
-    export = Path(out_dir) / ".empty-export"
-    export.mkdir(parents=True, exist_ok=True)
-    return render.render_repository(
-        export,
-        Path(out_dir) / engine,
-        engine,
-        contract_dims(config_preset("tiny")),
-        "0" * 64,
-        settings=settings,
-        samples=False,
-    )
-
-
-def rendered_instance_counts(engine: str = "onnxruntime", settings=None) -> dict[str, int]:
-    """Instance counts of the repository `oneranker build` renders for `engine` (templates
-    rendered into a temporary folder, instance groups read back). docker-compose.yml declares
-    the same in its labels."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="oneranker-render-") as tmp:
-        return repository_instance_counts(render_default(engine, tmp, settings))
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared-memory sizing
-# ---------------------------------------------------------------------------------------------
-def contract_dims(cfg: ExperimentConfig) -> ContractDims:
-    """The contract's symbolic dims for a config (``extra['step2_tokens']`` = H2 length)."""
-    from oneranker_client.contract import ContractDims
-
-    return ContractDims(
-        F=cfg.data.num_profile_features + cfg.data.num_context_features,
-        D=cfg.tokenizer.sid_depth,
-        K=cfg.tokenizer.max_codes,
-        H=cfg.model.num_task_tokens,
-        R2=2 * cfg.model.r_layers,
-        DM=cfg.model.d_model,
-        extra={"step2_tokens": cfg.model.num_step2_tokens},
-    )
-
-
-def deploy_limits(cfg: ExperimentConfig) -> dict[str, int]:
-    """The shape limits of one request under a config (arguments of `shm_size_bytes`)."""
-    return {
-        "max_batch_size": cfg.serve.max_batch_size,
-        "max_history": cfg.model.max_history,
-        "max_candidates": cfg.serve.max_num_candidates,
-    }
-
-
-def _variable_length(
-    tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
-) -> int:
-    kind = VARIABLE_DIMS.get(tensor.name)
-    if kind is None:
-        raise ValueError(
-            f"tensor {tensor.name!r} has a variable dimension that oneranker_deploy."
-            "VARIABLE_DIMS does not classify (history, kv or candidates): add it there"
-        )
-    if kind == "history":
-        return max_history
-    if kind == "candidates":
-        return max_candidates
-    return dims.F + max_history + step2_tokens  # kv
-
-
-def tensor_bytes(
-    tensor: TensorSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
-) -> int:
-    """Bytes of one request's tensor at its largest shape (batch dimension excluded)."""
-    if tensor.dtype not in _WORD_BYTES:
-        raise ValueError(f"tensor {tensor.name!r}: unknown dtype {tensor.dtype}")
-    n = 1
-    for d in tensor.dims:
-        v = dims.value(d)
-        if v == -1:
-            v = _variable_length(tensor, dims, max_history, max_candidates, step2_tokens)
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"tensor {tensor.name!r}: cannot resolve dimension {d!r}")
-        n *= v
-    return n * _WORD_BYTES[tensor.dtype]
-
-
-def model_request_bytes(
-    model: ModelSpec, dims: ContractDims, max_history: int, max_candidates: int, step2_tokens: int
-) -> int:
-    """Bytes of every input and output of one request of `model`, at the largest shapes."""
-    return sum(
-        tensor_bytes(t, dims, max_history, max_candidates, step2_tokens) for t in (*model.inputs, *model.outputs)
-    )
-
-
-def _step2_tokens(dims: ContractDims, step2_tokens: int | None) -> int:
-    if step2_tokens is not None:
-        return int(step2_tokens)
-    if "step2_tokens" not in dims.extra:
-        raise ValueError(
-            "the kv length needs the Step-2 token count: pass step2_tokens= or build dims with contract_dims(cfg)"
-        )
-    return int(dims.extra["step2_tokens"])
-
-
-def shm_size_bytes(
-    dims: ContractDims,
-    max_batch_size: int,
-    instance_counts: Mapping[str, int],
-    max_history: int,
-    max_candidates: int,
-    safety: float = 2.0,
-    *,
-    step2_tokens: int | None = None,
-    floor: int = SHM_FLOOR_BYTES,
-) -> int:
-    """``/dev/shm`` bytes for a Triton server holding `instance_counts` of the contract's models.
-
-    ``instance_counts`` must name every model of ``contract.MODELS`` (0 = not in this
-    repository) and nothing else: a model added to the contract must be sized on purpose.
-    """
-    unknown = sorted(set(instance_counts) - set(_models()))
-    missing = sorted(set(_models()) - set(instance_counts))
-    if unknown or missing:
-        raise ValueError(
-            f"instance_counts must name exactly the contract's models "
-            f"{sorted(_models())}; unknown {unknown}, missing {missing}"
-        )
-    if max_batch_size < 1 or max_history < 1 or max_candidates < 1:
-        raise ValueError("max_batch_size, max_history and max_candidates must be >= 1")
-    if safety < 1.0:
-        raise ValueError("safety must be >= 1")
-    t2 = _step2_tokens(dims, step2_tokens)
-    total = 0
-    for name, model in _models().items():
-        count = int(instance_counts[name])
-        if count < 0:
-            raise ValueError(f"instance count of {name!r} must be >= 0")
-        total += count * max_batch_size * model_request_bytes(model, dims, max_history, max_candidates, t2)
-    need = math.ceil(total * safety / MIB) * MIB
-    return max(need, floor)
-
-
-def shm_size_for_preset(
-    preset: str | ExperimentConfig, instance_counts: Mapping[str, int] | None = None, safety: float = 2.0
-) -> int:
-    cfg = config_preset(preset) if isinstance(preset, str) else preset
-    counts = rendered_instance_counts() if instance_counts is None else dict(instance_counts)
-    return shm_size_bytes(contract_dims(cfg), instance_counts=counts, safety=safety, **deploy_limits(cfg))
-
-
-def format_size(nbytes: int) -> str:
-    """Docker/compose size string: "2g" when a whole number of GiB, else "768m" (MiB, up)."""
-    if nbytes % GIB == 0:
-        return f"{nbytes // GIB}g"
-    return f"{math.ceil(nbytes / MIB)}m"
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
-_SIZE_UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": MIB, "g": GIB}
-
-
-def parse_size(text: str | int) -> int:
-    """Inverse of `format_size`; accepts docker's forms (512m, 2g, 2gb, 1024k, bytes)."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    return int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()]
-
-
-def parse_instance_counts(text: str) -> dict[str, int]:
-    """ "generation=2,ranking=2" -> {"generation": 2, "ranking": 2}"""
-    out: dict[str, int] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise ValueError(f"expected MODEL=COUNT, got {item!r}")
-        out[name.strip()] = int(value)
-    return out
-
-
-def compose_shm_inputs(compose: dict, service: str) -> tuple[str, dict[str, int]]:
-    """(preset, instance counts) a compose service declares in its labels
-    ``oneranker.shm.preset`` and ``oneranker.instances`` (contract models the label does not
-    name have no instance in that repository: 0)."""
-    svc = compose["services"][service]
-    labels = svc.get("labels") or {}
-    if isinstance(labels, list):
-        labels = dict(item.split("=", 1) for item in labels)
-    try:
-        preset_name, declared = labels["oneranker.shm.preset"], parse_instance_counts(labels["oneranker.instances"])
-    except KeyError as e:
-        raise ValueError(f"service {service!r} lacks label {e.args[0]!r}") from None
-    unknown = sorted(set(declared) - set(_models()))
-    if unknown:
-        raise ValueError(f"service {service!r}: label oneranker.instances names unknown models {unknown}")
-    return preset_name, {name: declared.get(name, 0) for name in _models()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Versioned rollout
-# ---------------------------------------------------------------------------------------------
-def _model_dirs(root: Path) -> list[Path]:
-    return sorted(
-        p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file()
-    )
-
-
-def _versions(model_dir: Path) -> list[int]:
-    # Triton's rule: a version folder is named by a positive integer without a leading zero.
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
-    )
-
-
-def latest_version(repository: str | os.PathLike) -> int:
-    """Highest version folder of any model in the repository (0 if none or no repository)."""
-    root = Path(repository)
-    if not root.is_dir():
-        return 0
-    return max((v for m in _model_dirs(root) for v in _versions(m)), default=0)
-
 
 # A copy of each model's config.pbtxt as promoted, kept in its version folder (Triton ignores it)
 # so that a rollback restores the config of the release it returns to.

@@ -114,7 +114,7 @@ def pack(
 ) -> dict:
     """Write the carry into `out` (replacing it); returns its manifest. `triton_root`: a folder
     holding pytriton/ and nvidia_pytriton.libs/ (default: the installed wheel)."""
-    from oneranker_serving.local_server import find_tritonserver
+    from oneranker_serving.triton_install import find_tritonserver
 
     site = find_tritonserver(triton_root).parents[3]  # site/pytriton/tritonserver/bin/tritonserver
     triton = site / _TRITON

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from oneranker_client import contract
-from oneranker_client.client import RecommendRequest, request_arrays
+from oneranker_client.messages import RecommendRequest, request_arrays
 
 from .common import machine, percentiles
 from .http_v2 import HttpV2Client, InferError

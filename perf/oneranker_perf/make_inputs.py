@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from oneranker_client import contract
-from oneranker_client.client import RecommendRequest, request_arrays
+from oneranker_client.messages import RecommendRequest, request_arrays
 
 __all__ = [
     "perf_analyzer_data",

@@ -28,7 +28,7 @@ def _num(text: str, kind=float):
 
 
 def _perf_analyzer(folder: Path, markdown: str, facts: dict) -> dict:
-    from .perf_analyzer_suite import LevelResult, summary
+    from .perf_analyzer_report import LevelResult, summary
 
     with open(folder / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))

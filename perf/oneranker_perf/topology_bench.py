@@ -281,7 +281,7 @@ def bench_requests(run_dir: Path, n_requests: int) -> tuple:
     from oneranker.checkpoint import load_run
     from oneranker.cli import example_request
     from oneranker.pipeline import prepare
-    from oneranker_client.client import RecommendRequest
+    from oneranker_client.messages import RecommendRequest
 
     cfg, _, sids, _ = load_run(run_dir)
     prep = prepare(cfg, sids=sids)

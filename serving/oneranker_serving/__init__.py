@@ -10,6 +10,7 @@
     runners/     engine runners: onnxruntime, torch (exported programs), tensorrt
     triton/      the Python models' logic, with pb_utils injected
     local_server the tritonserver launcher (nvidia-pytriton wheel) for CPU hosts and tests
+    triton_install  the wheel's tritonserver binary, libraries, Python backend and stubs, located
 
 Only `runners/torch.py` imports torch, and only when the torch engine or DLPack is used (and
 `runners/tensorrt.py`, beside TensorRT).

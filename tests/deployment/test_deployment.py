@@ -692,7 +692,17 @@ def test_python_models_reach_only_the_serving_package_and_the_client_contract():
                 todo += _loaded_files(name)
     assert reached == {"oneranker_serving", "oneranker_client"}, reached
     client_files = {p.name for p in seen if "oneranker_client" in p.parts}
-    assert client_files <= {"__init__.py", "contract.py", "client.py", "defaults.py", "restricted_api.py"}, client_files
+    # the package's __init__ loads the client library (client, messages, retries): never its CLI
+    library = {
+        "__init__.py",
+        "contract.py",
+        "client.py",
+        "messages.py",
+        "retries.py",
+        "defaults.py",
+        "restricted_api.py",
+    }
+    assert client_files <= library, client_files
 
 
 def test_triton_requirements_are_exactly_what_the_python_models_import():
@@ -1379,10 +1389,10 @@ USAGES = collect_usages()
 
 @functools.cache
 def _tritonserver_help() -> str:
-    from oneranker_serving import local_server as ts
+    from oneranker_serving import triton_install
 
     try:
-        binary, libs = ts.find_tritonserver(), ts.pytriton_libs_dir()
+        binary, libs = triton_install.find_tritonserver(), triton_install.pytriton_libs_dir()
     except RuntimeError as e:
         raise LookupError(f"tritonserver is not installed here ({e})") from None
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
