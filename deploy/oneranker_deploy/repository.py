@@ -59,6 +59,7 @@ def contract_dims(cfg: ExperimentConfig) -> ContractDims:
         H=cfg.model.num_task_tokens,
         R2=2 * cfg.model.r_layers,
         DM=cfg.model.d_model,
+        Z=cfg.decoder_state_width,
         extra={"step2_tokens": cfg.model.num_step2_tokens},
     )
 

@@ -110,3 +110,20 @@ def test_only_the_conditioned_decoder_fits_a_user_by_prefix_interaction():
     conditioned, factorized = level2_accuracy("conditioned"), level2_accuracy("factorized")
     assert conditioned > 0.95, conditioned
     assert 0.4 < factorized < 0.6, factorized
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_the_configs_state_width_is_the_modules(kind):
+    """`ExperimentConfig.decoder_state_width` (the contract's Z, used without building a model)
+    equals the built decoder's state width."""
+    from oneranker.config import preset
+    from oneranker.decoders import build_decoder
+
+    cfg = preset("tiny")
+    cfg.model.decoder = kind
+    t, m = cfg.tokenizer, cfg.model
+    features = torch.zeros(t.sid_depth, t.max_codes, m.num_fake_items)
+    decoder = build_decoder(m, t.sid_depth, t.max_codes, features, [t.max_codes] * t.sid_depth)
+    assert decoder.state_width == cfg.decoder_state_width
+    e_user = torch.zeros(2, m.num_task_tokens, m.user_width)
+    assert decoder.state(e_user, m.num_task_tokens).shape == (2, m.num_task_tokens, cfg.decoder_state_width)
