@@ -25,6 +25,8 @@ from oneranker_client.contract import (  # noqa: F401  (re-exported: the action 
 from oneranker_serving.config import ServeConfig
 
 DECODERS = ("factorized", "conditioned")  # ModelConfig.decoder
+WORLDS = ("v1", "v2")  # DataConfig.world
+SPLITS = ("leave_last_out", "time_cutoff")  # DataConfig.split
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,13 @@ class DataConfig:
     """Synthetic ad marketplace (ground truth known). See `oneranker.data.synthetic`."""
 
     source: str = "synthetic"  # synthetic | movielens100k | tafeng | csv
+    # Synthetic response model (`data.synthetic` for v1, `data.synthetic_v2` for v2). "v1": the
+    # original world, kept byte-identical so every preset, test and committed figure stays
+    # reproducible. "v2": adds an ad quality invisible to latent position and co-occurrence, an
+    # (hour x category) context effect, interest-independent bids and a soft (log-sum-exp)
+    # interest match, so that value lies outside the top-pCTR candidates (docs/study.md,
+    # "Synthetic world v2"). Default v1: changing the default would silently change every run.
+    world: str = "v1"
     seed: int = 0
     num_users: int = 1200
     num_ads: int = 600
@@ -52,6 +61,20 @@ class DataConfig:
     impressions_per_session: int = 4
     contents_per_session: tuple[int, int] = (0, 3)
     max_history: int = 128  # longest history kept per sample (most recent events)
+    # How the log is cut into train / valid / test (`data.splits`), for every source alike.
+    # "leave_last_out": per user, the last positive is the test target and the one before it the
+    #   validation target; training uses everything before the validation target. Default: the
+    #   paper's protocol, and every committed figure uses it.
+    # "time_cutoff": one global time T = the split_cutoff_quantile quantile of all event times;
+    #   training rows are strictly before T, validation / test targets are each user's first /
+    #   second positive strictly after T (no training sample sees any event at or after T, so no
+    #   user's future leaks into another user's training data through shared items).
+    split: str = "leave_last_out"
+    # time_cutoff only: the quantile of all event timestamps that sets T. 0.8: 80% of the events
+    # train the model, the last 20% are the evaluation period. Which users it covers depends on
+    # the log: synthetic users are active ~4 days of a ~40-day log, so ~22% of them have two
+    # positives after T (docs/study.md, "Time-cutoff split").
+    split_cutoff_quantile: float = 0.8
     # Training cut points: every positive ad event of a user before the validation target (the
     # last two positives are validation and test: leave-last-out). Each epoch takes a rotating
     # subset of this many cut points per user (a seeded per-user permutation, walked in turn), so
@@ -289,6 +312,14 @@ class ExperimentConfig:
                 "must be in [0, num_train_candidates)",
             ),
             ("data.train_cuts_per_epoch", self.data.train_cuts_per_epoch >= 1, "must be >= 1"),
+            ("data.world", self.data.world in WORLDS, f"must be one of {WORLDS}"),
+            (
+                "data.num_context_features",
+                self.data.world != "v2" or self.data.num_context_features >= 1,
+                "must be >= 1 for data.world='v2' (its click model reads the hour of the request)",
+            ),
+            ("data.split", self.data.split in SPLITS, f"must be one of {SPLITS}"),
+            ("data.split_cutoff_quantile", 0.0 < self.data.split_cutoff_quantile < 1.0, "must be in (0, 1)"),
             ("loss.engagement_pair_weight", 0.0 <= self.loss.engagement_pair_weight <= 1.0, "must be in [0, 1]"),
             ("train.oov_history_share", 0.0 <= self.train.oov_history_share < 1.0, "must be in [0, 1)"),
             ("train.patience", self.train.patience >= 1, "must be >= 1"),

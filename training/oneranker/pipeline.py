@@ -54,14 +54,14 @@ def item_tables(ds: Dataset, sids) -> ItemTables:
 
 
 def prepare(cfg: ExperimentConfig, sids=None) -> Prepared:
-    from .data.splits import make_splits, popularity_scores
+    from .data.splits import make_splits, popularity_scores, training_rows_mask
     from .tokenizer import fit_semantic_ids
 
     ds = load_dataset(cfg)
     splits = make_splits(ds, cfg.data, num_task_tokens=cfg.model.num_task_tokens, seed=cfg.data.seed)
     if sids is None:
-        sids = fit_semantic_ids(ds, cfg.tokenizer)
-    return Prepared(cfg, ds, splits, sids, item_tables(ds, sids), popularity_scores(ds, splits["train"]))
+        sids = fit_semantic_ids(ds, cfg.tokenizer, training_rows_mask(ds, cfg.data))
+    return Prepared(cfg, ds, splits, sids, item_tables(ds, sids), popularity_scores(ds, splits["train"], cfg.data))
 
 
 def level_sizes(cfg: ExperimentConfig) -> list[int]:
@@ -265,7 +265,9 @@ class TrainBatcher:
         cand_sids, cand_attrs, cand_bid = tables.candidate_features(cands)
         if ds.ground_truth is not None:
             users = np.repeat(self.negatives.users[index], cands.shape[1])
-            values = ds.ground_truth.expected_ecpm(users, cands.ravel(), ds.catalog).reshape(cands.shape)
+            ctx = self.negatives.context
+            ctx = None if ctx is None else np.repeat(ctx[index], cands.shape[1], axis=0)
+            values = ds.ground_truth.expected_ecpm(users, cands.ravel(), ds.catalog, ctx).reshape(cands.shape)
         else:
             values = np.zeros(cands.shape)
         engaged = np.zeros(cands.shape, dtype=bool)

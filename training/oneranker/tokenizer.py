@@ -2,17 +2,18 @@
 
 Item embeddings ([#1], GPR's joint O/I item space): rows are ads (0..A-1) then contents
 (A..A+C-1). They are learned from the log itself, from TRAINING rows only
-(`data.splits.training_rows_mask`: rows before each user's valid target, so validation/test
-engagements never shape the codes): co-occurrence counts of two items within a sliding window of
-`_WINDOW` = 8 consecutive events of one user's sequence (symmetric, self-pairs dropped; logs with
-more than 4M training events use a seeded random subset of whole users, which bounds memory at
-the paper preset's scale), then symmetric PPMI with smoothed marginals (count ** 0.75 on both
-sides, so the matrix stays symmetric), then a truncated SVD (randomised range finder with power
-iterations, numpy only, bincount sparse products) to `embedding_dim`, rows scaled by
-sqrt(singular values) and L2-normalised. Why this embedding: it carries collaborative
-signal (items consumed by the same users close together in time end up close: exactly the
-structure the generator has to decode), it needs no training loop or extra dependency, it is
-cheap (sparse, O(events x window)) and it is deterministic given the seed.
+(`data.splits.training_rows_mask` of the run's split: rows before each user's valid target, or
+before the global cutoff, so validation/test engagements never shape the codes): co-occurrence
+counts of two items within a sliding window of `_WINDOW` = 8 consecutive events of one user's
+sequence (symmetric, self-pairs dropped; logs with more than 4M training events use a seeded
+random subset of whole users, which bounds memory at the paper preset's scale), then symmetric
+PPMI with smoothed marginals (count ** 0.75 on both sides, so the matrix stays symmetric), then
+a truncated SVD (randomised range finder with power iterations, numpy only, bincount sparse
+products) to `embedding_dim`, rows scaled by sqrt(singular values) and L2-normalised. Why this
+embedding: it carries collaborative signal (items consumed by the same users close together in
+time end up close: exactly the structure the generator has to decode), it needs no training loop
+or extra dependency, it is cheap (sparse, O(events x window)) and it is deterministic given the
+seed.
 Items never seen in the training rows get a seeded random *unit* vector: cold items still need a
 valid, unique path (serving may receive them, the trie must be able to emit cold ads). A "small"
 vector would put every cold item near the origin, on one shared prefix, and exhaust
@@ -124,13 +125,17 @@ def _randomized_svd(rows, cols, vals, n: int, rank: int, rng) -> tuple[np.ndarra
     return (q @ ub)[:, :rank], s[:rank]
 
 
-def item_embeddings(ds: Dataset, cfg: TokenizerConfig, rng=None) -> tuple[np.ndarray, np.ndarray]:
-    """-> (embeddings [A + C, dim] float32 L2-normalised, warm [A + C] bool). See module doc."""
+def item_embeddings(
+    ds: Dataset, cfg: TokenizerConfig, rng=None, train_rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> (embeddings [A + C, dim] float32 L2-normalised, warm [A + C] bool). See module doc.
+    train_rows: bool [E] rows the embeddings may use (None = `training_rows_mask(ds)`, the
+    leave-last-out split's rows)."""
     rng = np.random.default_rng(cfg.seed) if rng is None else rng
     A, C = ds.catalog.num_ads, ds.catalog.num_contents
     n = A + C
     log = ds.log
-    keep = training_rows_mask(ds)
+    keep = training_rows_mask(ds) if train_rows is None else np.asarray(train_rows, dtype=bool).copy()
     if keep.sum() > _MAX_COOC_EVENTS:  # large logs: a seeded random subset of whole users
         per_user = np.bincount(log.user[keep], minlength=log.num_users)
         order = rng.permutation(log.num_users)
@@ -480,13 +485,15 @@ def _prefix_ids(prefix: np.ndarray) -> np.ndarray:
     return inv.reshape(-1).astype(np.int64)
 
 
-def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig) -> SemanticIds:
-    """Embeddings -> RQ-KMeans -> suffix -> trie, fake-item centroids, cosine features (module doc)."""
+def fit_semantic_ids(ds: Dataset, cfg: TokenizerConfig, train_rows: np.ndarray | None = None) -> SemanticIds:
+    """Embeddings -> RQ-KMeans -> suffix -> trie, fake-item centroids, cosine features (module doc).
+    train_rows: bool [E] rows of the split's training portion (`data.splits.training_rows_mask`
+    of the run's DataConfig); None = the leave-last-out split's."""
     if cfg.num_levels < 1 or cfg.codebook_size < 2 or cfg.max_collisions < 1:
         raise ValueError("tokenizer.num_levels >= 1, tokenizer.codebook_size >= 2, tokenizer.max_collisions >= 1")
     seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.num_levels + 2)
     A = ds.catalog.num_ads
-    emb, warm = item_embeddings(ds, cfg, np.random.default_rng(seeds[0]))
+    emb, warm = item_embeddings(ds, cfg, np.random.default_rng(seeds[0]), train_rows)
     x = emb.astype(np.float64)
 
     residual = x.copy()

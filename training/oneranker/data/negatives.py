@@ -8,8 +8,8 @@ samples `index` (rows of `make_splits(...)["train"]`), n = cfg.num_train_candida
   engaged with, i.e. ACTION_IMPRESSION rows of the same session (a session = the user's events
   separated by gaps <= `cfg.session_gap_seconds`). On the synthetic log these are real
   impressions; on MovieLens-100K they are ratings <= 3, a PROXY for "seen, not engaged" (the
-  loader maps them to ACTION_IMPRESSION). Only training rows (`training_rows_mask`: before the
-  user's validation target) are used;
+  loader maps them to ACTION_IMPRESSION). Only training rows (`training_rows_mask` of the
+  configured split: before the user's validation target, or before the global cutoff) are used;
 * the rest uniform over the catalogue;
 * never one of the user's positives (click/conversion rows among the training rows; the
   validation/test targets are not consulted, that would leak them), no duplicates in a row.
@@ -53,7 +53,9 @@ class NegativeSampler:
         rows = split_target_rows(ds, cfg)["train"][0]
         self.users = log.user[rows].astype(np.int64)
         self.targets = log.item[rows].astype(np.int64)
-        train_rows = training_rows_mask(ds)
+        # [S, F] request context of each training sample (ground-truth values of its candidates)
+        self.context = None if ds.context is None else ds.context[rows].astype(np.int64)
+        train_rows = training_rows_mask(ds, cfg)
         positive = np.isin(log.action, (ACTION_CLICK, ACTION_CONVERSION)) & train_rows
         self.positive_keys = np.unique(log.user[positive] * self.num_ads + log.item[positive])
         # hard pools: per training sample, the impressions of its target's session (CSR)

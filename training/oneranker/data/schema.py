@@ -60,25 +60,33 @@ class EventLog:
 
 @dataclass
 class GroundTruth:
-    """Known response model of the synthetic marketplace (absent for real data)."""
+    """Known response model of the synthetic marketplace (absent for real data).
 
-    pctr: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user_idx[N], ad_idx[N]) -> [N]
-    pcvr: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    pctr(users [N], ads [N], context=None) -> [N]: context = the request's context rows
+    ([N, num_context_features] as in `Dataset.context` / `Samples.context`, or [N] hour buckets);
+    a world without a context term ignores it, a world with one takes the expectation over the
+    request hour when it is None. pcvr(users [N], ads [N]) -> [N] (no world has a context term in
+    conversion)."""
 
-    def expected_ecpm(self, users: np.ndarray, ads: np.ndarray, catalog: Catalog) -> np.ndarray:
-        """bid x pCTR x pCVR (oCPM conversion bidding), per (user, ad) pair."""
-        return catalog.ad_bid[ads] * self.pctr(users, ads) * self.pcvr(users, ads)
+    pctr: Callable[..., np.ndarray]  # (user_idx[N], ad_idx[N], context=None) -> [N]
+    pcvr: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user_idx[N], ad_idx[N]) -> [N]
 
-    def expected_gmv(self, users: np.ndarray, ads: np.ndarray, catalog: Catalog) -> np.ndarray:
+    def expected_ecpm(self, users: np.ndarray, ads: np.ndarray, catalog: Catalog, context=None) -> np.ndarray:
+        """bid x pCTR x pCVR (oCPM conversion bidding), per (user, ad[, context]) pair."""
+        return catalog.ad_bid[ads] * self.pctr(users, ads, context) * self.pcvr(users, ads)
+
+    def expected_gmv(self, users: np.ndarray, ads: np.ndarray, catalog: Catalog, context=None) -> np.ndarray:
         """price x pCTR x pCVR: expected merchandise volume of showing the ad."""
-        return catalog.ad_price[ads] * self.pctr(users, ads) * self.pcvr(users, ads)
+        return catalog.ad_price[ads] * self.pctr(users, ads, context) * self.pcvr(users, ads)
 
-    def slate_value(self, user: int, ads: np.ndarray, catalog: Catalog) -> dict[str, float]:
-        """Expected eCPM and GMV summed over a slate shown to one user."""
+    def slate_value(self, user: int, ads: np.ndarray, catalog: Catalog, context=None) -> dict[str, float]:
+        """Expected eCPM and GMV summed over a slate shown to one user in one request (context =
+        that request's context row [F], or None)."""
         users = np.full(len(ads), user, dtype=np.int64)
+        ctx = None if context is None else np.repeat(np.asarray(context).reshape(1, -1), len(ads), axis=0)
         return {
-            "ecpm": float(self.expected_ecpm(users, ads, catalog).sum()),
-            "gmv": float(self.expected_gmv(users, ads, catalog).sum()),
+            "ecpm": float(self.expected_ecpm(users, ads, catalog, ctx).sum()),
+            "gmv": float(self.expected_gmv(users, ads, catalog, ctx).sum()),
         }
 
 

@@ -1,16 +1,36 @@
-"""Leakage-free temporal leave-last-out splits: `EventLog` -> train / valid / test `Samples`.
+"""Leakage-free temporal splits: `EventLog` -> train / valid / test `Samples`, for every source
+(synthetic and real logs alike go through `make_splits`). `DataConfig.split` picks the cut.
 
 Per user, the *positive* ad events are the rows with action ACTION_CLICK or ACTION_CONVERSION,
 in log order (the log is sorted by (user, timestamp) stably; this is checked).
+
+split = "leave_last_out" (default, the paper's protocol):
 
 * test target  = the user's last positive row;
 * valid target = the user's second-to-last positive row;
 * train targets = every positive before the valid target (positives 3rd-, 4th-, ... from the
   end): the pool of training cut points; training draws a rotating subset of
   `train_cuts_per_epoch` of them per user and epoch (`pipeline.EpochSampler`).
+* training rows (`training_rows_mask`) = each user's rows before their valid target. A user with
+  fewer than 2 positives yields no sample at all (and all of their rows count as training rows:
+  there is no evaluation target of theirs to leak).
 
-A user with fewer than 2 positives yields no sample at all (and all of their rows count as
-training rows, see `training_rows_mask`: there is no evaluation target of theirs to leak).
+split = "time_cutoff" (one global time T = `cutoff_time`, the `split_cutoff_quantile` quantile
+of all event timestamps, an event's own time, numpy's "lower" quantile):
+
+* training rows = every row with timestamp < T (all users); train targets = every positive
+  strictly before T;
+* valid target = the user's first positive with timestamp > T, test target = the second; users
+  with fewer than 2 positives after T have no valid / test sample (as in leave-last-out, valid
+  and test cover the same users). Rows AT T are neither training rows nor targets (strict on both
+  sides, so "before T" and "after T" never share an event); they may be history of an
+  evaluation sample.
+* Why the first two after T rather than the last two: they are the events closest to the end of
+  training, the same horizon for every user, and the test target still follows the valid one
+  (the test history contains the valid target, as in leave-last-out). One sample per user keeps
+  the study's per-user bootstrap.
+* Evaluation histories are every row before the target, so they include rows between T and the
+  target (what a deployed model would see at request time); the model never trains on them.
 
 History of a sample = the user's rows with index < target row AND timestamp < target timestamp
 (rows at the same second as the target are excluded: their order relative to the target is
@@ -22,7 +42,8 @@ request_time = target timestamp; context = ds.context[target row] (zeros without
 Head supervision (`head_targets`, [S, num_task_tokens], ad_idx or -1) comes from a future window
 of at most `mtp_future_window` rows starting AT the target row and ending before a limit row:
 
-* train sample: the user's valid target row (the window never reaches valid/test targets);
+* train sample: the user's first non-training row (leave-last-out: the valid target row;
+  time_cutoff: the first row at or after T), so the window never leaves the training rows;
 * valid sample: the user's test target row;
 * test sample : target row + 1 (only the target itself).
 
@@ -40,8 +61,9 @@ column 0 = target, the others are drawn uniformly without replacement from all o
 (Floyd's algorithm, vectorised over rows; deterministic in `seed`; columns 1.. are shuffled).
 These are the fixed evaluation candidates (paper protocol); training does not use the train
 split's fixed ones but redraws candidates at every step (`data.negatives.NegativeSampler`).
-candidate_ecpm / candidate_gmv = ground-truth expected eCPM / GMV of (user, candidate) when the
-dataset has ground truth, else 0 (no counterfactual values exist on real logs).
+candidate_ecpm / candidate_gmv = ground-truth expected eCPM / GMV of (user, candidate) in the
+request's context when the dataset has ground truth, else 0 (no counterfactual values exist on
+real logs).
 candidate_values = candidate_ecpm, the value-pair label of BPR (`losses.bpr_pair_weights`); the
 engagement label is the column (column 0 = the logged positive).
 """
@@ -50,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ACTION_CLICK, ACTION_CONVERSION, AD_ACTIONS, DataConfig
+from ..config import ACTION_CLICK, ACTION_CONVERSION, AD_ACTIONS, SPLITS, DataConfig
 from .schema import Dataset, Samples
 
 _SPLIT_STREAM = {"train": 1, "valid": 2, "test": 3}
@@ -85,12 +107,29 @@ def _positives(ds: Dataset):
     return pos_rows, pos_user, rev, counts, valid_row, test_row
 
 
-def training_rows_mask(ds: Dataset) -> np.ndarray:
-    """bool[E]: rows strictly before their user's valid target row (all rows of a user with < 2
-    positives). Everything fitted on the log outside the model (tokenizer embeddings, popularity)
-    must use only these rows."""
+def cutoff_time(ds: Dataset, cfg: DataConfig) -> int:
+    """T of split="time_cutoff": the `cfg.split_cutoff_quantile` quantile of all event timestamps
+    (numpy method "lower": an actual event time)."""
+    if ds.log.timestamp.size == 0:
+        raise ValueError("time_cutoff split needs a non-empty log")
+    return int(np.quantile(ds.log.timestamp, cfg.split_cutoff_quantile, method="lower"))
+
+
+def _split_kind(cfg: DataConfig | None) -> str:
+    kind = "leave_last_out" if cfg is None else cfg.split
+    if kind not in SPLITS:
+        raise ValueError(f"config field data.split must be one of {SPLITS}, got {kind!r}")
+    return kind
+
+
+def training_rows_mask(ds: Dataset, cfg: DataConfig | None = None) -> np.ndarray:
+    """bool[E]: the rows anything fitted outside the model (tokenizer embeddings, popularity, hard
+    negatives) may use. leave_last_out (also cfg=None): rows strictly before their user's valid
+    target row (all rows of a user with < 2 positives); time_cutoff: rows with timestamp < T."""
     _check_sorted(ds)
     log = ds.log
+    if _split_kind(cfg) == "time_cutoff":
+        return log.timestamp < cutoff_time(ds, cfg)
     offsets = log.user_slices()
     _, _, _, _, valid_row, _ = _positives(ds)
     boundary = np.where(valid_row >= 0, valid_row, offsets[1:])
@@ -142,7 +181,9 @@ def _head_targets(ds: Dataset, target_rows, limit_rows, window: int, T: int, rng
         users = log.user[target_rows][s_idx]
         gt = ds.ground_truth
         if gt is not None:
-            w[s_idx, w_idx] = gt.expected_ecpm(users, ads, ds.catalog)
+            # each window event's eCPM in the context it happened in
+            ctx = None if ds.context is None else ds.context[idx[s_idx, w_idx]]
+            w[s_idx, w_idx] = gt.expected_ecpm(users, ads, ds.catalog, ctx)
         else:
             w[s_idx, w_idx] = ds.catalog.ad_bid[ads]
         w = np.where(np.isfinite(w) & (w > 0), w, 0.0)
@@ -201,8 +242,9 @@ def _build(
     cands = _sample_candidates(targets, ds.catalog.num_ads, n_cand, rng)
     flat_u = np.repeat(users, n_cand)
     if ds.ground_truth is not None:
-        ecpm = ds.ground_truth.expected_ecpm(flat_u, cands.ravel(), ds.catalog).reshape(cands.shape)
-        gmv = ds.ground_truth.expected_gmv(flat_u, cands.ravel(), ds.catalog).reshape(cands.shape)
+        flat_c = np.repeat(context, n_cand, axis=0)  # the request's context for every candidate
+        ecpm = ds.ground_truth.expected_ecpm(flat_u, cands.ravel(), ds.catalog, flat_c).reshape(cands.shape)
+        gmv = ds.ground_truth.expected_gmv(flat_u, cands.ravel(), ds.catalog, flat_c).reshape(cands.shape)
     else:
         ecpm = np.zeros(cands.shape)
         gmv = np.zeros(cands.shape)
@@ -227,6 +269,8 @@ def split_target_rows(ds: Dataset, cfg: DataConfig) -> dict[str, tuple[np.ndarra
     """Per split: (target rows, future-window limit rows) of the samples `make_splits` builds, in
     sample order (targets whose history would be empty are already dropped)."""
     _check_sorted(ds)
+    if _split_kind(cfg) == "time_cutoff":
+        return _time_cutoff_rows(ds, cutoff_time(ds, cfg))
     pos_rows, pos_user, rev, counts, valid_row, test_row = _positives(ds)
     log = ds.log
     ok = counts[pos_user] >= 2
@@ -241,8 +285,39 @@ def split_target_rows(ds: Dataset, cfg: DataConfig) -> dict[str, tuple[np.ndarra
     }
 
 
+def _time_cutoff_rows(ds: Dataset, T: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split_target_rows of split="time_cutoff" (module doc)."""
+    log = ds.log
+    U = log.num_users
+    offsets = log.user_slices()
+    pos_rows = np.flatnonzero((log.action == ACTION_CLICK) | (log.action == ACTION_CONVERSION))
+    pos_user = log.user[pos_rows]
+    pos_t = log.timestamp[pos_rows]
+    has_hist = pos_t > log.timestamp[offsets[pos_user]]
+    # First row of each user at or after T (= the user's end when none): the train window limit.
+    key = log.user * 2 + (log.timestamp >= T)
+    first_after = np.searchsorted(key, np.arange(U) * 2 + 1, side="left")
+    after = pos_t > T
+    n_after = np.bincount(pos_user[after], minlength=U)
+    a_rows, a_user = pos_rows[after], pos_user[after]
+    rank = np.arange(a_rows.size) - np.searchsorted(a_user, a_user, side="left")  # 0 = first after T
+    eligible = n_after[a_user] >= 2
+    valid_row = np.full(U, -1, dtype=np.int64)
+    test_row = np.full(U, -1, dtype=np.int64)
+    valid_row[a_user[eligible & (rank == 0)]] = a_rows[eligible & (rank == 0)]
+    test_row[a_user[eligible & (rank == 1)]] = a_rows[eligible & (rank == 1)]
+    tr = (pos_t < T) & has_hist
+    va = np.isin(pos_rows, valid_row[valid_row >= 0]) & has_hist
+    te = np.isin(pos_rows, test_row[test_row >= 0]) & has_hist
+    return {
+        "train": (pos_rows[tr], first_after[pos_user[tr]]),
+        "valid": (pos_rows[va], test_row[pos_user[va]]),
+        "test": (pos_rows[te], pos_rows[te] + 1),
+    }
+
+
 def make_splits(ds: Dataset, cfg: DataConfig, num_task_tokens: int = 8, seed: int = 0) -> dict[str, Samples]:
-    """Temporal leave-last-out train/valid/test `Samples` (see module docstring)."""
+    """Temporal train/valid/test `Samples`, cut as `cfg.split` says (see module docstring)."""
     if num_task_tokens < 1:
         raise ValueError("num_task_tokens must be >= 1")
     rows = split_target_rows(ds, cfg)
@@ -252,10 +327,10 @@ def make_splits(ds: Dataset, cfg: DataConfig, num_task_tokens: int = 8, seed: in
     }
 
 
-def popularity_scores(ds: Dataset, train: Samples | None = None) -> np.ndarray:
-    """[A] float64: click/conversion events per ad over the training rows (`training_rows_mask`:
-    rows strictly before each user's valid target), the leakage-free popularity baseline.
+def popularity_scores(ds: Dataset, train: Samples | None = None, cfg: DataConfig | None = None) -> np.ndarray:
+    """[A] float64: click/conversion events per ad over the training rows (`training_rows_mask`
+    of `cfg`'s split; leave-last-out when cfg is None), the leakage-free popularity baseline.
     `train` is accepted for call-site symmetry; the boundary comes from the log itself."""
     log = ds.log
-    mask = training_rows_mask(ds) & ((log.action == ACTION_CLICK) | (log.action == ACTION_CONVERSION))
+    mask = training_rows_mask(ds, cfg) & ((log.action == ACTION_CLICK) | (log.action == ACTION_CONVERSION))
     return np.bincount(log.item[mask], minlength=ds.catalog.num_ads).astype(np.float64)

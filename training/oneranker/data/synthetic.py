@@ -2,7 +2,10 @@
 
 `make_synthetic(cfg)` builds a `Dataset` deterministically from `cfg.seed` (one
 `np.random.default_rng` stream, drawn in a fixed order; user chunks have a fixed size, so the
-result does not depend on the machine).
+result does not depend on the machine). `cfg.world` names the response model: "v1" is the world
+described here (byte-identical output for a given config, whatever else changes); "v2"
+(`data.synthetic_v2`) swaps the ad values, the click model and the logging policy's use of quality
+and keeps everything else.
 
 World model (all latent vectors are unit vectors in R^latent_dim):
 
@@ -17,7 +20,8 @@ World model (all latent vectors are unit vectors in R^latent_dim):
   bid = take_rate_advertiser (U(0.05, 0.2)) * price * lognormal(0, 0.3)  (oCPM conversion bid).
 * Contents (organic items, X tokens): latent = category centre + noise.
 
-Ground truth (vectorised over pairs of index arrays):
+Ground truth (vectorised over pairs of index arrays; `pctr` takes an optional request context,
+which v1 ignores):
 
 * pCTR(u, a) = sigmoid(5.5 * max_k <interest_uk, latent_a> + q_a - 6.0). A well-matched ad
   (cosine ~0.7-0.9) gets pCTR ~ 0.10-0.26, an unrelated one (cosine ~0.2) ~0.01: clicks are
@@ -58,6 +62,7 @@ from ..config import (
     ACTION_CONTENT_VIEW,
     ACTION_CONVERSION,
     ACTION_IMPRESSION,
+    WORLDS,
     ConfigError,
     DataConfig,
 )
@@ -85,8 +90,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _context_rows(context, n: int) -> np.ndarray | None:
+    """Request context -> [n] int64 hour bucket (feature 0), or None (context unknown).
+
+    `context` is [n, F] (rows of `Dataset.context` / `Samples.context`), [n] (feature 0 only) or
+    None."""
+    if context is None:
+        return None
+    c = np.asarray(context, dtype=np.int64)
+    if c.ndim == 2 and c.shape[1] == 0:
+        return None  # a log without context features
+    c = c[:, 0] if c.ndim == 2 else c.reshape(-1)
+    if c.shape[0] != n:
+        raise ValueError(f"context must have one row per pair, got {c.shape[0]} rows for {n} pairs")
+    return c
+
+
 class _World:
-    """Latent arrays of the marketplace; the ground-truth closures read them."""
+    """Latent arrays of the v1 marketplace; the ground-truth closures read them.
+
+    pctr(users [N], ads [N], context=None) -> [N] float64 and pcvr(users, ads) -> [N]: v1 has no
+    context term, so `context` is accepted and ignored."""
 
     def __init__(self, interests, ad_latent, ad_quality, purchase, price_sens, log_price_c):
         self.interests = interests  # [U, K, d] float32
@@ -96,27 +120,34 @@ class _World:
         self.price_sens = price_sens  # [U] float32
         self.log_price_c = log_price_c  # [A] float32 centred log price
 
-    def _pairs(self, fn, users, ads) -> np.ndarray:
+    # Exposure policy of the logging system: softmax(6 * <focus, latent_a> + boost_a) and the
+    # popularity draw exp(boost_a) * category weight. v1: boost = quality.
+    @property
+    def exposure_boost(self) -> np.ndarray:
+        return self.ad_quality
+
+    def _pairs(self, fn, users, ads, context=None) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         ads = np.asarray(ads, dtype=np.int64).reshape(-1)
         if users.shape != ads.shape:
             raise ValueError(f"users and ads must have the same length, got {users.shape} vs {ads.shape}")
+        ctx = _context_rows(context, users.shape[0])
         out = np.empty(users.shape[0], dtype=np.float64)
         for lo in range(0, users.shape[0], _PAIR_CHUNK):
             hi = lo + _PAIR_CHUNK
-            out[lo:hi] = fn(users[lo:hi], ads[lo:hi])
+            out[lo:hi] = fn(users[lo:hi], ads[lo:hi], None if ctx is None else ctx[lo:hi])
         return out
 
-    def _pctr(self, u, a):
+    def _pctr(self, u, a, ctx):
         match = np.einsum("nkd,nd->nk", self.interests[u], self.ad_latent[a]).max(axis=1)
         return _sigmoid(_PCTR_SCALE * match + self.ad_quality[a] + _PCTR_BIAS)
 
-    def _pcvr(self, u, a):
+    def _pcvr(self, u, a, ctx):
         match = np.einsum("nd,nd->n", self.purchase[u], self.ad_latent[a])
         return _sigmoid(_PCVR_SCALE * match - self.price_sens[u] * self.log_price_c[a] + _PCVR_BIAS)
 
-    def pctr(self, users, ads):
-        return self._pairs(self._pctr, users, ads)
+    def pctr(self, users, ads, context=None):
+        return self._pairs(self._pctr, users, ads, context)
 
     def pcvr(self, users, ads):
         return self._pairs(self._pcvr, users, ads)
@@ -133,23 +164,93 @@ def _sample_rows(rng: np.random.Generator, probs: np.ndarray, rows: np.ndarray) 
     return np.clip(idx, 0, n - 1)
 
 
+def _check_config(cfg: DataConfig) -> None:
+    U, A, C = cfg.num_users, cfg.num_ads, cfg.num_contents
+    d, K, G = cfg.latent_dim, cfg.interests_per_user, cfg.num_categories
+    if min(U, A, C, d, K, G, cfg.num_advertisers) < 1:
+        raise ConfigError("config field data.num_* / latent_dim / interests_per_user must be >= 1")
+    if not 1 <= cfg.sessions_per_user[0] <= cfg.sessions_per_user[1]:
+        raise ConfigError("config field data.sessions_per_user must satisfy 1 <= min <= max")
+    if not 0 <= cfg.contents_per_session[0] <= cfg.contents_per_session[1]:
+        raise ConfigError("config field data.contents_per_session must satisfy 0 <= min <= max")
+    if cfg.sessions_per_user[0] * cfg.impressions_per_session < MIN_POSITIVES:
+        raise ConfigError(
+            f"config field data.impressions_per_session * sessions_per_user[0] must be >= {MIN_POSITIVES}"
+        )
+    if cfg.world not in WORLDS:
+        raise ConfigError(f"config field data.world must be one of {WORLDS}")
+    if cfg.world == "v2" and cfg.num_context_features < 1:
+        raise ConfigError("config field data.num_context_features must be >= 1 for data.world='v2'")
+
+
+def _context_features(timestamp: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """[E, F] int64: feature 0 = hour-of-day bucket, 1 = day of week mod cardinality, others 0."""
+    F = cfg.num_context_features
+    context = np.zeros((timestamp.shape[0], F), dtype=np.int64)
+    if F >= 1:
+        context[:, 0] = ((timestamp // 3600) % 24) * cfg.context_cardinality // 24
+    if F >= 2:
+        context[:, 1] = ((timestamp // 86400) % 7) % cfg.context_cardinality
+    return context
+
+
+def _timestamps(rng: np.random.Generator, pos_in_sess: np.ndarray, ev_user: np.ndarray, U: int) -> np.ndarray:
+    """[E] int64 seconds: 5-180 s gaps inside a session, log-uniform 10 min - 3 days between
+    sessions, a user's first event uniform in 30 days after _T0 (rows grouped by user in order)."""
+    E = pos_in_sess.shape[0]
+    gaps = rng.integers(5, 181, size=E).astype(np.int64)
+    idle = np.exp(rng.uniform(np.log(600.0), np.log(3 * 86400.0), size=E)).astype(np.int64)
+    gaps = np.where(pos_in_sess == 0, idle, gaps)
+    user_first_ev = np.concatenate([[0], np.cumsum(np.bincount(ev_user, minlength=U))[:-1]])
+    gaps[user_first_ev] = rng.integers(0, 30 * 86400, size=U)
+    csum = np.cumsum(gaps)
+    return _T0 + csum - (csum[user_first_ev] - gaps[user_first_ev])[ev_user]
+
+
+def _outcomes(rng: np.random.Generator, p_ctr: np.ndarray, p_cvr: np.ndarray, ad_user: np.ndarray, U: int):
+    """Deepest funnel stage per impression + the minimum-engagement upgrade (module doc).
+    -> (act [N] int64, forced events, deficit per user [U])."""
+    r = rng.random(ad_user.size)
+    act = np.full(ad_user.size, ACTION_IMPRESSION, dtype=np.int64)
+    act[r < p_ctr] = ACTION_CLICK
+    act[r < p_ctr * p_cvr] = ACTION_CONVERSION
+    # Minimum engagement: upgrade the highest-pCTR impressions of under-engaged users.
+    n_pos = np.bincount(ad_user[act != ACTION_IMPRESSION], minlength=U)
+    deficit = np.maximum(MIN_POSITIVES - n_pos, 0)
+    conv_draw = rng.random(ad_user.size)
+    cand = np.flatnonzero((act == ACTION_IMPRESSION) & (deficit[ad_user] > 0))
+    forced = 0
+    if cand.size:
+        order = cand[np.lexsort((-p_ctr[cand], ad_user[cand]))]
+        ou = ad_user[order]
+        first = np.searchsorted(ou, ou, side="left")
+        rank = np.arange(order.size) - first
+        up = order[rank < deficit[ou]]
+        act[up] = np.where(conv_draw[up] < p_cvr[up], ACTION_CONVERSION, ACTION_CLICK)
+        forced = int(up.size)
+    return act, forced, deficit
+
+
+def _ads_v1(rng: np.random.Generator, ad_cat: np.ndarray, ad_adv: np.ndarray, take_rate: np.ndarray, G: int):
+    """v1 ad quality, price and bid (module doc). -> (quality [A] f32, price [A], bid [A])."""
+    A = ad_cat.shape[0]
+    ad_quality = (_QUALITY_STD * rng.normal(size=A)).astype(np.float32)
+    cat_mu = rng.uniform(2.0, 5.0, size=G)
+    price = np.exp(cat_mu[ad_cat] + 0.5 * rng.normal(size=A))
+    bid = take_rate[ad_adv] * price * np.exp(0.3 * rng.normal(size=A))
+    return ad_quality, price, bid
+
+
 def make_synthetic(cfg: DataConfig) -> Dataset:
-    """Synthetic ad marketplace with ground truth; deterministic in `cfg.seed` (see module doc)."""
+    """Synthetic ad marketplace with ground truth; deterministic in `cfg.seed` (see module doc).
+    `cfg.world` picks the response model: "v1" (this module's doc) or "v2" (`synthetic_v2`)."""
+    _check_config(cfg)
     U, A, C = cfg.num_users, cfg.num_ads, cfg.num_contents
     d, K, G = cfg.latent_dim, cfg.interests_per_user, cfg.num_categories
     s_lo, s_hi = cfg.sessions_per_user
     c_lo, c_hi = cfg.contents_per_session
     n_imp = cfg.impressions_per_session
-    if min(U, A, C, d, K, G, cfg.num_advertisers) < 1:
-        raise ConfigError("config field data.num_* / latent_dim / interests_per_user must be >= 1")
-    if not 1 <= s_lo <= s_hi:
-        raise ConfigError("config field data.sessions_per_user must satisfy 1 <= min <= max")
-    if not 0 <= c_lo <= c_hi:
-        raise ConfigError("config field data.contents_per_session must satisfy 0 <= min <= max")
-    if s_lo * n_imp < MIN_POSITIVES:
-        raise ConfigError(
-            f"config field data.impressions_per_session * sessions_per_user[0] must be >= {MIN_POSITIVES}"
-        )
+    v2 = cfg.world == "v2"
     rng = np.random.default_rng(cfg.seed)
     noise = 0.5 / np.sqrt(d)  # per-dimension std: the noise vector has norm ~0.5
 
@@ -173,18 +274,27 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
     ad_adv = rng.integers(cfg.num_advertisers, size=A)
     ad_cat = np.where(rng.random(A) < 0.8, adv_cat[ad_adv], rng.choice(G, size=A, p=cat_w))
     ad_latent = _normalize(centers[ad_cat] + 1.2 * noise * rng.normal(size=(A, d))).astype(np.float32)
-    ad_quality = (_QUALITY_STD * rng.normal(size=A)).astype(np.float32)
-    cat_mu = rng.uniform(2.0, 5.0, size=G)
-    price = np.exp(cat_mu[ad_cat] + 0.5 * rng.normal(size=A))
-    bid = take_rate[ad_adv] * price * np.exp(0.3 * rng.normal(size=A))
+    if v2:
+        from .synthetic_v2 import ads_v2
+
+        ad_quality, price, bid, make_world, world_stats = ads_v2(
+            rng, cfg, interests, ad_latent, ad_cat, ad_adv, take_rate
+        )
+    else:
+        ad_quality, price, bid = _ads_v1(rng, ad_cat, ad_adv, take_rate, G)
+        world_stats = {}
     log_price = np.log(price)
     log_price_c = (log_price - log_price.mean()).astype(np.float32)
 
     content_cat = rng.choice(G, size=C, p=cat_w)
     content_latent = _normalize(centers[content_cat] + noise * rng.normal(size=(C, d))).astype(np.float32)
 
-    world = _World(interests, ad_latent, ad_quality, purchase, price_sens, log_price_c)
-    pop = np.exp(ad_quality.astype(np.float64)) * cat_w[ad_cat]
+    if v2:
+        world = make_world(interests, ad_latent, ad_quality, purchase, price_sens, log_price_c)
+    else:
+        world = _World(interests, ad_latent, ad_quality, purchase, price_sens, log_price_c)
+    boost = world.exposure_boost
+    pop = np.exp(boost.astype(np.float64)) * cat_w[ad_cat]
     pop_cdf = np.cumsum(pop / pop.sum())
 
     # --- sessions ------------------------------------------------------------------------------
@@ -228,57 +338,35 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
             pz = np.exp(z - z.max(axis=1, keepdims=True))
             item[e_lo + views] = _sample_rows(rng, pz / pz.sum(1, keepdims=True), rows[views])
         if imps.size:
-            z = _REL_TEMP * (q @ ad_latent.T) + ad_quality[None, :]
+            z = _REL_TEMP * (q @ ad_latent.T) + boost[None, :]
             pz = np.exp(z - z.max(axis=1, keepdims=True))
             item[e_lo + imps] = _sample_rows(rng, pz / pz.sum(1, keepdims=True), rows[imps])
     exp_rows = ~is_view & explore
     item[exp_rows] = pop_draw[exp_rows]
 
-    # --- outcomes ------------------------------------------------------------------------------
+    # --- outcomes and timestamps ---------------------------------------------------------------
+    # v1 draws outcomes first (its pCTR has no context); v2 draws the timestamps first so that the
+    # click of an impression is drawn at the hour its event log row carries.
     action = np.full(E, ACTION_CONTENT_VIEW, dtype=np.int64)
     ad_rows = np.flatnonzero(~is_view)
-    p_ctr = world.pctr(ev_user[ad_rows], item[ad_rows])
-    p_cvr = world.pcvr(ev_user[ad_rows], item[ad_rows])
-    r = rng.random(ad_rows.size)
-    act = np.full(ad_rows.size, ACTION_IMPRESSION, dtype=np.int64)
-    act[r < p_ctr] = ACTION_CLICK
-    act[r < p_ctr * p_cvr] = ACTION_CONVERSION
-    # Minimum engagement: upgrade the highest-pCTR impressions of under-engaged users.
     ad_user = ev_user[ad_rows]
-    n_pos = np.bincount(ad_user[act != ACTION_IMPRESSION], minlength=U)
-    deficit = np.maximum(MIN_POSITIVES - n_pos, 0)
-    conv_draw = rng.random(ad_rows.size)
-    cand = np.flatnonzero((act == ACTION_IMPRESSION) & (deficit[ad_user] > 0))
-    forced = 0
-    if cand.size:
-        order = cand[np.lexsort((-p_ctr[cand], ad_user[cand]))]
-        ou = ad_user[order]
-        first = np.searchsorted(ou, ou, side="left")
-        rank = np.arange(order.size) - first
-        up = order[rank < deficit[ou]]
-        act[up] = np.where(conv_draw[up] < p_cvr[up], ACTION_CONVERSION, ACTION_CLICK)
-        forced = int(up.size)
+    if v2:
+        timestamp = _timestamps(rng, pos_in_sess, ev_user, U)
+        context = _context_features(timestamp, cfg)
+        p_ctr = world.pctr(ad_user, item[ad_rows], context[ad_rows])
+    else:
+        p_ctr = world.pctr(ad_user, item[ad_rows])
+    p_cvr = world.pcvr(ad_user, item[ad_rows])
+    act, forced, deficit = _outcomes(rng, p_ctr, p_cvr, ad_user, U)
     action[ad_rows] = act
-
-    # --- timestamps ----------------------------------------------------------------------------
-    gaps = rng.integers(5, 181, size=E).astype(np.int64)
-    idle = np.exp(rng.uniform(np.log(600.0), np.log(3 * 86400.0), size=E)).astype(np.int64)
-    gaps = np.where(pos_in_sess == 0, idle, gaps)
-    user_first_ev = np.concatenate([[0], np.cumsum(np.bincount(ev_user, minlength=U))[:-1]])
-    gaps[user_first_ev] = rng.integers(0, 30 * 86400, size=U)
-    csum = np.cumsum(gaps)
-    timestamp = _T0 + csum - (csum[user_first_ev] - gaps[user_first_ev])[ev_user]
+    if not v2:
+        timestamp = _timestamps(rng, pos_in_sess, ev_user, U)
+        context = _context_features(timestamp, cfg)
     # Rows are already grouped by user and increasing in time; the stable sort is a no-op
     # safeguard for the (user, timestamp) contract.
     order = np.lexsort((timestamp, ev_user))
     ev_user, item, action, timestamp = ev_user[order], item[order], action[order], timestamp[order]
-
-    F = cfg.num_context_features
-    context = np.zeros((E, F), dtype=np.int64)
-    if F >= 1:
-        context[:, 0] = ((timestamp // 3600) % 24) * cfg.context_cardinality // 24
-    if F >= 2:
-        context[:, 1] = ((timestamp // 86400) % 7) % cfg.context_cardinality
+    context = context[order]
 
     catalog = Catalog(
         ad_ids=np.arange(A, dtype=np.int64) + 100_000,
@@ -299,6 +387,7 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
         num_users=U,
     )
     make_synthetic.last_stats = {
+        "world": cfg.world,
         "events": E,
         "ad_events": int(ad_rows.size),
         "positives": int((act != ACTION_IMPRESSION).sum()),
@@ -306,6 +395,7 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
         "forced_positive_events": forced,
         "users_with_forced_positives": int((deficit > 0).sum()),
         "mean_impression_pctr": float(p_ctr.mean()),
+        **world_stats,
     }
     return Dataset(
         name="synthetic",

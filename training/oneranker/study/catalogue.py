@@ -89,14 +89,15 @@ def catalogue_metrics(
     gt = prep.dataset.ground_truth
     if gt is not None:
         users = np.broadcast_to(samples.user[:, None], slate.shape)
+        ctx = np.repeat(samples.context, slate.shape[1], axis=0)  # the request's context per slot
         valid = slate >= 0
         safe = np.maximum(slate, 0)
         cat = prep.dataset.catalog
         out[f"slate_eCPM@{SLATE_K}"] = np.where(
-            valid, gt.expected_ecpm(users.ravel(), safe.ravel(), cat).reshape(slate.shape), 0
+            valid, gt.expected_ecpm(users.ravel(), safe.ravel(), cat, ctx).reshape(slate.shape), 0
         ).sum(1)
         out[f"slate_eGMV@{SLATE_K}"] = np.where(
-            valid, gt.expected_gmv(users.ravel(), safe.ravel(), cat).reshape(slate.shape), 0
+            valid, gt.expected_gmv(users.ravel(), safe.ravel(), cat, ctx).reshape(slate.shape), 0
         ).sum(1)
     if price is not None:
         out[f"slate_rGMV@{SLATE_K}"] = price[samples.target].astype(np.float64) * in_slate
