@@ -41,15 +41,12 @@ epoch, `patience` epochs, at most `max_epochs` and `max_minutes` of wall time, b
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from oneranker_serving.selection import stream_matrix
 from oneranker_serving.tables import GenerationTables
@@ -58,6 +55,7 @@ from .. import losses
 from ..config import ACTION_CLICK, ExperimentConfig
 from ..data import movielens as ml
 from ..data.schema import Catalog, Dataset, EventLog
+from .epochs import fit_by_epochs
 from .hstu import _fast_bias_tables
 
 INTEREST_HEADS_WITH_TARGETS = (0, 1, 2, 3)  # click-funnel heads; 4, 5 (conversion) get none here
@@ -314,69 +312,46 @@ def fit(data: ml.SeqData, cfg: GeneratorConfig, progress: bool | None = None, ma
     gd: GeneratorData = model.ml
     valid = ml.eval_inputs(data, "valid", cfg.max_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    curve, best, best_state, best_epoch, bad = [], -1.0, None, 0, 0
-    stopped_by, steps, train_seconds, epoch_seconds = "max_epochs", 0, 0.0, []
-    loop_started = time.time()
-    bar = tqdm(total=cfg.max_epochs, desc=f"generator {data.name} seed {cfg.seed}", disable=not progress)
-    steps_per_epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        started = time.time()
+    steps, steps_per_epoch = 0, 0
+
+    def run_epoch(epoch: int) -> list[float]:
+        nonlocal steps, steps_per_epoch
         rows = rng.permutation(gd.cut_rows(rng))
         steps_per_epoch = math.ceil(rows.size / cfg.batch_size)
         if max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
-        epoch_losses = []
+        losses = []
         for s in range(steps_per_epoch):
-            epoch_losses.append(
-                train_generator_mtp(
-                    model, gd, optimizer, rows[s * cfg.batch_size : (s + 1) * cfg.batch_size], rng, steps
-                )
-            )
+            batch_rows = rows[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            losses.append(train_generator_mtp(model, gd, optimizer, batch_rows, rng, steps))
             steps += 1
-        epoch_seconds.append(time.time() - started)
-        train_seconds += epoch_seconds[-1]
+        return losses
+
+    def validate() -> dict:
         res = evaluate(model, valid)
         val = res["metrics"]
-        curve.append(
-            {
-                "epoch": epoch,
-                "loss": float(np.mean(epoch_losses)),
-                "val_ndcg@10": val["ndcg@10"],
-                "val_hr@10": val["hr@10"],
-                "val_max_streams_ndcg@10": res["other_streams"]["max_streams"]["ndcg@10"],
-                "train_seconds": train_seconds,
-                "wall_seconds": time.time() - loop_started,
-            }
-        )
-        if val["ndcg@10"] > best:
-            best, best_epoch, bad = val["ndcg@10"], epoch, 0
-            best_state = copy.deepcopy({k: v for k, v in model.state_dict().items()})
-        else:
-            bad += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", val_ndcg10=f"{val['ndcg@10']:.4f}", best=best_epoch)
-        if bad >= cfg.patience:
-            stopped_by = "patience"
-            break
-        if time.time() - loop_started >= cfg.max_minutes * 60:
-            stopped_by = "max_minutes"
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
+        return {
+            "val_ndcg@10": val["ndcg@10"],
+            "val_hr@10": val["hr@10"],
+            "val_max_streams_ndcg@10": res["other_streams"]["max_streams"]["ndcg@10"],
+        }
+
+    loop = fit_by_epochs(
+        model,
+        run_epoch,
+        validate,
+        cfg.max_epochs,
+        cfg.patience,
+        cfg.max_minutes,
+        f"generator {data.name} seed {cfg.seed}",
+        progress,
+    )
     config = asdict(cfg)
     config["experiment"] = gd.exp.to_dict()
     config["semantic_ids"] = {"version": gd.sids.version, "report": gd.sids.report_}
     return {
         "model": model,
-        "curve": curve,
-        "best_epoch": best_epoch,
-        "epochs": len(curve),
-        "stopped_by": stopped_by,
-        "train_seconds": train_seconds,
-        "epoch_seconds": epoch_seconds,
-        "wall_seconds": time.time() - loop_started,
+        **loop,
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
         "config": config,

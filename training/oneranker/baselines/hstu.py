@@ -37,21 +37,19 @@ Known differences from the public code (stated, not tuned):
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..config import ModelConfig
 from ..data import movielens as ml
 from ..model import HSTULayer, step1_allowed, time_bucket
+from .epochs import fit_by_epochs
 
 DENSE_LOGITS_MAX_ITEMS = 50_000  # above this, negatives' logits are gathered per row
 
@@ -267,58 +265,35 @@ def fit(data: ml.SeqData, cfg: HSTUBaselineConfig, progress: bool | None = None,
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
-    curve, best, best_state, best_epoch, bad = [], -1.0, None, 0, 0
-    stopped_by, steps = "max_epochs", 0
-    train_seconds, epoch_seconds = 0.0, []
-    loop_started = time.time()
-    bar = tqdm(total=cfg.max_epochs, desc=f"hstu {data.name} seed {cfg.seed}", disable=not progress)
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        started = time.time()
+    steps = 0
+
+    def run_epoch(epoch: int) -> list[float]:
+        nonlocal steps
         order = rng.permutation(len(windows))
         losses = []
         for s in range(steps_per_epoch):
             index = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             losses.append(train_step(model, optimizer, *windows.batch(index), gen))
             steps += 1
-        epoch_seconds.append(time.time() - started)
-        train_seconds += epoch_seconds[-1]
+        return losses
+
+    def validate() -> dict:
         val = evaluate(model, valid)["metrics"]
-        curve.append(
-            {
-                "epoch": epoch,
-                "loss": float(np.mean(losses)),
-                "val_ndcg@10": val["ndcg@10"],
-                "val_hr@10": val["hr@10"],
-                "train_seconds": train_seconds,
-                "wall_seconds": time.time() - loop_started,
-            }
-        )
-        if val["ndcg@10"] > best:
-            best, best_epoch, bad = val["ndcg@10"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", val_ndcg10=f"{val['ndcg@10']:.4f}", best=best_epoch)
-        if bad >= cfg.patience:
-            stopped_by = "patience"
-            break
-        if time.time() - loop_started >= cfg.max_minutes * 60:
-            stopped_by = "max_minutes"
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
+        return {"val_ndcg@10": val["ndcg@10"], "val_hr@10": val["hr@10"]}
+
+    loop = fit_by_epochs(
+        model,
+        run_epoch,
+        validate,
+        cfg.max_epochs,
+        cfg.patience,
+        cfg.max_minutes,
+        f"hstu {data.name} seed {cfg.seed}",
+        progress,
+    )
     return {
         "model": model,
-        "curve": curve,
-        "best_epoch": best_epoch,
-        "epochs": len(curve),
-        "stopped_by": stopped_by,
-        "train_seconds": train_seconds,
-        "epoch_seconds": epoch_seconds,
-        "wall_seconds": time.time() - loop_started,
+        **loop,
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
         "config": asdict(cfg),
