@@ -251,6 +251,13 @@ def summarize(d: SourceData, n_boot: int, level: float = 0.95, power_target_pct:
     out["train_seconds"] = {
         run: float(sum(r["train_seconds"] for r in by_seed.values())) for run, by_seed in d.trained.items()
     }
+    out["stopping"] = {
+        run: {
+            "stopped_step": [r["stopping"].get("stopped_step") for r in by_seed.values()],
+            "best_step": [r["stopping"].get("best_step") for r in by_seed.values()],
+        }
+        for run, by_seed in d.trained.items()
+    }
     out["eval_seconds"] = float(sum(e for by_seed in d.unit_seconds.values() for _, e in by_seed.values()))
     out["foreign"] = list(d.foreign)
     out["machines"] = sorted(d.machines)

@@ -464,6 +464,16 @@ def write_report(summaries: list[dict], ctx: ReportContext, out: Path) -> str:
             + f"; evaluation {s['eval_seconds']:.0f} s. Machines: {'; '.join(s.get('machines', [])) or 'n/a'}."
         )
         add("")
+        add(
+            "Stopping (validation rule of the protocol; per seed, stopped step / best step restored): "
+            + "; ".join(
+                f"{run} "
+                + ", ".join(f"{a}/{b if b is not None else '-'}" for a, b in zip(v["stopped_step"], v["best_step"]))
+                for run, v in s.get("stopping", {}).items()
+            )
+            + "."
+        )
+        add("")
     add("## Caveats")
     add("")
     add(

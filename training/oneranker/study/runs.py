@@ -38,10 +38,13 @@ class ProtocolMismatch(RuntimeError):
     pass
 
 
-def ensure_protocol(out: Path, allow_change: bool = False) -> dict:
-    """The protocol of OUT, refusing when the code no longer resolves it (unless allow_change)."""
+def ensure_protocol(out: Path, allow_change: bool = False, log: Progress | None = None) -> dict:
+    """The protocol of OUT, refusing when the code no longer resolves it (unless allow_change);
+    an uncommitted protocol file is allowed (smoke and scratch folders) but said."""
     protocol = load_protocol(out)
     check = check_protocol(out)
+    if check.commit is None and log is not None:
+        log(f"note: {check.path} is not committed; the report will not call the protocol fixed")
     if check.differences and not allow_change:
         raise ProtocolMismatch(
             f"{check.path} no longer matches what the code resolves ({len(check.differences)} difference(s): "
@@ -152,7 +155,7 @@ def run_missing(
     """Run every planned unit that has no run file, in plan order (source, unit, seed). With
     `max_minutes`, a unit is started only if the time spent so far plus its estimate fits."""
     out = Path(out)
-    protocol = ensure_protocol(out, allow_change)
+    protocol = ensure_protocol(out, allow_change, log)
     rf.clean_temporaries(out)
     todo = missing(out, protocol)
     log(f"{len(todo)} unit(s) missing")
@@ -232,7 +235,7 @@ def main_run(args) -> int:
     if args.source is None or args.run is None:
         print("run: give --missing, or --source, --run and --seed", file=sys.stderr)
         return 2
-    protocol = ensure_protocol(out, args.allow_protocol_change)
+    protocol = ensure_protocol(out, args.allow_protocol_change, log)
     seed = None if not UNITS[args.run].seeded else args.seed
     if seed is None and UNITS[args.run].seeded:
         print(f"run: unit {args.run} needs --seed", file=sys.stderr)
