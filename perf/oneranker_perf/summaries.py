@@ -4,8 +4,9 @@ each benchmark's writer uses. Nothing is measured; no report, plot or results fi
     python -m oneranker_perf.summaries perf/results/scaling perf/results/locust ...
 
 The kind of folder is read from its files: results.json (topology_bench, queue_delay_bench,
-scaling_bench, train_bench, oneranker.study), results.csv (perf_analyzer_suite) or
-locust_stats.csv (locust_run). What a results file does not record (the machine, the command, the
+scaling_bench, train_bench, the earlier one-process oneranker.study), protocol.json + runs/
+(oneranker.study from run files), results.csv (perf_analyzer_suite) or locust_stats.csv
+(locust_run). What a results file does not record (the machine, the command, the
 study's commit) is read from the Markdown report the same run wrote. The commit is the one the
 run recorded; where it recorded none it is null, with summary_file.BACKFILL_NOTE.
 """
@@ -56,7 +57,15 @@ def _locust(folder: Path, markdown: str, facts: dict) -> dict:
     return summary_json(read_stats(folder / CSV_PREFIX), users, None, facts["machine"], facts["command"])
 
 
+def _study_runs(folder: Path, facts: dict) -> dict:
+    """A study folder of run files (protocol.json + runs/): the summary rebuilt from the run files."""
+    from oneranker.study.build import summary_from_files
+
+    return summary_from_files(folder, facts["command"])
+
+
 def _study(results: dict, markdown: str, facts: dict) -> dict:
+    """A study folder in the earlier one-process format (results.json "summaries", no run files)."""
     from oneranker.study import study_summary
 
     stated = re.search(r"^Code: commit `([^`]+)`", markdown, re.MULTILINE)
@@ -83,6 +92,8 @@ def summarize_folder(folder: Path) -> dict:
         return backfilled(rebuild_summary(folder))
     if (folder / "results.csv").exists():
         return backfilled(_perf_analyzer(folder, markdown, facts))
+    if (folder / "protocol.json").exists() and (folder / "runs").is_dir():
+        return backfilled(_study_runs(folder, facts))
     results = json.loads((folder / "results.json").read_text())
     if "summaries" in results:
         return backfilled(_study(results, markdown, facts))

@@ -1,4 +1,5 @@
-"""The evaluation study: statistics on hand cases, the cascade baseline, and the CI smoke run."""
+"""The evaluation study: statistics on hand cases and the cascade baseline (the CI smoke run of the
+resumable study: test_study_runs.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 
 from oneranker import study
 from oneranker.study import (
-    ROWS,
     auc_per_user,
     bootstrap_ci,
     paper_orderings,
@@ -185,41 +185,3 @@ def test_cascade_recommender_matches_the_study_path(cascade_run, tiny_prep):
         ads = tiny_prep.tables.ad_index(out.item_ids)
         np.testing.assert_array_equal(ads, direct["slate"][row])
         assert set(direct["slate"][row]) <= set(direct["candidates"][row])
-
-
-# ------------------------------------------------------------------ the smoke study (CI)
-
-
-def test_smoke_study_writes_report_plots_and_every_row(tmp_path):
-    args = study.parse_args(["--smoke", "--out", str(tmp_path / "smoke"), "--quiet"])
-    payload = study.run_study(args)
-    out = tmp_path / "smoke"
-    report = (out / "report.md").read_text()
-    for row in ROWS:
-        assert row.label in report, row.label
-    for png in (
-        "ablation_synthetic.png",
-        "gmv_lift_synthetic.png",
-        "training_curves_synthetic.png",
-        "dc_synthetic.png",
-    ):
-        assert (out / png).stat().st_size > 10_000, png
-        assert f"]({png})" in report
-    for heading in (
-        "Where every label comes from",
-        "Paper orderings",
-        "Full-catalogue generation",
-        "lift over the cascade",
-        "Distribution consistency",
-        "Answers",
-    ):
-        assert heading in report, heading
-    assert "simulated" in report
-    results = json.loads((out / "results.json").read_text())
-    rows = results["summaries"][0]["rows"]
-    assert set(rows) == {r.key for r in ROWS}
-    for key in rows:
-        cell = rows[key]["HR@5"]
-        assert cell["lo"] <= cell["mean"] <= cell["hi"], key
-    assert len(results["summaries"][0]["orderings"]) == 24 * 3  # HR@5, NDCG@5, vNDCG@5
-    assert payload["runtime_seconds"] < 120

@@ -9,7 +9,6 @@ import argparse
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -229,7 +228,7 @@ def test_train_summary(tmp_path):
     assert summaries.summarize_folder(tmp_path) == s
 
 
-def test_study_summary(tmp_path):
+def test_study_summary():
     from oneranker import study
 
     def cmp(b, metric, delta):
@@ -241,11 +240,13 @@ def test_study_summary(tmp_path):
     dc = {"full_minus_wo_dc": {"overlap@5": {"delta": 0.02, "lo": 0.01, "hi": 0.03, "verdict": "reproduced"}}}
     source = {"source": "synthetic", "skipped": "", "comparisons": comparisons, "orderings": orderings, "dc": dc}
     skipped = {"source": "tafeng", "skipped": "data not found"}
-    args = SimpleNamespace(argv=["--smoke", "--out", "x"], threads=1)
-    study.write_summary([source, skipped], args, tmp_path)
-    s = _load(tmp_path)
-    assert "commit" in s and s["command"] == "python -m oneranker.study --smoke --out x"
-    assert s["machine"].endswith("CPU cores visible, torch threads 1")
+    # the earlier one-process format (committed study folders without run files)
+    s = study.study_summary([source, skipped], "abc1234", "2 CPU cores visible, torch threads 1", "cmd --smoke")
+    assert (s["commit"], s["command"], s["machine"]) == (
+        "abc1234",
+        "cmd --smoke",
+        "2 CPU cores visible, torch threads 1",
+    )
     src = s["sources"]["synthetic"]
     assert src["full_minus_cascade"] == {"HR@5": [0.05, 0.05 - 0.02, 0.05 + 0.02]}  # HR@1: not a headline metric
     assert src["full_minus_hstu"] == {"NDCG@5": [0.01, 0.01 - 0.02, 0.01 + 0.02]}

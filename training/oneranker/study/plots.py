@@ -1,5 +1,6 @@
-"""The study's PNG plots, one call per figure: per-row metrics with CIs, value lift over the cascade,
-training curves and distribution consistency. Inputs: `summarize`'s dict and the raw SourceResult."""
+"""The study's PNG plots, one call per figure: per-row metrics with intervals, value lift over the
+cascade, training curves and distribution consistency. Inputs: `summarize`'s dict and the source's
+`collect.SourceData` (histories, per-user DC ranks)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from .rows import ROW, ROWS, RUNS
 
 if TYPE_CHECKING:
-    from .runs import SourceResult
+    from .collect import SourceData
 
 
 def _plt():
@@ -26,7 +27,7 @@ def _plt():
 def plot_ablation(summary: dict, path: Path) -> None:
     plt = _plt()
     rows = summary["rows"]
-    keys = [r.key for r in ROWS if r.key not in ("hstu",)]
+    keys = [r.key for r in ROWS if r.key in rows]
     metrics = [m for m in ("HR@5", "NDCG@5", "vNDCG@5", "GAUC") if m in rows["full"]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
     for ax, m in zip(axes[0], metrics):
@@ -36,7 +37,7 @@ def plot_ablation(summary: dict, path: Path) -> None:
             "C0"
             if ROW[k].scorer == "ranking" and k != "cascade"
             else "C1"
-            if ROW[k].scorer == "generation"
+            if ROW[k].scorer in ("generation", "next_item")
             else "C2"
             if k == "cascade"
             else "C7"
@@ -52,8 +53,8 @@ def plot_ablation(summary: dict, path: Path) -> None:
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        f"{summary['source']}: 30-candidate protocol, mean over seeds, 95% bootstrap CI "
-        "(blue: Step-3 ranking, orange: Step-2 generation, green: cascade, grey: popularity; dots: seeds)",
+        f"{summary['source']}: 30-candidate protocol, mean over seeds, 95% seed-and-user interval "
+        "(blue: Step-3 ranking, orange: generation / next-item, green: cascade, grey: popularity; dots: seeds)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -83,7 +84,7 @@ def plot_lift(summary: dict, path: Path) -> bool:
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(
-        f"{summary['source']}: value lift over the cascade, 95% paired bootstrap CI "
+        f"{summary['source']}: value lift over the cascade, 95% paired seed-and-user interval "
         "(red: CI > 0, blue: CI < 0, grey: contains 0)",
         fontsize=9,
     )
@@ -93,13 +94,13 @@ def plot_lift(summary: dict, path: Path) -> bool:
     return True
 
 
-def plot_curves(res: SourceResult, path: Path) -> None:
+def plot_curves(data: SourceData, path: Path) -> None:
     plt = _plt()
     terms = ("total", "mtp", "rank", "dc")
     fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.8), squeeze=False)
-    colors = {run: f"C{i}" for i, run in enumerate(RUNS)}  # one colour per run in every panel
-    for run, hists in res.histories.items():
-        hists = [h for h in hists if h]
+    colors = {run: f"C{i % 10}" for i, run in enumerate([*RUNS, "hstu"])}  # one colour per run in every panel
+    for run, by_seed in data.histories.items():
+        hists = [h for h in by_seed.values() if h]
         if not hists:
             continue
         for ax, term in zip(axes[0], terms):
@@ -116,17 +117,22 @@ def plot_curves(res: SourceResult, path: Path) -> None:
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=7)
-    fig.suptitle(f"{res.source}: training losses (mean over seeds, moving average)", fontsize=9)
+    fig.suptitle(
+        f"{data.source}: training losses (mean over seeds, moving average; HSTU's total = its sampled softmax)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_dc(res: SourceResult, summary: dict, path: Path) -> None:
+def plot_dc(data: SourceData, summary: dict, path: Path) -> None:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    keys = [k for k in ("full", "wo_dc") if k in res.dc]
-    a1.boxplot([res.dc[k]["abs_diff"].reshape(-1) for k in keys], showfliers=False)
+    keys = [k for k in ("full", "wo_dc") if k in data.dc]
+    a1.boxplot(
+        [np.concatenate([v["abs_diff"].reshape(-1) for v in data.dc[k].values()]) for k in keys], showfliers=False
+    )
     a1.set_xticks(range(1, len(keys) + 1), [ROW[k].label for k in keys])
     a1.set_ylabel("|Step-2 rank - Step-3 rank| over the 30 candidates")
     a1.set_title("rank difference (box = IQR)")
@@ -139,7 +145,9 @@ def plot_dc(res: SourceResult, summary: dict, path: Path) -> None:
     a2.set_ylabel("top-K overlap (generation vs ranking)")
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
-    fig.suptitle(f"{res.source}: distribution consistency (paper Fig. 3), pooled over seeds and test users", fontsize=9)
+    fig.suptitle(
+        f"{data.source}: distribution consistency (paper Fig. 3), pooled over seeds and test users", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

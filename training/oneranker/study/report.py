@@ -1,23 +1,40 @@
-"""The Markdown report: summaries (one `aggregate.summarize` dict per source) -> OUT/report.md.
+"""The Markdown report: summaries (one `aggregate.summarize` dict per source) -> OUT/report.md
+(`build.build_report` runs the whole rebuild from the run files).
 
-Sections: header (command, preset, seeds, commit, coverage), generated answers, label provenance,
-what is compared, then per source the main comparison, every row with CIs, the paper orderings,
+Sections: header (command, preset, seeds, protocol hash and whether it is unchanged, commit, runs
+done and missing), generated answers, label provenance, what is compared, then per source the
+split, headroom, power, main comparison, every row with intervals, the paper orderings,
 full-catalogue metrics, value lift, distribution consistency, plots and runtime; caveats last."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .catalogue import SLATE_K
 from .rows import PAPER, ROW, ROWS, RUNS, SYSTEM_ROWS
 from .stats import PROTOCOL_SLATE_K
-from .summary import ANSWER_METRICS, git_commit, machine_description, study_command
+from .summary import ANSWER_METRICS, git_commit
 
-if TYPE_CHECKING:
-    from .runs import SourceResult
+PROTO_METRICS = ("HR@1", "HR@3", "HR@5", "HR@10", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10")
+PROTO_METRICS += ("vNDCG@1", "vNDCG@5", "vNDCG@10", "GAUC", "AUC")
+CATALOGUE_METRICS = ("gen_R@10", "gen_R@50", "gen_NDCG@10", "gen_NDCG@50", "slate_HR@10")
+CATALOGUE_METRICS += ("slate_eCPM@10", "slate_eGMV@10", "slate_rGMV@10")
+
+
+@dataclass
+class ReportContext:
+    """What the report states besides the numbers: the command, the protocol and its check,
+    which runs exist."""
+
+    command: str
+    spec: object  # protocol.StudySpec
+    check: object  # protocol.ProtocolCheck
+    done: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    plots: dict = field(default_factory=dict)
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -29,9 +46,57 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 
 def _ci(cell: dict, digits: int = 4) -> str:
+    if cell is None:
+        return "missing"
     if np.isnan(cell["lo"]):
         return _fmt(cell["mean"], digits)
     return f"{_fmt(cell['mean'], digits)} [{_fmt(cell['lo'], digits)}, {_fmt(cell['hi'], digits)}]"
+
+
+def _mean(cell: dict | None) -> str:
+    return "missing" if cell is None else _fmt(cell["mean"])
+
+
+def _seeds(rows: dict, key: str) -> str:
+    cell = rows.get(key, {}).get("HR@5")
+    if cell is None:
+        return "0"
+    ids = cell.get("seed_ids") or []
+    return "model-free" if ids == [None] else str(len(ids))
+
+
+def _power_lines(power: dict | None, target_pct: float) -> list[str]:
+    if power is None:
+        return []
+    out = [
+        f"**Power** (the issue's requirement): full - cascade {power['metric']} over {power['seeds']} seed(s) and "
+        f"{power['test_users']} test users = {power['diff'][0]:+.4f} "
+        f"[{power['diff'][1]:+.4f}, {power['diff'][2]:+.4f}]; "
+        f"half-width **{_pct(power['half_width_pct'])}** of the full model's mean {power['full_mean']:.4f} "
+        f"(target <= {target_pct}%): **{'met' if power['met'] else 'NOT met'}**. Seed part alone "
+        + (_pct(power["seed_half_width_pct"]) if power["seed_sd"] is not None else "unknown (one seed)")
+        + (f" (seed SD of the difference {power['seed_sd']:.4f})" if power["seed_sd"] is not None else "")
+        + "."
+    ]
+    if not power["met"] and power["seed_sd"] is None:
+        out[0] += " The seed count that would reach the target needs >= 2 seeds to estimate"
+    elif not power["met"]:
+        need = power["seeds_needed"]
+        out[0] += (
+            " Seeds that would reach it (t quantile, this seed SD and user part): "
+            f"{need if need else 'none up to 1000 (the user part alone is wider)'}"
+            f"; the seed part alone would need {power['seeds_needed_seed_part_only'] or 'more than 1000'}"
+        )
+    if not power["met"]:
+        users = power["test_users_needed_at_these_seeds"]
+        if users:
+            out[0] += f"; test users that would reach it at {power['seeds']} seed(s): {users}"
+        out[0] += "."
+    return out + [""]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}%"
 
 
 def _sign(x: float) -> str:
@@ -45,13 +110,35 @@ def _cmp_text(s: dict, a: str, b: str, metric: str) -> str | None:
     return None
 
 
+def _cut(spec) -> str:
+    from .protocol import CUTS
+
+    return CUTS[spec.cut]
+
+
+def _metrics(rows: dict) -> set:
+    return {m for r in rows.values() for m in r}
+
+
+def _cell(rows: dict, key: str, metric: str) -> dict | None:
+    return rows.get(key, {}).get(metric)
+
+
 def _answers(s: dict) -> list[str]:
     """One bullet list per source: the headline claims with their CIs, and the ordering tally."""
     if s["skipped"]:
         return [f"* **{s['source']}**: skipped ({s['skipped']})."]
     out = [f"* **{s['source']}**"]
-    head = [m for m in ANSWER_METRICS if m in s["rows"]["full"]]
-    for b, name in (("cascade", "the cascade"), ("hstu", "the HSTU generator"), ("popularity", "popularity")):
+    head = [m for m in ANSWER_METRICS if m in _metrics(s["rows"])]
+    for b, name in (
+        ("cascade", "the cascade"),
+        ("s2", "OneRanker S2"),
+        ("hstu", "HSTU"),
+        ("popularity", "popularity"),
+    ):
+        if not any(c["a"] == "full" and c["b"] == b for c in s["comparisons"]):
+            out.append(f"  * OneRanker - {name}: not available (runs missing).")
+            continue
         texts = [t for t in (_cmp_text(s, "full", b, m) for m in head) if t]
         wins = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b and c["lo"] > 0)
         losses = sum(1 for c in s["comparisons"] if c["a"] == "full" and c["b"] == b and c["hi"] < 0)
@@ -83,38 +170,38 @@ def _answers(s: dict) -> list[str]:
     return out
 
 
-def write_report(
-    summaries: list[dict], results: list[SourceResult], args, out: Path, runtime: float, plots: dict
-) -> str:
+def write_report(summaries: list[dict], ctx: ReportContext, out: Path) -> str:
     lines: list[str] = []
     add = lines.append
+    spec = ctx.spec
     add("# OneRanker study: baselines, paper ablations, real data and ground-truth value")
     add("")
-    seeds = ",".join(str(s) for s in args.seeds)
-    steps = args.steps or "preset default"
-    add(f"Command: `{study_command(args)}`  ")
+    add(f"Command: `{ctx.command}`  ")
     add(
-        f"Preset **{args.preset}**, seeds **{seeds}**, training steps per run **{steps}**, "
-        f"bootstrap resamples **{args.n_boot}**, total runtime **{runtime / 60:.1f} min** "
-        f"({machine_description(args)})."
+        f"Preset **{spec.preset}**, model seeds **{','.join(str(s) for s in spec.seeds)}** (data seed "
+        f"**{spec.data_seed}**, fixed: every seed scores the same test users and candidates), maximum "
+        f"training steps per run **{spec.steps or 'preset default'}**, user-bootstrap resamples "
+        f"**{spec.n_boot}**, interval level **{spec.level:.0%}**. Budget cut applied: **{_cut(spec)}**."
     )
+    add("")
+    add(ctx.check.sentence())
     add("")
     commit = git_commit()
     if commit:
-        add(f"Code: commit `{commit}`.")
+        add(f"Code: commit `{commit}` (this report); each run file records the commit that trained it.")
         add("")
-    covered = [x["source"] for x in summaries if not x["skipped"]]
     add(
-        f"Covers: sources **{', '.join(covered) or 'none'}**"
-        + (
-            f" (skipped: {', '.join(x['source'] for x in summaries if x['skipped'])})"
-            if any(x["skipped"] for x in summaries)
-            else ""
-        )
-        + f"; {len(args.seeds)} seed(s)"
-        + (" - fewer than the 3 the study calls for" if len(args.seeds) < 3 else "")
-        + "."
+        f"Runs: **{len(ctx.done)} done**, **{len(ctx.missing)} missing** of {len(ctx.done) + len(ctx.missing)} planned."
     )
+    if ctx.missing:
+        add("")
+        add(
+            "Missing (rows built from them are absent or have fewer seeds): " + ", ".join(f"`{m}`" for m in ctx.missing)
+        )
+    foreign = [f"{s['source']}/{u}" for s in summaries for u in s.get("foreign", [])]
+    if foreign:
+        add("")
+        add("Run files written under a different protocol hash: " + ", ".join(f"`{f}`" for f in foreign) + ".")
     add("")
     add("## Answers (generated from the numbers below)")
     add("")
@@ -158,10 +245,11 @@ def write_report(
     add("## What is compared")
     add("")
     add(
-        "Every row of a source uses the same data, split, semantic IDs, candidates, training steps, tokens "
-        "and model width; rows differ only in `ModelConfig` switches. Identical configurations are trained "
-        "once: *OneRanker S2* is the cascade's generator run, *S3 only* is the cascade's ranker run, the *HSTU "
-        "generator* is the *S2 w/o Target & MDA* run."
+        "Every row of a source uses the same data, split, candidates, maximum steps, stopping rule and model "
+        "width; the OneRanker rows differ only in `ModelConfig` switches. Identical configurations are trained "
+        "once: *OneRanker S2* is the cascade's generator run and *S3 only* the cascade's ranker run (one unit, "
+        "`cascade`). *HSTU* is its own run: `baselines.hstu` (G-Decoder + next-item head over item ids) trained "
+        "on the same training rows through `baselines.hstu_study`, scoring each candidate by its next-item logit."
     )
     add("")
     add("| row | what | switches | scored by |")
@@ -170,6 +258,8 @@ def write_report(
         sw = ", ".join(f"{k}={v}" for k, v in RUNS.get(r.run or "", {}).items()) or ("-" if r.run else "n/a")
         if r.key == "cascade":
             sw = "generator: use_ranker=False; ranker: use_generation=False (trained separately)"
+        if r.key == "hstu":
+            sw = "`baselines.hstu_study` (own model)"
         add(f"| {r.key} | {r.label} | {sw} | {r.scorer}{' - ' + r.note if r.note else ''} |")
     add("")
     add(
@@ -182,7 +272,10 @@ def write_report(
         "**Full catalogue** = beam search over every item (no exclusions): gen_R@K / gen_NDCG@K of the target in "
         f"the generation order; the final slate = top {SLATE_K} of those candidates by the row's final scorer "
         f"(slate_HR@{SLATE_K}, slate_eCPM/eGMV@{SLATE_K} from the ground truth, slate_rGMV@{SLATE_K} realized). "
-        "CIs: 95% percentile bootstrap over test users (per-user values averaged over seeds); differences are paired."
+        "Intervals carry training variance: a t-interval over the seed means (S-1 degrees of freedom) in "
+        "quadrature with a percentile bootstrap over test users (`stats.seed_user_interval`); differences are "
+        "paired per seed and user over the seeds both rows have (`paired_seed_user_interval`). Why: seeds and "
+        "users are independent sources of error; the seed part is small-sample (t), the user part is not."
     )
     add("")
     for s in summaries:
@@ -193,39 +286,37 @@ def write_report(
             add("")
             continue
         rows = s["rows"]
-        proto = [
-            m
-            for m in (
-                "HR@1",
-                "HR@3",
-                "HR@5",
-                "HR@10",
-                "NDCG@1",
-                "NDCG@3",
-                "NDCG@5",
-                "NDCG@10",
-                "vNDCG@1",
-                "vNDCG@5",
-                "vNDCG@10",
-                "GAUC",
-                "AUC",
+        have = _metrics(rows)
+        add(f"Split: {s.get('split') or 'n/a'}.")
+        add("")
+        if s["info"].get("has_ground_truth"):
+            hp = s.get("headroom_pct")
+            add(
+                "Headroom (model-free: oracle-eCPM top-10 eGMV over all ads minus the same over the N most clickable, "
+                "% of the former): "
+                + (
+                    f"**{hp:.2f}%**."
+                    if hp is not None
+                    else "not computed (the world's headroom function is not in this code)."
+                )
             )
-            if m in rows["full"]
-        ]
+            add("")
+        lines.extend(_power_lines(s.get("power"), spec.power_target_pct))
+        proto = [m for m in PROTO_METRICS if m in have]
         add("### Main comparison (paper Table 1 analogue, 30-candidate protocol, mean over seeds)")
         add("")
         add("| system | " + " | ".join(proto) + " |")
         add("|---" * (len(proto) + 1) + "|")
         for key in SYSTEM_ROWS:
-            add(f"| {ROW[key].label} | " + " | ".join(_fmt(rows[key][m]["mean"]) for m in proto) + " |")
+            add(f"| {ROW[key].label} | " + " | ".join(_mean(_cell(rows, key, m)) for m in proto) + " |")
         add("")
         add(
-            "OneRanker vs the systems it replaces: paired bootstrap of the per-user difference a - b, "
-            "mean [95% CI]; **bold** = the CI excludes 0."
+            "OneRanker vs the systems it replaces: paired seed-and-user interval of a - b, mean [95% interval]; "
+            "**bold** = the interval excludes 0."
         )
         add("")
         pairs = list(dict.fromkeys((c["a"], c["b"]) for c in s["comparisons"]))
-        short = {"full": "OneRanker", "cascade": "cascade", "hstu": "HSTU", "popularity": "popularity"}
+        short = {"full": "OneRanker", "cascade": "cascade", "s2": "S2", "hstu": "HSTU", "popularity": "popularity"}
         add("| metric | " + " | ".join(f"{short[a]} - {short[b]}" for a, b in pairs) + " |")
         add("|---" * (len(pairs) + 1) + "|")
         by = {(c["a"], c["b"], c["metric"]): c for c in s["comparisons"]}
@@ -240,16 +331,16 @@ def write_report(
                 cells.append((f"**{d}**" if c["lo"] > 0 or c["hi"] < 0 else d) + f" [{c['lo']:+.4f}, {c['hi']:+.4f}]")
             add(f"| {m} | " + " | ".join(cells) + " |")
         add("")
-        add("### Every row (95% CI)")
+        add("### Every row (95% interval, seeds and users)")
         add("")
-        key_metrics = [m for m in ("HR@5", "NDCG@5", "vNDCG@5", "GAUC") if m in rows["full"]]
-        add("| row | " + " | ".join(key_metrics) + " | paper HR@5 | paper NDCG@5 |")
-        add("|---" * (len(key_metrics) + 3) + "|")
+        key_metrics = [m for m in ("HR@5", "NDCG@5", "vNDCG@5", "GAUC") if m in have]
+        add("| row | seeds | " + " | ".join(key_metrics) + " | paper HR@5 | paper NDCG@5 |")
+        add("|---" * (len(key_metrics) + 4) + "|")
         for r in ROWS:
             p = PAPER.get(r.key, {})
             add(
-                f"| {r.label} | "
-                + " | ".join(_ci(rows[r.key][m]) for m in key_metrics)
+                f"| {r.label} | {_seeds(rows, r.key)} | "
+                + " | ".join(_ci(_cell(rows, r.key, m)) for m in key_metrics)
                 + f" | {_fmt(p.get('HR@5'))} | {_fmt(p.get('NDCG@5'))} |"
             )
         add("")
@@ -258,7 +349,7 @@ def write_report(
         add("| row | " + " | ".join(proto) + " |")
         add("|---" * (len(proto) + 1) + "|")
         for r in ROWS:
-            add(f"| {r.key} | " + " | ".join(_fmt(rows[r.key][m]["mean"]) for m in proto) + " |")
+            add(f"| {r.key} | " + " | ".join(_mean(_cell(rows, r.key, m)) for m in proto) + " |")
         add("")
         add("### Paper orderings (Tables 2 and 3): every pair the paper orders a > b")
         add("")
@@ -270,7 +361,7 @@ def write_report(
         for m, c in counts.items():
             add(f"* {m}: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())) + f" (of {sum(c.values())})")
         add("")
-        add("| table | a > b (paper) | metric | paper a-b | ours a-b [95% CI] | sign | verdict |")
+        add("| table | a > b (paper) | metric | paper a-b | ours a-b [95% interval] | sign | verdict |")
         add("|---|---|---|---|---|---|---|")
         for o in ords:
             pd = "n/a" if o["paper_delta"] is None else f"{o['paper_delta']:+.4f}"
@@ -283,32 +374,22 @@ def write_report(
         add("")
         add("### Full-catalogue generation and the final slate")
         add("")
-        cat_metrics = [
-            m
-            for m in (
-                "gen_R@10",
-                "gen_R@50",
-                "gen_NDCG@10",
-                "gen_NDCG@50",
-                "slate_HR@10",
-                "slate_eCPM@10",
-                "slate_eGMV@10",
-                "slate_rGMV@10",
-            )
-            if m in rows["full"]
-        ]
+        cat_metrics = [m for m in CATALOGUE_METRICS if m in have]
         add("| row | " + " | ".join(cat_metrics) + " |")
         add("|---" * (len(cat_metrics) + 1) + "|")
         for r in ROWS:
-            if cat_metrics[0] not in rows[r.key]:
+            if r.key not in rows or cat_metrics[0] not in rows[r.key]:
                 add(f"| {r.label} | " + " | ".join("n/a" for _ in cat_metrics) + " |")
                 continue
-            add(f"| {r.label} | " + " | ".join(_ci(rows[r.key][m], 4) for m in cat_metrics) + " |")
+            add(f"| {r.label} | " + " | ".join(_ci(_cell(rows, r.key, m), 4) for m in cat_metrics) + " |")
         add("")
-        add("(For the cascade the generation columns are its generator's, the slate is re-scored by its ranker.)")
+        add(
+            "(For the cascade the generation columns are its generator's, the slate is re-scored by its ranker; "
+            "for HSTU the generation order is its next-item logit over every ad.)"
+        )
         add("")
-        if s["lifts"]:
-            add("### Value: lift over the cascade (ratio of means - 1, paired bootstrap)")
+        if s["lifts"] or "cascade" not in rows:
+            add("### Value: lift over the cascade (paired difference / the cascade's mean)")
             add("")
             lm = list(dict.fromkeys(l["metric"] for l in s["lifts"]))
             add("| row | " + " | ".join(lm) + " |")
@@ -327,12 +408,16 @@ def write_report(
             add("")
             add(
                 "Cascade absolute values: "
-                + ", ".join(f"{m} = {_ci(rows['cascade'][m])}" for m in lm if m in rows["cascade"])
+                + ", ".join(f"{m} = {_ci(rows['cascade'][m])}" for m in lm if m in rows.get("cascade", {}))
                 + "."
             )
             add("")
-        else:
-            add("No value metric on this source (no prices and no ground truth).")
+        if not s["lifts"]:
+            add(
+                "No value lift: the cascade's runs are missing."
+                if "cascade" not in rows and (s["info"].get("has_ground_truth") or s["info"].get("real_price"))
+                else "No value metric on this source (no prices and no ground truth)."
+            )
             add("")
         add("### Distribution consistency (paper Fig. 3): Step-2 vs Step-3 ranks of the 30 candidates")
         add("")
@@ -355,7 +440,8 @@ def write_report(
         add("")
         if "full_minus_wo_dc" in dc:
             add(
-                "Full - w/o L_DC (paired bootstrap; the paper expects higher overlap and a smaller rank difference "
+                "Full - w/o L_DC (paired seed-and-user intervals; the IQR: user bootstrap in quadrature with the t "
+                "over per-seed IQR differences; the paper expects higher overlap and a smaller rank difference "
                 "with L_DC):"
             )
             add("")
@@ -364,7 +450,7 @@ def write_report(
             add("")
         add("### Plots")
         add("")
-        for title, fname in plots.get(s["source"], []):
+        for title, fname in ctx.plots.get(s["source"], []):
             add(f"**{title}**")
             add("")
             add(f"![{title}]({fname})")
@@ -373,9 +459,19 @@ def write_report(
         add("")
         ts = s["train_seconds"]
         add(
-            "Training seconds summed over seeds: "
+            "Training seconds summed over seeds (from the run files): "
             + ", ".join(f"{k} {v:.0f}" for k, v in ts.items())
-            + f"; evaluation {s['eval_seconds']:.0f} s."
+            + f"; evaluation {s['eval_seconds']:.0f} s. Machines: {'; '.join(s.get('machines', [])) or 'n/a'}."
+        )
+        add("")
+        add(
+            "Stopping (validation rule of the protocol; per seed, stopped step / best step restored): "
+            + "; ".join(
+                f"{run} "
+                + ", ".join(f"{a}/{b if b is not None else '-'}" for a, b in zip(v["stopped_step"], v["best_step"]))
+                for run, v in s.get("stopping", {}).items()
+            )
+            + "."
         )
         add("")
     add("## Caveats")

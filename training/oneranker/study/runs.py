@@ -1,23 +1,27 @@
-"""Running the study: train every run of a source for every seed, score every row, collect the
-per-user metrics (`run_source` -> SourceResult); `run_study` does that for every source and writes
-the outputs (plots, report.md, results.json, summary.json, per_user_<source>.npz)."""
+"""Running the study one unit at a time, resumable across sessions.
+
+    run_unit(out, protocol, source, unit, seed) -> OUT/runs/<source>/<unit>-seed<N>.npz
+    run_missing(out, max_minutes)               -> every planned unit without a run file, in plan
+                                                   order, until the time budget would be exceeded
+    missing(out, protocol)                      -> the planned units without a run file
+    run_study(args)                             -> the one-shot form (`--smoke`, `--preset ...`):
+                                                   protocol + every unit + report into one folder
+
+The protocol file (`protocol.py`) says what the units are; a unit refuses to run when the file no
+longer matches what the code resolves (a result must belong to a fixed protocol). Each unit holds
+a lock while it runs and writes its file atomically (`runfiles`), so two `run --missing`
+processes share the work and a killed unit leaves nothing behind.
+"""
 
 from __future__ import annotations
 
-import json
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from .aggregate import summarize
-from .catalogue import catalogue_metrics, full_catalogue, popularity_catalogue
-from .plots import plot_ablation, plot_curves, plot_dc, plot_lift
-from .report import write_report
-from .rows import ROWS, RUNS, source_config, variant_config
-from .stats import pooled_auc, protocol_metrics, rank_agreement
-from .summary import jsonable, write_summary
+from . import runfiles as rf
+from .protocol import StudySpec, build_protocol, check_protocol, load_protocol, planned_units, protocol_hash
+from .rows import UNITS
 
 
 class Progress:
@@ -30,215 +34,214 @@ class Progress:
             print(f"[study {time.time() - self.t0:7.1f}s] {msg}", flush=True)
 
 
-@dataclass
-class SourceResult:
-    source: str
-    skipped: str = ""
-    info: dict = field(default_factory=dict)
-    per_user: dict = field(default_factory=dict)  # row -> metric -> [seeds, U]
-    pooled_auc: dict = field(default_factory=dict)  # row -> [seeds]
-    dc: dict = field(default_factory=dict)  # row -> {"abs_diff": [seeds, U, n], "overlap": [seeds, U, n]}
-    histories: dict = field(default_factory=dict)  # run -> [seeds] list of history rows
-    train_seconds: dict = field(default_factory=dict)  # run -> [seeds]
-    eval_seconds: float = 0.0
+class ProtocolMismatch(RuntimeError):
+    pass
 
 
-def run_source(source: str, args, log: Progress, out: Path) -> SourceResult:
-    from ..cascade import CascadeRun, train_cascade
-    from ..evaluate import score_split
-    from ..pipeline import prepare
-    from ..train import train
-
-    res = SourceResult(source)
-    test_key = None
-    for seed in args.seeds:
-        cfg = source_config(args.preset, source, seed, args.steps, args.threads, args.max_users)
-        t = time.time()
-        try:
-            prep = prepare(cfg)
-        except Exception as err:  # noqa: BLE001 - only a missing dataset is skipped, see below
-            from ..data.real import DatasetUnavailable
-
-            if isinstance(err, DatasetUnavailable):
-                res.skipped = f"{type(err).__name__}: {err}"
-                log(f"{source}: SKIPPED ({res.skipped})")
-                return res
-            raise
-        test = prep.splits["test"]
-        key = (test.user.tobytes(), test.candidates.tobytes())
-        if test_key is None:
-            test_key = key
-            ds = prep.dataset
-            res.info = {
-                "dataset": ds.name,
-                "label_sources": dict(ds.label_sources),
-                "label_notes": _label_notes(source),
-                "num_users": int(ds.log.num_users),
-                "num_ads": int(ds.catalog.num_ads),
-                "num_contents": int(ds.catalog.num_contents),
-                "num_events": int(ds.log.user.shape[0]),
-                "samples": {k: len(v) for k, v in prep.splits.items()},
-                "num_candidates": int(test.candidates.shape[1]),
-                "has_ground_truth": ds.ground_truth is not None,
-                "real_price": ds.label_sources.get("price") == "real",
-                "config": cfg.to_dict(),
-            }
-        elif key != test_key:
-            raise RuntimeError(f"{source}: seed {seed} has different test users/candidates (data seed must be fixed)")
-        log(
-            f"{source} seed={seed}: data ready in {time.time() - t:.1f}s "
-            f"({res.info['num_users']} users, {res.info['num_ads']} ads, {len(test)} test users)"
+def ensure_protocol(out: Path, allow_change: bool = False, log: Progress | None = None) -> dict:
+    """The protocol of OUT, refusing when the code no longer resolves it (unless allow_change);
+    an uncommitted protocol file is allowed (smoke and scratch folders) but said."""
+    protocol = load_protocol(out)
+    check = check_protocol(out)
+    if check.commit is None and log is not None:
+        log(f"note: {check.path} is not committed; the report will not call the protocol fixed")
+    if check.differences and not allow_change:
+        raise ProtocolMismatch(
+            f"{check.path} no longer matches what the code resolves ({len(check.differences)} difference(s): "
+            + "; ".join(check.differences[:5])
+            + "). Rewrite it (protocol --write) before any run, or pass --allow-protocol-change."
         )
-        price = prep.dataset.catalog.ad_price.astype(np.float64) if res.info["real_price"] else None
-
-        models: dict[str, object] = {}
-        seed_dir = out / "runs" / source / f"seed{seed}"
-        todo = [k for k in RUNS if k != "cascade/ranker"]
-        for i, run in enumerate(todo, 1):
-            t = time.time()
-            if run == "cascade/generator":
-                log(
-                    f"{source} seed={seed}: [{i}/{len(todo)}] train cascade (generator, then ranker) "
-                    f"{cfg.train.steps} steps each"
-                )
-                casc: CascadeRun = train_cascade(cfg, seed_dir / "cascade", prep=prep, progress=False)
-                for half, result in (("cascade/generator", casc.generator), ("cascade/ranker", casc.ranker)):
-                    models[half] = result["model"]
-                    res.train_seconds.setdefault(half, []).append(result["summary"]["train_seconds"])
-                    res.histories.setdefault(half, []).append(_history(seed_dir / half))
-            else:
-                log(f"{source} seed={seed}: [{i}/{len(todo)}] train {run} {cfg.train.steps} steps")
-                result = train(variant_config(cfg, RUNS[run]), seed_dir / run, prep=prep, progress=False)
-                models[run] = result["model"]
-                res.train_seconds.setdefault(run, []).append(result["summary"]["train_seconds"])
-                res.histories.setdefault(run, []).append(_history(seed_dir / run))
-            log(f"{source} seed={seed}:     done in {time.time() - t:.1f}s")
-
-        t = time.time()
-        scored = {run: score_split(m, prep, "test") for run, m in models.items()}
-        catalogue: dict[tuple, dict] = {}
-        for row in ROWS:
-            if row.scorer == "popularity":
-                scores = scored["full"]["popularity"]
-            else:
-                scores = scored[row.run][row.scorer]
-            metrics = protocol_metrics(scores, test, price)
-            res.pooled_auc.setdefault(row.key, []).append(pooled_auc(scores))
-            if row.scorer == "popularity":
-                cat_key = ("popularity",)
-                if cat_key not in catalogue:
-                    catalogue[cat_key] = catalogue_metrics(popularity_catalogue(prep), prep, "test", price)
-            elif row.gen_run is not None:
-                cat_key = (row.gen_run, row.rank_run)
-                if cat_key not in catalogue:
-                    gen_m = models[row.gen_run]
-                    rank_m = models[row.rank_run] if row.rank_run else None
-                    catalogue[cat_key] = catalogue_metrics(full_catalogue(gen_m, rank_m, prep), prep, "test", price)
-            else:
-                cat_key = None
-            if cat_key is not None:
-                metrics.update(catalogue[cat_key])
-            for name, values in metrics.items():
-                res.per_user.setdefault(row.key, {}).setdefault(name, []).append(values)
-        for row in ("full", "wo_dc"):
-            agree = rank_agreement(scored[row]["generation"], scored[row]["ranking"])
-            d = res.dc.setdefault(row, {"abs_diff": [], "overlap": []})
-            d["abs_diff"].append(agree["abs_diff"])
-            d["overlap"].append(agree["overlap"])
-        res.eval_seconds += time.time() - t
-        log(
-            f"{source} seed={seed}: evaluated in {time.time() - t:.1f}s  "
-            f"(full HR@5={res.per_user['full']['HR@5'][-1].mean():.3f}, "
-            f"cascade HR@5={res.per_user['cascade']['HR@5'][-1].mean():.3f}, "
-            f"popularity HR@5={res.per_user['popularity']['HR@5'][-1].mean():.3f})"
-        )
-    for row in res.per_user:
-        res.per_user[row] = {m: np.stack(v) for m, v in res.per_user[row].items()}
-    for row in res.dc:
-        res.dc[row] = {k: np.stack(v) for k, v in res.dc[row].items()}
-    return res
+    return protocol
 
 
-def _history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "train_history.json"
-    return json.loads(path.read_text()) if path.exists() else []
+def missing(out: Path, protocol: dict) -> list[tuple[str, str, int | None]]:
+    done = rf.existing_units(out)
+    spec = StudySpec.from_dict(protocol["spec"])
+    return [u for u in planned_units(spec) if u not in done]
 
 
-def _label_notes(source: str) -> dict:
-    if source == "synthetic":
-        return {
-            "click": "simulated: drawn from the known pCTR of the synthetic marketplace",
-            "conversion": "simulated: drawn from the known pCVR",
-            "bid": "simulated",
-            "price": "simulated",
-            "eCPM / GMV values": "ground truth of the simulator: bid x pCTR x pCVR, price x pCTR x pCVR",
-        }
+class PrepCache:
+    """Prepared data of the last (source, seed) (the units of one seed share data and semantic IDs)."""
+
+    def __init__(self):
+        self.key, self.prep = None, None
+
+    def get(self, spec: StudySpec, source: str, seed: int):
+        from ..pipeline import prepare
+
+        if self.key != (source, seed):
+            self.key, self.prep = None, None  # free the previous one first
+            self.prep = prepare(spec.config(source, seed))
+            self.key = (source, seed)
+        return self.prep
+
+
+def run_unit(
+    out: Path,
+    protocol: dict,
+    source: str,
+    unit: str,
+    seed: int | None,
+    log: Progress,
+    cache: PrepCache | None = None,
+    keep_dir: Path | None = None,
+) -> Path | None:
+    """Train one unit and write its run file; None when another process holds it or the source's
+    data cannot be obtained (the unit stays missing)."""
+    from ..data.real import DatasetUnavailable
+    from .units import train_unit
+
+    spec = StudySpec.from_dict(protocol["spec"])
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}: choose from {sorted(UNITS)}")
+    if (source, unit, seed) not in planned_units(spec):
+        raise ValueError(f"({source}, {unit}, seed {seed}) is not in the protocol's plan")
+    path = rf.unit_path(out, source, unit, seed)
+    lock = rf.UnitLock(path)
+    if not lock.acquire():
+        log(f"{source}/{rf.unit_name(unit, seed)}: another process holds {lock.path.name}; skipped")
+        return None
     try:
-        from ..data.real import LABEL_NOTES
+        cache = cache or PrepCache()
+        t = time.time()
+        prep_seed = seed if seed is not None else spec.seeds[0]
+        try:
+            prep = cache.get(spec, source, prep_seed)
+        except DatasetUnavailable as err:
+            log(f"{source}: data unavailable ({err}); {rf.unit_name(unit, seed)} stays missing")
+            return None
+        cfg = spec.config(source, prep_seed)
+        log(f"{source}/{rf.unit_name(unit, seed)}: training (max {cfg.train.steps} steps per run)")
+        meta, arrays = train_unit(cfg, prep, unit, keep_dir)
+        meta.update(
+            source=source,
+            seed=seed,
+            protocol_hash=protocol_hash(protocol),
+            commit=_commit(),
+            wall_seconds=time.time() - t,
+        )
+        rf.write_unit(path, meta, arrays)
+        log(f"{source}/{rf.unit_name(unit, seed)}: done in {time.time() - t:.1f}s -> {path}")
+        return path
+    finally:
+        lock.release()
 
-        return dict(LABEL_NOTES.get(source, {}))
-    except Exception:  # noqa: BLE001
-        return {}
+
+def _commit() -> str:
+    from .summary import git_commit
+
+    return git_commit()
+
+
+def estimate_minutes(protocol: dict, out: Path, source: str, unit: str) -> float | None:
+    """A unit's expected minutes: the protocol's budget estimate, else the mean wall time of this
+    unit's existing run files on the source, else None (unknown)."""
+    budget = protocol.get("budget") or {}
+    est = (budget.get("unit_minutes") or {}).get(source, {}).get(unit)
+    if est is not None:
+        return float(est)
+    walls = [
+        rf.read_unit(p)[0].get("wall_seconds")
+        for (s, u, _), p in rf.existing_units(out).items()
+        if s == source and u == unit
+    ]
+    walls = [w for w in walls if w]
+    return sum(walls) / len(walls) / 60 if walls else None
+
+
+def run_missing(
+    out: Path, log: Progress, max_minutes: float | None = None, allow_change: bool = False, dry_run: bool = False
+) -> list[Path]:
+    """Run every planned unit that has no run file, in plan order (source, unit, seed). With
+    `max_minutes`, a unit is started only if the time spent so far plus its estimate fits."""
+    out = Path(out)
+    protocol = ensure_protocol(out, allow_change, log)
+    rf.clean_temporaries(out)
+    todo = missing(out, protocol)
+    log(f"{len(todo)} unit(s) missing")
+    if dry_run:
+        for source, unit, seed in todo:
+            est = estimate_minutes(protocol, out, source, unit)
+            log(f"  {source}/{rf.unit_name(unit, seed)}" + (f" (~{est:.2f} min)" if est is not None else ""))
+        return []
+    started, written = time.time(), []
+    cache = PrepCache()
+    for source, unit, seed in todo:
+        if max_minutes is not None:
+            est = estimate_minutes(protocol, out, source, unit) or 0.0
+            spent = (time.time() - started) / 60
+            if spent + est > max_minutes:
+                log(
+                    f"stopping: {spent:.1f} min spent + ~{est:.1f} min for {source}/{rf.unit_name(unit, seed)} "
+                    f"> --max-minutes {max_minutes}"
+                )
+                break
+        path = run_unit(out, protocol, source, unit, seed, log, cache)
+        if path is not None:
+            written.append(path)
+    return written
 
 
 def run_study(args) -> dict:
+    """One-shot study into args.out: write the protocol of the flags, run every missing unit, build
+    the report. The same flags resume the same folder; `--smoke` is this at tiny size (CI)."""
     import torch
+
+    from .build import build_report
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run_study(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        log = Progress(args.quiet)
+        spec = StudySpec(
+            preset=args.preset,
+            seeds=tuple(args.seeds),
+            sources=tuple(args.sources),
+            steps=args.steps,
+            threads=args.threads,
+            max_users=args.max_users,
+            n_boot=args.n_boot,
+        )
+        protocol = build_protocol(spec)
+        from .protocol import write_protocol
+
+        held = rf.existing_units(out)
+        if held and (
+            not (out / "protocol.json").exists() or protocol_hash(load_protocol(out)) != protocol_hash(protocol)
+        ):
+            raise ProtocolMismatch(
+                f"{out} holds {len(held)} run file(s) of another protocol: give a fresh --out (the one-shot form "
+                "resumes a folder only under the same flags)"
+            )
+        write_protocol(out, protocol)
+        started = time.time()
+        log(f"preset={spec.preset} seeds={list(spec.seeds)} sources={list(spec.sources)} out={out}")
+        run_missing(out, log)
+        result = build_report(out, command=f"python -m oneranker.study {' '.join(args.argv)}", log=log)
+        result["runtime_seconds"] = time.time() - started
+        return result
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_study(args) -> dict:
+def main_run(args) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log = Progress(args.quiet)
-    started = time.time()
-    log(f"preset={args.preset} seeds={args.seeds} sources={args.sources} steps={args.steps or 'preset'} out={out}")
-    results, summaries, plots = [], [], {}
-    for source in args.sources:
-        res = run_source(source, args, log, out)
-        summary = summarize(res, args.n_boot)
-        results.append(res)
-        summaries.append(summary)
-        if not res.skipped:
-            files = []
-            name = f"ablation_{source}.png"
-            plot_ablation(summary, out / name)
-            files.append(("Metric per row (ablations and baselines)", name))
-            name = f"gmv_lift_{source}.png"
-            if plot_lift(summary, out / name):
-                files.append(("Value lift over the cascade", name))
-            name = f"training_curves_{source}.png"
-            plot_curves(res, out / name)
-            files.append(("Training curves", name))
-            name = f"dc_{source}.png"
-            plot_dc(res, summary, out / name)
-            files.append(("Distribution consistency (Fig. 3)", name))
-            plots[source] = files
-            np.savez_compressed(
-                out / f"per_user_{source}.npz",
-                **{f"{row}/{m}": v for row, ms in res.per_user.items() for m, v in ms.items()},
-            )
-        log(f"{source}: summarized")
-    runtime = time.time() - started
-    write_report(summaries, results, args, out, runtime, plots)
-    payload = {
-        "preset": args.preset,
-        "seeds": args.seeds,
-        "steps": args.steps,
-        "sources": args.sources,
-        "n_boot": args.n_boot,
-        "runtime_seconds": runtime,
-        "summaries": summaries,
-    }
-    for s in payload["summaries"]:
-        if "info" in s and "config" in s["info"]:
-            s["info"] = dict(s["info"])
-    (out / "results.json").write_text(json.dumps(jsonable(payload), indent=1))
-    write_summary(summaries, args, out)
-    log(f"wrote {out / 'report.md'} ({runtime / 60:.1f} min)")
-    return payload
+    if args.missing:
+        run_missing(out, log, args.max_minutes, args.allow_protocol_change, args.dry_run)
+        return 0
+    if args.source is None or args.run is None:
+        print("run: give --missing, or --source, --run and --seed", file=sys.stderr)
+        return 2
+    protocol = ensure_protocol(out, args.allow_protocol_change, log)
+    seed = None if not UNITS[args.run].seeded else args.seed
+    if seed is None and UNITS[args.run].seeded:
+        print(f"run: unit {args.run} needs --seed", file=sys.stderr)
+        return 2
+    if rf.unit_path(out, args.source, args.run, seed).exists() and not args.force:
+        log(f"{args.source}/{rf.unit_name(args.run, seed)} exists (--force to redo)")
+        return 0
+    path = run_unit(out, protocol, args.source, args.run, seed, log)
+    return 0 if path is not None else 1

@@ -1,10 +1,12 @@
 """summary.json (the report's answers as numbers) and the provenance every output carries: the
-commit of the checkout, the machine, the command that reproduces the run."""
+commit of the checkout, the machine, the command that reproduces the run.
+
+`runs_summary` is the schema of a study rebuilt from run files; `study_summary` reads the earlier
+one-process results.json format of the committed folders that predate the run files."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ ANSWER_METRICS = (
 
 
 def study_summary(summaries: list[dict], commit: str | None, machine: str, command: str) -> dict:
-    """summary.json: commit, machine, command and, per source, what the report's Answers state:
+    """summary.json of a study folder in the earlier one-process format (results.json holding
+    "summaries", no run files; `oneranker_perf.summaries` rebuilds committed ones with it):
+    commit, machine, command and, per source, what the report's Answers state:
     OneRanker (full) minus the cascade / the HSTU generator / popularity on each ANSWER_METRICS
     metric as [delta, 95% CI low, high], how many of all compared metrics are significantly better /
     worse, the paper-ordering verdict counts per metric and L_DC's effects (full - w/o L_DC)."""
@@ -55,10 +59,77 @@ def study_summary(summaries: list[dict], commit: str | None, machine: str, comma
     return {"commit": commit, "machine": machine, "command": command, "sources": sources}
 
 
-def write_summary(summaries: list[dict], args, out: Path) -> Path:
-    """OUT/summary.json: study_summary of this run (commit of the checkout, machine, command)."""
-    summary = study_summary(summaries, git_commit() or None, machine_description(args), study_command(args))
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
+def _verdict_key(verdict: str) -> str:
+    # a tie (difference exactly 0) does not show the paper's direction: counted with ns_opposite
+    return {"reproduced": "reproduced", "reversed": "reversed", "n.s. (same sign)": "ns_same"}.get(
+        verdict, "ns_opposite"
+    )
+
+
+def runs_summary(summaries: list[dict], ctx) -> dict:
+    """summary.json of a study rebuilt from run files (the issue's schema):
+    {"preset", "seeds", "data_seed", "protocol_hash", "protocol_commit", "runs_done", "runs_missing",
+     "sources": {NAME: {"test_users", "split", "headroom_pct" (synthetic), "rows": {ROW: {METRIC:
+     [mean, lo, hi]}}, "diffs": {"full-cascade" | "full-s2" | "full-hstu": {METRIC: [mean, lo, hi]}},
+     "paper_pairs": {"hr@5" | "vndcg@5": {"reproduced", "ns_same", "ns_opposite", "reversed"}},
+     "power" (synthetic)}}}
+    plus the provenance every result folder carries ("commit", "machine", "command").
+    METRIC names: protocol.SUMMARY_METRICS, where the source has them."""
+    from .protocol import SUMMARY_METRICS
+
+    sources: dict = {}
+    for s in summaries:
+        info = s.get("info") or {}
+        src: dict = {
+            "test_users": (info.get("samples") or {}).get("test"),
+            "split": s.get("split"),
+        }
+        if s["source"] == "synthetic":
+            src["headroom_pct"] = s.get("headroom_pct")
+        if s["skipped"]:
+            src.update(rows={}, diffs={}, paper_pairs={}, skipped=s["skipped"])
+            sources[s["source"]] = src
+            continue
+        src["rows"] = {
+            row: {name: [c["mean"], c["lo"], c["hi"]] for name, m in SUMMARY_METRICS.items() if (c := cells.get(m))}
+            for row, cells in s["rows"].items()
+        }
+        diffs: dict = {}
+        for c in s["comparisons"]:
+            if c["a"] == "full" and c["b"] in ("cascade", "s2", "hstu"):
+                name = next((k for k, v in SUMMARY_METRICS.items() if v == c["metric"]), None)
+                if name:
+                    diffs.setdefault(f"full-{c['b']}", {})[name] = [c["delta"], c["lo"], c["hi"]]
+        src["diffs"] = diffs
+        pairs: dict = {}
+        for o in s["orderings"]:
+            name = {"HR@5": "hr@5", "vNDCG@5": "vndcg@5"}.get(o["metric"])
+            if name:
+                tally = pairs.setdefault(name, {"reproduced": 0, "ns_same": 0, "ns_opposite": 0, "reversed": 0})
+                tally[_verdict_key(o["verdict"])] += 1
+        src["paper_pairs"] = pairs
+        if s.get("power") is not None:
+            src["power"] = s["power"]
+        sources[s["source"]] = src
+    machines = sorted({m for s in summaries for m in s.get("machines", []) if m})
+    return {
+        "preset": ctx.spec.preset,
+        "seeds": list(ctx.spec.seeds),
+        "data_seed": ctx.spec.data_seed,
+        "protocol_hash": ctx.check.hash,
+        "protocol_commit": ctx.check.commit,
+        "runs_done": list(ctx.done),
+        "runs_missing": list(ctx.missing),
+        "sources": sources,
+        "commit": git_commit() or None,
+        "machine": "; ".join(machines) or None,
+        "command": ctx.command,
+    }
+
+
+def write_summary(summaries: list[dict], ctx, out: Path) -> Path:
+    """OUT/summary.json: `runs_summary` of the report just built."""
+    (out / "summary.json").write_text(json.dumps(jsonable(runs_summary(summaries, ctx)), indent=2) + "\n")
     return out / "summary.json"
 
 
@@ -77,14 +148,6 @@ def git_commit() -> str:
     except Exception:  # noqa: BLE001
         return ""
     return f"{head}{' + uncommitted changes under training/' if dirty else ''}" if head else ""
-
-
-def study_command(args) -> str:
-    return f"python -m oneranker.study {' '.join(args.argv)}"
-
-
-def machine_description(args) -> str:
-    return f"{os.cpu_count()} CPU cores visible, torch threads {args.threads}"
 
 
 def jsonable(x):
