@@ -1,7 +1,7 @@
 """A rendered model version's artifacts -> the objects that serve it (no Triton, no torch).
 
     <version>/artifacts/export_info.json               checkpoint hash, dims, serve limits
-    <version>/artifacts/generation_tables.safetensors  item tables, transitions, trie
+    <version>/artifacts/generation_tables.safetensors  item tables, decoder tables, trie
     <version>/artifacts/{generator,ranker}.{onnx,pt2}  the graphs of the chosen engine
 
 `load_validator` is what a model that only validates/tokenizes needs (preprocess);

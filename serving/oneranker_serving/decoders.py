@@ -90,6 +90,12 @@ def decoder_tables(kind: str, arrays: dict[str, np.ndarray]) -> DecoderTables:
 
 
 def decoder_from_prefixed(arrays: dict[str, np.ndarray], prefix: str = "decoder.") -> DecoderTables:
-    """The decoder stored under `prefix` in a table file (kind told by its arrays)."""
+    """The decoder stored under `prefix` in a table file (kind told by its arrays: `transitions`
+    = factorized). Table files written before the decoders had a prefix hold a top-level
+    `transitions` (factorized) and load as such."""
     own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    if not own and "transitions" in arrays:
+        own = {"transitions": arrays["transitions"]}
+    if not own:
+        raise ValueError(f"no semantic-ID decoder tables ({prefix}*) in the generation tables: rebuild the export")
     return decoder_tables("factorized" if "transitions" in own else "conditioned", own)

@@ -22,13 +22,14 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def stream_matrix(tables: GenerationTables) -> np.ndarray:
-    """[S, H] averaging matrix: one stream per interest head, one bagged value stream."""
-    hi, hv = tables.num_interest_heads, tables.num_value_heads
-    mat = np.zeros((tables.num_streams, hi + hv))
-    mat[np.arange(hi), np.arange(hi)] = 1.0
-    if hv:
-        mat[hi, hi:] = 1.0 / hv
+def stream_matrix(num_interest: int, num_value: int) -> np.ndarray:
+    """[S, H] averaging matrix: one stream per interest head, one bagged value stream (mean of the
+    value heads' log-probabilities); float32, shared by this reference and the in-graph search."""
+    streams = num_interest + (1 if num_value else 0)
+    mat = np.zeros((streams, num_interest + num_value), dtype=np.float32)
+    mat[np.arange(num_interest), np.arange(num_interest)] = 1.0
+    if num_value:
+        mat[num_interest, num_interest:] = 1.0 / num_value
     return mat
 
 
@@ -41,7 +42,7 @@ def beam_search(state: np.ndarray, tables: GenerationTables, beam_width: int, ma
     first dropped path log-prob over the streams (inf where nothing was dropped): how close a
     cut came to a tie, which decides whether float32 and float64 searches may differ."""
     depth, codes = len(tables.trie_children), tables.trie_children[0].shape[1]
-    avg = stream_matrix(tables)
+    avg = stream_matrix(tables.num_interest_heads, tables.num_value_heads).astype(np.float64)
     head_stream = avg.argmax(0)  # [H] stream each head belongs to
     s = avg.shape[0]
     nodes = np.zeros((s, 1), dtype=np.int64)

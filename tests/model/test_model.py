@@ -256,7 +256,7 @@ def _model_with_grad_centroids(cfg, prep):
 
 @pytest.mark.parametrize("use_fake_items", [True, False])
 def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, tiny_cfg, tiny_prep):
-    """w/o Target removes every centroid-derived input of the level logits (fake tokens, the
+    """w/o Target removes every centroid-derived input of the decoder state (fake tokens, the
     target channel and the item-side centroid similarities); the full model (control) uses both."""
     cfg = copy.deepcopy(tiny_cfg)
     cfg.model.use_fake_items = use_fake_items
@@ -278,8 +278,8 @@ def test_without_target_no_gradient_reaches_centroid_features(use_fake_items, ti
 
 
 def test_without_mda_one_shared_head(tiny_cfg, tiny_prep):
-    """w/o MDA: one task token and one head projection; every head's level logits identical.
-    (Full model as the control: per-head parameters for all H heads and distinct logits.)"""
+    """w/o MDA: one task token and one head projection; every head's decoder state identical.
+    (Full model as the control: per-head parameters for all H heads and distinct states.)"""
     cat = tiny_prep.dataset.catalog
     H = tiny_cfg.model.num_task_tokens
     batch = to_batch(sample_arrays(tiny_prep, tiny_prep.splits["test"]), np.arange(4))
@@ -302,3 +302,26 @@ def test_without_mda_one_shared_head(tiny_cfg, tiny_prep):
     for h in range(1, H):
         assert torch.equal(logits[False][:, h], logits[False][:, 0])
         assert not torch.allclose(logits[True][:, h], logits[True][:, 0])
+
+
+def test_a_run_saved_with_the_old_decoder_names_loads_and_answers_the_same(tiny_run, tmp_path):
+    """Checkpoints written before the decoder was a submodule keep their top-level names
+    (`code_emb`, `transition`, ...): `load_run` maps them and the model answers identically."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from oneranker.checkpoint import load_run
+
+    run = tmp_path / "old_run"
+    shutil.copytree(tiny_run.run_dir, run)
+    state = load_file(str(run / "model.safetensors"))
+    assert any(k.startswith("decoder.") for k in state)
+    save_file({k.removeprefix("decoder."): v for k, v in state.items()}, str(run / "model.safetensors"))
+    _, model, _, _ = load_run(run)
+    batch = to_batch(sample_arrays(tiny_run.prep, tiny_run.prep.splits["test"]), np.arange(3))
+    with torch.no_grad():
+        got = model(batch)
+        want = tiny_run.model(batch)
+    assert torch.equal(got["scores"], want["scores"])
+    assert torch.equal(got["encoding"].decoder_state, want["encoding"].decoder_state)

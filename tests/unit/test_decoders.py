@@ -47,7 +47,7 @@ def test_exhaustive_beam_search_equals_path_log_probs(kind, seed):
         state = decoder.state(e_user, hi + hv)
         per_head = decoder.path_log_probs(state, torch.from_numpy(paths[None]))[0].numpy()  # [H, A]
     ads, logp = beam_search(state[0].numpy(), tables, beam_width=len(paths))
-    expected = stream_matrix(tables) @ per_head  # [S, A]
+    expected = stream_matrix(hi, hv) @ per_head  # [S, A]
     for stream in range(expected.shape[0]):
         got = np.full(len(paths), np.nan)
         got[ads[stream][ads[stream] >= 0]] = logp[stream][ads[stream] >= 0]
@@ -127,3 +127,11 @@ def test_the_configs_state_width_is_the_modules(kind):
     assert decoder.state_width == cfg.decoder_state_width
     e_user = torch.zeros(2, m.num_task_tokens, m.user_width)
     assert decoder.state(e_user, m.num_task_tokens).shape == (2, m.num_task_tokens, cfg.decoder_state_width)
+
+
+def test_table_files_without_the_decoder_prefix_load_as_factorized_and_empty_ones_fail():
+    transitions = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    old = decoder_from_prefixed({"transitions": transitions, "trie_0": np.zeros((1, 3))})
+    assert old.kind == "factorized" and np.array_equal(old.transitions, transitions)
+    with pytest.raises(ValueError, match="no semantic-ID decoder tables"):
+        decoder_from_prefixed({"trie_0": np.zeros((1, 3))})

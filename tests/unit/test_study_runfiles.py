@@ -337,3 +337,26 @@ def test_study_sources_resolve_to_the_declared_data():
     plain = source_config("small", "tafeng", 0, None, 1, None)
     assert timed.data.source == plain.data.source == "tafeng"
     assert timed.data.split == "time_cutoff" and plain.data.split == "leave_last_out"
+
+
+def test_slate_value_reads_the_request_context_on_world_v2():
+    """World v2's click probability depends on the hour x category: the study's slate value (what
+    the run files store) must change when only the requests' hours change."""
+    import copy
+
+    from oneranker.config import preset
+    from oneranker.pipeline import prepare
+    from oneranker.study.catalogue import slate_value
+
+    cfg = preset("tiny")
+    cfg.data.world = "v2"
+    prep = prepare(cfg.validate())
+    test = prep.splits["test"]
+    slate = np.tile(np.arange(10), (len(test.user), 1))
+    ecpm, gmv = slate_value(slate, prep)
+    shifted = copy.copy(prep)
+    shifted.splits = dict(prep.splits)
+    shifted.splits["test"] = copy.copy(test)
+    shifted.splits["test"].context = (test.context + 12) % cfg.data.context_cardinality
+    ecpm2, gmv2 = slate_value(slate, shifted)
+    assert not np.allclose(ecpm, ecpm2) and not np.allclose(gmv, gmv2)

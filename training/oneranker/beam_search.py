@@ -29,18 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from oneranker_serving.selection import stream_matrix  # noqa: F401  (re-exported: export, benches)
+
 NEG = -1e30
-
-
-def stream_matrix(num_interest: int, num_value: int) -> np.ndarray:
-    """[S, H] averaging matrix: one stream per interest head, one bagged value stream (mean of
-    the value heads' log-probabilities)."""
-    streams = num_interest + (1 if num_value else 0)
-    mat = np.zeros((streams, num_interest + num_value), dtype=np.float32)
-    mat[np.arange(num_interest), np.arange(num_interest)] = 1.0
-    if num_value:
-        mat[num_interest, num_interest:] = 1.0 / num_value
-    return mat
 
 
 class StreamDecoder(nn.Module):

@@ -17,7 +17,7 @@ serving side can render the cascade as a second ensemble from the two. `run_dir/
 ties them together (same semantic-ID version, required).
 
 `CascadeRecommender` is the in-process reference of the cascade: a `oneranker_serving` Recommender whose
-runner takes the level logits from the generator (candidates = its beam search) and the K/V and
+runner takes the decoder state from the generator (candidates = its beam search) and the K/V and
 scores from the ranker (which encodes the user a second time). The served cascade
 (`oneranker_cascade`, rendered by `oneranker build --cascade-run`) runs the same
 `oneranker_serving.recommender.CascadeRunner` over ONNX Runtime or PyTorch runners of the two exports.

@@ -55,6 +55,17 @@ def save_checkpoint(
     return manifest
 
 
+# Decoder weights of runs trained before the decoder became a submodule (`model.decoder`): they
+# were top-level parameters of the factorized decoder (a config without `model.decoder` loads as
+# "factorized", so the names are all that differ).
+_DECODER_KEYS = ("level_query", "code_emb", "code_bias", "transition", "level_code_features", "code_valid")
+
+
+def upgrade_state_dict(state: dict) -> dict:
+    """A checkpoint's tensors under today's names (see _DECODER_KEYS); others unchanged."""
+    return {(f"decoder.{k}" if k in _DECODER_KEYS else k): v for k, v in state.items()}
+
+
 def load_run(run_dir: Path):
     """-> (cfg, model in eval mode, sids, manifest). Refuses mismatched item tables."""
 
@@ -66,7 +77,7 @@ def load_run(run_dir: Path):
     sids = SemanticIds.load(run_dir / "sids")
     if sids.version != manifest["sid_version"]:
         raise ValueError(f"{run_dir}/sids version {sids.version} != manifest {manifest['sid_version']}")
-    state = load_file(str(run_dir / "model.safetensors"))
+    state = upgrade_state_dict(load_file(str(run_dir / "model.safetensors")))
     model = build_model(cfg, sids, manifest["num_advertisers"], manifest["num_categories"])
     model.load_state_dict(state)
     model.eval()

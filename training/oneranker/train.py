@@ -216,7 +216,9 @@ def _train(
     if resume:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+        from .checkpoint import upgrade_state_dict
+
+        model.load_state_dict(upgrade_state_dict(load_file(str(Path(run_dir) / "model.safetensors"))))
     model.to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if resume:

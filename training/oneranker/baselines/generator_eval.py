@@ -49,7 +49,6 @@ import numpy as np
 import torch
 
 from oneranker_serving.selection import stream_matrix
-from oneranker_serving.tables import GenerationTables
 
 from .. import losses
 from ..config import ACTION_CLICK, ExperimentConfig
@@ -160,10 +159,7 @@ def all_item_log_probs(
 def stream_scores(head_logp: torch.Tensor, num_interest: int, num_value: int) -> dict[str, torch.Tensor]:
     """[B, H, I] -> {"value": [B, I] bagged value stream, "max_streams": [B, I] max over the
     trained streams} (module docstring; stream layout = `selection.stream_matrix`)."""
-    tables = GenerationTables(
-        decoder=None, trie_children=[], num_interest_heads=num_interest, num_value_heads=num_value
-    )
-    mat = torch.as_tensor(stream_matrix(tables), dtype=head_logp.dtype)  # [S, H]
+    mat = torch.as_tensor(stream_matrix(num_interest, num_value), dtype=head_logp.dtype)  # [S, H]
     streams = torch.einsum("sh,bhi->bsi", mat, head_logp)  # [B, S, I]
     trained = list(INTEREST_HEADS_WITH_TARGETS) + [num_interest]  # the value stream's row
     return {"value": streams[:, num_interest], "max_streams": streams[:, trained].max(1).values}

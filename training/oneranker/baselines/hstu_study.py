@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..config import ACTION_CLICK, ACTION_CONTENT_VIEW, ACTION_CONVERSION, ExperimentConfig
+from ..evaluate import ranking_metrics
 from .hstu import HSTUBaseline, HSTUBaselineConfig, sampled_softmax_loss
 
 STOP_K = 5  # HR@5: TrainConfig.stop_metric's cut-off is read from the config; this is the default
@@ -180,10 +181,6 @@ class StudyHSTU:
         return {"candidates": cands, "slate": cands[:, :slate_k].copy()}
 
 
-def _hr_at(scores: np.ndarray, k: int) -> float:
-    return float(((scores[:, 1:] >= scores[:, :1]).sum(1) < k).mean())  # ties against the target
-
-
 def fit(prep, cfg: ExperimentConfig, progress: bool = False, after_step=None) -> dict:
     """Train HSTU on the study's training rows under TrainConfig's stopping rule (module
     docstring). -> {"model": StudyHSTU (best weights, eval mode), "history": [{"step", "total"}],
@@ -232,7 +229,7 @@ def fit(prep, cfg: ExperimentConfig, progress: bool = False, after_step=None) ->
             after_step(done)
         row = {"step": step, "total": float(loss.detach())}
         if valid_in is not None and done % t.eval_every == 0:
-            value = _hr_at(wrapped.candidate_scores(valid_in), stop_k)
+            value = ranking_metrics(wrapped.candidate_scores(valid_in), ks=(stop_k,))[t.stop_metric]
             row[f"valid_{t.stop_metric}"] = value
             evaluations.append([done, value])
             if value > best_value:

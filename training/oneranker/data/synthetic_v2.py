@@ -18,8 +18,10 @@ Click model, per (user u, ad a, request hour bucket h):
 * q_a, creative quality: N(0, (_QUALITY_RATIO * sigma_I)^2), drawn independently of the ad's
   latent vector, category, advertiser and bid; sigma_I = std of I over uniformly random
   (user, ad) pairs, measured on the generated world (`_CALIBRATION_PAIRS` pairs). q enters pCTR
-  only: the logging policy below ignores it, so it shapes the log (and co-occurrence) only
-  through which impressions become clicks. Nothing but an ad's own click-through record reveals it.
+  only: the logging policy below ignores it, and the semantic IDs' co-occurrence embedding counts
+  every logged event (impressions included), so q never reaches the semantic IDs; it shapes the
+  log only through which impressions become clicks. Nothing but an ad's own click-through record
+  reveals it.
 * c[h, g], context x category: a daily curve per category (random phase and amplitude,
   A_g cos(2 pi hour / 24 - phi_g), evaluated at each bucket's mean hour), double-centred (zero mean
   over hours for every category, zero mean over categories for every hour, weights = share of

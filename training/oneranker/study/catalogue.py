@@ -72,6 +72,22 @@ def popularity_catalogue(prep, split: str = "test") -> dict[str, np.ndarray]:
     return {"candidates": cands, "slate": cands[:, :SLATE_K].copy()}
 
 
+def slate_value(slate: np.ndarray, prep, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
+    """Ground-truth value of each user's slate [U, k] (ad index, -1 = empty) at the request's own
+    context: (expected eCPM [U], expected GMV [U]) summed over the slate; None without ground
+    truth (real sources)."""
+    gt = prep.dataset.ground_truth
+    if gt is None:
+        return None
+    samples = prep.splits[split]
+    users = np.broadcast_to(samples.user[:, None], slate.shape).ravel()
+    ctx = np.repeat(samples.context, slate.shape[1], axis=0)  # the request's context per slot
+    valid, safe, cat = slate >= 0, np.maximum(slate, 0).ravel(), prep.dataset.catalog
+    ecpm = np.where(valid, gt.expected_ecpm(users, safe, cat, ctx).reshape(slate.shape), 0).sum(1)
+    gmv = np.where(valid, gt.expected_gmv(users, safe, cat, ctx).reshape(slate.shape), 0).sum(1)
+    return ecpm, gmv
+
+
 def catalogue_metrics(
     result: dict[str, np.ndarray], prep, split: str, price: np.ndarray | None
 ) -> dict[str, np.ndarray]:
@@ -86,19 +102,9 @@ def catalogue_metrics(
         out[f"gen_NDCG@{k}"] = np.where(hit, 1.0 / np.log2(np.minimum(hit_pos, k) + 2), 0.0)
     in_slate = (slate == target).any(1)
     out[f"slate_HR@{SLATE_K}"] = in_slate.astype(np.float64)
-    gt = prep.dataset.ground_truth
-    if gt is not None:
-        users = np.broadcast_to(samples.user[:, None], slate.shape)
-        ctx = np.repeat(samples.context, slate.shape[1], axis=0)  # the request's context per slot
-        valid = slate >= 0
-        safe = np.maximum(slate, 0)
-        cat = prep.dataset.catalog
-        out[f"slate_eCPM@{SLATE_K}"] = np.where(
-            valid, gt.expected_ecpm(users.ravel(), safe.ravel(), cat, ctx).reshape(slate.shape), 0
-        ).sum(1)
-        out[f"slate_eGMV@{SLATE_K}"] = np.where(
-            valid, gt.expected_gmv(users.ravel(), safe.ravel(), cat, ctx).reshape(slate.shape), 0
-        ).sum(1)
+    value = slate_value(slate, prep, split)
+    if value is not None:
+        out[f"slate_eCPM@{SLATE_K}"], out[f"slate_eGMV@{SLATE_K}"] = value
     if price is not None:
         out[f"slate_rGMV@{SLATE_K}"] = price[samples.target].astype(np.float64) * in_slate
     return out

@@ -297,7 +297,7 @@ def write_report(summaries: list[dict], ctx: ReportContext, out: Path) -> str:
                 + (
                     f"**{hp:.2f}%**."
                     if hp is not None
-                    else "not computed (the world's headroom function is not in this code)."
+                    else "not recorded yet (the synthetic popularity unit records it)."
                 )
             )
             add("")

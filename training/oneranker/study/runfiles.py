@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalogue import GEN_KS, SLATE_K
+from .catalogue import GEN_KS, SLATE_K, slate_value
 from .stats import KS, PROTOCOL_SLATE_K
 
 FORMAT = 1
@@ -106,13 +106,9 @@ def catalogue_codes(result: dict[str, np.ndarray], prep, split: str = "test") ->
         "gen_pos": np.where(found, (cands == target).argmax(1), -1).astype(np.int16),
         "slate_hit": np.packbits((slate == target).any(1)),
     }
-    gt = prep.dataset.ground_truth
-    if gt is not None:
-        users = np.broadcast_to(samples.user[:, None], slate.shape).ravel()
-        valid, safe, cat = slate >= 0, np.maximum(slate, 0).ravel(), prep.dataset.catalog
-        ecpm = np.where(valid, gt.expected_ecpm(users, safe, cat).reshape(slate.shape), 0).sum(1)
-        gmv = np.where(valid, gt.expected_gmv(users, safe, cat).reshape(slate.shape), 0).sum(1)
-        codes["slate_value"] = np.stack([ecpm, gmv], 1).astype(np.float32)
+    value = slate_value(slate, prep, split)
+    if value is not None:
+        codes["slate_value"] = np.stack(value, 1).astype(np.float32)
     return codes
 
 
