@@ -160,6 +160,14 @@ def _users(rec: dict, metric: str) -> int:
     return users if isinstance(users, int) else users[metric]
 
 
+def _stopped(rec: dict) -> str:
+    """How a run ended: ML-1M 'epochs E (best B), <reason>'; synthetic 'step S (best B)'."""
+    if "epochs" in rec:
+        return f"{rec['epochs']} epochs (best {rec['best_epoch']}), {rec['stopped_by']}"
+    stop = rec.get("stopping") or {}
+    return f"step {stop.get('stopped_step')} (best {stop.get('best_step')})"
+
+
 def load_runs(out: Path) -> dict:
     runs: dict = {}
     for path in sorted((out / "runs").glob("*-seed*.json")):
@@ -206,6 +214,7 @@ def report(out: Path = DEFAULT_OUT, command: str = "") -> dict:
                 cell[metric] = [round(float(v), 5) for v in interval(per_seed)]
             cell["_seeds"] = sorted(have)
             cell["_train_minutes"] = round(float(np.mean([r["train_minutes"] for r in recs])), 2)
+            cell["_stopped"] = [_stopped(r) for r in recs]
             small.setdefault(source, {})[decoder] = cell
     summary = {
         "small": small,
@@ -232,19 +241,22 @@ def markdown(summary: dict) -> str:
         "protocol and decision rule: the module docstring of `perf/oneranker_perf/decoder_bench.py`",
         "(declared before any run). Intervals: 95%, training seeds and test users combined.",
         "",
-        "| source | decoder | seeds | val recall@50 | test recall@50 | test HR@5 | train min |",
-        "|---|---|---|---|---|---|---|",
+        "| source | decoder | seeds | val recall@50 | test recall@50 | test HR@5 | train min | stopped (per seed) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for source, block in summary["small"].items():
         for decoder, c in block.items():
             lines.append(
                 f"| {source} | {decoder} | {len(c['_seeds'])} | {cell(c['val_recall@50'])} | "
-                f"{cell(c['test_recall@50'])} | {cell(c['test_hr@5'])} | {c['_train_minutes']} |"
+                f"{cell(c['test_recall@50'])} | {cell(c['test_hr@5'])} | {c['_train_minutes']} | "
+                f"{'; '.join(c['_stopped'])} |"
             )
     lines += [
         "",
         "HR@5: ML-1M = full-catalogue HR@5 of the generator's value stream (no ranker on that protocol);",
         "synthetic = the final ranking's HR@5 (target among the 30 candidates of the paper's protocol).",
+        "ML-1M runs stop at the first epoch end past 30 minutes of wall time, so a decoder whose epochs",
+        "are slower trains fewer epochs in the same budget (the per-seed epochs are listed).",
         "",
         f"**Decision** ({summary['decision']['rule']}): `{summary['decision']['default']}`"
         + (

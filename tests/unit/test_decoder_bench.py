@@ -26,6 +26,9 @@ def write_run(out, source, decoder, seed, val_rate, test_rate=0.2):
         "decoder": decoder,
         "seed": seed,
         "train_minutes": 1.0,
+        "epochs": 3,
+        "best_epoch": 2,
+        "stopped_by": "patience",
         "users": USERS,
         "hits": {
             "val_recall@50": db.pack_hits(hits(val_rate)),
