@@ -4,7 +4,8 @@
         --out perf/results/decoder
 
 RUN_A and RUN_B are two trained runs of the same preset that differ only in
-`ModelConfig.decoder` (`decoder_bench --source synthetic --keep-run DIR` writes them). Each is
+`ModelConfig.decoder` (`decoder_bench --source synthetic --keep-run DIR [--max-steps 20]` writes
+them; the cost does not depend on the weights, so a short run serves). Each is
 built (ONNX, onnxruntime repository) and measured in ONE run, the two decoders interleaved
 request by request so that machine noise falls on both:
 
@@ -14,8 +15,11 @@ request by request so that machine noise falls on both:
   * served_c1_p50    the public ensemble over gRPC, two tritonservers up at once, concurrency 1;
   * paper_generation_p50  the `paper` preset (K = 256 codes per level, beam width 64, history
                      512, 20,000 ads): Steps 1-2 + the trie beam search of an untrained model in
-                     eager PyTorch (cost does not depend on the weights), where the decoder's
-                     share of the work is largest.
+                     eager PyTorch (cost does not depend on the weights); paper_search_p50 the
+                     beam search alone, where the decoder's share of the work is largest.
+
+torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, as the torch engine sets it):
+spinning threads on shared cores made single timings vary 20x.
 
 Ratios (conditioned / factorized) are the figures to quote; absolute milliseconds are this
 machine's. Writes `latency.json` (read by `decoder_bench --report`).
@@ -25,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (module docstring)
 from pathlib import Path
 
 import numpy as np
@@ -122,20 +129,20 @@ def paper_generation(repeats: int, length: int = 512, threads: int = 2) -> dict:
     inputs["hist_len"][:] = length
     knobs = (torch.tensor([cfg.serve.beam_width]), torch.tensor([cfg.serve.num_candidates]), torch.full((1, 1), -1))
 
-    def call(decoder):
-        model, search = graphs[decoder]
-        with torch.inference_mode():
-            state = model.encode_user(*inputs.values()).decoder_state
-            return search(state, *knobs)
-
-    times: dict = {d: [] for d in DECODERS}
-    for d in DECODERS:
-        call(d)
-    for i in range(repeats):
-        for d in DECODERS[i % 2 :] + DECODERS[: i % 2]:
-            start = time.perf_counter()
-            call(d)
-            times[d].append(time.perf_counter() - start)
+    times: dict = {d: {"generation": [], "search": []} for d in DECODERS}
+    with torch.inference_mode():
+        states = {d: graphs[d][0].encode_user(*inputs.values()).decoder_state for d in DECODERS}
+        for d in DECODERS:  # warm-up
+            graphs[d][1](states[d], *knobs)
+        for i in range(repeats):
+            for d in DECODERS[i % 2 :] + DECODERS[: i % 2]:
+                model, search = graphs[d]
+                start = time.perf_counter()
+                search(model.encode_user(*inputs.values()).decoder_state, *knobs)
+                middle = time.perf_counter()
+                search(states[d], *knobs)
+                times[d]["generation"].append(middle - start)
+                times[d]["search"].append(time.perf_counter() - middle)
     return {
         "history": length,
         "beam_width": cfg.serve.beam_width,
@@ -143,7 +150,7 @@ def paper_generation(repeats: int, length: int = 512, threads: int = 2) -> dict:
         "codes_per_level": t.max_codes,
         "ads": int(len(paths)),
         "threads": threads,
-        **{d: percentiles(v) for d, v in times.items()},
+        **{d: {k: percentiles(v) for k, v in times[d].items()} for d in DECODERS},
     }
 
 
@@ -165,7 +172,8 @@ def run(runs: dict[str, Path], out: Path, n_latency: int, n_requests: int, repea
             d: {
                 "in_process_p50": trained["in_process"][d]["p50_ms"],
                 "served_c1_p50": trained["served_c1"][d]["p50_ms"],
-                "paper_generation_p50": paper[d]["p50_ms"],
+                "paper_generation_p50": paper[d]["generation"]["p50_ms"],
+                "paper_search_p50": paper[d]["search"]["p50_ms"],
             }
             for d in DECODERS
         },
