@@ -151,15 +151,7 @@ def _protocol(args, out: Path) -> int:
 
     from .protocol import build_protocol, check_protocol, protocol_hash, write_protocol
 
-    spec = StudySpec(
-        preset=args.preset,
-        seeds=tuple(args.seeds),
-        sources=tuple(args.sources),
-        steps=args.steps,
-        threads=args.threads,
-        max_users=args.max_users,
-        n_boot=args.n_boot,
-    )
+    spec = StudySpec.from_args(args)
     protocol = build_protocol(spec)
     if args.write:
         if (out / "runs").exists() and any((out / "runs").glob("*/*.npz")):

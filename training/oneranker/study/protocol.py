@@ -65,6 +65,20 @@ class StudySpec:
     real_cut_seeds: int = 3  # real-source seeds after cut level 2
 
     @classmethod
+    def from_args(cls, args) -> StudySpec:
+        """The spec of the study CLI's arguments (preset, seeds, sources, steps, threads,
+        max_users, n_boot)."""
+        return cls(
+            preset=args.preset,
+            seeds=tuple(args.seeds),
+            sources=tuple(args.sources),
+            steps=args.steps,
+            threads=args.threads,
+            max_users=args.max_users,
+            n_boot=args.n_boot,
+        )
+
+    @classmethod
     def from_dict(cls, raw: dict) -> StudySpec:
         known = {f.name for f in fields(cls)}
         spec = cls(**{k: v for k, v in raw.items() if k in known})

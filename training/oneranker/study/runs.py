@@ -195,15 +195,7 @@ def run_study(args) -> dict:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         log = Progress(args.quiet)
-        spec = StudySpec(
-            preset=args.preset,
-            seeds=tuple(args.seeds),
-            sources=tuple(args.sources),
-            steps=args.steps,
-            threads=args.threads,
-            max_users=args.max_users,
-            n_boot=args.n_boot,
-        )
+        spec = StudySpec.from_args(args)
         protocol = build_protocol(spec)
         from .protocol import write_protocol
 
