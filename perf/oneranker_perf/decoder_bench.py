@@ -197,7 +197,13 @@ def latency_block(out: Path) -> dict:
     return json.loads(path.read_text())["latency_ms"] if path.exists() else {}
 
 
-def report(out: Path = DEFAULT_OUT, command: str = "") -> dict:
+REPORT_COMMAND = "python -m oneranker_perf.decoder_bench --report"
+
+
+def build_summary(out: Path = DEFAULT_OUT) -> dict:
+    """summary.json of the folder, from its run files and latency.json only (so a rebuild on any
+    machine gives the same figures): commit = the commits the runs record, machine = the latency
+    run's."""
     runs = load_runs(out)
     small: dict = {}
     missing = []
@@ -216,14 +222,24 @@ def report(out: Path = DEFAULT_OUT, command: str = "") -> dict:
             cell["_train_minutes"] = round(float(np.mean([r["train_minutes"] for r in recs])), 2)
             cell["_stopped"] = [_stopped(r) for r in recs]
             small.setdefault(source, {})[decoder] = cell
-    summary = {
+    every = [r for by_decoder in runs.values() for by_seed in by_decoder.values() for r in by_seed.values()]
+    latency_path = out / "latency.json"
+    latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
+    return {
+        "commit": ", ".join(sorted({r["git_commit"] for r in every if r.get("git_commit")})) or None,
+        "machine": latency.get("machine") or "2-core CPU machine (each run file records its threads)",
+        "command": REPORT_COMMAND,
         "small": small,
         "latency_ms": latency_block(out),
         "decision": decide(small.get("ml1m", {})),
         "runs_missing": missing,
         "interval": "95%: t over seeds (+) bootstrap over users, in quadrature (ml1m_bench.interval)",
-        "command": command,
     }
+
+
+def report(out: Path = DEFAULT_OUT) -> dict:
+    """Rebuild summary.json and results.md of `out` from its run files."""
+    summary = build_summary(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "results.md").write_text(markdown(summary))
@@ -303,7 +319,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     command = reproduce_command(argv).replace("ml1m_bench", "decoder_bench")
     if args.report:
-        print(json.dumps(report(args.out, command), indent=1))
+        print(json.dumps(report(args.out), indent=1))
         return 0
     if args.source is None or args.decoder is None:
         parser.error("--source and --decoder are required unless --report")

@@ -92,6 +92,10 @@ def summarize_folder(folder: Path) -> dict:
         return backfilled(rebuild_summary(folder))
     if (folder / "results.csv").exists():
         return backfilled(_perf_analyzer(folder, markdown, facts))
+    if (folder / "runs").is_dir() and any((folder / "runs").glob("*-factorized-seed*.json")):
+        from .decoder_bench import build_summary
+
+        return backfilled(build_summary(folder))
     if (folder / "protocol.json").exists() and (folder / "runs").is_dir():
         return backfilled(_study_runs(folder, facts))
     results = json.loads((folder / "results.json").read_text())
