@@ -1022,6 +1022,22 @@ def test_triton_image_runs_as_its_non_root_user():
     )
 
 
+def _least_privilege(pod: dict, c: dict) -> tuple[dict, dict]:
+    """Asserts a pod spec and its container run least-privileged (non-root, RuntimeDefault
+    seccomp, no escalation, no capabilities, read-only root, no service-account token);
+    -> (volumes by name, writable mount path -> volume name)."""
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert csc.get("allowPrivilegeEscalation") is False and not csc.get("privileged")
+    assert csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc["capabilities"].get("add")
+    assert csc.get("readOnlyRootFilesystem") is True
+    assert pod.get("automountServiceAccountToken") is False
+    vols = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    return vols, writable
+
+
 def test_k8s_build_job_runs_without_privileges():
     """The per-release build Job: non-root (the replicas' uid, so they can read what it writes),
     no privilege escalation, no capabilities, read-only root; writable: the artifacts PVC and
@@ -1030,17 +1046,10 @@ def test_k8s_build_job_runs_without_privileges():
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     (dep,) = k8s("Deployment")
-    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
-    assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0
+    psc = pod.get("securityContext", {})
+    vols, writable = _least_privilege(pod, c)
     assert psc["runAsUser"] == dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert psc.get("fsGroup") == psc["runAsGroup"]
-    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
-    assert csc.get("allowPrivilegeEscalation") is False and not csc.get("privileged")
-    assert csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc["capabilities"].get("add")
-    assert csc.get("readOnlyRootFilesystem") is True
-    assert pod.get("automountServiceAccountToken") is False
-    vols = {v["name"]: v for v in pod["volumes"]}
-    writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
     assert set(writable) == {"/artifacts", "/tmp", "/dev/shm"}, writable
     assert "persistentVolumeClaim" in vols[writable["/artifacts"]]
     assert all("emptyDir" in vols[writable[p]] for p in ("/tmp", "/dev/shm"))
@@ -1064,16 +1073,8 @@ def test_k8s_is_closed_by_default():
         assert (cats, header) == (ra.RESTRICTED_APIS, ra.ADMIN_KEY_HEADER), flag
         assert value == f"$({ra.ADMIN_KEY_ENV})", f"{flag}: the key must come from the Secret"
     # least privilege
-    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
-    assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0
-    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
-    assert csc.get("allowPrivilegeEscalation") is False and not csc.get("privileged")
-    assert csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc["capabilities"].get("add")
-    assert csc.get("readOnlyRootFilesystem") is True
-    assert pod.get("automountServiceAccountToken") is False
+    vols, writable = _least_privilege(pod, c)
     # what stays writable: emptyDirs for the Python backend (/tmp, /dev/shm), nothing else
-    vols = {v["name"]: v for v in pod["volumes"]}
-    writable = {m["mountPath"]: m["name"] for m in c["volumeMounts"] if not m.get("readOnly")}
     assert set(writable) == {"/tmp", "/dev/shm"}, writable
     assert all("emptyDir" in vols[name] for name in writable.values())
     # who reaches the pods
