@@ -264,10 +264,10 @@ def generator_slice(data1m):
 def test_generator_full_catalogue_log_probs_equal_path_log_probs(generator_slice, data1m, decoder):
     from oneranker.baselines import generator_eval as ge
 
-    if decoder == "factorized":
+    if decoder == generator_slice.cfg.decoder:
         model = generator_slice
     else:
-        model = ge.build(data1m, ge.GeneratorConfig(decoder="conditioned"))
+        model = ge.build(data1m, ge.GeneratorConfig(decoder=decoder))
     gd = model.ml
     with torch.no_grad():  # a prefix-dependent term far from zero, so it is exercised
         params = dict(model.decoder.named_parameters())

@@ -165,7 +165,9 @@ class ModelConfig:
     # [#10] semantic-ID decoder (`decoders.py`): "conditioned" = each level's query from the
     # head's user vector and the prefix chosen so far (one hidden layer of `decoder_hidden`
     # units); "factorized" = prefix-free level logits + transition tables shared by all users.
-    decoder: str = "factorized"
+    # Default by the rule declared in perf/oneranker_perf/decoder_bench.py (ML-1M validation
+    # recall@50, 3 seeds each): perf/results/decoder/results.md.
+    decoder: str = "conditioned"
     decoder_hidden: int = 64
     # [#16] Step-3 K/V = concat_seq(H1, H2) + learned segment embedding, projected once in the
     # generator ("KV pass-through"); the ranker never sees the raw history.
