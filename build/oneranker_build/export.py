@@ -94,17 +94,17 @@ class RankingGraph(nn.Module):
         safe = cand_idx.clamp(min=0)
         kv_valid = self.model.kv_valid_from_lengths(hist_len, kv.shape[2])
         scores = self.model.rank(kv, kv_valid, self.ad_codes[safe], self.ad_attrs[safe], self.ad_bid[safe])
-        scores = torch.where(valid, scores, torch.full_like(scores, NEG))
+        scores = torch.where(valid, scores, NEG)
         wanted = top_k.max().item()
         torch._check(wanted >= 1)
         k = torch.sym_min(wanted, cand_idx.shape[1])
         top, pos = torch.topk(scores, k, dim=-1)
-        keep = (torch.arange(k, device=top.device).view(1, -1) < top_k.view(-1, 1)) & (top > NEG / 2)
+        keep = (torch.arange(k, device=top.device) < top_k.view(-1, 1)) & (top > NEG / 2)
         chosen = torch.gather(safe, 1, pos)
-        item_ids = torch.where(keep, self.ad_ids[chosen], torch.full_like(chosen, -1))
-        gen_logp = torch.where(keep, torch.gather(cand_logp, 1, pos), torch.zeros_like(top))
-        head = torch.where(keep, torch.gather(cand_stream, 1, pos), torch.full_like(chosen, -1)).to(torch.int32)
-        return item_ids, torch.where(keep, top, torch.zeros_like(top)), gen_logp, head, keep.sum(-1)
+        item_ids = torch.where(keep, self.ad_ids[chosen], -1)
+        gen_logp = torch.where(keep, torch.gather(cand_logp, 1, pos), 0.0)
+        head = torch.where(keep, torch.gather(cand_stream, 1, pos), -1).to(torch.int32)
+        return item_ids, torch.where(keep, top, 0.0), gen_logp, head, keep.sum(-1)
 
 
 def dims_for(model) -> contract.ContractDims:

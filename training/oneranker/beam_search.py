@@ -53,7 +53,8 @@ class StreamDecoder(nn.Module):
 
     def stream_log_probs(self, state, level, prefix):
         w = prefix.shape[2]
-        per_head_prefix = prefix[:, self.head_stream]  # [B, H, w, level]: each head follows its stream's beams
+        # [B, H, w, level]: each head follows its stream's beams (index_select: one Gather op)
+        per_head_prefix = torch.index_select(prefix, 1, self.head_stream)
         logits = self.decoder.level_logits(state, level, per_head_prefix, self.constants)  # [B, H, w|1, K]
         per_head = torch.log_softmax(logits.expand(-1, -1, w, -1), dim=-1)
         return torch.einsum("sh,bhwk->bswk", self.streams, per_head)
@@ -61,26 +62,47 @@ class StreamDecoder(nn.Module):
 
 def _per_request_cut(values: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
     """values [B, ..., k] sorted descending along the last axis: positions >= limit[b] -> NEG."""
-    k = values.shape[-1]
-    pos = torch.arange(k, device=values.device)
-    keep = pos.view(*([1] * (values.dim() - 1)), k) < limit.view(-1, *([1] * (values.dim() - 1)))
-    return torch.where(keep, values, torch.full_like(values, NEG))
+    pos = torch.arange(values.shape[-1], device=values.device)
+    keep = pos < limit.view(-1, *([1] * (values.dim() - 1)))
+    return torch.where(keep, values, NEG)
+
+
+def child_prefixes(children: np.ndarray, prefixes: np.ndarray, num_children: int) -> np.ndarray:
+    """children [nodes_l, K] (node ids at level l+1, -1 = none), prefixes [nodes_l, l] ->
+    [nodes_{l+1}, l+1]: each child's prefix is its parent's plus the child's code."""
+    out = np.zeros((num_children, prefixes.shape[1] + 1), dtype=np.int64)
+    parent, code = np.nonzero(children >= 0)
+    out[children[parent, code]] = np.concatenate([prefixes[parent], code[:, None]], axis=1)
+    return out
 
 
 class TrieBeamSearch(nn.Module):
     """Beam search per stream over the trie of legal ad paths, then merge, dedupe, exclusions.
 
-    trie: level l -> [nodes_l, K] child node id (last level: ad index), -1 where no child."""
+    trie: level l -> [nodes_l, K] child node id (last level: ad index), -1 where no child.
+    A beam is a trie node; its prefix (the codes on the path to it, what the decoder reads) is a
+    lookup in `node_prefix(level)` [nodes_l, l], so no beam index or code is carried between
+    levels (one Gather instead of the floor division, Mod and prefix re-gather per level)."""
 
     def __init__(self, decoder: StreamDecoder, trie: list):
         super().__init__()
         self.decoder = decoder
         self.depth = len(trie)
+        prefixes = np.zeros((1, 0), dtype=np.int64)  # the root's
         for level, children in enumerate(trie):
-            self.register_buffer(f"trie_{level}", torch.as_tensor(np.asarray(children), dtype=torch.int64))
+            children = np.asarray(children)
+            self.register_buffer(f"trie_{level}", torch.as_tensor(children, dtype=torch.int64))
+            if level > 0:  # the root's prefix is empty (and a zero-size buffer does not save)
+                self.register_buffer(f"prefix_{level}", torch.as_tensor(prefixes, dtype=torch.int64))
+            if level + 1 < self.depth:
+                prefixes = child_prefixes(children, prefixes, len(trie[level + 1]))
 
     def trie_level(self, level: int) -> torch.Tensor:
         return getattr(self, f"trie_{level}")
+
+    def node_prefix(self, level: int) -> torch.Tensor:
+        """[nodes_level, level] codes on the path to each node of `level` (level >= 1)."""
+        return getattr(self, f"prefix_{level}")
 
     def forward(self, state, beam_width, num_candidates, exclude_idx):
         """state [B, ...] (the decoder's), beam_width [B], num_candidates [B], exclude_idx [B, E]
@@ -92,48 +114,49 @@ class TrieBeamSearch(nn.Module):
         torch._check(width >= 1)
         nodes = torch.zeros(b, s, 1, dtype=torch.int64, device=state.device)
         logp = torch.zeros(b, s, 1, dtype=torch.float32, device=state.device)
-        prefix = torch.zeros(b, s, 1, 0, dtype=torch.int64, device=state.device)
         for level in range(self.depth):
             live = nodes.shape[2]
+            if level == 0:
+                prefix = torch.zeros(b, s, 1, 0, dtype=torch.int64, device=state.device)
+            else:
+                prefix = self.node_prefix(level)[nodes.clamp(min=0)]  # [B, S, w, level]
             step = self.decoder.stream_log_probs(state, level, prefix)  # [B, S, w, K]
             children = self.trie_level(level)[nodes.clamp(min=0)]  # [B, S, w, K]
-            allowed = (children >= 0) & (logp > NEG / 2).unsqueeze(-1)
-            total = torch.where(allowed, logp.unsqueeze(-1) + step, torch.full_like(step, NEG))
+            # a dead beam (logp = NEG) stays at NEG: NEG + a finite log-prob rounds to NEG in float32
+            total = torch.where(children >= 0, logp.unsqueeze(-1) + step, NEG)
             total = total.reshape(b, s, live * codes)
             k = torch.sym_min(width, live * codes)
             torch._check(k >= 1)
             logp, flat = torch.topk(total, k, dim=-1)  # sorted; ties: the lower flat index first
             logp = _per_request_cut(logp, beam_width)
-            beam, code = flat // codes, flat % codes
             nodes = torch.gather(children.reshape(b, s, live * codes), 2, flat)
-            kept = torch.gather(prefix, 2, beam.unsqueeze(-1).expand(-1, -1, -1, level))
-            prefix = torch.cat([kept, code.unsqueeze(-1)], dim=-1)
         return self.merge(nodes, logp, num_candidates, exclude_idx)
 
     def merge(self, ads, logp, num_candidates, exclude_idx):
-        """ads, logp [B, S, W] (ad index, -1 / NEG where dead) -> the merged candidate set."""
+        """ads, logp [B, S, W] (ad index; logp NEG where dead) -> the merged candidate set. A live
+        beam always ends at an ad (children outside the trie are NEG), so logp alone tells dead."""
         b, s, w = ads.shape
-        stream = torch.arange(s, device=ads.device).view(1, s, 1).expand(b, s, w).reshape(b, s * w)
-        ads, logp = ads.reshape(b, s * w), logp.reshape(b, s * w)
-        valid = (logp > NEG / 2) & (ads >= 0)
-        ads = torch.where(valid, ads, torch.full_like(ads, -1))
-        # a duplicate loses to the copy with the higher log-prob, ties to the earlier (lower) stream
         m = s * w
+        stream = torch.arange(s, device=ads.device).view(s, 1).expand(s, w).reshape(m)  # [m]
+        ads, logp = ads.reshape(b, m), logp.reshape(b, m)
+        valid = logp > NEG / 2
+        ads = torch.where(valid, ads, -1)
+        # a duplicate loses to the copy with the higher log-prob, ties to the earlier (lower) stream
         order = torch.arange(m, device=ads.device)
-        same = (ads.unsqueeze(2) == ads.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # [B, i, j]
+        same = (ads.unsqueeze(2) == ads.unsqueeze(1)) & valid.unsqueeze(2)  # [B, i, j]; equal ads: both valid
         better = (logp.unsqueeze(1) > logp.unsqueeze(2)) | (
-            (logp.unsqueeze(1) == logp.unsqueeze(2)) & (order.view(1, 1, m) < order.view(1, m, 1))
+            (logp.unsqueeze(1) == logp.unsqueeze(2)) & (order.view(1, m) < order.view(m, 1))
         )
-        duplicate = (same & better).any(dim=2)
-        excluded = ((ads.unsqueeze(2) == exclude_idx.unsqueeze(1)) & (exclude_idx >= 0).unsqueeze(1)).any(dim=2)
-        keep = valid & ~duplicate & ~excluded
-        score = torch.where(keep, logp, torch.full_like(logp, NEG))
+        # excluded: padding (-1) only ever equals a dead slot's -1, which `valid` drops anyway
+        excluded = ads.unsqueeze(2) == exclude_idx.unsqueeze(1)  # [B, i, E]
+        keep = valid & ~torch.cat([same & better, excluded], dim=2).any(dim=2)
+        score = torch.where(keep, logp, NEG)
         wanted = num_candidates.max().item()
         torch._check(wanted >= 1)
         k = torch.sym_min(wanted, m)
         top, pos = torch.topk(score, k, dim=-1)
         top = _per_request_cut(top, num_candidates)
         alive = top > NEG / 2
-        cand = torch.where(alive, torch.gather(ads, 1, pos), torch.full_like(pos, -1))
-        cand_stream = torch.where(alive, torch.gather(stream, 1, pos), torch.full_like(pos, -1))
+        cand = torch.where(alive, torch.gather(ads, 1, pos), -1)
+        cand_stream = torch.where(alive, stream[pos], -1)
         return cand, top, cand_stream
