@@ -211,6 +211,7 @@ def report(source: str, out: Path, command: str = "") -> dict:
                 "wall_min": float(np.mean([r["wall_minutes"] for r in recs])),
                 "seed_list": sorted(have),
                 "stopped_by": [r["stopped_by"] for r in recs],
+                "decoders": sorted({run_decoder(r) for r in recs}),
                 "unmasked": {m: float(np.mean([r["test"]["metrics_unmasked"][m] for r in recs])) for m in METRICS},
             }
         )
@@ -226,6 +227,13 @@ def report(source: str, out: Path, command: str = "") -> dict:
     _write_markdown(source, base, summary, runs, missing, command)
     _plot(source, base, runs)
     return summary
+
+
+def run_decoder(run: dict) -> str | None:
+    """The semantic-ID decoder a run file's generator used (None: HSTU, which has none). Files
+    written before `ModelConfig.decoder` existed ran the factorized decoder, the only one then."""
+    model = run.get("config", {}).get("experiment", {}).get("model")
+    return None if model is None else model.get("decoder", "factorized")
 
 
 def _fmt(v) -> str:
@@ -253,6 +261,9 @@ def _write_markdown(source, base, summary, runs, missing, command) -> None:
         "hstu": "HSTU baseline (ours: G-Decoder + next-item head)",
         "oneranker": "OneRanker generator (ours: exact SID-path log-prob, full catalogue)",
     }
+    decoders = [d for d in summary.get("oneranker", {}).get("decoders", []) if d]
+    if decoders:
+        labels["oneranker"] = labels["oneranker"][:-1] + f"; {' + '.join(decoders)} decoder)"
     for system in SYSTEMS:
         if system not in summary:
             lines.append(f"| {labels[system]} | not run | | | | 0 | | | |")
@@ -308,6 +319,8 @@ def _write_markdown(source, base, summary, runs, missing, command) -> None:
         "trained streams is in each run file (`valid.other_streams` / `test.other_streams`). It is "
         "trained by this harness's generator-only MTP loop (`baselines.generator_eval`), not by "
         "`oneranker.train`.",
+        "* The decoder named in the OneRanker row is the one its runs used; the shipped default is the one "
+        "`perf/results/decoder` measured (`ModelConfig.decoder`), compared there on this protocol's data.",
         "* `train min` counts the optimizer steps; the budget (`--max-minutes`) counts wall time of "
         "training plus per-epoch validation.",
     ]

@@ -277,3 +277,15 @@ def test_every_result_folder_has_a_summary(name):
     assert "commit" in summary and (summary["commit"] or summary.get("note")), summary.keys()
     assert summary.get("machine") and summary.get("command")
     assert _figures(summaries.summarize_folder(folder)) == _figures(summary), "summary.json differs from a rebuild"
+
+
+def test_ml1m_report_names_the_decoder_each_run_used():
+    """A run file written before the decoder switch ran the factorized decoder, whatever today's
+    default is; a newer one names its own; HSTU has none."""
+    from oneranker_perf.ml1m_bench import run_decoder
+
+    assert run_decoder({"config": {"experiment": {"model": {"d_model": 64}}}}) == "factorized"
+    assert run_decoder({"config": {"experiment": {"model": {"decoder": "conditioned"}}}}) == "conditioned"
+    assert run_decoder({"config": {"max_len": 200}}) is None
+    committed = _load(RESULTS / "ml1m")["oneranker"]
+    assert committed["decoders"] == ["factorized"]
