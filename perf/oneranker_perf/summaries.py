@@ -4,7 +4,7 @@ each benchmark's writer uses. Nothing is measured; no report, plot or results fi
     python -m oneranker_perf.summaries perf/results/scaling perf/results/locust ...
 
 The kind of folder is read from its files: results.json (topology_bench, queue_delay_bench,
-scaling_bench, train_bench, the earlier one-process oneranker.study), protocol.json + runs/
+backend_ipc_bench, scaling_bench, train_bench, the earlier one-process oneranker.study), protocol.json + runs/
 (oneranker.study from run files), results.csv (perf_analyzer_suite) or locust_stats.csv
 (locust_run). What a results file does not record (the machine, the command, the
 study's commit) is read from the Markdown report the same run wrote. The commit is the one the
@@ -110,6 +110,8 @@ def summarize_folder(folder: Path) -> dict:
     results["command"] = results.get("command") or facts["command"]
     if "topologies" in results:
         from .topology_bench import summary
+    elif "calls" in results and "measured" in results:
+        from .backend_ipc_bench import summary
     elif "measured" in results:
         from .queue_delay_bench import summary
     elif "rows" in results:

@@ -61,6 +61,28 @@ def test_queue_delay_summary(tmp_path):
     assert summaries.summarize_folder(tmp_path) == s
 
 
+def test_backend_ipc_summary(tmp_path):
+    from oneranker_perf import backend_ipc_bench
+
+    def probe(p50):
+        return {"p50_ms": p50, "p90_ms": p50 + 0.1, "p99_ms": p50 + 0.3, "mean_ms": p50, "n": 10}
+
+    results = {
+        "machine": "2 cores (test CPU), Python 3",
+        "commit": "abc1234",
+        "command": "python -m oneranker_perf.backend_ipc_bench --calls 4",
+        "calls": 4,
+        "load": "",
+        "measured": {"none": probe(0.3), "is_cancelled": probe(0.5), "metric": probe(0.42)},
+    }
+    backend_ipc_bench.write_report(results, tmp_path)
+    s = _load(tmp_path)
+    assert (s["commit"], s["machine"], s["command"]) == (results["commit"], results["machine"], results["command"])
+    assert s["per_call_us"] == pytest.approx({"is_cancelled": 50.0, "metric": 30.0})  # (p50 - none) / 4 calls
+    assert s["fused_ipc_ms_per_request_c1"] == pytest.approx((3 * 50.0 + 5 * 30.0) / 1000)
+    assert summaries.summarize_folder(tmp_path) == s
+
+
 def test_scaling_summary(tmp_path):
     from oneranker_perf import scaling_bench
 
