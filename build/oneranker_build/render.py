@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneranker_client import contract
+from oneranker_serving.triton.models import DEFAULT_CANCEL_CHECK_INTERVAL_US
 
 from . import warmup
 
@@ -61,6 +62,9 @@ class RenderSettings:
     generation_instances: int = 2  # topology graphs
     ranking_instances: int = 2
     intra_op_threads: int = 1  # ONNX Runtime / torch threads inside each engine-model instance
+    # Recommender models re-check cancellation at a stage boundary only when this long has passed
+    # since the batch's last check (each check is an IPC round trip, perf/results/backend_ipc).
+    cancel_check_interval_us: int = DEFAULT_CANCEL_CHECK_INTERVAL_US
     instance_kind: str = "KIND_CPU"
 
 
@@ -391,6 +395,7 @@ def render_repository(
                 "system": "unified",
                 "beam_search": "graph",
                 "request_format": "raw",
+                "cancel_check_interval_us": s.cancel_check_interval_us,
                 "instance_count": s.recommender_instances,
                 **blocks(contract.FUSED, True),
             },
@@ -405,6 +410,7 @@ def render_repository(
                 "system": "unified",
                 "beam_search": "numpy",
                 "request_format": "tokens",
+                "cancel_check_interval_us": s.cancel_check_interval_us,
                 "instance_count": s.recommender_instances,
                 **blocks(contract.NUMPY_BEAM, True),
             },
@@ -456,6 +462,7 @@ def render_repository(
                 "beam_search": "numpy",
                 "request_format": "tokens",
                 "checkpoint_sha256": cascade.checkpoints(),
+                "cancel_check_interval_us": s.cancel_check_interval_us,
                 "instance_count": s.recommender_instances,
                 **blocks(contract.CASCADE, True),
             },

@@ -330,7 +330,8 @@ def fused(artifacts, monkeypatch):
     runner = CountingRunner()
     validator, gen = load_selector(artifacts / "1" / "artifacts")
     monkeypatch.setattr(models, "load_system", lambda *a, **k: Recommender.from_validator(runner, validator, gen))
-    model = _model(models.RecommenderModel, artifacts, request_format="raw")
+    # every boundary checks (the interval's skipping has its own test)
+    model = _model(models.RecommenderModel, artifacts, request_format="raw", cancel_check_interval_us="0")
     return model, runner
 
 
@@ -356,6 +357,18 @@ def test_a_cancelled_request_stops_at_its_stage_boundary(fused, cancel_at, stage
         assert response.has_error() and response.error().code == "CANCELLED"
         assert stage in response.error().message()
         assert counts == {s: float(s == stage) for s in model.CANCEL_STAGES}
+
+
+@pytest.mark.parametrize("interval_us, checks", [("0", 3), ("60000000", 1)])
+def test_later_boundaries_recheck_cancellation_only_after_the_interval(fused, artifacts, interval_us, checks):
+    """Each is_cancelled() is an IPC round trip: until the interval has passed since the last
+    check (here: never, or a minute) a later boundary does not ask again."""
+    _, runner = fused
+    model = _model(models.RecommenderModel, artifacts, request_format="raw", cancel_check_interval_us=interval_us)
+    request = CancellableRequest(_raw())
+    (response,) = model.execute([request])
+    assert not response.has_error() and request.checks == checks
+    assert runner.ranked == 1
 
 
 def test_cancelling_one_request_of_a_batch_leaves_the_others_answered(fused):
