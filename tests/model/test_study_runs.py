@@ -81,6 +81,23 @@ def test_deleting_a_run_file_lists_exactly_that_unit_and_rerunning_restores_it(s
     assert study.build_report(out)["runs_missing"] == []
 
 
+def test_a_unit_written_by_another_process_since_the_list_was_made_is_not_retrained(smoke, tmp_path):
+    """`run --missing` lists its units when it starts; a unit another process finished since
+    then is skipped under its lock, not trained again (and its file is left as it was)."""
+    from oneranker.study.protocol import load_protocol
+    from oneranker.study.runs import run_unit
+
+    out = tmp_path / "copy"
+    shutil.copytree(smoke[0], out)
+    path = out / "runs" / "synthetic" / "wo_dc-seed0.npz"
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    lines: list[str] = []
+    got = run_unit(out, load_protocol(out), "synthetic", "wo_dc", 0, lines.append)
+    assert got is None and (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert "written by another process meanwhile" in lines[-1]
+    assert not path.with_name(path.name + ".lock").exists()
+
+
 def test_run_file_size_and_codec_match_the_metric_functions(smoke, tiny_prep):
     out = smoke[0]
     files = sorted((out / "runs" / "synthetic").glob("*.npz"))

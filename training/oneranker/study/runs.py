@@ -85,9 +85,10 @@ def run_unit(
     log: Progress,
     cache: PrepCache | None = None,
     keep_dir: Path | None = None,
+    force: bool = False,
 ) -> Path | None:
-    """Train one unit and write its run file; None when another process holds it or the source's
-    data cannot be obtained (the unit stays missing)."""
+    """Train one unit and write its run file; None when another process holds it, has written
+    it meanwhile (`force`: redo it), or the source's data cannot be obtained (it stays missing)."""
     from ..data.real import DatasetUnavailable
     from .units import train_unit
 
@@ -102,6 +103,11 @@ def run_unit(
         log(f"{source}/{rf.unit_name(unit, seed)}: another process holds {lock.path.name}; skipped")
         return None
     try:
+        # `run --missing` lists its units when it starts: another process may have finished this
+        # one since (checked under the lock, so no two processes ever both train it)
+        if path.exists() and not force:
+            log(f"{source}/{rf.unit_name(unit, seed)}: written by another process meanwhile; skipped")
+            return None
         cache = cache or PrepCache()
         t = time.time()
         prep_seed = seed if seed is not None else spec.seeds[0]
@@ -235,5 +241,5 @@ def main_run(args) -> int:
     if rf.unit_path(out, args.source, args.run, seed).exists() and not args.force:
         log(f"{args.source}/{rf.unit_name(args.run, seed)} exists (--force to redo)")
         return 0
-    path = run_unit(out, protocol, args.source, args.run, seed, log)
+    path = run_unit(out, protocol, args.source, args.run, seed, log, force=args.force)
     return 0 if path is not None else 1
