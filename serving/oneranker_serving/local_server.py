@@ -296,13 +296,23 @@ class TritonServer:
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
             return -1
 
-    def _wait(self, path: str, what: str, timeout: float) -> None:
+    def _metrics_status(self) -> int:
+        try:
+            with _NO_PROXY_OPENER.open(self.metrics_url, timeout=2.0) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
+            return -1
+
+    def _wait(self, path: str, what: str, timeout: float, probe=None) -> None:
+        """Poll until GET `path` on the HTTP port answers 200 (and `probe()`, when given, does)."""
         if self.process is None:
             raise RuntimeError("tritonserver not started")
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive(what)
-            if self._get(path) == 200:
+            if self._get(path) == 200 and (probe is None or probe() == 200):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -311,8 +321,10 @@ class TritonServer:
             time.sleep(0.1)
 
     def wait_ready(self, timeout: float | None = None) -> TritonServer:
-        """Poll ``/v2/health/ready``; RuntimeError (with the log tail) if the process dies."""
-        self._wait("/v2/health/ready", "ready", self.ready_timeout if timeout is None else timeout)
+        """Poll ``/v2/health/ready`` and the metrics endpoint, which tritonserver starts tens of
+        milliseconds after reporting ready; RuntimeError (with the log tail) if the process dies."""
+        timeout = self.ready_timeout if timeout is None else timeout
+        self._wait("/v2/health/ready", "ready", timeout, probe=self._metrics_status)
         return self
 
     def wait_model_ready(

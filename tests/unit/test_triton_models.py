@@ -77,6 +77,7 @@ class FakeMetricFamily:
 class FakePb:
     """The parts of triton_python_backend_utils the models use."""
 
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     Tensor = FakeTensor
     TritonError = FakeError
     MetricFamily = FakeMetricFamily
@@ -293,17 +294,41 @@ def test_ranking_model_gives_a_request_with_no_candidate_left_its_own_error():
 # ---------------------------------------------------------------------------------------------
 # Request lifecycle: cancellation at the stage boundaries of the fused model
 # ---------------------------------------------------------------------------------------------
+class FakeSender:
+    """A request's response sender: records (response, flags, what `on_send()` saw then)."""
+
+    def __init__(self, on_send=None):
+        self.sent: list = []
+        self.on_send = on_send or (lambda: None)
+
+    def send(self, response, flags=0):
+        self.sent.append((response, flags, self.on_send()))
+
+
 class CancellableRequest(dict):
     """A fake request whose is_cancelled() turns True from its `cancel_at`-th check on (1 = the
-    first boundary, before validation); None = never."""
+    first boundary, before validation); None = never. Its responses go to `sender`."""
 
-    def __init__(self, tensors, cancel_at=None):
+    def __init__(self, tensors, cancel_at=None, on_send=None):
         super().__init__(tensors)
         self.cancel_at, self.checks = cancel_at, 0
+        self.sender = FakeSender(on_send)
 
     def is_cancelled(self):
         self.checks += 1
         return self.cancel_at is not None and self.checks >= self.cancel_at
+
+    def get_response_sender(self):
+        return self.sender
+
+
+def _execute(model, requests: list) -> list:
+    """model.execute(requests) for a model that sends its responses: it returns None and each
+    request got exactly one response, flagged final -> those responses."""
+    assert model.execute(requests) is None
+    for r in requests:
+        assert [flags for _, flags, _ in r.sender.sent] == [FakePb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+    return [r.sender.sent[0][0] for r in requests]
 
 
 class CountingRunner:
@@ -347,7 +372,7 @@ def test_a_cancelled_request_stops_at_its_stage_boundary(fused, cancel_at, stage
     """Cancelled before validation, generation or ranking: a CANCELLED response, the stage's
     counter +1, and none of the later engine calls runs; never cancelled: answered."""
     model, runner = fused
-    (response,) = model.execute([CancellableRequest(_raw(), cancel_at)])
+    (response,) = _execute(model, [CancellableRequest(_raw(), cancel_at)])
     assert (runner.generated, runner.ranked) == (generated, ranked)
     counts = _cancelled_counts(model)
     if stage is None:
@@ -359,21 +384,41 @@ def test_a_cancelled_request_stops_at_its_stage_boundary(fused, cancel_at, stage
         assert counts == {s: float(s == stage) for s in model.CANCEL_STAGES}
 
 
-@pytest.mark.parametrize("interval_us, checks", [("0", 3), ("60000000", 1)])
-def test_later_boundaries_recheck_cancellation_only_after_the_interval(fused, artifacts, interval_us, checks):
-    """Each is_cancelled() is an IPC round trip: until the interval has passed since the last
-    check (here: never, or a minute) a later boundary does not ask again."""
+@pytest.mark.parametrize("interval_us, stage_delay_s, checks", [("0", 0, 3), ("60000000", 0, 0), ("5000", 0.01, 2)])
+def test_boundaries_check_cancellation_only_once_the_interval_has_passed(
+    fused, artifacts, monkeypatch, interval_us, stage_delay_s, checks
+):
+    """Each is_cancelled() is an IPC round trip: a boundary asks only once the interval has passed
+    since the batch's last check or its arrival (Triton's batcher has just dropped what was
+    cancelled in the queue). Interval 0: all three boundaries ask; a minute: none; 5 ms with a
+    10 ms pause before each engine call: not on arrival, then before each engine call."""
     _, runner = fused
+    monkeypatch.setenv(models.STAGE_DELAY_ENV, str(stage_delay_s))
     model = _model(models.RecommenderModel, artifacts, request_format="raw", cancel_check_interval_us=interval_us)
     request = CancellableRequest(_raw())
-    (response,) = model.execute([request])
+    (response,) = _execute(model, [request])
     assert not response.has_error() and request.checks == checks
     assert runner.ranked == 1
 
 
+def test_answers_are_sent_before_the_counters_are_incremented(fused):
+    """The counters' IPC round trips come after every response of the batch has left: at each
+    send, the batch's requests and stage seconds are not yet counted; after execute they are."""
+    model, _ = fused
+
+    def counted():
+        return model.requests_metric.value, model.stage_metrics["generate"].value
+
+    requests = [CancellableRequest(_raw(), on_send=counted) for _ in range(2)]
+    responses = _execute(model, requests)
+    assert not any(r.has_error() for r in responses)
+    assert [seen for r in requests for _, _, seen in r.sender.sent] == [(0.0, 0.0), (0.0, 0.0)]
+    assert model.requests_metric.value == 2.0 and model.stage_metrics["generate"].value > 0
+
+
 def test_cancelling_one_request_of_a_batch_leaves_the_others_answered(fused):
     model, runner = fused
-    responses = model.execute([CancellableRequest(_raw()), CancellableRequest(_raw(), 3), CancellableRequest(_raw())])
+    responses = _execute(model, [CancellableRequest(_raw()), CancellableRequest(_raw(), 3), CancellableRequest(_raw())])
     assert [r.has_error() for r in responses] == [False, True, False]
     assert runner.ranked == 1  # the batch still ranks once for the two live requests
     assert responses[1].error().code == "CANCELLED"
