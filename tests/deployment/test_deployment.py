@@ -841,10 +841,21 @@ def test_k8s_manifests_are_consistent():
     assert spec["replicas"] >= 2
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     (c,) = pod["containers"]
-    probe = {k: c[k]["httpGet"] for k in ("readinessProbe", "livenessProbe", "startupProbe")}
+    probe = {k: c[k]["httpGet"] for k in ("readinessProbe", "startupProbe")}
     assert probe["readinessProbe"] == {"path": defaults.HEALTH_READY_PATH, "port": defaults.DEFAULT_HTTP_PORT}
-    assert probe["livenessProbe"] == {"path": defaults.HEALTH_LIVE_PATH, "port": defaults.DEFAULT_HTTP_PORT}
     assert probe["startupProbe"]["port"] == defaults.DEFAULT_HTTP_PORT
+    # liveness by inference (oneranker_serving.probe): valid flags, this pod's HTTP port, one
+    # request per instance of the fused model at least, and time for its two rounds of calls
+    from oneranker_build.render import RenderSettings
+    from oneranker_serving import probe as inference_probe
+
+    live = c["livenessProbe"]
+    command = live["exec"]["command"]
+    assert command[:3] == ["python3", "-m", "oneranker_serving.probe"], command
+    probe_args = inference_probe.build_parser().parse_args(command[3:])
+    assert probe_args.http == f"127.0.0.1:{defaults.DEFAULT_HTTP_PORT}"
+    assert probe_args.requests >= RenderSettings().recommender_instances
+    assert live["timeoutSeconds"] > 2 * probe_args.timeout and live["failureThreshold"] >= 2
     assert {p["containerPort"] for p in c["ports"]} == {
         defaults.DEFAULT_HTTP_PORT,
         defaults.DEFAULT_GRPC_PORT,

@@ -242,9 +242,11 @@ def test_tritonserver_2_51_does_not_survive_two_malformed_shapes(tiny_repository
     1. gRPC, item_ids shape [1, 2**61] INT64 and no data: 8 * 2**61 bytes wraps to 0, Triton's
        byte-size check passes and the Python stub of the answering instance aborts building the
        numpy array, before any oneranker code runs. That instance is dead for good (INTERNAL "Stub
-       process ... is not healthy") while the server and the model report ready.
+       process ... is not healthy") while the server and the model report ready; the inference
+       probe (oneranker_serving.probe, the k8s liveness probe) passes before and fails after.
     2. HTTP JSON, item_ids shape [1, 2**40]: Triton's JSON parser allocates 8 TiB before comparing
        the shape with the data; std::bad_alloc aborts the whole server."""
+    from oneranker_serving import probe
     from oneranker_serving.local_server import TritonServer
 
     overflow, huge_json = br.crashes(served_repository.requests[0])
@@ -255,6 +257,7 @@ def test_tritonserver_2_51_does_not_survive_two_malformed_shapes(tiny_repository
     try:
         server.wait_ready(180)
         grpc_infer(server.grpc_url, contract.PUBLIC_MODEL, good)
+        assert probe.probe(server.http_url, contract.PUBLIC_MODEL, 8, None, 10.0) == []
 
         channel, stub = br.grpc_stub(server.grpc_url)
         status, message = br.send_grpc(channel, stub, overflow.case.grpc_request())
@@ -263,9 +266,12 @@ def test_tritonserver_2_51_does_not_survive_two_malformed_shapes(tiny_repository
         channel.close()
         assert any(s == "INTERNAL" and "not healthy" in str(m) for s, m in outcomes), outcomes
         assert "array is too big" in log.read_text(errors="replace")
-        # ... and the health checks do not notice
+        # ... and the health checks do not notice; the inference probe does (k8s liveness)
         assert server._get("/v2/health/ready") == 200
         assert server._get(f"/v2/models/{contract.PUBLIC_MODEL}/ready") == 200
+        failures = probe.probe(server.http_url, contract.PUBLIC_MODEL, 8, None, 10.0)
+        assert failures and all("HTTP 500" in f for f in failures), failures
+        assert any("not healthy" in f for f in failures), failures
 
         body, headers = huge_json.case.http_request()
         with pytest.raises((http.client.HTTPException, ConnectionError)):

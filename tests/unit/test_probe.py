@@ -1,0 +1,78 @@
+"""The inference liveness probe against a stand-in HTTP server (no tritonserver): what it sends
+and which answers make it fail. The real failure it exists for (a dead Python stub behind a
+server that still reports ready) is shown on a real server in
+tests/integration/test_bad_input.py::test_tritonserver_2_51_does_not_survive_two_malformed_shapes."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from oneranker_client import contract
+from oneranker_serving import probe
+from oneranker_serving.local_server import find_free_port
+
+EXAMPLE = {
+    "user_features": [1, 2],
+    "item_ids": [100, 103],
+    "actions": [3, 2],
+    "timestamps": [0, 1],
+    "request_time": 7,
+}
+CONFIG = {"name": "oneranker", "parameters": {"example_request": {"string_value": json.dumps(EXAMPLE)}}}
+
+
+def _server(infer_status: int):
+    """HTTP on a free port: GET .../config -> CONFIG; POST .../infer -> infer_status (records bodies)."""
+    bodies = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, status, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 (the http.server hook name)
+            self._send(200, CONFIG)
+
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self._send(infer_status, {"error": "Stub process 'recommender_0_0' is not healthy."})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", find_free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, bodies
+
+
+@pytest.mark.parametrize("status, fails", [(200, False), (503, False), (500, True), (400, True)])
+def test_probe_fails_only_on_answers_a_restart_cures(status, fails):
+    server, bodies = _server(status)
+    try:
+        url = f"127.0.0.1:{server.server_address[1]}"
+        failures = probe.probe(url, "oneranker", 3, None, 5.0)
+        assert bool(failures) == fails and len(bodies) == 3
+        if fails:
+            assert len(failures) == 3 and "not healthy" in failures[0]
+        assert probe.main(["--http", url, "--requests", "2"]) == int(fails)
+    finally:
+        server.shutdown()
+    sent = {i["name"]: i for i in bodies[0]["inputs"]}
+    specs = {s.name: s for s in contract.PUBLIC.inputs}
+    assert set(sent) == set(EXAMPLE)
+    for name, value in EXAMPLE.items():
+        assert sent[name]["datatype"] == specs[name].wire_dtype
+        assert sent[name]["data"] == (value if isinstance(value, list) else [value])
+        assert sent[name]["shape"] == [1, len(sent[name]["data"])]
+
+
+def test_probe_fails_when_no_server_answers():
+    failures = probe.probe(f"127.0.0.1:{find_free_port()}", "oneranker", 2, None, 2.0)
+    assert len(failures) == 1 and "no server" in failures[0]
