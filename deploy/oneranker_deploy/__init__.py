@@ -7,4 +7,3 @@ python -m oneranker_deploy shm | promote | retire | latest | load   (--help on e
 # whose Python backend takes answers sent through a request's response sender in its default
 # (non-decoupled) mode: the fused model answers that way, before its counters' IPC.
 OLDEST_NGC_RELEASE = "24.07"
-
