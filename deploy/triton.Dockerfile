@@ -38,7 +38,7 @@ RUN python3 -m pip install --no-deps /tmp/oneranker/serving /tmp/oneranker/clien
 # Fail the image build, not the first model load: every import the Python models make works,
 # and nothing pulled numpy up to 2.x.
 RUN python3 -c "import sys, numpy, safetensors.numpy, onnxruntime; \
-import oneranker_serving.triton.models, oneranker_serving.runners.onnxruntime, oneranker_client.contract; \
+import oneranker_serving.triton.models, oneranker_serving.runners.onnxruntime, oneranker_serving.probe, oneranker_client.contract; \
 sys.exit(0 if numpy.__version__.startswith('1.') else 'numpy must be < 2, got ' + numpy.__version__)"
 
 COPY deploy/triton-start.sh /opt/oneranker/triton-start.sh

@@ -4,9 +4,10 @@
 
 A Python-backend model runs in its own stub process; `request.is_cancelled()` and a custom
 metric's `increment()` each send a message to the server process and wait for its answer. The
-fused model makes such calls on every request (a cancellation check at up to three stage
-boundaries) and every batch (four counter increments: two stage timers, candidates, requests),
-so their price is part of "served minus in-process".
+fused model makes such calls on every batch: cancellation checks at up to three stage boundaries
+and four counter increments (two stage timers, candidates, requests). A lone request, every batch
+at concurrency 1, is answered through its response sender before the increments, so only the
+checks made before its answer are part of its "served minus in-process" (`FUSED_CALLS`).
 
 Probe models, identical except for those calls (a temporary repository, `max_batch_size` 8, one
 CPU instance, echo of a [4] float tensor):
@@ -35,7 +36,8 @@ PROBES = ("none", "is_cancelled", "metric")
 # the most calls the fused model makes before a request's answer leaves, at concurrency 1 (one
 # request per batch, serving.triton.models) with the default cancel_check_interval_us: a
 # cancellation check before each engine call (none on arrival: the interval counts from it) and no
-# counter (its 4 increments, generate and rank timers, candidates and requests, follow the answer)
+# counter (its 4 increments, generate and rank timers, candidates and requests, follow the answer,
+# which the response sender sends in one message, as a returned list would)
 FUSED_CALLS = {"is_cancelled": 2, "metric": 0}
 
 _CONFIG = """name: "{name}"

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from oneranker_client import contract
+from oneranker_client.http_v2 import HttpV2Client, InferError
 from oneranker_client.messages import RecommendRequest, request_arrays
 
 from .common import machine, percentiles
-from .http_v2 import HttpV2Client, InferError
 
 HISTORIES = (512, 2048)
 CANDIDATES = 256

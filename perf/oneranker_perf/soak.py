@@ -216,7 +216,7 @@ def expected_answers(requests: list[dict], grpc_url: str, http_url: str, check_h
 def after_checks(requests, expected, grpc_url: str, http_url: str, server_pid: int, stubs_before: int) -> dict:
     """Ready, every stub alive, every request answered as before over both protocols, and each
     model answering a burst of sequential requests (a dead stub fails about every other one)."""
-    from .http_v2 import HttpV2Client
+    from oneranker_client.http_v2 import HttpV2Client
 
     problems = []
     ready = HttpV2Client(http_url, timeout=10).ready()

@@ -52,13 +52,17 @@ def _delta(before, after, name: str, *labels: str) -> float:
     return total(after) - total(before)
 
 
-def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: float = 5.0):
-    """Scrape until the ensemble's success counter shows all `expected` requests: Triton counts a
-    request after its response is sent, so a scrape right after the last answer can miss it."""
+def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: float = 5.0, labels=None):
+    """Scrape until the ensemble's success counter shows all `expected` requests, and, for a
+    fused-style path (`labels` given), its recommender's own request counter too: Triton counts a
+    request after its response is sent, and the fused model increments its counters after
+    answering, so a scrape right after the last answer can miss either."""
     deadline = time.monotonic() + timeout_s
     while True:
         after = scrape_metrics(url)
         done = _delta(before, after, "nv_inference_request_success", f'model="{ensemble}"') >= expected
+        if labels is not None:
+            done = done and _delta(before, after, "oneranker_requests_total", *labels) >= expected
         if done or time.monotonic() > deadline:
             return after
         time.sleep(0.05)
@@ -387,7 +391,7 @@ def run(
         c1 = latency_loop(client.recommend, reqs, n_latency)
         c1["stages"] = stage_breakdown(
             before,
-            settled_metrics(server.metrics_url, before, model, n_latency),
+            settled_metrics(server.metrics_url, before, model, n_latency, labels=labels),
             [step[0] for step in steps],
             model,
             labels,

@@ -4,14 +4,17 @@
 2.51 lets one malformed request do that, docs/bad_input.md) answers INTERNAL "Stub process ... is
 not healthy" to every request routed to it, is never restarted, and the server and the model keep
 reporting ready. This probe sends the served release's own example request (its config's
-`example_request` parameter) over KServe v2 HTTP/JSON, `--requests` at once so that every
-instance gets one, and fails only on what restarting the server would cure:
+`example_request` parameter) over KServe v2 HTTP, `--requests` at once so that every instance
+gets one, and fails only on what restarting the server would cure:
 
     an answer that is an internal error (HTTP 500) or a refusal of the release's own example
     (HTTP 400), or no server at all (connection refused)  -> exit 1, the reasons on stderr;
-    every answer 200, or only timeouts / 503 (overload)   -> exit 0: a busy server is not dead.
+    every answer 200, or only timeouts / 503 (overload)   -> exit 0: a busy server is not dead;
+    a config without a usable example request            -> exit 0 and a warning: a restart
+                                                             cannot fix a repository.
 
-Standard library, numpy and the client's contract only, so it runs in the Triton image::
+Standard library, numpy and the client package only (no tritonclient), so it runs in the Triton
+image::
 
     python3 -m oneranker_serving.probe --http 127.0.0.1:8000 [--model oneranker] [--requests 4]
 
@@ -23,73 +26,63 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
+import http.client
 import os
 import sys
-import urllib.error
-import urllib.request
 
 from oneranker_client import contract, restricted_api
 from oneranker_client.client import example_request_from_config
+from oneranker_client.http_v2 import HttpV2Client, InferError
 from oneranker_client.messages import request_arrays
+from oneranker_client.retries import OneRankerError
 
 # answers a restart cures: an internal error (a dead stub), or the release refusing its own example
 FATAL_STATUSES = (400, 500)
-# HTTP status for "no answer at all": connection refused or reset
-NO_SERVER = -1
-TIMEOUT = -2
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _call(url: str, body: bytes | None, headers: dict, timeout: float) -> tuple[int, str]:
-    """-> (HTTP status, NO_SERVER or TIMEOUT; the body or the reason)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
+def _attempt(call) -> str | None:
+    """Runs `call()` -> None (answered, or busy: timeout / 503), or the reason the server needs a
+    restart (a fatal status, or no server)."""
     try:
-        with _OPENER.open(request, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except TimeoutError as e:
-        return TIMEOUT, str(e)
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            return TIMEOUT, str(e.reason)
-        return NO_SERVER, str(e.reason)
-    except (ConnectionError, OSError) as e:
-        return NO_SERVER, str(e)
-
-
-def infer_body(config: dict, model: str) -> bytes:
-    """The model config (JSON of `GET /v2/models/<m>/config`) -> the KServe v2 JSON body of its
-    example request: every input the example sets, [1, n] with the contract's wire dtype."""
-    arrays = request_arrays(example_request_from_config(config, model))
-    specs = {s.name: s for s in contract.PUBLIC.inputs}
-    inputs = [
-        {"name": k, "shape": list(a.shape), "datatype": specs[k].wire_dtype, "data": a.ravel().tolist()}
-        for k, a in arrays.items()
-    ]
-    return json.dumps({"inputs": inputs}).encode()
+        call()
+        return None
+    except InferError as e:
+        return f"HTTP {e.status}: {str(e)[:300]}" if e.status in FATAL_STATUSES else None
+    except TimeoutError:
+        return None
+    except (ConnectionError, http.client.HTTPException, OSError) as e:
+        return f"no server: {e}"
 
 
 def probe(http_url: str, model: str, requests: int, admin_key: str | None, timeout: float) -> list[str]:
     """-> the reasons the server needs a restart ([] when it does not)."""
-    base = f"http://{http_url}/v2/models/{model}"
     admin = restricted_api.http_headers(admin_key) if admin_key else {}
-    status, text = _call(f"{base}/config", None, admin, timeout)
-    if status == NO_SERVER:
-        return [f"no server at {http_url}: {text}"]
-    if status != 200:  # a busy server still answers its config; a refused key is a setup error
-        return [] if status in (TIMEOUT, 503) else [f"GET {base}/config: HTTP {status}: {text[:300]}"]
-    body = infer_body(json.loads(text), model)
-    headers = {"Content-Type": "application/json"}
+    client = HttpV2Client(http_url, timeout=timeout)
+    config: dict = {}
+    try:
+        failure = _attempt(lambda: config.update(client.model_config(model, admin)))
+    finally:
+        client.close()
+    if failure is not None:
+        return [f"GET config of {model}: {failure}"]
+    if not config:  # busy: nothing to judge by
+        return []
+    try:
+        arrays = request_arrays(example_request_from_config(config, model))
+    except (OneRankerError, ValueError, TypeError) as e:
+        print(f"probe: warning: no usable example request, inference not probed: {e}", file=sys.stderr)
+        return []
+
+    def one(_) -> str | None:
+        c = HttpV2Client(http_url, timeout=timeout)
+        try:
+            return _attempt(lambda: c.infer(model, arrays))
+        finally:
+            c.close()
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=requests) as pool:
-        answers = list(pool.map(lambda _: _call(f"{base}/infer", body, headers, timeout), range(requests)))
-    return [
-        f"request {i}: " + ("no server" if s == NO_SERVER else f"HTTP {s}") + f": {t[:300]}"
-        for i, (s, t) in enumerate(answers)
-        if s in FATAL_STATUSES or s == NO_SERVER
-    ]
+        answers = list(pool.map(one, range(requests)))
+    return [f"request {i}: {a}" for i, a in enumerate(answers) if a is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -845,7 +845,8 @@ def test_k8s_manifests_are_consistent():
     assert probe["readinessProbe"] == {"path": defaults.HEALTH_READY_PATH, "port": defaults.DEFAULT_HTTP_PORT}
     assert probe["startupProbe"]["port"] == defaults.DEFAULT_HTTP_PORT
     # liveness by inference (oneranker_serving.probe): valid flags, this pod's HTTP port, one
-    # request per instance of the fused model at least, and time for its two rounds of calls
+    # request per instance of the Python model on the probed path at least (k8s serves the
+    # tensorrt repository: preprocess, then the two native plans), and time for two rounds of calls
     from oneranker_build.render import RenderSettings
     from oneranker_serving import probe as inference_probe
 
@@ -854,7 +855,7 @@ def test_k8s_manifests_are_consistent():
     assert command[:3] == ["python3", "-m", "oneranker_serving.probe"], command
     probe_args = inference_probe.build_parser().parse_args(command[3:])
     assert probe_args.http == f"127.0.0.1:{defaults.DEFAULT_HTTP_PORT}"
-    assert probe_args.requests >= RenderSettings().recommender_instances
+    assert probe_args.requests >= RenderSettings().preprocess_instances
     assert live["timeoutSeconds"] > 2 * probe_args.timeout and live["failureThreshold"] >= 2
     assert {p["containerPort"] for p in c["ports"]} == {
         defaults.DEFAULT_HTTP_PORT,

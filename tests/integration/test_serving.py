@@ -4,6 +4,7 @@ test_bad_input.py)."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -156,9 +157,13 @@ def test_stage_metrics_rise_per_request(served_repository):
             contract.TOPOLOGY_MODELS["graphs"],
         ):
             client.infer(model, make_inputs(fields_of(req)))
-    after = scrape()
     graph = 'beam_search="graph"'
-    assert _metric(after, "oneranker_requests_total", graph) == _metric(before, "oneranker_requests_total", graph) + 3
+    expected = _metric(before, "oneranker_requests_total", graph) + 3
+    # a lone request's counters are incremented just after its answer has left: wait for them
+    deadline = time.monotonic() + 10
+    while _metric(after := scrape(), "oneranker_requests_total", graph) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(after, "oneranker_requests_total", graph) == expected
     assert _metric(after, "oneranker_candidates_total", graph) > _metric(before, "oneranker_candidates_total", graph)
     # the in-graph path times generate and rank (its beam search is inside generate); the numpy
     # beam search baseline times its select stage on its own
@@ -395,7 +400,11 @@ def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_
         np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
         np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-6)
         np.testing.assert_array_equal(result.as_numpy("rec_source_head")[0], local.source_head)
-    assert cascade_requests() >= before + len(served_repository.requests)  # its own labelled counters
+    # its own labelled counters, incremented just after each answer has left
+    deadline = time.monotonic() + 10
+    while cascade_requests() < before + len(served_repository.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cascade_requests() >= before + len(served_repository.requests)
 
 
 def test_served_cascade_matches_pytorch_cascade_except_near_ties(served_repository, tiny_cascade, in_process):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oneranker_client import contract
+from oneranker_client import contract, http_v2
 from oneranker_client.client import RecommendRequest, request_arrays
-from oneranker_perf import gpu_carry, http_v2
+from oneranker_perf import gpu_carry
 from oneranker_perf.gpu_check import synthetic_request
 from oneranker_serving import local_server as ts
 from oneranker_serving.tables import ItemTables

@@ -74,10 +74,19 @@ class FakeMetricFamily:
         return self.metrics[-1]
 
 
+class FakeLogger:
+    errors: list = []
+
+    @classmethod
+    def log_error(cls, message):
+        cls.errors.append(message)
+
+
 class FakePb:
     """The parts of triton_python_backend_utils the models use."""
 
     TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    Logger = FakeLogger
     Tensor = FakeTensor
     TritonError = FakeError
     MetricFamily = FakeMetricFamily
@@ -323,12 +332,17 @@ class CancellableRequest(dict):
 
 
 def _execute(model, requests: list) -> list:
-    """model.execute(requests) for a model that sends its responses: it returns None and each
-    request got exactly one response, flagged final -> those responses."""
-    assert model.execute(requests) is None
-    for r in requests:
-        assert [flags for _, flags, _ in r.sender.sent] == [FakePb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
-    return [r.sender.sent[0][0] for r in requests]
+    """model.execute(requests) -> one response per request. A lone request's answer goes through
+    its response sender, exactly once and flagged final, and execute returns None; a larger
+    batch's answers are the returned list, and nothing is sent."""
+    returned = model.execute(requests)
+    if len(requests) == 1:
+        assert returned is None
+        (request,) = requests
+        assert [flags for _, flags, _ in request.sender.sent] == [FakePb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+        return [request.sender.sent[0][0]]
+    assert len(returned) == len(requests) and not any(r.sender.sent for r in requests)
+    return returned
 
 
 class CountingRunner:
@@ -401,19 +415,35 @@ def test_boundaries_check_cancellation_only_once_the_interval_has_passed(
     assert runner.ranked == 1
 
 
-def test_answers_are_sent_before_the_counters_are_incremented(fused):
-    """The counters' IPC round trips come after every response of the batch has left: at each
-    send, the batch's requests and stage seconds are not yet counted; after execute they are."""
+def test_a_lone_request_is_answered_before_its_counters_are_incremented(fused):
+    """The counters' IPC round trips come after the answer has left: at the send, the request
+    and its stage seconds are not yet counted; after execute they are. A batch of two is counted
+    before execute returns its answers (one message for all answers beats one send per answer)."""
     model, _ = fused
 
     def counted():
         return model.requests_metric.value, model.stage_metrics["generate"].value
 
-    requests = [CancellableRequest(_raw(), on_send=counted) for _ in range(2)]
-    responses = _execute(model, requests)
-    assert not any(r.has_error() for r in responses)
-    assert [seen for r in requests for _, _, seen in r.sender.sent] == [(0.0, 0.0), (0.0, 0.0)]
-    assert model.requests_metric.value == 2.0 and model.stage_metrics["generate"].value > 0
+    lone = CancellableRequest(_raw(), on_send=counted)
+    (response,) = _execute(model, [lone])
+    assert not response.has_error() and lone.sender.sent[0][2] == (0.0, 0.0)
+    assert model.requests_metric.value == 1.0 and model.stage_metrics["generate"].value > 0
+    responses = _execute(model, [CancellableRequest(_raw()), CancellableRequest(_raw())])
+    assert not any(r.has_error() for r in responses) and model.requests_metric.value == 3.0
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_failing_counters_are_logged_and_never_fail_the_answers(fused, monkeypatch, batch):
+    model, _ = fused
+
+    def broken(value):
+        raise RuntimeError("metrics IPC failed")
+
+    monkeypatch.setattr(model.requests_metric, "increment", broken)
+    FakeLogger.errors.clear()
+    responses = _execute(model, [CancellableRequest(_raw()) for _ in range(batch)])
+    assert len(responses) == batch and not any(r.has_error() for r in responses)
+    assert len(FakeLogger.errors) == 1 and "metrics IPC failed" in FakeLogger.errors[0]
 
 
 def test_cancelling_one_request_of_a_batch_leaves_the_others_answered(fused):

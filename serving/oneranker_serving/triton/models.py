@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +78,11 @@ def stage_delay_s() -> float:
 
 # A cancellation check is an IPC round trip to the server (perf/results/backend_ipc: ~30-60 us on
 # 2 cores), so a stage boundary checks only when this long has passed since the batch's last
-# check, the first one counting from the moment the batch reached `execute` (Triton's dynamic
-# batcher has just dropped the requests cancelled while they queued): at most this much work is
-# spent on a request cancelled in between, and checks cost at most ~10% of the work. Boundaries
-# after longer stages (or a test's stage delay) always check.
+# check, the first one counting from the moment the batch reached `execute`: checks cost at most
+# ~10% of the work, and a request cancelled in between costs at most this much work plus the
+# stage it is in. Triton's dynamic batcher drops a request cancelled while it waits in the queue,
+# but not one already in a batch formed ahead of time under load: that one stops at the first
+# boundary that checks. Boundaries after longer stages (or a test's stage delay) always check.
 DEFAULT_CANCEL_CHECK_INTERVAL_US = 500
 
 
@@ -191,18 +194,19 @@ class RecommenderModel(PythonModel):
 
     # Stage boundaries where a cancelled request stops: before validation, before the generation
     # graph, before the ranking graph. Each checks once `cancel_check_interval_s` has passed since
-    # the batch's last check, or since it reached `execute` (DEFAULT_CANCEL_CHECK_INTERVAL_US).
+    # the batch's last check, or since it reached `execute` (DEFAULT_CANCEL_CHECK_INTERVAL_US):
+    # before validation, only when the interval is 0.
     CANCEL_STAGES = ("validate", "generate", "rank")
 
-    def drop_cancelled(self, requests, items: list, stage: str, responses: list, slot_of) -> list:
+    def drop_cancelled(self, requests, items: list, stage: str, responses: list, slot_of, cancelled: Counter) -> list:
         """The items whose request is still wanted; a cancelled one gets its CANCELLED response
-        and counts in oneranker_cancelled_total{stage}."""
+        and counts in `cancelled[stage]` (oneranker_cancelled_total{stage}, sent by `record`)."""
         kept = []
         for item in items:
             slot = slot_of(item)
             if is_cancelled(requests[slot]):
                 responses[slot] = self.cancelled_response(stage)
-                self.cancelled_metrics[stage].increment(1.0)
+                cancelled[stage] += 1
             else:
                 kept.append(item)
         return kept
@@ -227,23 +231,32 @@ class RecommenderModel(PythonModel):
         return parsed
 
     def execute(self, requests):
-        """Answers the batch, each response sent the moment the batch is ranked; the Prometheus
-        counters are incremented after that, off the requests' latency (each increment is an IPC
-        round trip, ~35 us on 2 cores: perf/results/backend_ipc). Returns None: Triton's default
-        mode takes responses sent through each request's response sender (tritonserver >= 2.48)."""
-        responses, times = self.answer(requests)
-        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        for request, response in zip(requests, responses):
-            request.get_response_sender().send(response, flags=final)
-        self.record(len(requests), times)
+        """Answers the batch; its Prometheus counters cost an IPC round trip each (~35 us on 2
+        cores, perf/results/backend_ipc). A batch of one request (every batch at low load) is
+        answered through the request's response sender and counted after, off its latency, and
+        execute returns None (Triton's default mode takes a sent answer; oldest release:
+        oneranker_deploy.OLDEST_NGC_RELEASE). A larger batch is counted first and answered by the
+        returned list: one IPC message for all its answers, where a sender costs one per answer.
+        Counters that fail are logged, never raised: they must not fail answered requests."""
+        responses, times, cancelled = self.answer(requests)
+        if len(requests) != 1:
+            self.record(len(requests), times, cancelled)
+            return responses
+        # if send raises, nothing was sent and Triton answers the error; after it, nothing raises
+        requests[0].get_response_sender().send(responses[0], flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self.record(1, times, cancelled)
         return None
 
-    def answer(self, requests) -> tuple[list, StageTimes]:
-        """-> (one response per request, the batch's stage times). Stage boundaries (validate |
-        generate | rank) drop cancelled requests: theirs is a CANCELLED response and none of their
-        later stages runs. A boundary checks once `cancel_check_interval_s` has passed since the
-        batch's last check, the first counting from the batch's arrival."""
+    def answer(self, requests) -> tuple[list, StageTimes, Counter]:
+        """-> (one response per request, the batch's stage times, cancelled requests per stage).
+        Stage boundaries (validate | generate | rank) drop cancelled requests: theirs is a
+        CANCELLED response and none of their later stages runs. A boundary checks once
+        `cancel_check_interval_s` has passed since the batch's last check, the first counting from
+        the batch's arrival; so with the default interval the validate boundary never checks (a
+        request cancelled while it queued is Triton's to drop) and the first check comes before
+        the ranking graph, or before generation after a slow validation."""
         responses = [None] * len(requests)
+        cancelled: Counter = Counter()
         last_check = [time.perf_counter()]
 
         def check_due() -> bool:
@@ -255,11 +268,11 @@ class RecommenderModel(PythonModel):
 
         live = list(range(len(requests)))
         if check_due():
-            live = self.drop_cancelled(requests, live, "validate", responses, lambda slot: slot)
+            live = self.drop_cancelled(requests, live, "validate", responses, lambda slot: slot, cancelled)
         parsed = self.parse(requests, live, responses)
         self.pause()
         if check_due():
-            parsed = self.drop_cancelled(requests, parsed, "generate", responses, lambda p: p.slot)
+            parsed = self.drop_cancelled(requests, parsed, "generate", responses, lambda p: p.slot, cancelled)
 
         def still_wanted(batch: list) -> list:
             self.pause()
@@ -271,20 +284,33 @@ class RecommenderModel(PythonModel):
         for p, result in zip(parsed, self.recommender.recommend_parsed(parsed, times, still_wanted)):
             if isinstance(result, RequestCancelled):
                 responses[p.slot] = self.cancelled_response("rank")
-                self.cancelled_metrics["rank"].increment(1.0)
+                cancelled["rank"] += 1
             elif isinstance(result, RequestError):
                 responses[p.slot] = self.error(str(result))
             else:
                 responses[p.slot] = self.respond(arrays.response_arrays(result, self.version))
-        return responses, times
+        return responses, times, cancelled
 
-    def record(self, num_requests: int, times: StageTimes) -> None:
-        """The batch's counters: stage seconds (a zero one is not sent), candidates, requests."""
-        for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
-            if seconds:  # `select` is 0 when the graph searches
-                self.stage_metrics[stage].increment(seconds)
-        self.candidates.increment(float(times.candidates))
-        self.requests_metric.increment(float(num_requests))
+    def record(self, num_requests: int, times: StageTimes, cancelled: Counter) -> None:
+        """The batch's counters (a zero one is not sent): stage seconds, candidates, requests,
+        cancelled requests per stage. A failure is logged, not raised."""
+        try:
+            for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
+                if seconds:  # `select` is 0 when the graph searches
+                    self.stage_metrics[stage].increment(seconds)
+            self.candidates.increment(float(times.candidates))
+            self.requests_metric.increment(float(num_requests))
+            for stage, count in cancelled.items():
+                self.cancelled_metrics[stage].increment(float(count))
+        except Exception as err:  # noqa: BLE001 - counters must never fail answered requests
+            self.log_error(f"oneranker: counters not updated for a batch of {num_requests}: {err!r}")
+
+    def log_error(self, message: str) -> None:
+        logger = getattr(self.pb, "Logger", None)
+        if logger is not None:
+            logger.log_error(message)
+        else:
+            print(message, file=sys.stderr)
 
 
 @dataclass

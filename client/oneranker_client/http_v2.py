@@ -109,6 +109,13 @@ class HttpV2Client:
         except OSError:
             return False
 
+    def model_config(self, model: str, headers: dict | None = None) -> dict:
+        """GET /v2/models/<model>/config (a restricted API: `headers` carry its key)."""
+        status, _, data = self._request("GET", f"/v2/models/{model}/config", headers=headers)
+        if status != 200:
+            raise InferError(data.decode(errors="replace"), status)
+        return json.loads(data)
+
     def infer(self, model: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         body, headers = infer_body(arrays, self.binary)
         status, header_length, data = self._request("POST", f"/v2/models/{model}/infer", body, headers)
