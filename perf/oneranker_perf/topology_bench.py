@@ -525,7 +525,10 @@ def where_the_time_goes(results: dict) -> list[str]:
         "models, their own generate / select / rank counters. Client minus server = gRPC, (de)serialisation "
         "and the client's Python. At concurrency 1 each model's queue time is mostly the dynamic batcher "
         "waiting its `max_queue_delay_microseconds` for a batch that never comes, so a path pays it once per "
-        "composing model.",
+        "composing model. A fused-style model answers a lone request before it sends its counters, and Triton "
+        "counts the request's server and compute time until `execute` returns: those include the counters' "
+        "IPC (about 0.15-0.3 ms, perf/results/backend_ipc) that the client no longer waits for, so client minus "
+        "server understates gRPC and client time by that much on those paths.",
         "",
         "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",  # noqa: E501 (a Markdown table header)
         "|---|---|---|---|---|---|---|---|",
