@@ -45,11 +45,20 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
         "served_c1_p50_ms",
         "served_c1_p99_ms",
         "saturated_rps",
+        "served_c1_p50_ms_blocks",
+        "c1_block",
     }
     assert all(
         set(summary[k]) == {"new", "old"} and min(summary[k].values()) > 0
-        for k in ("in_process_p50_ms", "served_c1_p50_ms", "served_c1_p99_ms", "saturated_rps")
+        for k in (
+            "in_process_p50_ms",
+            "served_c1_p50_ms",
+            "served_c1_p99_ms",
+            "saturated_rps",
+            "served_c1_p50_ms_blocks",
+        )
     )
+    assert summary["c1_block"] == topology_bench.C1_BLOCK
     assert set(summary["paths"]) == {*contract.TOPOLOGY_MODELS, "cascade"}
     assert summary["paths"]["fused"]["saturated_rps"] == results["topologies"]["fused"]["saturation"]["throughput_rps"]
     assert results["cascade"]["c1"]["stages"]["generate_ms"] > 0  # the cascade's own pipeline-labelled counters
