@@ -69,6 +69,17 @@ _MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _http_status(url: str, headers: dict, timeout: float) -> int:
+    """GET `url` (no proxy) -> its HTTP status, or -1 when nothing answers."""
+    try:
+        with _NO_PROXY_OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
+        return -1
+
+
 def find_free_port(exclude: Sequence[int] = ()) -> int:
     """A TCP port free on 127.0.0.1 right now (the usual small race applies)."""
     for _ in range(100):
@@ -287,23 +298,10 @@ class TritonServer:
             )
 
     def _get(self, path: str, timeout: float = 2.0) -> int:
-        request = urllib.request.Request(f"http://{self.http_url}{path}", headers=self.admin_http_headers)
-        try:
-            with _NO_PROXY_OPENER.open(request, timeout=timeout) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
-            return -1
+        return _http_status(f"http://{self.http_url}{path}", self.admin_http_headers, timeout)
 
     def _metrics_status(self) -> int:
-        try:
-            with _NO_PROXY_OPENER.open(self.metrics_url, timeout=2.0) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
-            return -1
+        return _http_status(self.metrics_url, {}, 2.0)
 
     def _wait(self, path: str, what: str, timeout: float, probe=None) -> None:
         """Poll until GET `path` on the HTTP port answers 200 (and `probe()`, when given, does)."""
