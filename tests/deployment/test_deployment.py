@@ -248,12 +248,18 @@ def test_compose_parses_with_the_expected_services():
 
 
 def test_ngc_tag_comes_only_from_the_env_file():
-    from oneranker_deploy import OLDEST_NGC_RELEASE
+    from oneranker_deploy import OLDEST_HARDENED_NGC_RELEASE, OLDEST_NGC_RELEASE
 
     tag = ngc_tag()
     assert re.fullmatch(r"\d\d\.\d\d", tag), f"NGC_TAG={tag!r} is not an NGC release (YY.MM)"
-    assert [int(x) for x in tag.split(".")] >= [int(x) for x in OLDEST_NGC_RELEASE.split(".")], (
-        f"NGC_TAG={tag} is older than {OLDEST_NGC_RELEASE}, the first release the fused model runs on"
+
+    def release(yy_mm):
+        return [int(x) for x in yy_mm.split(".")]
+
+    assert release(OLDEST_NGC_RELEASE) <= release(OLDEST_HARDENED_NGC_RELEASE)
+    assert release(tag) >= release(OLDEST_HARDENED_NGC_RELEASE), (
+        f"NGC_TAG={tag} is older than {OLDEST_HARDENED_NGC_RELEASE}, the first release whose Triton "
+        "refuses the malformed shapes that crash 2.51 (docs/bad_input.md)"
     )
     for manifest in ("deployment.yaml", "build-job.yaml"):  # the images k8s pulls carry the same tag
         images = re.findall(r"image: \S+:(\S+)", (ROOT / "deploy" / "k8s" / manifest).read_text())
