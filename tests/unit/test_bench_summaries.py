@@ -160,7 +160,13 @@ def test_topology_summary(folder, tmp_path):
         assert s["served_c1_p50_ms"] == {"new": pair[new]["c1"]["p50_ms"], "old": pair[old]["c1"]["p50_ms"]}
         assert s["saturated_rps"] == {"new": pair[new]["throughput_rps"], "old": pair[old]["throughput_rps"]}
         assert (s["served_c1_p50_ms_blocks"], s["c1_block"]) == ({"new": 0.75, "old": 1.75}, 7)
-        assert "| served c1 p50 ms, blocks of 7 | 0.75 | 1.75 |" in (tmp_path / "results.md").read_text()
+        report = (tmp_path / "results.md").read_text()
+        assert "| served c1 p50 ms, blocks of 7 | 0.75 | 1.75 |" in report
+        # each path's own concurrency-1 loop (topologies fused 1.5, numpy_beam 2.5) against its in-process p50
+        local = results["in_process_new_vs_old"]
+        gap_new, gap_old = 1.5 - local["new"]["p50_ms"], 2.5 - local["old"]["p50_ms"]
+        assert "| served c1 p50 ms, own window | 1.50 | 2.50 | 0.60x | |" in report
+        assert f"| served c1 p50 (own window) - in-process p50, ms | {gap_new:.2f} | {gap_old:.2f} | | |" in report
     else:
         assert "served_c1_p50_ms" not in s
     assert summaries.summarize_folder(tmp_path) == s
