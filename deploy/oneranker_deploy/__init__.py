@@ -7,12 +7,17 @@ python -m oneranker_deploy shm | promote | retire | latest | load   (--help on e
 # whose Python backend takes an answer sent through a request's response sender in its default
 # (non-decoupled) mode: the fused model answers a lone request that way, before its counters' IPC.
 OLDEST_NGC_RELEASE = "24.06"
-# The oldest NGC release the deployment ships on (deploy/.env.example's NGC_TAG is at least this).
-# NGC 26.04 (Triton 2.68) is the first whose Triton answers, with INVALID_ARG, both malformed
-# shapes that crash tritonserver 2.51 (docs/bad_input.md): triton-inference-server/core's safe
-# byte-size check (#475, release branches r26.03 on) refuses an INT64 shape whose byte count
-# wraps to 0, before any backend sees it; the HTTP frontend refuses a JSON input whose shape
-# exceeds --http-max-input-size (default 64 MiB) before allocating it (server #8174, 2.59 on) and
-# checks JSON sizes for overflow (#8676, 2.68 on). Read in those projects' sources, not run here:
-# the only tritonserver these machines have is 2.51.
+# The oldest NGC release the deployment ships on (deploy/.env.example's NGC_TAG is at least this),
+# for two upstream fixes to what tritonserver 2.51 gets wrong here (docs/bad_input.md):
+# - from NGC 26.03 (Triton 2.67) Triton answers both malformed shapes that crash 2.51 with
+#   INVALID_ARG: triton-inference-server/core #475 (release branch r26.03) checks an input's byte
+#   count for overflow before any backend sees the request (an INT64 shape [1, 2**61] no longer
+#   wraps to 0 bytes); the HTTP frontend checks a JSON input's element count for overflow (server
+#   #8182, 2.58) and its byte size against --http-max-input-size, 64 MiB by default, before
+#   allocating it (#8174, 2.59);
+# - from NGC 26.04 (Triton 2.68), with --strict-readiness (compose and k8s set it),
+#   /v2/health/ready turns false once a Python stub process has exited (core #473, r26.04), so
+#   Kubernetes takes such a pod out of its Service.
+# Read in those projects' sources and release branches, not run here: the only tritonserver these
+# machines have is 2.51.
 OLDEST_HARDENED_NGC_RELEASE = "26.04"
