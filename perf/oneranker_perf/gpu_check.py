@@ -88,10 +88,16 @@ class Log:
 # Model and repository
 # ---------------------------------------------------------------------------------------------
 def experiment_config(plan: Plan):
+    return untrained_release_config(plan.preset)
+
+
+def untrained_release_config(preset_name: str):
+    """The preset, with PAPER_LOG's smaller synthetic log for paper: what a latency check builds
+    its untrained release from."""
     from oneranker.config import preset
 
-    cfg = preset(plan.preset)
-    if plan.preset == "paper":
+    cfg = preset(preset_name)
+    if preset_name == "paper":
         for key, value in PAPER_LOG.items():
             setattr(cfg.data, key, value)
     return cfg.validate()

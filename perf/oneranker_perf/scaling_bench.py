@@ -7,13 +7,18 @@ generate (Steps 1-2 + KV) and rank (Step 3) are timed in process with ONNX Runti
 side by side, for history lengths 128..2048 and candidate counts 64..1024, next to the analytic
 FLOPs of each stage and the matmul rate torch reaches on this machine in the same run (the
 "fraction of machine peak"). Also: the unified ranker (KV pass-through) vs the cascade ranker that
-re-encodes the history (generate + rank) at the same shapes. Writes results.md/json/png and
-summary.json (`summary`).
+re-encodes the history (generate + rank) at the same shapes. And the served request path new vs
+old (`new_vs_old`): one untrained release of the preset, built by `oneranker build --engine
+onnxruntime`, answers the same requests through the in-graph beam search ("new", the fused model's
+Recommender) and through the decoder-state graph + numpy beam search ("old"), interleaved, with
+the fraction of the matmul rate the new path reaches. Writes results.md/json/png and summary.json
+(`summary`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from .common import flops, git_commit, machine, matmul_gflops, reproduce_command
+from .gpu_check import PAPER_LOG, synthetic_request, to_request, untrained_release_config
 from .summary_file import write_summary
+
+WARMUP_CALLS = 3  # per path and case, before timing: the first calls of a new shape allocate
 
 
 def time_call(fn, repeats: int) -> float:
@@ -35,7 +43,16 @@ def time_call(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int, command: str = "") -> dict:
+def run(
+    preset_name: str,
+    out: Path,
+    lengths,
+    counts,
+    threads: int,
+    repeats: int,
+    command: str = "",
+    new_vs_old_repeats: int = 0,
+) -> dict:
     import torch
 
     from oneranker.config import preset
@@ -117,6 +134,8 @@ def run(preset_name: str, out: Path, lengths, counts, threads: int, repeats: int
             export_dir, model, lengths[len(lengths) // 2], counts[len(counts) // 2], threads, repeats * 4
         ),
     }
+    if new_vs_old_repeats:
+        results["new_vs_old"] = new_vs_old(preset_name, lengths, counts, threads, new_vs_old_repeats, peak)
     write_report(results, out)
     return results
 
@@ -144,6 +163,83 @@ def bound_vs_unbound(export_dir: Path, model, length: int, n: int, threads: int,
     out = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
     out.update({"history": length, "candidates": n, "unbound_over_bound": out["unbound"] / out["bound"]})
     return out
+
+
+def new_vs_old(preset_name: str, lengths, counts, threads: int, repeats: int, peak_gflops: float) -> dict:
+    """Builds one untrained release of the preset (`oneranker build --engine onnxruntime`) and times
+    its two request paths on it (`time_new_vs_old`)."""
+    from oneranker.train import init_run
+    from oneranker_build.cli import build
+    from oneranker_client import contract
+
+    cfg = untrained_release_config(preset_name)
+    work = Path(tempfile.mkdtemp(prefix="oneranker_new_vs_old_"))
+    print(f"[scaling] new vs old: building an untrained {preset_name} release (onnxruntime) ...", flush=True)
+    init_run(cfg, work / "run")
+    build(work / "run", work / "build", ["onnxruntime"], "KIND_CPU")
+    artifacts = work / "build" / "onnxruntime" / contract.FUSED_MODEL / "1" / "artifacts"
+    pair = time_new_vs_old(artifacts, cfg, lengths, counts, threads, repeats, peak_gflops)
+    return {**pair, "log_overrides": PAPER_LOG if preset_name == "paper" else {}}
+
+
+def time_new_vs_old(artifacts: Path, cfg, lengths, counts, threads: int, repeats: int, peak_gflops: float) -> dict:
+    """Per (history, candidates): the interleaved median of `Recommender.recommend([request])`
+    (validation, tokenization, both graphs, selection; batch 1) on the in-graph beam search path
+    ("new", the fused model's) and the numpy beam search path ("old") of the release in
+    `artifacts` (exported from a run of `cfg`), and the fraction of `peak_gflops` the new path
+    reaches on the model's matmul FLOPs (`common.flops`: the beam search's own work is not counted).
+    A request asks for `candidates` with top_k = min(default, candidates); the beam width is raised
+    to ceil(candidates / heads) where the default beam cannot yield that many; histories and
+    candidate counts above the serving limits of `cfg` are clipped to them."""
+    from oneranker_serving.artifacts import load_recommender, read_export_info
+
+    s = cfg.serve
+    info = read_export_info(artifacts)
+    heads = int(info["num_interest_heads"]) + int(info["num_value_heads"])
+    paths = {
+        "new": load_recommender(artifacts, "onnxruntime", threads=threads, search="graph"),
+        "old": load_recommender(artifacts, "onnxruntime", threads=threads, search="numpy"),
+    }
+    rng = np.random.default_rng(0)
+    rows = []
+    for length in sorted({min(h, s.max_history) for h in lengths}):
+        for n in sorted({min(c, s.max_num_candidates) for c in counts}):
+            beam = min(s.max_beam_width, max(s.beam_width, -(-n // heads)))
+            raw = synthetic_request(rng, paths["new"].tables, info["dims"]["F"], info["feature_cardinality"], length)
+            req = to_request(dataclasses.replace(raw, num_candidates=n, beam_width=beam, top_k=min(s.top_k, n)))
+            for _ in range(WARMUP_CALLS):
+                answers = {name: rec.recommend([req])[0] for name, rec in paths.items()}
+            for name, answer in answers.items():
+                if isinstance(answer, Exception):
+                    raise RuntimeError(f"{name} path refused history {length}, {n} candidates: {answer}")
+            times = {name: [] for name in paths}
+            for i in range(repeats):  # interleaved, the order alternating, so drift hits both alike
+                for name in ("new", "old") if i % 2 == 0 else ("old", "new"):
+                    start = time.perf_counter()
+                    paths[name].recommend([req])
+                    times[name].append(time.perf_counter() - start)
+            ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+            fl = flops(cfg, length, answers["new"].num_candidates)
+            gflop = (fl["generate"] + fl["rank"]) / 1e9
+            rows.append(
+                {
+                    "history": length,
+                    "candidates": n,
+                    "beam_width": beam,
+                    "candidates_ranked": {name: int(a.num_candidates) for name, a in answers.items()},
+                    "new_ms": ms["new"],
+                    "old_ms": ms["old"],
+                    "new_over_old": ms["new"] / ms["old"],
+                    "gflop": gflop,
+                    "fraction_of_peak_new": gflop / (ms["new"] / 1e3) / peak_gflops,
+                }
+            )
+            print(
+                f"[scaling] new vs old L={length:5d} n={n:5d} beam {beam:3d}: new {ms['new']:8.2f} ms, "
+                f"old {ms['old']:8.2f} ms ({ms['new'] / ms['old']:.2f}x)",
+                flush=True,
+            )
+    return {"repeats": repeats, "threads": threads, "heads": heads, "rows": rows}
 
 
 def _release(runner, kv):
@@ -194,7 +290,51 @@ def summary(results: dict) -> dict:
             for r in results["rows"]
         },
         "kv_unbound_over_bound": results["kv_binding"]["unbound_over_bound"],
+        **({"new_vs_old": new_vs_old_summary(results["new_vs_old"])} if "new_vs_old" in results else {}),
     }
+
+
+def new_vs_old_summary(pair: dict) -> dict:
+    """Per case "history H, candidates N": new and old ms, new/old, the new path's fraction of peak."""
+    return {
+        f"history {r['history']}, candidates {r['candidates']}": {
+            "new_ms": r["new_ms"],
+            "old_ms": r["old_ms"],
+            "new_over_old": r["new_over_old"],
+            "beam_width": r["beam_width"],
+            "fraction_of_peak_new": r["fraction_of_peak_new"],
+        }
+        for r in pair["rows"]
+    }
+
+
+def new_vs_old_section(pair: dict) -> list[str]:
+    """Markdown: the served request path, in-graph beam search (new) vs numpy beam search (old)."""
+    lines = [
+        "",
+        "## In-graph beam search (new) vs numpy beam search (old), the whole request in process",
+        "",
+        "One untrained release of the preset built by `oneranker build --engine onnxruntime`; each "
+        "request answered by the fused model's Recommender (beam search inside the generation graph, "
+        "two engine calls) and by the numpy beam search path (decoder-state graph, numpy beam search, "
+        f"ranker graph): validation, tokenization, graphs and selection, batch 1, {pair['threads']} "
+        f"intra-op thread(s), medians of {pair['repeats']} calls each, the two paths interleaved. The beam "
+        f"width is raised to ceil(candidates / {pair['heads']} heads) where the default beam yields fewer. "
+        "Fraction of peak: the model's matmul FLOPs (the table above; the beam search's own work not "
+        "counted) over the new path's time, against the matmul rate above.",
+        "",
+        "| history | candidates | beam width | candidates ranked (new / old) | GFLOP | new ms | old ms "
+        "| new / old | fraction of peak (new) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in pair["rows"]:
+        ranked = r["candidates_ranked"]
+        lines.append(
+            f"| {r['history']} | {r['candidates']} | {r['beam_width']} | {ranked['new']} / {ranked['old']} | "
+            f"{r['gflop']:.3f} | {r['new_ms']:.2f} | {r['old_ms']:.2f} | {r['new_over_old']:.2f}x | "
+            f"{r['fraction_of_peak_new']:.1%} |"
+        )
+    return lines
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -236,6 +376,8 @@ def write_report(results: dict, out: Path) -> None:
         f"place {kb['bound']:.2f} ms, unbound (KV to numpy and back) {kb['unbound']:.2f} ms: "
         f"unbound/bound = {kb['unbound_over_bound']:.2f}x.",
     ]
+    if "new_vs_old" in results:
+        lines += new_vs_old_section(results["new_vs_old"])
     (out / "results.md").write_text("\n".join(lines) + "\n")
     write_summary(out, summary(results))
 
@@ -281,6 +423,12 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", default="64,256,1024")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--new-vs-old-repeats",
+        type=int,
+        default=20,
+        help="calls per path and case of the whole-request new vs old comparison (0: skip it)",
+    )
     args = parser.parse_args(argv)
     run(
         args.preset,
@@ -290,6 +438,7 @@ def main(argv=None) -> int:
         args.threads,
         args.repeats,
         command=reproduce_command("oneranker_perf.scaling_bench", argv),
+        new_vs_old_repeats=args.new_vs_old_repeats,
     )
     return 0
 

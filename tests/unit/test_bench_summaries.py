@@ -123,6 +123,33 @@ def test_scaling_summary(tmp_path):
         assert got["torch_ms"] == r["torch_generate_ms"] + r["torch_rank_ms"]
         assert (got["unified_rank_ms"], got["cascade_rank_ms"]) == (r["unified_rank_ms"], r["cascade_rank_ms"])
         assert got["fraction_of_peak"] == r["fraction_of_peak"]
+    assert "new_vs_old" not in s
+    assert summaries.summarize_folder(tmp_path) == s
+
+    # with the whole-request comparison (in-graph vs numpy beam search)
+    pair_rows = [
+        {
+            "history": 128,
+            "candidates": 1024,
+            "beam_width": 256,
+            "candidates_ranked": {"new": 1000, "old": 998},
+            "new_ms": 4.0,
+            "old_ms": 5.0,
+            "new_over_old": 0.8,
+            "gflop": 0.25,
+            "fraction_of_peak_new": 0.375,
+        }
+    ]
+    results["new_vs_old"] = {"repeats": 3, "threads": 2, "heads": 4, "rows": pair_rows}
+    scaling_bench.write_report(results, tmp_path)
+    s = _load(tmp_path)
+    got = s["new_vs_old"]["history 128, candidates 1024"]
+    assert (got["new_ms"], got["old_ms"], got["new_over_old"], got["beam_width"]) == (4.0, 5.0, 0.8, 256)
+    assert got["fraction_of_peak_new"] == 0.375
+    assert (
+        "| 128 | 1024 | 256 | 1000 / 998 | 0.250 | 4.00 | 5.00 | 0.80x | 37.5% |"
+        in (tmp_path / "results.md").read_text()
+    )
     assert summaries.summarize_folder(tmp_path) == s
 
 
