@@ -7,7 +7,8 @@
 #      the same with the PyTorch engine in the same slots         -> perf/results/topology_torch/
 #      dynamic batching delay 0 / 100 / 500 us, side by side      -> perf/results/queue_delay/
 #   3. cost vs history length x candidates, ORT vs torch,
-#      unified vs cascade ranking, fraction of matmul peak       -> perf/results/scaling/
+#      unified vs cascade ranking, fraction of matmul peak,
+#      the whole request with in-graph vs numpy beam search      -> perf/results/scaling/
 #   4. perf_analyzer sweep on the public model                  -> perf/results/perf_analyzer/
 #      (and pinned: server and perf_analyzer on separate cores)    -> perf/results/perf_analyzer_pinned/
 #   5. headless locust                                          -> perf/results/locust/
