@@ -87,10 +87,6 @@ class Log:
 # ---------------------------------------------------------------------------------------------
 # Model and repository
 # ---------------------------------------------------------------------------------------------
-def experiment_config(plan: Plan):
-    return untrained_release_config(plan.preset)
-
-
 def untrained_release_config(preset_name: str):
     """The preset, with PAPER_LOG's smaller synthetic log for paper: what a latency check builds
     its untrained release from."""
@@ -273,7 +269,7 @@ def run(plan: Plan, carry: Path, work: Path, out: Path) -> int:
         raise SystemExit(f"no CUDA device visible to torch {torch.__version__}: run with --dry-run (CPU, tiny)")
     if not torch.from_numpy(np.arange(3)).sum().item() == 3:  # the torch <-> numpy bridge works with numpy 1.x
         raise SystemExit(f"torch {torch.__version__} cannot use numpy {np.__version__}")
-    cfg = experiment_config(plan)
+    cfg = untrained_release_config(plan.preset)
     max_history = cfg.serve.max_history
     histories = tuple(sorted({min(h, max_history) for h in HISTORIES}))
     log(f"{plan.preset} preset on {plan.device} ({plan.instance_kind}); histories {histories}, {CANDIDATES} candidates")

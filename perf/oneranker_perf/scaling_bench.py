@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from oneranker_serving.selection import stream_matrix
+from oneranker_serving.tokenize import bucket_for
+
 from .common import flops, git_commit, machine, matmul_gflops, reproduce_command
 from .gpu_check import PAPER_LOG, synthetic_request, to_request, untrained_release_config
 from .summary_file import write_summary
@@ -173,12 +176,13 @@ def new_vs_old(preset_name: str, lengths, counts, threads: int, repeats: int, pe
     from oneranker_client import contract
 
     cfg = untrained_release_config(preset_name)
-    work = Path(tempfile.mkdtemp(prefix="oneranker_new_vs_old_"))
-    print(f"[scaling] new vs old: building an untrained {preset_name} release (onnxruntime) ...", flush=True)
-    init_run(cfg, work / "run")
-    build(work / "run", work / "build", ["onnxruntime"], "KIND_CPU")
-    artifacts = work / "build" / "onnxruntime" / contract.FUSED_MODEL / "1" / "artifacts"
-    pair = time_new_vs_old(artifacts, cfg, lengths, counts, threads, repeats, peak_gflops)
+    with tempfile.TemporaryDirectory(prefix="oneranker_new_vs_old_") as tmp:
+        work = Path(tmp)
+        print(f"[scaling] new vs old: building an untrained {preset_name} release (onnxruntime) ...", flush=True)
+        init_run(cfg, work / "run")
+        build(work / "run", work / "build", ["onnxruntime"], "KIND_CPU")
+        artifacts = work / "build" / "onnxruntime" / contract.FUSED_MODEL / "1" / "artifacts"
+        pair = time_new_vs_old(artifacts, cfg, lengths, counts, threads, repeats, peak_gflops)
     return {**pair, "log_overrides": PAPER_LOG if preset_name == "paper" else {}}
 
 
@@ -187,24 +191,27 @@ def time_new_vs_old(artifacts: Path, cfg, lengths, counts, threads: int, repeats
     (validation, tokenization, both graphs, selection; batch 1) on the in-graph beam search path
     ("new", the fused model's) and the numpy beam search path ("old") of the release in
     `artifacts` (exported from a run of `cfg`), and the fraction of `peak_gflops` the new path
-    reaches on the model's matmul FLOPs (`common.flops`: the beam search's own work is not counted).
+    reaches on the model's matmul FLOPs (`common.flops` at the history's length bucket and the
+    candidates actually ranked; the beam search's own work is not counted).
     A request asks for `candidates` with top_k = min(default, candidates); the beam width is raised
-    to ceil(candidates / heads) where the default beam cannot yield that many; histories and
-    candidate counts above the serving limits of `cfg` are clipped to them."""
+    to ceil(candidates / streams) (one search stream per interest head, one shared by the value
+    heads: `selection.stream_matrix`) where the default beam cannot yield that many, and duplicates
+    across streams can still leave fewer; histories and candidate counts above the release's
+    serving limits are clipped to them."""
     from oneranker_serving.artifacts import load_recommender, read_export_info
 
-    s = cfg.serve
     info = read_export_info(artifacts)
-    heads = int(info["num_interest_heads"]) + int(info["num_value_heads"])
+    streams = len(stream_matrix(int(info["num_interest_heads"]), int(info["num_value_heads"])))
     paths = {
         "new": load_recommender(artifacts, "onnxruntime", threads=threads, search="graph"),
         "old": load_recommender(artifacts, "onnxruntime", threads=threads, search="numpy"),
     }
+    s = paths["new"].serve  # the release's own limits and defaults
     rng = np.random.default_rng(0)
     rows = []
     for length in sorted({min(h, s.max_history) for h in lengths}):
         for n in sorted({min(c, s.max_num_candidates) for c in counts}):
-            beam = min(s.max_beam_width, max(s.beam_width, -(-n // heads)))
+            beam = min(s.max_beam_width, max(s.beam_width, -(-n // streams)))
             raw = synthetic_request(rng, paths["new"].tables, info["dims"]["F"], info["feature_cardinality"], length)
             req = to_request(dataclasses.replace(raw, num_candidates=n, beam_width=beam, top_k=min(s.top_k, n)))
             for _ in range(WARMUP_CALLS):
@@ -219,7 +226,7 @@ def time_new_vs_old(artifacts: Path, cfg, lengths, counts, threads: int, repeats
                     paths[name].recommend([req])
                     times[name].append(time.perf_counter() - start)
             ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-            fl = flops(cfg, length, answers["new"].num_candidates)
+            fl = flops(cfg, bucket_for(length, s.length_buckets), answers["new"].num_candidates)
             gflop = (fl["generate"] + fl["rank"]) / 1e9
             rows.append(
                 {
@@ -239,7 +246,7 @@ def time_new_vs_old(artifacts: Path, cfg, lengths, counts, threads: int, repeats
                 f"old {ms['old']:8.2f} ms ({ms['new'] / ms['old']:.2f}x)",
                 flush=True,
             )
-    return {"repeats": repeats, "threads": threads, "heads": heads, "rows": rows}
+    return {"repeats": repeats, "threads": threads, "streams": streams, "rows": rows}
 
 
 def _release(runner, kv):
@@ -319,9 +326,11 @@ def new_vs_old_section(pair: dict) -> list[str]:
         "two engine calls) and by the numpy beam search path (decoder-state graph, numpy beam search, "
         f"ranker graph): validation, tokenization, graphs and selection, batch 1, {pair['threads']} "
         f"intra-op thread(s), medians of {pair['repeats']} calls each, the two paths interleaved. The beam "
-        f"width is raised to ceil(candidates / {pair['heads']} heads) where the default beam yields fewer. "
-        "Fraction of peak: the model's matmul FLOPs (the table above; the beam search's own work not "
-        "counted) over the new path's time, against the matmul rate above.",
+        f"width is raised to ceil(candidates / {pair['streams']} search streams) where the default beam "
+        "yields fewer; duplicates across streams can still leave fewer candidates than asked (the ranked "
+        "column). Fraction of peak: the model's matmul FLOPs at the history's length bucket and the "
+        "candidates ranked (the beam search's own work not counted) over the new path's time, against "
+        "the matmul rate above.",
         "",
         "| history | candidates | beam width | candidates ranked (new / old) | GFLOP | new ms | old ms "
         "| new / old | fraction of peak (new) |",

@@ -501,10 +501,8 @@ def new_vs_old_section(results: dict) -> list[str]:
             f"{own_old - ip['old']:.2f} | | |",
         ]
         notes.append(
-            "The rows 'own window' take each path's own concurrency-1 loop (the first table), the way the "
-            "served side of the figures the target was set against was measured (served fused p50 minus "
-            "in-process p50: 3.3-3.7 ms then, when the in-process side ran alone with 2 engine threads; "
-            "here it is the interleaved in-process pair, with the served instances' thread count)."
+            "The rows 'own window' take each path's served p50 from its own concurrency-1 loop (the first "
+            "table) and the in-process p50 from the interleaved in-process pair."
         )
     if "served_c1_p50_ms_blocks" in summ:
         blk, n = summ["served_c1_p50_ms_blocks"], summ["c1_block"]

@@ -258,8 +258,9 @@ def test_ngc_tag_comes_only_from_the_env_file():
 
     assert release(OLDEST_NGC_RELEASE) <= release(OLDEST_HARDENED_NGC_RELEASE)
     assert release(tag) >= release(OLDEST_HARDENED_NGC_RELEASE), (
-        f"NGC_TAG={tag} is older than {OLDEST_HARDENED_NGC_RELEASE}, the first release whose Triton "
-        "refuses the malformed shapes that crash 2.51 (docs/bad_input.md)"
+        f"NGC_TAG={tag} is older than {OLDEST_HARDENED_NGC_RELEASE}: Triton refuses the malformed shapes "
+        "that crash 2.51 from 26.03 and reports an exited Python stub as not ready from 26.04 "
+        "(docs/bad_input.md)"
     )
     for manifest in ("deployment.yaml", "build-job.yaml"):  # the images k8s pulls carry the same tag
         images = re.findall(r"image: \S+:(\S+)", (ROOT / "deploy" / "k8s" / manifest).read_text())

@@ -140,7 +140,7 @@ def test_scaling_summary(tmp_path):
             "fraction_of_peak_new": 0.375,
         }
     ]
-    results["new_vs_old"] = {"repeats": 3, "threads": 2, "heads": 4, "rows": pair_rows}
+    results["new_vs_old"] = {"repeats": 3, "threads": 2, "streams": 4, "rows": pair_rows}
     scaling_bench.write_report(results, tmp_path)
     s = _load(tmp_path)
     got = s["new_vs_old"]["history 128, candidates 1024"]
