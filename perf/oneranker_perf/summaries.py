@@ -109,7 +109,7 @@ def summarize_folder(folder: Path) -> dict:
     results = {**results, "machine": results.get("machine") or facts["machine"]}
     results["command"] = results.get("command") or facts["command"]
     if "topologies" in results:
-        from .topology_bench import summary
+        from .topology_report import summary
     elif "calls" in results and "measured" in results:
         from .backend_ipc_bench import summary
     elif "measured" in results:

@@ -156,21 +156,21 @@ def test_scaling_summary(tmp_path):
 @pytest.mark.parametrize("folder", ["topology", "topology_torch"])
 def test_topology_summary(folder, tmp_path):
     """The committed results (with and without the new-vs-old pair), every figure changed."""
-    from oneranker_perf import topology_bench
+    from oneranker_perf import topology_report
 
     results = json.loads((RESULTS / folder / "results.json").read_text())
     results = {**copy.deepcopy(results), "commit": "abc1234"}
     for i, t in enumerate(results["topologies"].values()):
         t["c1"]["p50_ms"], t["c1"]["p99_ms"], t["saturation"]["throughput_rps"] = 1.5 + i, 2.5 + i, 100.25 + i
     if "new_vs_old" in results:  # the pair measured again in back-to-back blocks
-        new, old = topology_bench.contract_names()
+        new, old = topology_report.contract_names()
         for i, name in enumerate((new, old)):
             results["new_vs_old"][name]["c1_blocks"] = {
                 **results["new_vs_old"][name]["c1"],
                 "p50_ms": 0.75 + i,
                 "block": 7,
             }
-    topology_bench.write_report(results, tmp_path)
+    topology_report.write_report(results, tmp_path)
     s = _load(tmp_path)
     assert (s["commit"], s["machine"], s["command"]) == ("abc1234", results["machine"], results["command"])
     assert s["default_topology"] == results["default_topology"]
@@ -182,7 +182,7 @@ def test_topology_summary(folder, tmp_path):
         assert got["saturated_rps"] == t["saturation"]["throughput_rps"], name
     assert s["in_process_onnxruntime_p50_ms"] == results["in_process_onnxruntime"]["p50_ms"]
     if "new_vs_old" in results:
-        new, old = topology_bench.contract_names()
+        new, old = topology_report.contract_names()
         pair = results["new_vs_old"]
         assert s["served_c1_p50_ms"] == {"new": pair[new]["c1"]["p50_ms"], "old": pair[old]["c1"]["p50_ms"]}
         assert s["saturated_rps"] == {"new": pair[new]["throughput_rps"], "old": pair[old]["throughput_rps"]}
