@@ -35,8 +35,8 @@ class RenderSettings:
 
     max_batch_size: int = 8
     # wait up to 0.1 ms to gather a batch. Measured (perf/results/queue_delay, two engine instances):
-    # the highest saturated throughput (1.12x of 500 us on the fused path) and 0.90x its c1 p50;
-    # 0 us had the lowest c1 p50 (0.87x) for less throughput (1.06x).
+    # the highest saturated throughput on the fused path (1.01x of 500 us, within noise) and 0.90x
+    # its c1 p50; 0 us had 0.89x (0.03 ms less) for 1.00x the throughput.
     max_queue_delay_us: int = 100
     # Overload shedding by Triton's default_queue_policy (beyond max_queue_size, or queued longer
     # than queue_timeout_us, a request is answered UNAVAILABLE at once). Off by default: Triton
