@@ -32,6 +32,7 @@ from oneranker_serving.tokenize import bucket_for
 from .common import flops, git_commit, machine, matmul_gflops, reproduce_command
 from .gpu_check import PAPER_LOG, synthetic_request, to_request, untrained_release_config
 from .summary_file import write_summary
+from .topology_bench import paired_in_process
 
 WARMUP_CALLS = 3  # per path and case, before timing: the first calls of a new shape allocate
 
@@ -219,13 +220,9 @@ def time_new_vs_old(artifacts: Path, cfg, lengths, counts, threads: int, repeats
             for name, answer in answers.items():
                 if isinstance(answer, Exception):
                     raise RuntimeError(f"{name} path refused history {length}, {n} candidates: {answer}")
-            times = {name: [] for name in paths}
-            for i in range(repeats):  # interleaved, the order alternating, so drift hits both alike
-                for name in ("new", "old") if i % 2 == 0 else ("old", "new"):
-                    start = time.perf_counter()
-                    paths[name].recommend([req])
-                    times[name].append(time.perf_counter() - start)
-            ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+            # interleaved, the order alternating, so drift hits both alike
+            calls = {name: (lambda r, rec=rec: rec.recommend([r])) for name, rec in paths.items()}
+            ms = {name: lat["p50_ms"] for name, lat in paired_in_process(calls, [req], repeats).items()}
             fl = flops(cfg, bucket_for(length, s.length_buckets), answers["new"].num_candidates)
             gflop = (fl["generate"] + fl["rank"]) / 1e9
             rows.append(
