@@ -52,8 +52,15 @@ from .triton_install import (
     stub_versions,
 )
 
+# tritonserver flags every oneranker server runs with (docker-compose.yml and deploy/k8s carry the
+# same, checked by tests/deployment). The rate limiter makes the instance priorities of the
+# rendered configs count (oneranker_build.render.instance_group_block: one preferred instance per
+# model at low load); it has no resource limits here, so it never holds a batch back.
+SCHEDULING_FLAGS = ("--rate-limit=execution_count",)
+
 __all__ = [
     "BOOTSTRAP_HINT",
+    "SCHEDULING_FLAGS",
     "TritonServer",
     "find_free_port",
     "find_tritonserver",
@@ -240,6 +247,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
+            *SCHEDULING_FLAGS,
         ]
         cmd += [f"--load-model={m}" for m in self.load_models]
         if self.admin_key:

@@ -974,6 +974,18 @@ def _tritonserver_help_or_skip() -> str:
         pytest.skip(str(e))
 
 
+def test_deployments_run_the_launchers_scheduling_flags():
+    """The rendered instance priorities need the rate limiter wherever the server runs."""
+    from oneranker_serving.local_server import SCHEDULING_FLAGS
+
+    (dep,) = k8s("Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    commands = {name: _command(services()[name]) for name in TRITON_SERVICES} | {"k8s": c["command"] + c["args"]}
+    assert SCHEDULING_FLAGS
+    for name, cmd in commands.items():
+        assert set(SCHEDULING_FLAGS) <= set(cmd), f"{name}: {sorted(set(SCHEDULING_FLAGS) - set(cmd))} missing"
+
+
 def test_compose_restricts_the_control_plane_with_the_launchers_flags():
     want = ra.restricted_api_flags(TEST_ADMIN_KEY)
     for name in TRITON_SERVICES:

@@ -201,7 +201,7 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
     import dataclasses
 
     from oneranker_build.cli import register, settings_overrides
-    from oneranker_build.render import RenderSettings, render_repository
+    from oneranker_build.render import SPILL_PRIORITY, RenderSettings, render_repository
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(), lambda p: None, None, None)
@@ -220,6 +220,16 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
             cfg = _parse(repo / model / "config.pbtxt")
             assert sum(g.count for g in cfg.instance_group) == count, (argv, model)
             assert cfg.parameters["intra_op_threads"].string_value == str(threads), (argv, model)
+            # one preferred instance (priority 1) and the rest spill-over, when there is a rest
+            groups = [(g.name, g.count, g.rate_limiter.priority) for g in cfg.instance_group]
+            want = [(f"{model}_preferred", 1, 1), (f"{model}_spill", count - 1, SPILL_PRIORITY)]
+            assert groups == (want if count > 1 else [("", 1, 0)]), (argv, groups)
         preprocess = _parse(repo / contract.PREPROCESS_MODEL / "config.pbtxt")
-        # not an engine model: --engine-instances leaves it at its own default
-        assert sum(g.count for g in preprocess.instance_group) == 2, argv
+        # not an engine model: --engine-instances leaves it at its own default, in one plain group
+        assert [(g.count, g.rate_limiter.priority) for g in preprocess.instance_group] == [(2, 0)], argv
+    plain = render_repository(
+        export, tmp_path / "plain", "onnxruntime", dims, sha, settings=RenderSettings(preferred_instance=False)
+    )
+    for model in engine_models:
+        groups = [(g.count, g.rate_limiter.priority) for g in _parse(plain / model / "config.pbtxt").instance_group]
+        assert groups == [(2, 0)], (model, groups)
