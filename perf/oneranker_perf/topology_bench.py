@@ -169,6 +169,20 @@ def paired_c1(calls: dict, requests: list, n: int, block: int) -> dict:
     return {k: percentiles(v) for k, v in times.items()}
 
 
+def served_vs_in_process(grpc_url: str, model: str, local, raw: list, reqs: list, n: int) -> dict:
+    """One path served (gRPC, `model`) and in process (`local`, a Recommender), interleaved call by
+    call on the same request (order rotating): both sides measured under the same machine state.
+    -> {"served": percentiles, "in_process": percentiles}."""
+    from oneranker_client.client import OneRankerClient
+
+    client = OneRankerClient(grpc_url, model=model, retries=0)
+    try:
+        calls = {"served": lambda i: client.recommend(reqs[i]), "in_process": lambda i: local.recommend([raw[i]])}
+        return paired_in_process(calls, list(range(len(reqs))), n)
+    finally:
+        client.close()
+
+
 def paired_comparison(
     targets: dict[str, tuple[str, str]],
     requests: list,
@@ -386,6 +400,11 @@ def run(
         results["new_vs_old"] = paired_comparison(
             {m: (server.grpc_url, m) for m in pair}, reqs, n_latency, concurrency, seconds, c1_block=C1_BLOCK
         )
+        print("[bench] served vs in-process of each path, call by call ...", flush=True)
+        results["served_vs_in_process"] = {
+            label: served_vs_in_process(server.grpc_url, model, rec, raw, reqs, n_latency)
+            for label, model, rec in (("new", pair[0], local), ("old", pair[1], local_old))
+        }
     finally:
         server.stop()
     results["default_topology"] = choose_default(results["topologies"])

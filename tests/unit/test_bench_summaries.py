@@ -170,6 +170,11 @@ def test_topology_summary(folder, tmp_path):
                 "p50_ms": 0.75 + i,
                 "block": 7,
             }
+        # each path served and in process, interleaved call by call
+        results["served_vs_in_process"] = {
+            k: {"served": {"p50_ms": 3.25 + i, "n": 9}, "in_process": {"p50_ms": 1.0 + 2 * i, "n": 9}}
+            for i, k in enumerate(("new", "old"))
+        }
     topology_report.write_report(results, tmp_path)
     s = _load(tmp_path)
     assert (s["commit"], s["machine"], s["command"]) == ("abc1234", results["machine"], results["command"])
@@ -194,8 +199,11 @@ def test_topology_summary(folder, tmp_path):
         gap_new, gap_old = 1.5 - local["new"]["p50_ms"], 2.5 - local["old"]["p50_ms"]
         assert "| served c1 p50 ms, own window | 1.50 | 2.50 | 0.60x | |" in report
         assert f"| served c1 p50 (own window) - in-process p50, ms | {gap_new:.2f} | {gap_old:.2f} | | |" in report
+        assert s["served_minus_in_process_p50_ms"] == {"new": 2.25, "old": 1.25}
+        assert s["served_vs_in_process_p50_ms"]["old"] == {"served": 4.25, "in_process": 3.0}
+        assert "(3.25 - 1.00; 4.25 - 3.00) | 2.25 | 1.25 | | new <= 1.5 |" in report
     else:
-        assert "served_c1_p50_ms" not in s
+        assert "served_c1_p50_ms" not in s and "served_minus_in_process_p50_ms" not in s
     assert summaries.summarize_folder(tmp_path) == s
 
 
