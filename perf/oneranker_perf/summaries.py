@@ -4,11 +4,12 @@ each benchmark's writer uses. Nothing is measured; no report, plot or results fi
     python -m oneranker_perf.summaries perf/results/scaling perf/results/locust ...
 
 The kind of folder is read from its files: results.json (topology_bench, queue_delay_bench,
-backend_ipc_bench, scaling_bench, train_bench, the earlier one-process oneranker.study), protocol.json + runs/
-(oneranker.study from run files), results.csv (perf_analyzer_suite) or locust_stats.csv
-(locust_run). What a results file does not record (the machine, the command, the
-study's commit) is read from the Markdown report the same run wrote. The commit is the one the
-run recorded; where it recorded none it is null, with summary_file.BACKFILL_NOTE.
+instance_layout_bench, backend_ipc_bench, scaling_bench, train_bench, the earlier one-process
+oneranker.study), protocol.json + runs/ (oneranker.study from run files), results.csv
+(perf_analyzer_suite) or locust_stats.csv (locust_run). What a results file does not record
+(the machine, the command, the study's commit) is read from the Markdown report the same run
+wrote. The commit is the one the run recorded; where it recorded none it is null, with
+summary_file.BACKFILL_NOTE.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def summarize_folder(folder: Path) -> dict:
         from .topology_report import summary
     elif "calls" in results and "measured" in results:
         from .backend_ipc_bench import summary
+    elif "call_by_call" in results:
+        from .instance_layout_bench import summary
     elif "measured" in results:
         from .queue_delay_bench import summary
     elif "rows" in results:

@@ -125,13 +125,15 @@ def new_vs_old_section(results: dict) -> list[str]:
         lines[-1:-1] = [
             f"| served c1 p50 - in-process p50, the two interleaved call by call, ms "
             f"({pair['new']['served']:.2f} - {pair['new']['in_process']:.2f}; "
-            f"{pair['old']['served']:.2f} - {pair['old']['in_process']:.2f}) | {gap['new']:.2f} | {gap['old']:.2f} | | |",
+            f"{pair['old']['served']:.2f} - {pair['old']['in_process']:.2f}) | "
+            f"{gap['new']:.2f} | {gap['old']:.2f} | | |",
         ]
         notes.append(
             "The row 'interleaved call by call' sends each request to one path served and runs it in "
-            "process, in turn: both sides of the difference measured under the same machine state. The first "
-            "gap row takes its in-process p50 from before the server started and its served p50 with the "
-            "other path's processes running between two requests."
+            "process, in turn (order rotating: half the served calls follow an in-process call, half another "
+            "served call), and subtracts the two p50s. The first gap row takes its in-process p50 from before "
+            "the server started and its served p50 with the other path's processes running between two "
+            "requests."
         )
     if len(notes) > 1:
         lines += [" ".join(notes), ""]

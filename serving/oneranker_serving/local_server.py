@@ -140,6 +140,7 @@ class TritonServer:
     None). ``triton_root``: take the binary, libraries, backend and stubs from there instead of
     the installed wheel (see :mod:`.triton_install`). ``admin_key``: close ``restricted_apis``
     (default ``restricted_api.RESTRICTED_APIS``) over HTTP and gRPC behind that key.
+    ``scheduling_flags``: ``SCHEDULING_FLAGS`` unless a benchmark measures a server without them.
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class TritonServer:
         triton_root: str | os.PathLike | None = None,
         admin_key: str | None = None,
         restricted_apis: Sequence[str] = restricted_api.RESTRICTED_APIS,
+        scheduling_flags: Sequence[str] = SCHEDULING_FLAGS,
     ) -> None:
         if model_control_mode not in _MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
@@ -179,6 +181,7 @@ class TritonServer:
         self.triton_root = Path(triton_root).resolve() if triton_root is not None else None
         self.admin_key = admin_key or None
         self.restricted_apis = tuple(restricted_apis)
+        self.scheduling_flags = tuple(scheduling_flags)
         if self.admin_key:  # a malformed key fails here, not in the server's argument parser
             restricted_api.restricted_api_flags(self.admin_key, self.restricted_apis)
         self.process: subprocess.Popen | None = None
@@ -247,7 +250,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
-            *SCHEDULING_FLAGS,
+            *self.scheduling_flags,
         ]
         cmd += [f"--load-model={m}" for m in self.load_models]
         if self.admin_key:

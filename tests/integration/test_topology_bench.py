@@ -47,6 +47,8 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
         "saturated_rps",
         "served_c1_p50_ms_blocks",
         "c1_block",
+        "served_minus_in_process_p50_ms",
+        "served_vs_in_process_p50_ms",
     }
     assert all(
         set(summary[k]) == {"new", "old"} and min(summary[k].values()) > 0
@@ -58,6 +60,11 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
             "served_c1_p50_ms_blocks",
         )
     )
+    # each path served and in process, interleaved call by call: the gap is the difference of the two
+    for k in ("new", "old"):
+        pair = summary["served_vs_in_process_p50_ms"][k]
+        assert min(pair.values()) > 0 and results["served_vs_in_process"][k]["served"]["n"] == 6
+        assert summary["served_minus_in_process_p50_ms"][k] == pair["served"] - pair["in_process"]
     assert summary["c1_block"] == topology_bench.C1_BLOCK
     assert set(summary["paths"]) == {*contract.TOPOLOGY_MODELS, "cascade"}
     assert summary["paths"]["fused"]["saturated_rps"] == results["topologies"]["fused"]["saturation"]["throughput_rps"]
@@ -85,3 +92,21 @@ def test_queue_delay_bench_serves_every_delay_side_by_side(tiny_run, tiny_export
     for label, t in results["measured"].items():
         assert t["errors"] == 0 and t["throughput_rps"] > 0 and t["c1"]["n"] == 4, label
     assert "| fused | 0 |" in (out / "results.md").read_text() and (out / "results.png").stat().st_size > 0
+
+
+def test_instance_layout_bench_serves_both_layouts_side_by_side(tiny_run, tiny_export, tmp_path):
+    """Both layouts answer on their own servers, in both measurements and every call-by-call round."""
+    from oneranker_perf import instance_layout_bench
+
+    out = tmp_path / "instance_layout"
+    results = instance_layout_bench.run(
+        tiny_run.run_dir, tiny_export / "export", out, n_latency=4, concurrency=2, seconds=1.0, n_requests=4, rounds=2
+    )
+    assert set(results["measured"]) == set(instance_layout_bench.LAYOUTS)
+    for layout, t in results["measured"].items():
+        assert t["errors"] == 0 and t["throughput_rps"] > 0 and t["c1"]["n"] == 4, layout
+        assert [r["served"]["n"] for r in results["call_by_call"][layout]] == [4, 4], layout
+    assert results["scheduling_flags"]["plain"] == [] and results["scheduling_flags"]["preferred"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["preferred"]["served_minus_in_process_p50_ms"]) == 2
+    assert (out / "results.png").stat().st_size > 0

@@ -61,6 +61,49 @@ def test_queue_delay_summary(tmp_path):
     assert summaries.summarize_folder(tmp_path) == s
 
 
+def test_instance_layout_summary(tmp_path):
+    from oneranker_perf import instance_layout_bench
+
+    def target(p50, p99, blocks, rps, errors):
+        c1 = {"p50_ms": p50, "p99_ms": p99, "n": 4}
+        return {"c1": c1, "c1_blocks": {**c1, "p50_ms": blocks, "block": 5}, "throughput_rps": rps, "errors": errors}
+
+    def pair(served, local):
+        return {"served": {"p50_ms": served, "n": 4}, "in_process": {"p50_ms": local, "n": 4}}
+
+    results = {
+        "machine": "2 cores (test CPU), Python 3",
+        "commit": "abc1234",
+        "command": "python -m oneranker_perf.instance_layout_bench --rounds 2",
+        "model": "oneranker_fused",
+        "requests": 4,
+        "concurrency": 4,
+        "scheduling_flags": {"plain": [], "preferred": ["--rate-limit=execution_count"]},
+        "measured": {"plain": target(3.5, 5.0, 3.0, 600.0, 0), "preferred": target(2.75, 4.5, 2.5, 640.0, 1)},
+        "call_by_call": {"plain": [pair(3.5, 1.5), pair(3.25, 1.5)], "preferred": [pair(2.5, 1.25), pair(2.75, 1.5)]},
+    }
+    instance_layout_bench.write_report(results, tmp_path)
+    s = _load(tmp_path)
+    assert (s["commit"], s["machine"], s["command"]) == (results["commit"], results["machine"], results["command"])
+    assert s["plain"] == {
+        "c1_p50_ms": 3.5,
+        "c1_p99_ms": 5.0,
+        "c1_blocks_p50_ms": 3.0,
+        "saturated_rps": 600.0,
+        "errors": 0,
+        "served_minus_in_process_p50_ms": [2.0, 1.75],
+        "served_minus_in_process_p50_ms_mean": 1.875,
+    }
+    assert s["preferred"]["served_minus_in_process_p50_ms"] == [1.25, 1.25]
+    assert (s["preferred"]["c1_blocks_p50_ms"], s["preferred"]["errors"]) == (2.5, 1)
+    report = (tmp_path / "results.md").read_text()
+    assert "| c1 p50 ms, interleaved request by request | 3.50 | 2.75 | 0.79x |" in report
+    assert "| served c1 p50 - in-process p50 ms, call by call (mean of 2 rounds) | 1.88 | 1.25 | 0.67x |" in report
+    assert "| the same, each round | 2.00, 1.75 | 1.25, 1.25 | |" in report
+    assert (tmp_path / "results.png").exists()
+    assert summaries.summarize_folder(tmp_path) == s
+
+
 def test_backend_ipc_summary(tmp_path):
     from oneranker_perf import backend_ipc_bench
 
