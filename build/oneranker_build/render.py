@@ -62,13 +62,13 @@ class RenderSettings:
     generation_instances: int = 2  # topology graphs
     ranking_instances: int = 2
     intra_op_threads: int = 1  # ONNX Runtime / torch threads inside each engine-model instance
-    # An engine model (recommender*, generation, ranking) with two or more instances renders one
-    # preferred instance and the rest as spill-over (`instance_group_block`): at low load every
-    # batch goes to the preferred one, whose caches are warm; under load the others take a batch
-    # whenever it is busy. Needs the server's rate limiter (oneranker_serving.local_server.
-    # SCHEDULING_FLAGS); a server without it ignores the priorities and alternates instances.
-    # Measured (README "Batching and threads"): fused c1 p50 ~0.3 ms lower, saturated throughput
-    # within noise.
+    # An engine model (recommender, recommender_numpy_beam, cascade, generation, ranking) with two
+    # or more instances renders one preferred instance and the rest as spill-over
+    # (`instance_group_block`): at low load every batch goes to the preferred one, whose caches
+    # are warm; the others take a batch whenever it is busy. Needs the server's rate limiter
+    # (oneranker_serving.local_server.SCHEDULING_FLAGS); a server without it ignores the
+    # priorities and hands batches to the instances in turn. Measured side by side against that
+    # (perf/results/instance_layout, README "One preferred instance").
     preferred_instance: bool = True
     # Recommender models re-check cancellation at a stage boundary only when this long has passed
     # since the batch's last check (each check is an IPC round trip, perf/results/backend_ipc).

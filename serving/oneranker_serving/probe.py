@@ -4,8 +4,12 @@
 2.51 lets one malformed request do that, docs/bad_input.md) answers INTERNAL "Stub process ... is
 not healthy" to every request routed to it, is never restarted, and the server and the model keep
 reporting ready. This probe sends the served release's own example request (its config's
-`example_request` parameter) over KServe v2 HTTP, `--requests` at once so that every instance
-gets one, and fails only on what restarting the server would cure:
+`example_request` parameter) over KServe v2 HTTP, `--requests` at once, and fails only on what
+restarting the server would cure. Sent at once, the requests can reach each instance of a model whose
+instances take batches in turn (preprocess, the one Python model of the TensorRT repository the
+Kubernetes manifests serve); an engine model rendered with one preferred instance gives its
+spill-over instances only what arrives while the preferred one is busy, so there the probe is
+sure to reach only the preferred one (README "One preferred instance"):
 
     an answer that is an internal error (HTTP 500) or a refusal of the release's own example
     (HTTP 400), or no server at all (connection refused)  -> exit 1, the reasons on stderr;
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m oneranker_serving.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--http", default="127.0.0.1:8000", help="tritonserver HTTP address (host:port)")
     p.add_argument("--model", default=contract.PUBLIC_MODEL)
-    p.add_argument("--requests", type=int, default=4, help="sent at once, so that every instance gets one")
+    p.add_argument("--requests", type=int, default=4, help="sent at once, to reach more than one instance")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP call")
     p.add_argument("--admin-key-env", default=restricted_api.ADMIN_KEY_ENV, help="environment variable with the key")
     return p

@@ -981,6 +981,10 @@ def test_deployments_run_the_launchers_scheduling_flags():
     (dep,) = k8s("Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     commands = {name: _command(services()[name]) for name in TRITON_SERVICES} | {"k8s": c["command"] + c["args"]}
+    (image_cmd,) = [
+        args for instr, args in _dockerfile_instructions(ROOT / "deploy" / "triton.Dockerfile") if instr == "CMD"
+    ]
+    commands["triton.Dockerfile CMD"] = json.loads(image_cmd)
     assert SCHEDULING_FLAGS
     for name, cmd in commands.items():
         assert set(SCHEDULING_FLAGS) <= set(cmd), f"{name}: {sorted(set(SCHEDULING_FLAGS) - set(cmd))} missing"

@@ -38,6 +38,21 @@ def batches_by_instance(log: Path, start: int, model: str) -> dict[str, int]:
     return counts
 
 
+def requests_counted(metrics_url: str) -> float:
+    """The fused model's oneranker_requests_total (all its label sets)."""
+    from oneranker_perf.topology_bench import scrape_metrics
+
+    return sum(v for name, _, v in scrape_metrics(metrics_url) if name == "oneranker_requests_total")
+
+
+def wait_counted(metrics_url: str, at_least: float, timeout_s: float = 5.0) -> float:
+    deadline = time.monotonic() + timeout_s
+    while (counted := requests_counted(metrics_url)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.002)  # the instance is released once execute returns, just after the counters
+    return counted
+
+
 @pytest.fixture(scope="module")
 def verbose_fused_server(tiny_run, tiny_repository, tmp_path_factory):
     from oneranker.cli import example_request
@@ -67,16 +82,17 @@ def test_concurrency_one_runs_on_the_preferred_instance(verbose_fused_server):
     model = contract.FUSED_MODEL
     client = OneRankerClient(server.grpc_url, model=model, retries=0)
     start = log.stat().st_size
+    answered = requests_counted(server.metrics_url)
     for i in range(30):
         client.recommend(requests[i % len(requests)])
-        # a pause, as between a real client's requests: the preferred instance sends its
-        # counters after the answer, and a request that lands meanwhile goes to the spare one
-        time.sleep(0.01)
+        # the fused model sends its counters after the answer, and a request that lands meanwhile
+        # finds the preferred instance busy: wait for them, as a client with any pause would
+        answered = wait_counted(server.metrics_url, answered + 1)
     client.close()
     counts = batches_by_instance(log, start, model)
     assert sum(counts.values()) == 30, counts
     # instances taken in turn would give the preferred one about 15
-    assert counts.get(f"{model}_preferred_0", 0) >= 27, counts
+    assert counts.get(f"{model}_preferred_0", 0) >= 29, counts
 
 
 def test_concurrent_load_spills_to_the_other_instance(verbose_fused_server):

@@ -207,7 +207,7 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
     register(parser.add_subparsers(), lambda p: None, None, None)
     export, dims = tiny_export / "export", _dims(tiny_export)
     sha = artifacts.read_export_info(export)["checkpoint_sha256"]
-    engine_models = (contract.FUSED_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL)
+    engine_models = (contract.FUSED_MODEL, contract.NUMPY_BEAM_MODEL, contract.GENERATION_MODEL, contract.RANKING_MODEL)
     for argv, (count, threads) in (
         (["build"], (2, 1)),
         (["build", "--engine-instances", "1", "--intra-op-threads", "2"], (1, 2)),
