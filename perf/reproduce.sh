@@ -6,6 +6,7 @@
 #      compute floor                                            -> perf/results/topology/
 #      the same with the PyTorch engine in the same slots         -> perf/results/topology_torch/
 #      dynamic batching delay 0 / 100 / 500 us, side by side      -> perf/results/queue_delay/
+#      one preferred engine instance vs instances in turn          -> perf/results/instance_layout/
 #   3. cost vs history length x candidates, ORT vs torch,
 #      unified vs cascade ranking, fraction of matmul peak,
 #      the whole request with in-graph vs numpy beam search      -> perf/results/scaling/
@@ -37,6 +38,7 @@ CASCADE=artifacts/runs/$PRESET-cascade
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/onnxruntime" --out "$RES/topology"
 "$PY" -m oneranker_perf.topology_bench --run-dir "$RUN" --repository "$OUT/torch" --out "$RES/topology_torch"
 "$PY" -m oneranker_perf.queue_delay_bench --run-dir "$RUN" --export "$OUT/export" --delays 0,100,500 --seconds 20 --out "$RES/queue_delay"
+"$PY" -m oneranker_perf.instance_layout_bench --run-dir "$RUN" --export "$OUT/export" --out "$RES/instance_layout"
 "$PY" -m oneranker_perf.scaling_bench --preset paper --out "$RES/scaling"
 "$PY" -m oneranker_perf.make_inputs --run-dir "$RUN" --n 64 --out-dir artifacts/perf
 "$PY" -m oneranker_perf.serve_and_load --repository "$OUT/onnxruntime" --inputs artifacts/perf --out "$RES" --run-dir "$RUN" --pin
