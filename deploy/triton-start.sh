@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Entrypoint of the oneranker Triton image: refuse a repository whose TensorRT plans were built
 # by another TensorRT / NGC release (they would fail to load with a serialization-version
-# error, model by model), then exec tritonserver with the given arguments.
+# error, model by model), then exec tritonserver with the given arguments, plus the rate limiter
+# flag when a model config sets instance priorities (the onnxruntime / torch repositories: one
+# preferred instance per engine model; the rule of oneranker_serving.local_server.scheduling_flags).
 #
 #   triton-start.sh --model-repository=/models [tritonserver flags...]
 #
@@ -33,4 +35,9 @@ if [ -f "$repo/.tensorrt_version" ]; then
     || fail "TensorRT $built" "TensorRT $here"
 fi
 
-exec tritonserver "$@"
+scheduling=()
+if grep -qs rate_limiter "$repo"/*/config.pbtxt && [[ " $* " != *" --rate-limit="* ]]; then
+  scheduling=(--rate-limit=execution_count)
+fi
+
+exec tritonserver "$@" ${scheduling[@]+"${scheduling[@]}"}

@@ -49,5 +49,4 @@ COPY deploy/triton-start.sh /opt/oneranker/triton-start.sh
 RUN test "$(id -u triton-server)" = 1000 || { echo "no user triton-server with uid 1000 in the image" >&2; exit 1; }
 USER triton-server
 EXPOSE 8000 8001 8002
-# the image default carries the scheduling flags too (oneranker_serving.local_server.SCHEDULING_FLAGS)
-CMD ["/opt/oneranker/triton-start.sh", "--model-repository=/models", "--rate-limit=execution_count"]
+CMD ["/opt/oneranker/triton-start.sh", "--model-repository=/models"]

@@ -5,10 +5,10 @@
 
 Two onnxruntime repositories rendered from one export, everything else `RenderSettings` defaults:
 
-    plain      each engine model's instances in one group, tritonserver without
-               local_server.SCHEDULING_FLAGS: Triton hands batches to its free instances in turn
+    plain      each engine model's instances in one group; the server runs without the rate
+               limiter (local_server.scheduling_flags): Triton hands batches to free instances in turn
     preferred  the shipped layout (render.instance_group_block): one preferred instance and
-               spill-over ones, tritonserver with SCHEDULING_FLAGS
+               spill-over ones; the server runs with local_server.SCHEDULING_FLAGS
 
 One tritonserver each, both up at once. The fused model of both is measured interleaved
 (topology_bench.paired_comparison): concurrency 1 request by request and in rotating blocks,
@@ -49,7 +49,7 @@ def run(
     from oneranker_client import contract
     from oneranker_client.client import OneRankerClient
     from oneranker_serving import artifacts
-    from oneranker_serving.local_server import SCHEDULING_FLAGS, TritonServer
+    from oneranker_serving.local_server import TritonServer
 
     _, raw, reqs = bench_requests(run_dir, n_requests)
     info = artifacts.read_export_info(export_dir)
@@ -59,6 +59,7 @@ def run(
     local = artifacts.load_recommender(export_dir, "onnxruntime", threads=settings.intra_op_threads, search="graph")
     latency_loop(lambda r: local.recommend([r]), raw, 10)  # warm-up: first calls allocate
     servers: dict = {}
+    flags: dict = {}
     with tempfile.TemporaryDirectory(prefix="instance-layout-") as tmp:
         try:
             for layout in LAYOUTS:
@@ -71,10 +72,10 @@ def run(
                     info["checkpoint_sha256"],
                     settings=RenderSettings(preferred_instance=preferred),
                 )
-                server = TritonServer(
-                    repo, log_file=Path(tmp) / f"{layout}.log", scheduling_flags=SCHEDULING_FLAGS if preferred else ()
-                )
+                # the server takes the rate limiter flag only for a repository with priorities
+                server = TritonServer(repo, log_file=Path(tmp) / f"{layout}.log")
                 servers[layout] = server.start()
+                flags[layout] = list(server.scheduling_flags)
             for server in servers.values():
                 server.wait_ready(180)
                 with OneRankerClient(server.grpc_url, model=model, retries=0) as client:
@@ -104,7 +105,7 @@ def run(
         "model": model,
         "requests": n_requests,
         "concurrency": concurrency,
-        "scheduling_flags": {"plain": [], "preferred": list(SCHEDULING_FLAGS)},
+        "scheduling_flags": flags,
         "measured": measured,
         "call_by_call": call_by_call,
     }

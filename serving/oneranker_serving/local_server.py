@@ -52,16 +52,25 @@ from .triton_install import (
     stub_versions,
 )
 
-# tritonserver flags every oneranker server runs with (docker-compose.yml and deploy/k8s carry the
-# same, checked by tests/deployment). The rate limiter makes the instance priorities of the
-# rendered configs count (oneranker_build.render.instance_group_block: one preferred instance per
-# model at low load); it has no resource limits here, so it never holds a batch back.
+# tritonserver flags of a repository whose configs set instance priorities
+# (oneranker_build.render.instance_group_block: one preferred instance per engine model). The rate
+# limiter makes those priorities count; it has no resource limits here, so no batch waits for a
+# resource. A repository without priorities (the TensorRT one: native plans and a plain
+# preprocess) is served without it. deploy/triton-start.sh applies the same rule in the images.
 SCHEDULING_FLAGS = ("--rate-limit=execution_count",)
+PRIORITY_MARK = "rate_limiter"  # in a config.pbtxt: the model sets instance priorities
+
+
+def scheduling_flags(model_repository: str | os.PathLike) -> tuple[str, ...]:
+    """SCHEDULING_FLAGS when a model config of the repository sets a rate limiter block, else ()."""
+    configs = Path(model_repository).glob("*/config.pbtxt")
+    return SCHEDULING_FLAGS if any(PRIORITY_MARK in c.read_text() for c in configs) else ()
 
 __all__ = [
     "BOOTSTRAP_HINT",
     "SCHEDULING_FLAGS",
     "TritonServer",
+    "scheduling_flags",
     "find_free_port",
     "find_tritonserver",
     "prepare_backend_dir",
@@ -140,7 +149,7 @@ class TritonServer:
     None). ``triton_root``: take the binary, libraries, backend and stubs from there instead of
     the installed wheel (see :mod:`.triton_install`). ``admin_key``: close ``restricted_apis``
     (default ``restricted_api.RESTRICTED_APIS``) over HTTP and gRPC behind that key.
-    ``scheduling_flags``: ``SCHEDULING_FLAGS`` unless a benchmark measures a server without them.
+    ``scheduling_flags``: by default those the repository needs (``scheduling_flags()``).
     """
 
     def __init__(
@@ -162,7 +171,7 @@ class TritonServer:
         triton_root: str | os.PathLike | None = None,
         admin_key: str | None = None,
         restricted_apis: Sequence[str] = restricted_api.RESTRICTED_APIS,
-        scheduling_flags: Sequence[str] = SCHEDULING_FLAGS,
+        scheduling_flags: Sequence[str] | None = None,
     ) -> None:
         if model_control_mode not in _MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {_MODEL_CONTROL_MODES}")
@@ -181,7 +190,7 @@ class TritonServer:
         self.triton_root = Path(triton_root).resolve() if triton_root is not None else None
         self.admin_key = admin_key or None
         self.restricted_apis = tuple(restricted_apis)
-        self.scheduling_flags = tuple(scheduling_flags)
+        self._scheduling_flags = None if scheduling_flags is None else tuple(scheduling_flags)
         if self.admin_key:  # a malformed key fails here, not in the server's argument parser
             restricted_api.restricted_api_flags(self.admin_key, self.restricted_apis)
         self.process: subprocess.Popen | None = None
@@ -230,6 +239,13 @@ class TritonServer:
         return _failure_report(self.log_file, n)
 
     # -- command line and environment ------------------------------------------------------------
+    @property
+    def scheduling_flags(self) -> tuple[str, ...]:
+        """The ones given, else those the repository needs (`scheduling_flags(repository)`)."""
+        if self._scheduling_flags is not None:
+            return self._scheduling_flags
+        return scheduling_flags(self.model_repository)
+
     def build_env(self) -> dict[str, str]:
         env = server_env(self.triton_root)
         env.update(self.env_overrides)

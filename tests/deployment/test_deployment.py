@@ -974,22 +974,6 @@ def _tritonserver_help_or_skip() -> str:
         pytest.skip(str(e))
 
 
-def test_deployments_run_the_launchers_scheduling_flags():
-    """The rendered instance priorities need the rate limiter wherever the server runs."""
-    from oneranker_serving.local_server import SCHEDULING_FLAGS
-
-    (dep,) = k8s("Deployment")
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    commands = {name: _command(services()[name]) for name in TRITON_SERVICES} | {"k8s": c["command"] + c["args"]}
-    (image_cmd,) = [
-        args for instr, args in _dockerfile_instructions(ROOT / "deploy" / "triton.Dockerfile") if instr == "CMD"
-    ]
-    commands["triton.Dockerfile CMD"] = json.loads(image_cmd)
-    assert SCHEDULING_FLAGS
-    for name, cmd in commands.items():
-        assert set(SCHEDULING_FLAGS) <= set(cmd), f"{name}: {sorted(set(SCHEDULING_FLAGS) - set(cmd))} missing"
-
-
 def test_compose_restricts_the_control_plane_with_the_launchers_flags():
     want = ra.restricted_api_flags(TEST_ADMIN_KEY)
     for name in TRITON_SERVICES:
@@ -1744,6 +1728,36 @@ def test_builder_script_builds_once_promotes_releases_and_renders(tmp_path):
     r = run("render", str(rel))
     assert r.returncode == 1 and "immutable" in r.stderr
     assert run("bogus").returncode == 2
+
+
+def test_triton_start_adds_the_rate_limiter_for_a_repository_with_priorities(tmp_path):
+    """The image's entrypoint applies local_server.scheduling_flags' rule: the flag for a repository
+    whose configs set instance priorities (onnxruntime), none for one without (tensorrt), never
+    twice; so compose and k8s, which serve either, do not carry it themselves."""
+    from oneranker_build.render import instance_group_block
+    from oneranker_serving.local_server import SCHEDULING_FLAGS, scheduling_flags
+
+    bindir = _fake_bin(tmp_path, tritonserver='#!/usr/bin/env bash\necho "TRITONSERVER $*"\n')
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    script = str(ROOT / "deploy" / "triton-start.sh")
+    for preferred in (True, False):
+        repo = tmp_path / f"models-{preferred}"
+        for model in ("preprocess", "recommender"):
+            (repo / model).mkdir(parents=True)
+            group = instance_group_block(model, 2, "KIND_CPU", preferred and model == "recommender")
+            (repo / model / "config.pbtxt").write_text(f'name: "{model}"\n{group}\n')
+        want = SCHEDULING_FLAGS if preferred else ()
+        assert scheduling_flags(repo) == want
+        for extra in ([], list(SCHEDULING_FLAGS)):
+            argv = ["bash", script, f"--model-repository={repo}", *extra]
+            r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+            got = r.stdout.split()[2:]
+            assert r.returncode == 0 and sorted(got) == sorted(set(extra) | set(want)), (preferred, extra, r.stdout)
+    for name in TRITON_SERVICES:
+        assert not set(SCHEDULING_FLAGS) & set(_command(services()[name])), name
+    (dep,) = k8s("Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not set(SCHEDULING_FLAGS) & set(c["command"] + c["args"])
 
 
 def test_triton_start_refuses_plans_of_another_release(tmp_path):
