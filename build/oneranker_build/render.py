@@ -408,8 +408,8 @@ def render_repository(
         {
             "name": contract.PREPROCESS_MODEL,
             **python_model,
-            # plain: the liveness probe (oneranker_serving.probe) must reach every instance of
-            # the one Python model the TensorRT topology keeps, and preference would starve the spare
+            # plain: the liveness probe (oneranker_serving.probe) must be able to reach each instance
+            # of the one Python model the TensorRT topology keeps; a spill-over one idles at low load
             "instance_group": instance_group_block(
                 contract.PREPROCESS_MODEL, s.preprocess_instances, "KIND_CPU", False
             ),

@@ -171,7 +171,7 @@ def paired_c1(calls: dict, requests: list, n: int, block: int) -> dict:
 
 def served_vs_in_process(grpc_url: str, model: str, local, raw: list, reqs: list, n: int) -> dict:
     """One path served (gRPC, `model`) and in process (`local`, a Recommender), interleaved call by
-    call on the same request (order rotating): both sides measured under the same machine state.
+    call on the same request (order rotating), so machine noise falls on both sides alike.
     -> {"served": percentiles, "in_process": percentiles}."""
     from oneranker_client.client import OneRankerClient
 

@@ -66,6 +66,7 @@ def scheduling_flags(model_repository: str | os.PathLike) -> tuple[str, ...]:
     configs = Path(model_repository).glob("*/config.pbtxt")
     return SCHEDULING_FLAGS if any(PRIORITY_MARK in c.read_text() for c in configs) else ()
 
+
 __all__ = [
     "BOOTSTRAP_HINT",
     "SCHEDULING_FLAGS",
