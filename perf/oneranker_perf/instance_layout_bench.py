@@ -14,8 +14,9 @@ One tritonserver each, both up at once. The fused model of both is measured inte
 (topology_bench.paired_comparison): concurrency 1 request by request and in rotating blocks,
 saturation in rotating windows. Then, in `rounds` rounds of alternating order, each layout's fused
 model served and the same serving code in process, interleaved call by call
-(topology_bench.served_vs_in_process): served c1 p50 minus in-process p50 per layout. Writes
-results.md, results.json, results.png and summary.json.
+(topology_bench.served_vs_in_process): served c1 p50 minus in-process p50 per layout; and an open
+loop at MODERATE_LOAD of the lower saturated throughput, where the spill-over instance takes only
+some batches. Writes results.md, results.json, results.png and summary.json.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .common import git_commit, machine, reproduce_command
+from .common import git_commit, machine, percentiles, reproduce_command
 from .summary_file import write_summary
 from .topology_bench import C1_BLOCK, bench_requests, latency_loop, paired_comparison, served_vs_in_process
 
@@ -89,6 +91,20 @@ def run(
                 seconds,
                 c1_block=C1_BLOCK,
             )
+            rate = MODERATE_LOAD * min(m["throughput_rps"] for m in measured.values())
+            print(f"[instance-layout] moderate load, {rate:.0f} req/s open loop, {rounds} rounds ...", flush=True)
+            windows: dict = {k: [] for k in LAYOUTS}
+            for r in range(rounds):
+                for layout in LAYOUTS[r % 2 :] + LAYOUTS[: r % 2]:
+                    windows[layout].append(paced_loop(servers[layout].grpc_url, model, reqs, rate, seconds / rounds))
+            moderate = {}  # per layout, the rounds' windows pooled
+            for layout, ws in windows.items():
+                answered = [t for w in ws for t in w["times_s"]]
+                moderate[layout] = {
+                    **percentiles(answered),
+                    "rate_rps": len(answered) / sum(w["seconds"] for w in ws),
+                    "errors": sum(w["errors"] for w in ws),
+                }
             print(f"[instance-layout] served vs in process, call by call, {rounds} rounds ...", flush=True)
             call_by_call: dict = {k: [] for k in LAYOUTS}
             for r in range(rounds):
@@ -108,9 +124,46 @@ def run(
         "scheduling_flags": flags,
         "measured": measured,
         "call_by_call": call_by_call,
+        "moderate_load": {"fraction_of_saturation": MODERATE_LOAD, "target_rps": rate, **moderate},
     }
     write_report(results, out)
     return results
+
+
+# Moderate load: an open loop at this fraction of the lower saturated throughput of the two layouts
+# (measured earlier in the same run), between concurrency 1 and saturation.
+MODERATE_LOAD = 0.4
+
+
+def paced_loop(url: str, model: str, requests: list, rate_rps: float, seconds: float, workers: int = 8) -> dict:
+    """Open-loop load: request i is due at start + i / rate_rps, sent by one of `workers` threads
+    (each with its own client); latency from its due time to its answer, so a request that waits
+    for a free thread counts the wait. -> {"times_s": latencies, "seconds": elapsed, "errors"}."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oneranker_client.client import OneRankerClient
+
+    local = threading.local()
+    n = max(1, int(rate_rps * seconds))
+    times: list[float] = []
+    errors = [0]
+
+    def send(i: int, start: float) -> None:
+        if not hasattr(local, "client"):
+            local.client = OneRankerClient(url, model=model, retries=0)
+        due = start + i / rate_rps
+        time.sleep(max(0.0, due - time.perf_counter()))
+        try:
+            local.client.recommend(requests[i % len(requests)])
+            times.append(time.perf_counter() - due)
+        except Exception:  # counted, reported
+            errors[0] += 1
+
+    start = time.perf_counter() + 0.05
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda i: send(i, start), range(n)))
+    return {"times_s": times, "seconds": time.perf_counter() - start, "errors": errors[0]}
 
 
 def gaps(results: dict, layout: str) -> list[float]:
@@ -120,8 +173,9 @@ def gaps(results: dict, layout: str) -> list[float]:
 
 def summary(results: dict) -> dict:
     """summary.json: commit, machine, command and, per layout, the fused model's concurrency-1 p50/p99
-    (interleaved request by request), p50 in blocks, saturated req/s, errors, and the served minus
-    in-process p50 of each call-by-call round with their mean."""
+    (interleaved request by request), p50 in blocks, saturated req/s, errors, the served minus
+    in-process p50 of each call-by-call round with their mean, and at moderate load (open loop at
+    MODERATE_LOAD of saturation) p50/p99, answered req/s and errors."""
     out = {"commit": results.get("commit"), "machine": results["machine"], "command": results.get("command")}
     for layout in LAYOUTS:
         m = results["measured"][layout]
@@ -135,6 +189,11 @@ def summary(results: dict) -> dict:
             "served_minus_in_process_p50_ms": g,
             "served_minus_in_process_p50_ms_mean": float(np.mean(g)),
         }
+        if "moderate_load" in results:
+            load = results["moderate_load"][layout]
+            out[layout].update({f"moderate_load_{k}": load[k] for k in ("p50_ms", "p99_ms", "rate_rps", "errors")})
+    if "moderate_load" in results:
+        out["moderate_load_target_rps"] = results["moderate_load"]["target_rps"]
     return out
 
 
@@ -154,6 +213,17 @@ def write_report(results: dict, out: Path) -> None:
         return f"| {label} | {fmt.format(plain[key])} | {fmt.format(pref[key])} | {pref[key] / plain[key]:.2f}x |"
 
     rounds = len(results["call_by_call"]["plain"])
+    moderate_rows = []
+    if "moderate_load" in results:
+        load = results["moderate_load"]
+        what = f"open loop at {load['target_rps']:.0f} req/s, {load['fraction_of_saturation']:.0%} of saturation"
+        moderate_rows = [
+            row(f"moderate load p50 ms ({what})", "moderate_load_p50_ms"),
+            row("moderate load p99 ms", "moderate_load_p99_ms"),
+            row("moderate load, answered req/s", "moderate_load_rate_rps", "{:.1f}"),
+        ]
+        plain_err, pref_err = plain["moderate_load_errors"], pref["moderate_load_errors"]
+        moderate_rows.append(f"| moderate load errors | {plain_err} | {pref_err} | |")
     lines = [
         f"# One preferred engine instance vs instances in turn (`{results['model']}`)",
         "",
@@ -171,6 +241,7 @@ def write_report(results: dict, out: Path) -> None:
         row("c1 p99 ms, interleaved request by request", "c1_p99_ms"),
         row(f"c1 p50 ms, blocks of {block}", "c1_blocks_p50_ms"),
         row(f"saturated req/s ({results['concurrency']} clients)", "saturated_rps", "{:.1f}"),
+        *moderate_rows,
         row(
             f"served c1 p50 - in-process p50 ms, call by call (mean of {rounds} rounds)",
             "served_minus_in_process_p50_ms_mean",
@@ -183,7 +254,9 @@ def write_report(results: dict, out: Path) -> None:
         f"the other server's processes ran. Blocks of {block}: {block} consecutive requests to one server, then "
         "the same to the other, rotating. Call by call: one server's fused model and the same serving code in "
         "this process (one engine thread, as one served instance has), in turn per request; the rounds "
-        "alternate which layout goes first.",
+        "alternate which layout goes first. Moderate load: each request due at a fixed rate, sent by one "
+        "of 8 client threads, its latency counted from its due time; rounds of alternating layout order, "
+        "pooled.",
         "",
     ]
     (out / "results.md").write_text("\n".join(lines))

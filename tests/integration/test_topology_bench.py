@@ -107,6 +107,10 @@ def test_instance_layout_bench_serves_both_layouts_side_by_side(tiny_run, tiny_e
         assert t["errors"] == 0 and t["throughput_rps"] > 0 and t["c1"]["n"] == 4, layout
         assert [r["served"]["n"] for r in results["call_by_call"][layout]] == [4, 4], layout
     assert results["scheduling_flags"]["plain"] == [] and results["scheduling_flags"]["preferred"]
+    load = results["moderate_load"]
+    assert load["target_rps"] == pytest.approx(0.4 * min(t["throughput_rps"] for t in results["measured"].values()))
+    for layout in instance_layout_bench.LAYOUTS:  # an open loop for 1 s in all: every due request answered
+        assert load[layout]["errors"] == 0 and load[layout]["n"] >= int(load["target_rps"] * 0.5) - 1, layout
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["preferred"]["served_minus_in_process_p50_ms"]) == 2
     assert (out / "results.png").stat().st_size > 0

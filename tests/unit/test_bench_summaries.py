@@ -81,6 +81,12 @@ def test_instance_layout_summary(tmp_path):
         "scheduling_flags": {"plain": [], "preferred": ["--rate-limit=execution_count"]},
         "measured": {"plain": target(3.5, 5.0, 3.0, 600.0, 0), "preferred": target(2.75, 4.5, 2.5, 640.0, 1)},
         "call_by_call": {"plain": [pair(3.5, 1.5), pair(3.25, 1.5)], "preferred": [pair(2.5, 1.25), pair(2.75, 1.5)]},
+        "moderate_load": {
+            "fraction_of_saturation": 0.4,
+            "target_rps": 240.0,
+            "plain": {"p50_ms": 4.5, "p99_ms": 12.0, "n": 9, "rate_rps": 238.5, "errors": 0},
+            "preferred": {"p50_ms": 4.0, "p99_ms": 9.0, "n": 9, "rate_rps": 239.5, "errors": 2},
+        },
     }
     instance_layout_bench.write_report(results, tmp_path)
     s = _load(tmp_path)
@@ -93,13 +99,28 @@ def test_instance_layout_summary(tmp_path):
         "errors": 0,
         "served_minus_in_process_p50_ms": [2.0, 1.75],
         "served_minus_in_process_p50_ms_mean": 1.875,
+        "moderate_load_p50_ms": 4.5,
+        "moderate_load_p99_ms": 12.0,
+        "moderate_load_rate_rps": 238.5,
+        "moderate_load_errors": 0,
     }
     assert s["preferred"]["served_minus_in_process_p50_ms"] == [1.25, 1.25]
+    assert s["moderate_load_target_rps"] == 240.0
+    assert [s["preferred"][f"moderate_load_{k}"] for k in ("p50_ms", "p99_ms", "rate_rps", "errors")] == [
+        4.0,
+        9.0,
+        239.5,
+        2,
+    ]
     assert (s["preferred"]["c1_blocks_p50_ms"], s["preferred"]["errors"]) == (2.5, 1)
     report = (tmp_path / "results.md").read_text()
     assert "| c1 p50 ms, interleaved request by request | 3.50 | 2.75 | 0.79x |" in report
     assert "| served c1 p50 - in-process p50 ms, call by call (mean of 2 rounds) | 1.88 | 1.25 | 0.67x |" in report
     assert "| the same, each round | 2.00, 1.75 | 1.25, 1.25 | |" in report
+    assert "| moderate load p50 ms (open loop at 240 req/s, 40% of saturation) | 4.50 | 4.00 | 0.89x |" in report
+    assert (
+        "| moderate load p99 ms | 12.00 | 9.00 | 0.75x |" in report and "| moderate load errors | 0 | 2 | |" in report
+    )
     assert (tmp_path / "results.png").exists()
     assert summaries.summarize_folder(tmp_path) == s
 
