@@ -1,5 +1,6 @@
-"""Helpers every benchmark shares: the machine line, percentiles, the commit, the reproduce
-command, and the compute floor of one request (its FLOPs and the matmul rate torch reaches here)."""
+"""Helpers every benchmark shares: the machine line, percentiles, the rotating order of an
+interleaved measurement, the commit, the reproduce command, and the compute floor of one request
+(its FLOPs and the matmul rate torch reaches here)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ import time
 import numpy as np
 
 from .summary_file import git_commit as git_commit  # re-exported: the benches import it from here
+
+
+def rotated(labels: list, i: int) -> list:
+    """`labels` starting at position i (mod its length): the order of round i of an interleaved
+    measurement, so no target always goes first."""
+    k = i % len(labels)
+    return labels[k:] + labels[:k]
 
 
 def machine() -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import git_commit, machine, percentiles, reproduce_command
+from .common import git_commit, machine, percentiles, reproduce_command, rotated
 from .topology_bench import bench_requests, paired_in_process, served_threads
 
 DECODERS = ("factorized", "conditioned")
@@ -51,7 +51,7 @@ def paired_served(clients: dict, requests: list, n: int) -> dict:
             client.recommend(req)
     times: dict = {k: [] for k in labels}
     for i in range(n):
-        for k in labels[i % len(labels) :] + labels[: i % len(labels)]:
+        for k in rotated(labels, i):
             start = time.perf_counter()
             clients[k].recommend(requests[i % len(requests)])
             times[k].append(time.perf_counter() - start)

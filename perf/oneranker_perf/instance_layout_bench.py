@@ -29,11 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import git_commit, machine, percentiles, reproduce_command
+from .common import git_commit, machine, percentiles, reproduce_command, rotated
 from .summary_file import write_summary
 from .topology_bench import C1_BLOCK, bench_requests, latency_loop, paired_comparison, served_vs_in_process
 
 LAYOUTS = ("plain", "preferred")
+# Moderate load: an open loop at this fraction of the lower saturated throughput of the two layouts
+# (measured earlier in the same run), between concurrency 1 and saturation.
+MODERATE_LOAD = 0.4
 
 
 def run(
@@ -95,7 +98,7 @@ def run(
             print(f"[instance-layout] moderate load, {rate:.0f} req/s open loop, {rounds} rounds ...", flush=True)
             windows: dict = {k: [] for k in LAYOUTS}
             for r in range(rounds):
-                for layout in LAYOUTS[r % 2 :] + LAYOUTS[: r % 2]:
+                for layout in rotated(list(LAYOUTS), r):
                     windows[layout].append(paced_loop(servers[layout].grpc_url, model, reqs, rate, seconds / rounds))
             moderate = {}  # per layout, the rounds' windows pooled
             for layout, ws in windows.items():
@@ -108,7 +111,7 @@ def run(
             print(f"[instance-layout] served vs in process, call by call, {rounds} rounds ...", flush=True)
             call_by_call: dict = {k: [] for k in LAYOUTS}
             for r in range(rounds):
-                for layout in LAYOUTS[r % 2 :] + LAYOUTS[: r % 2]:
+                for layout in rotated(list(LAYOUTS), r):
                     pair = served_vs_in_process(servers[layout].grpc_url, model, local, raw, reqs, n_latency)
                     call_by_call[layout].append(pair)
         finally:
@@ -128,11 +131,6 @@ def run(
     }
     write_report(results, out)
     return results
-
-
-# Moderate load: an open loop at this fraction of the lower saturated throughput of the two layouts
-# (measured earlier in the same run), between concurrency 1 and saturation.
-MODERATE_LOAD = 0.4
 
 
 def paced_loop(url: str, model: str, requests: list, rate_rps: float, seconds: float, workers: int = 8) -> dict:

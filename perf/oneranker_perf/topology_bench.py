@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command
+from .common import flops, git_commit, machine, matmul_gflops, percentiles, reproduce_command, rotated
 from .topology_report import contract_names, write_report
 
 # stub<->server copies of the kv per request (graphs: out of the generation stub, into the ranking one)
@@ -142,7 +142,7 @@ def paired_in_process(calls: dict, requests: list, n: int) -> dict:
     labels = list(calls)
     times: dict = {k: [] for k in labels}
     for i in range(n):
-        for k in labels[i % len(labels) :] + labels[: i % len(labels)]:
+        for k in rotated(labels, i):
             start = time.perf_counter()
             calls[k](requests[i % len(requests)])
             times[k].append(time.perf_counter() - start)
@@ -161,7 +161,7 @@ def paired_c1(calls: dict, requests: list, n: int, block: int) -> dict:
     times: dict = {k: [] for k in labels}
     for b in range(-(-n // block)):
         rows = range(b * block, min(n, (b + 1) * block))
-        for k in labels[b % len(labels) :] + labels[: b % len(labels)]:
+        for k in rotated(labels, b):
             for i in rows:
                 start = time.perf_counter()
                 calls[k].recommend(requests[i % len(requests)])
@@ -207,7 +207,7 @@ def paired_comparison(
         for k, p in paired_c1(clients, requests, n_latency, block=c1_block).items():
             out[k]["c1_blocks"] = {**p, "block": c1_block}
     for r in range(rounds):
-        for k in labels[r % len(labels) :] + labels[: r % len(labels)]:
+        for k in rotated(labels, r):
             url, model = targets[k]
             began = time.perf_counter()
             sat = saturation_loop(

@@ -71,6 +71,16 @@ def contract_names() -> tuple[str, str]:
     return contract.TOPOLOGY_MODELS["fused"], contract.NUMPY_BEAM_PUBLIC_MODEL
 
 
+def served_and_gap_rows(how: str, new: float, old: float, in_process: dict) -> list[str]:
+    """Two rows of the new-vs-old table: served c1 p50 measured `how` (new, old, ratio) and that
+    minus each path's in-process p50."""
+    return [
+        f"| served c1 p50 ms, {how} | {new:.2f} | {old:.2f} | {new / old:.2f}x | |",
+        f"| served c1 p50 ({how}) - in-process p50, ms | {new - in_process['new']:.2f} | "
+        f"{old - in_process['old']:.2f} | | |",
+    ]
+
+
 def new_vs_old_section(results: dict) -> list[str]:
     """Markdown: the issue's three targets, measured side by side in this run."""
     summ = new_vs_old_summary(results)
@@ -97,23 +107,14 @@ def new_vs_old_section(results: dict) -> list[str]:
     own = {**results["topologies"], **({"numpy_beam": results["numpy_beam"]} if "numpy_beam" in results else {})}
     if "fused" in own and "numpy_beam" in own:
         own_new, own_old = own["fused"]["c1"]["p50_ms"], own["numpy_beam"]["c1"]["p50_ms"]
-        lines[-1:-1] = [
-            f"| served c1 p50 ms, own window | {own_new:.2f} | {own_old:.2f} | {own_new / own_old:.2f}x | |",
-            f"| served c1 p50 (own window) - in-process p50, ms | {own_new - ip['new']:.2f} | "
-            f"{own_old - ip['old']:.2f} | | |",
-        ]
+        lines[-1:-1] = served_and_gap_rows("own window", own_new, own_old, ip)
         notes.append(
             "The rows 'own window' take each path's served p50 from its own concurrency-1 loop (the first "
             "table) and the in-process p50 from the interleaved in-process pair."
         )
     if "served_c1_p50_ms_blocks" in summ:
         blk, n = summ["served_c1_p50_ms_blocks"], summ["c1_block"]
-        lines[-1:-1] = [
-            f"| served c1 p50 ms, blocks of {n} | {blk['new']:.2f} | {blk['old']:.2f} | "
-            f"{blk['new'] / blk['old']:.2f}x | |",
-            f"| served c1 p50 (blocks of {n}) - in-process p50, ms | {blk['new'] - ip['new']:.2f} | "
-            f"{blk['old'] - ip['old']:.2f} | | |",
-        ]
+        lines[-1:-1] = served_and_gap_rows(f"blocks of {n}", blk["new"], blk["old"], ip)
         notes.append(
             f"The rows 'blocks of {n}' send {n} consecutive requests to one path, then the same {n} to the "
             "other, rotating: each path sees a back-to-back stream, as perf_analyzer at concurrency 1 does. "

@@ -20,10 +20,12 @@ from conftest import request_dict, require_tritonserver
 from oneranker_client import contract
 from oneranker_client.client import OneRankerClient
 from oneranker_client.messages import RecommendRequest
+from oneranker_perf.topology_bench import scrape_metrics, settled_metrics
 
 pytestmark = pytest.mark.triton
 
 EXECUTING = re.compile(r"model (\S+), instance (\S+), executing (\d+) requests")
+FUSED_LABELS = ('system="unified"', 'beam_search="graph"')  # the fused model's own counters
 
 
 def batches_by_instance(log: Path, start: int, model: str) -> dict[str, int]:
@@ -36,21 +38,6 @@ def batches_by_instance(log: Path, start: int, model: str) -> dict[str, int]:
         if m == model:
             counts[instance] = counts.get(instance, 0) + 1
     return counts
-
-
-def requests_counted(metrics_url: str) -> float:
-    """The fused model's oneranker_requests_total (all its label sets)."""
-    from oneranker_perf.topology_bench import scrape_metrics
-
-    return sum(v for name, _, v in scrape_metrics(metrics_url) if name == "oneranker_requests_total")
-
-
-def wait_counted(metrics_url: str, at_least: float, timeout_s: float = 5.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while (counted := requests_counted(metrics_url)) < at_least and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(0.002)  # the instance is released once execute returns, just after the counters
-    return counted
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +69,13 @@ def test_concurrency_one_runs_on_the_preferred_instance(verbose_fused_server):
     model = contract.FUSED_MODEL
     client = OneRankerClient(server.grpc_url, model=model, retries=0)
     start = log.stat().st_size
-    answered = requests_counted(server.metrics_url)
     for i in range(30):
+        before = scrape_metrics(server.metrics_url)
         client.recommend(requests[i % len(requests)])
         # the fused model sends its counters after the answer, and a request that lands meanwhile
         # finds the preferred instance busy: wait for them, as a client with any pause would
-        answered = wait_counted(server.metrics_url, answered + 1)
+        settled_metrics(server.metrics_url, before, model, 1, labels=FUSED_LABELS)
+        time.sleep(0.002)  # the instance is released once execute returns, just after the counters
     client.close()
     counts = batches_by_instance(log, start, model)
     assert sum(counts.values()) == 30, counts
