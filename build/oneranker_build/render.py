@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oneranker_client import contract
+from oneranker_serving.triton.counters import DEFAULT_INTERVAL_MS
 from oneranker_serving.triton.models import DEFAULT_CANCEL_CHECK_INTERVAL_US
 
 from . import warmup
@@ -73,6 +74,9 @@ class RenderSettings:
     # Recommender models re-check cancellation at a stage boundary only when this long has passed
     # since the batch's last check (each check is an IPC round trip, perf/results/backend_ipc).
     cancel_check_interval_us: int = DEFAULT_CANCEL_CHECK_INTERVAL_US
+    # Recommender models send their Prometheus counters from a background thread, each at most once
+    # per this interval (oneranker_serving.triton.counters): a scrape lags the answers by about it.
+    counter_interval_ms: int = DEFAULT_INTERVAL_MS
     instance_kind: str = "KIND_CPU"
 
 
@@ -388,6 +392,11 @@ def render_repository(
         "engine": runner_engine,
         "intra_op_threads": s.intra_op_threads,
     }
+    # the recommender models' own knobs (fused, numpy beam search baseline, cascade)
+    recommender_params = {
+        "cancel_check_interval_us": s.cancel_check_interval_us,
+        "counter_interval_ms": s.counter_interval_ms,
+    }
     transport = kv_transport(runner_engine)
     for topology in topologies:
         names = [contract.TOPOLOGY_MODELS[topology]] + ([contract.PUBLIC_MODEL] if topology == public_topology else [])
@@ -427,7 +436,7 @@ def render_repository(
                 "system": "unified",
                 "beam_search": "graph",
                 "request_format": "raw",
-                "cancel_check_interval_us": s.cancel_check_interval_us,
+                **recommender_params,
                 "instance_group": instance_group_block(
                     contract.FUSED_MODEL, s.recommender_instances, s.instance_kind, s.preferred_instance
                 ),
@@ -444,7 +453,7 @@ def render_repository(
                 "system": "unified",
                 "beam_search": "numpy",
                 "request_format": "tokens",
-                "cancel_check_interval_us": s.cancel_check_interval_us,
+                **recommender_params,
                 "instance_group": instance_group_block(
                     contract.NUMPY_BEAM_MODEL, s.recommender_instances, s.instance_kind, s.preferred_instance
                 ),
@@ -500,7 +509,7 @@ def render_repository(
                 "beam_search": "numpy",
                 "request_format": "tokens",
                 "checkpoint_sha256": cascade.checkpoints(),
-                "cancel_check_interval_us": s.cancel_check_interval_us,
+                **recommender_params,
                 "instance_group": instance_group_block(
                     contract.CASCADE_MODEL, s.recommender_instances, s.instance_kind, s.preferred_instance
                 ),

@@ -101,7 +101,11 @@ def test_ready_only_after_every_model_warmed_up(delayed_server):
     }
     warmed = {m: _metric(text, "nv_inference_request_success", f'model="{m}"') for m in instances}
     assert warmed == {m: float(n) for m, n in instances.items()}
-    assert _metric(text, "oneranker_requests_total", *FUSED[1:], 'system="unified"') == s.recommender_instances
+
+    def counted_by_the_model() -> float:  # sent by its counter thread within the send interval
+        return _metric(_scrape(delayed_server.metrics_url), "oneranker_requests_total", *FUSED[1:], 'system="unified"')
+
+    assert _wait_for(lambda: counted_by_the_model() == s.recommender_instances, 5), counted_by_the_model()
     for ensemble in contract.ENSEMBLES:
         assert _metric(text, "nv_inference_request_success", f'model="{ensemble}"') == 0, ensemble
 

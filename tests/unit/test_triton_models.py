@@ -7,6 +7,7 @@ The artifacts are synthetic: 6 ads on a 2-level trie (3 codes per level), random
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,10 +58,11 @@ class FakeError:
 
 class FakeMetric:
     def __init__(self, labels):
-        self.labels, self.value = labels, 0.0
+        self.labels, self.value, self.sends = labels, 0.0, 0
 
-    def increment(self, value):
+    def increment(self, value):  # in Triton an IPC round trip: `sends` counts them
         self.value += value
+        self.sends += 1
 
 
 class FakeMetricFamily:
@@ -303,45 +305,23 @@ def test_ranking_model_gives_a_request_with_no_candidate_left_its_own_error():
 # ---------------------------------------------------------------------------------------------
 # Request lifecycle: cancellation at the stage boundaries of the fused model
 # ---------------------------------------------------------------------------------------------
-class FakeSender:
-    """A request's response sender: records (response, flags, what `on_send()` saw then)."""
-
-    def __init__(self, on_send=None):
-        self.sent: list = []
-        self.on_send = on_send or (lambda: None)
-
-    def send(self, response, flags=0):
-        self.sent.append((response, flags, self.on_send()))
-
-
 class CancellableRequest(dict):
     """A fake request whose is_cancelled() turns True from its `cancel_at`-th check on (1 = the
-    first boundary, before validation); None = never. Its responses go to `sender`."""
+    first boundary, before validation); None = never."""
 
-    def __init__(self, tensors, cancel_at=None, on_send=None):
+    def __init__(self, tensors, cancel_at=None):
         super().__init__(tensors)
         self.cancel_at, self.checks = cancel_at, 0
-        self.sender = FakeSender(on_send)
 
     def is_cancelled(self):
         self.checks += 1
         return self.cancel_at is not None and self.checks >= self.cancel_at
 
-    def get_response_sender(self):
-        return self.sender
-
 
 def _execute(model, requests: list) -> list:
-    """model.execute(requests) -> one response per request. A lone request's answer goes through
-    its response sender, exactly once and flagged final, and execute returns None; a larger
-    batch's answers are the returned list, and nothing is sent."""
+    """model.execute(requests) -> one response per request, returned in order."""
     returned = model.execute(requests)
-    if len(requests) == 1:
-        assert returned is None
-        (request,) = requests
-        assert [flags for _, flags, _ in request.sender.sent] == [FakePb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
-        return [request.sender.sent[0][0]]
-    assert len(returned) == len(requests) and not any(r.sender.sent for r in requests)
+    assert len(returned) == len(requests)
     return returned
 
 
@@ -369,8 +349,11 @@ def fused(artifacts, monkeypatch):
     runner = CountingRunner()
     validator, gen = load_selector(artifacts / "1" / "artifacts")
     monkeypatch.setattr(models, "load_system", lambda *a, **k: Recommender.from_validator(runner, validator, gen))
-    # every boundary checks (the interval's skipping has its own test)
-    model = _model(models.RecommenderModel, artifacts, request_format="raw", cancel_check_interval_us="0")
+    # every boundary checks (the interval's skipping has its own test); counters sent at once
+    # (their deferral has its own test)
+    model = _model(
+        models.RecommenderModel, artifacts, request_format="raw", cancel_check_interval_us="0", counter_interval_ms="0"
+    )
     return model, runner
 
 
@@ -415,21 +398,35 @@ def test_boundaries_check_cancellation_only_once_the_interval_has_passed(
     assert runner.ranked == 1
 
 
-def test_a_lone_request_is_answered_before_its_counters_are_incremented(fused):
-    """The counters' IPC round trips come after the answer has left: at the send, the request
-    and its stage seconds are not yet counted; after execute they are. A batch of two is counted
-    before execute returns its answers (one message for all answers beats one send per answer)."""
-    model, _ = fused
+def test_counters_are_sent_off_the_request_path_summed_once_per_interval(artifacts, monkeypatch):
+    """With a send interval, execute sends no counter (each send is an IPC round trip): the
+    batches' values are summed in the stub and each counter goes out once, by the background
+    thread once the interval has passed, or at finalize."""
+    from oneranker_serving.artifacts import load_selector
+    from oneranker_serving.recommender import Recommender
 
-    def counted():
-        return model.requests_metric.value, model.stage_metrics["generate"].value
+    validator, gen = load_selector(artifacts / "1" / "artifacts")
+    monkeypatch.setattr(
+        models, "load_system", lambda *a, **k: Recommender.from_validator(CountingRunner(), validator, gen)
+    )
 
-    lone = CancellableRequest(_raw(), on_send=counted)
-    (response,) = _execute(model, [lone])
-    assert not response.has_error() and lone.sender.sent[0][2] == (0.0, 0.0)
-    assert model.requests_metric.value == 1.0 and model.stage_metrics["generate"].value > 0
-    responses = _execute(model, [CancellableRequest(_raw()), CancellableRequest(_raw())])
-    assert not any(r.has_error() for r in responses) and model.requests_metric.value == 3.0
+    def served(interval_ms: str):
+        model = _model(models.RecommenderModel, artifacts, request_format="raw", counter_interval_ms=interval_ms)
+        for batch in (1, 2, 1):
+            assert not any(r.has_error() for r in _execute(model, [CancellableRequest(_raw()) for _ in range(batch)]))
+        return model
+
+    model = served("600000")  # ten minutes: only finalize sends
+    counted = (model.requests_metric, model.candidates, model.stage_metrics["generate"], model.stage_metrics["rank"])
+    assert [m.sends for m in counted] == [0, 0, 0, 0]
+    model.finalize()
+    assert [m.sends for m in counted] == [1, 1, 1, 1] and model.requests_metric.value == 4.0
+
+    model = served("200")  # the thread sends them 200 ms after the first batch
+    deadline = time.monotonic() + 5
+    while model.requests_metric.value < 4.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.requests_metric.value == 4.0 and model.requests_metric.sends < 3  # not one per batch
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -30,6 +30,7 @@ from ..recommender import Parsed, Recommender, RequestCancelled, StageTimes
 from ..tokenize import RequestError
 from . import arrays, batching
 from .codec import TensorCodec
+from .counters import DEFAULT_INTERVAL_MS, DeferredCounters
 from .errors import error_response
 
 
@@ -191,6 +192,12 @@ class RecommenderModel(PythonModel):
         self.stage_delay_s = stage_delay_s()
         interval_us = params.get("cancel_check_interval_us", DEFAULT_CANCEL_CHECK_INTERVAL_US)
         self.cancel_check_interval_s = float(interval_us) / 1e6
+        interval_ms = float(params.get("counter_interval_ms", DEFAULT_INTERVAL_MS))
+        self.counters = DeferredCounters(interval_ms / 1e3, self.log_error)
+
+    def finalize(self):
+        """Triton unloads the instance: the counters still pending are sent."""
+        self.counters.close()
 
     # Stage boundaries where a cancelled request stops: before validation, before the generation
     # graph, before the ranking graph. Each checks once `cancel_check_interval_s` has passed since
@@ -231,21 +238,12 @@ class RecommenderModel(PythonModel):
         return parsed
 
     def execute(self, requests):
-        """Answers the batch; its Prometheus counters cost an IPC round trip each (~35 us on 2
-        cores, perf/results/backend_ipc). A batch of one request (every batch at low load) is
-        answered through the request's response sender and counted after, off its latency, and
-        execute returns None (Triton's default mode takes a sent answer; oldest release:
-        oneranker_deploy.OLDEST_NGC_RELEASE). A larger batch is counted first and answered by the
-        returned list: one IPC message for all its answers, where a sender costs one per answer.
-        Counters that fail are logged, never raised: they must not fail answered requests."""
+        """Answers the batch: one response per request, returned (one IPC message for all of
+        them). Its counters are only added to the stub's pending sums (`counters`): they reach
+        Prometheus from a background thread, off every request's latency."""
         responses, times, cancelled = self.answer(requests)
-        if len(requests) != 1:
-            self.record(len(requests), times, cancelled)
-            return responses
-        # if send raises, nothing was sent and Triton answers the error; after it, nothing raises
-        requests[0].get_response_sender().send(responses[0], flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        self.record(1, times, cancelled)
-        return None
+        self.record(len(requests), times, cancelled)
+        return responses
 
     def answer(self, requests) -> tuple[list, StageTimes, Counter]:
         """-> (one response per request, the batch's stage times, cancelled requests per stage).
@@ -292,18 +290,17 @@ class RecommenderModel(PythonModel):
         return responses, times, cancelled
 
     def record(self, num_requests: int, times: StageTimes, cancelled: Counter) -> None:
-        """The batch's counters (a zero one is not sent): stage seconds, candidates, requests,
-        cancelled requests per stage. A failure is logged, not raised."""
-        try:
-            for stage, seconds in zip(self.STAGES, (times.generate_s, times.select_s, times.rank_s)):
-                if seconds:  # `select` is 0 when the graph searches
-                    self.stage_metrics[stage].increment(seconds)
-            self.candidates.increment(float(times.candidates))
-            self.requests_metric.increment(float(num_requests))
-            for stage, count in cancelled.items():
-                self.cancelled_metrics[stage].increment(float(count))
-        except Exception as err:  # noqa: BLE001 - counters must never fail answered requests
-            self.log_error(f"oneranker: counters not updated for a batch of {num_requests}: {err!r}")
+        """Adds the batch's counters to the pending sums (a zero one is not sent): stage seconds
+        (`select` is 0 when the graph searches), candidates, requests, cancelled requests per
+        stage. Sending them is `counters`' thread's; a failure there is logged, never raised."""
+        self.counters.add(
+            [
+                *zip((self.stage_metrics[s] for s in self.STAGES), (times.generate_s, times.select_s, times.rank_s)),
+                (self.candidates, times.candidates),
+                (self.requests_metric, num_requests),
+                *((self.cancelled_metrics[stage], count) for stage, count in cancelled.items()),
+            ]
+        )
 
     def log_error(self, message: str) -> None:
         logger = getattr(self.pb, "Logger", None)
