@@ -205,8 +205,8 @@ def register(sub, common, make_config, run_dir_of) -> None:
     p.add_argument(
         "--max-queue-delay-us",
         type=_non_negative_int,
-        help="dynamic batching wait per model (default 100: highest throughput; 0 had the lowest "
-        "concurrency-1 p50, perf/results/queue_delay)",
+        help="dynamic batching wait per model (default 0: the lowest concurrency-1 p50 and the "
+        "same or higher saturated throughput than 100 or 500, perf/results/queue_delay)",
     )
     p.add_argument(
         "--engine-instances",

@@ -35,10 +35,11 @@ class RenderSettings:
     """Serving knobs for a 2-core CPU host by default (see README: "Batching and threads")."""
 
     max_batch_size: int = 8
-    # wait up to 0.1 ms to gather a batch. Measured (perf/results/queue_delay, two engine instances):
-    # the highest saturated throughput on the fused path (1.01x of 500 us, within noise) and 0.90x
-    # its c1 p50; 0 us had 0.89x (0.03 ms less) for 1.00x the throughput.
-    max_queue_delay_us: int = 100
+    # No batching wait: a batch is whatever has queued when an instance frees up. Measured side by
+    # side against 100 and 500 us (perf/results/queue_delay): the lowest c1 p50 on both paths
+    # (fused 4.29 / 4.48 / 4.86 ms, graphs 5.84 / 6.22 / 7.49 ms in that run's 6-way interleave)
+    # and at least the saturated throughput of 100 us (fused 614 / 607, graphs 383 / 352 req/s).
+    max_queue_delay_us: int = 0
     # Overload shedding by Triton's default_queue_policy (beyond max_queue_size, or queued longer
     # than queue_timeout_us, a request is answered UNAVAILABLE at once). Off by default: Triton
     # 2.51's dynamic batcher, whenever a queue policy is set, sometimes holds a whole batch for its
