@@ -3,9 +3,9 @@
 python -m oneranker_deploy shm | promote | retire | latest | load   (--help on each)
 """
 
-# The oldest NGC release (YY.MM) the repository runs on. NGC 24.06 (Triton 2.47) is the first
-# whose Python backend takes an answer sent through a request's response sender in its default
-# (non-decoupled) mode: the fused model answers a lone request that way, before its counters' IPC.
+# The oldest NGC release (YY.MM) the repository is written for: NGC 24.06 (Triton 2.47). The
+# Python backend features the models use are older (custom metrics; request cancellation, in the
+# 23.10 branch; model threads, which the counter sender is), but nothing before 24.06 is claimed.
 OLDEST_NGC_RELEASE = "24.06"
 # The oldest NGC release the deployment ships on (deploy/.env.example's NGC_TAG is at least this),
 # for two upstream fixes to what tritonserver 2.51 gets wrong here (docs/bad_input.md):

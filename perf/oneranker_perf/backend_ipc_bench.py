@@ -4,10 +4,10 @@
 
 A Python-backend model runs in its own stub process; `request.is_cancelled()` and a custom
 metric's `increment()` each send a message to the server process and wait for its answer. The
-fused model makes such calls on every batch: cancellation checks at up to three stage boundaries
-and four counter increments (two stage timers, candidates, requests). A lone request, every batch
-at concurrency 1, is answered through its response sender before the increments, so only the
-checks made before its answer are part of its "served minus in-process" (`FUSED_CALLS`).
+fused model makes cancellation checks at up to three stage boundaries of every batch; its four
+counter increments (two stage timers, candidates, requests) are summed in the stub and sent by a
+background thread once per interval (oneranker_serving.triton.counters), so only the checks are
+part of a request's "served minus in-process" (`FUSED_CALLS`).
 
 Probe models, identical except for those calls (a temporary repository, `max_batch_size` 8, one
 CPU instance, echo of a [4] float tensor):
@@ -36,8 +36,7 @@ PROBES = ("none", "is_cancelled", "metric")
 # the most calls the fused model makes before a request's answer leaves, at concurrency 1 (one
 # request per batch, serving.triton.models) with the default cancel_check_interval_us: a
 # cancellation check before each engine call (none on arrival: the interval counts from it) and no
-# counter (its 4 increments, generate and rank timers, candidates and requests, follow the answer,
-# which the response sender sends in one message, as a returned list would)
+# counter (a background thread sends them, oneranker_serving.triton.counters)
 FUSED_CALLS = {"is_cancelled": 2, "metric": 0}
 
 _CONFIG = """name: "{name}"
@@ -160,7 +159,7 @@ def write_report(results: dict, out: Path) -> None:
         f"Before a request's answer leaves, the fused model at concurrency 1 makes at most "
         f"{FUSED_CALLS['is_cancelled']} cancellation checks (before each engine call, once "
         "`cancel_check_interval_us` has passed since the batch arrived or was last checked) and "
-        f"{FUSED_CALLS['metric']} counter increments (its counters follow the answers): at most "
+        f"{FUSED_CALLS['metric']} counter increments (a background thread sends them): at most "
         f"**{s['fused_ipc_ms_per_request_c1']:.2f} ms** of each served request at these prices.",
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -54,8 +54,9 @@ def _delta(before, after, name: str, *labels: str) -> float:
 def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: float = 5.0, labels=None):
     """Scrape until the ensemble's success counter shows all `expected` requests, and, for a
     fused-style path (`labels` given), its recommender's own request counter too: Triton counts a
-    request after its response is sent, and the fused model increments its counters after
-    answering, so a scrape right after the last answer can miss either."""
+    request after its response is sent, and the fused model's counters go out from a background
+    thread up to `counter_interval_ms` later, so a scrape right after the last answer can miss
+    either."""
     deadline = time.monotonic() + timeout_s
     while True:
         after = scrape_metrics(url)

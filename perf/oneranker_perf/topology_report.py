@@ -154,12 +154,10 @@ def where_the_time_goes(results: dict) -> list[str]:
         "From Triton's Prometheus counters over the concurrency-1 loop: the ensemble's server-side request "
         "time, each composing model's compute time (queue time in brackets) and, inside the fused-style "
         "models, their own generate / select / rank counters. Client minus server = gRPC, (de)serialisation "
-        "and the client's Python. At concurrency 1 each model's queue time is mostly the dynamic batcher "
-        "waiting its `max_queue_delay_microseconds` for a batch that never comes, so a path pays it once per "
-        "composing model. A fused-style model answers a lone request before it sends its counters, and Triton "
-        "counts the request's server and compute time until `execute` returns: those include the counters' "
-        "IPC (about 0.15-0.3 ms, perf/results/backend_ipc) that the client no longer waits for, so client minus "
-        "server understates gRPC and client time by that much on those paths.",
+        "and the client's Python. Queue time is the dynamic batcher's (its `max_queue_delay_microseconds` "
+        "if the repository sets one: at concurrency 1 a batch never fills, so a path pays it once per "
+        "composing model) plus the hand-over to a free instance. The fused-style models send their own "
+        "counters from a background thread (oneranker_serving.triton.counters), off these times.",
         "",
         "| path | client mean | server (ensemble) | client - server | per model: compute (queue) | generate | select | rank |",  # noqa: E501 (a Markdown table header)
         "|---|---|---|---|---|---|---|---|",

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from oneranker_client import contract
 from oneranker_serving import artifacts
 from oneranker_serving.recommender import Request
+from oneranker_serving.triton.counters import DEFAULT_INTERVAL_MS
 
 pytestmark = pytest.mark.triton
 
@@ -149,6 +150,8 @@ def test_stage_metrics_rise_per_request(served_repository):
         return urllib.request.urlopen(served_repository.metrics_url, timeout=10).read().decode()
 
     client = grpcclient.InferenceServerClient(served_repository.grpc_url)
+    # counters of earlier tests' requests still pending in the stubs go out within one interval
+    time.sleep(DEFAULT_INTERVAL_MS / 1e3 + 0.3)
     before = scrape()
     for req in served_repository.requests[:3]:
         for model in (
@@ -158,12 +161,18 @@ def test_stage_metrics_rise_per_request(served_repository):
         ):
             client.infer(model, make_inputs(fields_of(req)))
     graph = 'beam_search="graph"'
-    expected = _metric(before, "oneranker_requests_total", graph) + 3
-    # a lone request's counters are incremented just after its answer has left: wait for them
+    paths = (graph, 'beam_search="numpy",system="unified"')  # the fused model, the numpy beam baseline
+
+    def counted(text: str) -> dict:
+        return {path: _metric(text, "oneranker_requests_total", *path.split(",")) for path in paths}
+
+    expected = {path: n + 3 for path, n in counted(before).items()}
+
+    # each model's counter thread sends its counters up to counter_interval_ms later: wait for both
     deadline = time.monotonic() + 10
-    while _metric(after := scrape(), "oneranker_requests_total", graph) < expected and time.monotonic() < deadline:
+    while counted(after := scrape()) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _metric(after, "oneranker_requests_total", graph) == expected
+    assert counted(after) == expected
     assert _metric(after, "oneranker_candidates_total", graph) > _metric(before, "oneranker_candidates_total", graph)
     # the in-graph path times generate and rank (its beam search is inside generate); the numpy
     # beam search baseline times its select stage on its own
@@ -400,7 +409,7 @@ def test_served_cascade_equals_in_process_cascade(served_repository, cascade_in_
         np.testing.assert_array_equal(result.as_numpy("rec_item_ids")[0], local.item_ids)
         np.testing.assert_allclose(result.as_numpy("rec_scores")[0], local.scores, atol=1e-6)
         np.testing.assert_array_equal(result.as_numpy("rec_source_head")[0], local.source_head)
-    # its own labelled counters, incremented just after each answer has left
+    # its own labelled counters, sent by its counter thread up to counter_interval_ms later
     deadline = time.monotonic() + 10
     while cascade_requests() < before + len(served_repository.requests) and time.monotonic() < deadline:
         time.sleep(0.05)
