@@ -93,13 +93,28 @@ def stage_breakdown(before, after, models: list[str], ensemble: str, labels: tup
     return out
 
 
-def served_threads(config_path: Path) -> int:
-    """The `intra_op_threads` parameter of a rendered model config."""
+def config_parameter(config_path: Path, key: str, default: str | None = None) -> str:
+    """A string parameter of a rendered model config (`default` when the config has none)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     cfg = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
-    return int(cfg.parameters["intra_op_threads"].string_value)
+    if key not in cfg.parameters and default is not None:
+        return default
+    return cfg.parameters[key].string_value
+
+
+def served_threads(config_path: Path) -> int:
+    """The `intra_op_threads` parameter of a rendered model config."""
+    return int(config_parameter(config_path, "intra_op_threads"))
+
+
+def counter_lag_s(config_path: Path) -> float:
+    """How long a recommender model's counters may trail its answers (its `counter_interval_ms`,
+    oneranker_serving.triton.counters), plus a margin for the sending itself."""
+    from oneranker_serving.triton.counters import DEFAULT_INTERVAL_MS
+
+    return float(config_parameter(config_path, "counter_interval_ms", str(DEFAULT_INTERVAL_MS))) / 1e3 + 0.3
 
 
 def latency_loop(call, requests: list, n: int) -> dict:
@@ -324,6 +339,7 @@ def run(
     }
     # in-process runs with the threads one served instance has, so served - in-process is overhead
     threads = served_threads(repository / contract.FUSED_MODEL / "config.pbtxt")
+    lag_s = counter_lag_s(repository / contract.FUSED_MODEL / "config.pbtxt")
     results["intra_op_threads"] = threads
     print(f"[bench] in-process pipelines (concurrency 1, {threads} engine threads) ...", flush=True)
     fused_artifacts = repository / contract.FUSED_MODEL / "1" / "artifacts"
@@ -350,6 +366,7 @@ def run(
     def measure(server, model: str, steps: list, labels: tuple | None) -> dict:
         client = OneRankerClient(server.grpc_url, model=model, retries=0)
         latency_loop(client.recommend, reqs, 10)  # warm-up
+        time.sleep(lag_s)  # the warm-up's counters land before the `before` scrape
         print(f"[bench] {model}: concurrency 1 ...", flush=True)
         before = scrape_metrics(server.metrics_url)
         c1 = latency_loop(client.recommend, reqs, n_latency)
