@@ -35,10 +35,11 @@ class RenderSettings:
     """Serving knobs for a 2-core CPU host by default (see README: "Batching and threads")."""
 
     max_batch_size: int = 8
-    # No batching wait: a batch is whatever has queued when an instance frees up. Measured side by
-    # side against 100 and 500 us (perf/results/queue_delay): the lowest c1 p50 on both paths
-    # (fused 4.29 / 4.48 / 4.86 ms, graphs 5.84 / 6.22 / 7.49 ms in that run's 6-way interleave)
-    # and at least the saturated throughput of 100 us (fused 614 / 607, graphs 383 / 352 req/s).
+    # No batching wait: the batcher never waits for more requests, so a batch holds what queued
+    # while the instances were busy. Measured side by side against 100 and 500 us
+    # (perf/results/queue_delay): the lowest c1 p50 on both paths (fused 4.29 / 4.48 / 4.86 ms,
+    # graphs 5.84 / 6.22 / 7.49 ms in that run's 6-way interleave) and at least the saturated
+    # throughput of 100 us (fused 614 / 607, graphs 383 / 352 req/s).
     max_queue_delay_us: int = 0
     # Overload shedding by Triton's default_queue_policy (beyond max_queue_size, or queued longer
     # than queue_timeout_us, a request is answered UNAVAILABLE at once). Off by default: Triton

@@ -55,8 +55,8 @@ def settled_metrics(url: str, before, ensemble: str, expected: int, timeout_s: f
     """Scrape until the ensemble's success counter shows all `expected` requests, and, for a
     fused-style path (`labels` given), its recommender's own request counter too: Triton counts a
     request after its response is sent, and the fused model's counters go out from a background
-    thread up to `counter_interval_ms` later, so a scrape right after the last answer can miss
-    either."""
+    thread up to `counter_interval_ms` later (a batch's stage seconds in the same send as, and
+    before, its request count), so a scrape right after the last answer can miss either."""
     deadline = time.monotonic() + timeout_s
     while True:
         after = scrape_metrics(url)

@@ -3,8 +3,9 @@
 One server over the session's onnxruntime repository, started with a per-stage delay
 (`ONERANKER_STAGE_DELAY_S`, fault injection) so that a cancellation or a deadline lands between
 stages:
-  * ready only after warm-up: every Python model has answered its warm-up sample (its own
-    counters) before the first client request;
+  * ready only after warm-up: every Python model has answered its warm-up sample (Triton's
+    counts at ready; the fused model's own counter follows within its send interval) before the
+    first client request;
   * a gRPC-cancelled request to the directly called fused model stops at the next stage boundary
     (`oneranker_cancelled_total{stage}` +1) and its later stages never run;
   * inside an ensemble the composing models never see the cancellation; Triton's own
@@ -24,11 +25,14 @@ from conftest import require_tritonserver
 
 from oneranker_build.render import RenderSettings
 from oneranker_client import contract
+from oneranker_serving.triton.counters import DEFAULT_INTERVAL_MS
 from oneranker_serving.triton.models import STAGE_DELAY_ENV
 
 pytestmark = pytest.mark.triton
 
 DELAY_S = 0.4  # per stage; a cancel sent 0.15 s after the request lands in the first pause
+# a counter of the fused model shows up to one send interval after the work it counts
+COUNTER_WAIT_S = 5 * DELAY_S + DEFAULT_INTERVAL_MS / 1e3
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,15 @@ def delayed_server(tiny_repository, served_repository, tmp_path_factory):
     try:
         server.wait_ready(180)
         server.metrics_at_ready = _scrape(server.metrics_url)
+        # the fused model's own counters of its warm-up go out within one send interval: wait, so
+        # that no test reads them arriving late as work of its own requests
+        server.warmups_counted = _wait_for(
+            lambda: (
+                _metric(_scrape(server.metrics_url), "oneranker_requests_total", *FUSED[1:], 'system="unified"')
+                == RenderSettings().recommender_instances
+            ),
+            DEFAULT_INTERVAL_MS / 1e3 + 5,
+        )
         server.requests = served_repository.requests
         yield server
     finally:
@@ -88,8 +101,9 @@ FUSED = ('model="recommender"', 'beam_search="graph"')
 
 def test_ready_only_after_every_model_warmed_up(delayed_server):
     """At the moment the server reports ready, before any client request: every non-ensemble
-    model has answered its warm-up sample once per instance (Triton's success count, and the
-    fused model's own request counter), and no ensemble has been called."""
+    model has answered its warm-up sample once per instance (Triton's success count) and no
+    ensemble has been called; the fused model's own request counter reaches one per instance
+    within its send interval."""
     text, s = delayed_server.metrics_at_ready, RenderSettings()
     instances = {
         contract.PREPROCESS_MODEL: s.preprocess_instances,
@@ -102,10 +116,7 @@ def test_ready_only_after_every_model_warmed_up(delayed_server):
     warmed = {m: _metric(text, "nv_inference_request_success", f'model="{m}"') for m in instances}
     assert warmed == {m: float(n) for m, n in instances.items()}
 
-    def counted_by_the_model() -> float:  # sent by its counter thread within the send interval
-        return _metric(_scrape(delayed_server.metrics_url), "oneranker_requests_total", *FUSED[1:], 'system="unified"')
-
-    assert _wait_for(lambda: counted_by_the_model() == s.recommender_instances, 5), counted_by_the_model()
+    assert delayed_server.warmups_counted, "the fused model's counter never showed its warm-up"
     for ensemble in contract.ENSEMBLES:
         assert _metric(text, "nv_inference_request_success", f'model="{ensemble}"') == 0, ensemble
 
@@ -123,7 +134,7 @@ def test_a_cancelled_request_to_the_fused_model_stops_at_the_next_stage(delayed_
         return _metric(_scrape(delayed_server.metrics_url), "oneranker_cancelled_total", 'stage="generate"', *FUSED[1:])
 
     base = _metric(before, "oneranker_cancelled_total", 'stage="generate"', *FUSED[1:])
-    assert _wait_for(lambda: cancelled_at_generate() == base + 1, 5 * DELAY_S), "the model did not see the cancel"
+    assert _wait_for(lambda: cancelled_at_generate() == base + 1, COUNTER_WAIT_S), "the model did not see the cancel"
     time.sleep(3 * DELAY_S)  # long enough for the later stages, had they run
     after = _scrape(delayed_server.metrics_url)
     for stage in ("generate", "rank"):
@@ -185,4 +196,4 @@ def test_a_short_deadline_is_deadline_exceeded_and_the_work_is_dropped(delayed_s
             for s in ("validate", "generate", "rank")
         )
 
-    assert _wait_for(lambda: dropped() >= 1, 5 * DELAY_S), "the model never saw the expired deadline"
+    assert _wait_for(lambda: dropped() >= 1, COUNTER_WAIT_S), "the model never saw the expired deadline"

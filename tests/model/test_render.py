@@ -233,3 +233,23 @@ def test_build_flags_set_instances_and_threads_of_every_engine_model(tiny_export
     for model in engine_models:
         groups = [(g.count, g.rate_limiter.priority) for g in _parse(plain / model / "config.pbtxt").instance_group]
         assert groups == [(2, 0)], (model, groups)
+
+
+def test_recommender_knobs_reach_every_recommender_config(tiny_repository, tiny_export, tmp_path):
+    """The counter send interval and the cancellation-check interval are render settings of the
+    recommender models (fused and numpy beam search): defaults in the session repository, and a
+    changed value in every one of them (the models fall back to a default when one is missing,
+    so a render that dropped it would go unnoticed by serving)."""
+    from oneranker_build.render import RenderSettings, render_repository
+
+    models = (contract.FUSED_MODEL, contract.NUMPY_BEAM_MODEL)
+    defaults = RenderSettings()
+    export = tiny_export / "export"
+    sha = artifacts.read_export_info(export)["checkpoint_sha256"]
+    settings = RenderSettings(counter_interval_ms=1234, cancel_check_interval_us=77)
+    repo = render_repository(export, tmp_path / "knobs", "onnxruntime", _dims(tiny_export), sha, settings=settings)
+    for root, want in ((tiny_repository, defaults), (repo, settings)):
+        for model in models:
+            params = _parse(root / model / "config.pbtxt").parameters
+            got = (params["counter_interval_ms"].string_value, params["cancel_check_interval_us"].string_value)
+            assert got == (str(want.counter_interval_ms), str(want.cancel_check_interval_us)), (root, model)

@@ -4,6 +4,7 @@ thread (each send is an IPC round trip in Triton)."""
 from __future__ import annotations
 
 import threading
+import time
 
 from oneranker_serving.triton.counters import DeferredCounters
 
@@ -59,3 +60,23 @@ def test_close_stops_a_sleeping_sender_at_once_and_sends_what_is_pending():
     counters.add([(metric, 7.0)])
     counters.close()
     assert (metric.value, metric.sends) == (7.0, 1) and not counters._thread.is_alive()
+
+
+def test_the_sender_thread_outlives_a_failing_counter_and_a_failing_logger():
+    """A send whose counter fails and whose error logger fails too (in Triton both are IPC) must
+    not end the thread: a later add still goes out without close()."""
+    broken, later = Metric(fail=True), Metric()
+
+    def failing_logger(message):
+        raise RuntimeError("logger IPC failed")
+
+    counters = DeferredCounters(0.01, on_error=failing_logger)
+    counters.add([(broken, 1.0)])
+    deadline = time.monotonic() + 5
+    while broken.sends == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    counters.add([(later, 2.0)])
+    while later.value == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert later.value == 2.0 and counters._thread.is_alive()
+    counters.close()
