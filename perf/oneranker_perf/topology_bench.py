@@ -170,9 +170,10 @@ C1_BLOCK = 25
 
 
 def paired_c1(calls: dict, requests: list, n: int, block: int) -> dict:
-    """Concurrency-1 latency of several clients ({label: client with .recommend}) interleaved in
-    rotating blocks: block 1 sends each request to every target in turn; block b sends b
-    consecutive requests to one target, then the same b to the next. -> {label: percentiles}."""
+    """Concurrency-1 latency of several callables ({label: call(request)}: a client's recommend,
+    or an in-process path) interleaved in rotating blocks: block 1 sends each request to every
+    target in turn; block b sends b consecutive requests to one target, then the same b to the
+    next. -> {label: percentiles}."""
     labels = list(calls)
     times: dict = {k: [] for k in labels}
     for b in range(-(-n // block)):
@@ -180,7 +181,7 @@ def paired_c1(calls: dict, requests: list, n: int, block: int) -> dict:
         for k in rotated(labels, b):
             for i in rows:
                 start = time.perf_counter()
-                calls[k].recommend(requests[i % len(requests)])
+                calls[k](requests[i % len(requests)])
                 times[k].append(time.perf_counter() - start)
     return {k: percentiles(v) for k, v in times.items()}
 
@@ -217,10 +218,11 @@ def paired_comparison(
 
     labels = list(targets)
     clients = {k: OneRankerClient(url, model=model, retries=0) for k, (url, model) in targets.items()}
-    c1 = paired_c1(clients, requests, n_latency, block=1)
+    recommend = {k: c.recommend for k, c in clients.items()}
+    c1 = paired_c1(recommend, requests, n_latency, block=1)
     out: dict = {k: {"c1": c1[k], "served": 0, "seconds": 0.0, "errors": 0} for k in labels}
     if c1_block > 1:
-        for k, p in paired_c1(clients, requests, n_latency, block=c1_block).items():
+        for k, p in paired_c1(recommend, requests, n_latency, block=c1_block).items():
             out[k]["c1_blocks"] = {**p, "block": c1_block}
     for r in range(rounds):
         for k in rotated(labels, r):
@@ -347,9 +349,12 @@ def run(
     local_old = artifacts.load_recommender(fused_artifacts, "onnxruntime", threads=threads, search="numpy")
     for rec in (local, local_old):  # warm-up: first calls allocate
         latency_loop(lambda r, rec=rec: rec.recommend([r]), raw, 10)
-    results["in_process_new_vs_old"] = paired_in_process(
-        {"new": lambda r: local.recommend([r]), "old": lambda r: local_old.recommend([r])}, raw, n_latency
-    )
+    in_process = {"new": lambda r: local.recommend([r]), "old": lambda r: local_old.recommend([r])}
+    results["in_process_new_vs_old"] = paired_in_process(in_process, raw, n_latency)
+    # the same pair again, each path a back-to-back stream in rotating blocks (as served below)
+    results["in_process_new_vs_old_blocks"] = {
+        k: {**p, "block": C1_BLOCK} for k, p in paired_c1(in_process, raw, n_latency, block=C1_BLOCK).items()
+    }
     results["in_process_onnxruntime"] = results["in_process_new_vs_old"]["new"]
     reference = load_reference(run_dir)
     results["in_process_torch_reference"] = latency_loop(lambda r: reference.recommend([r]), raw, n_latency)

@@ -38,6 +38,10 @@ def new_vs_old_summary(results: dict) -> dict:
         blocks = {k: served[m]["c1_blocks"] for k, m in (("new", new), ("old", old))}
         out["served_c1_p50_ms_blocks"] = {k: b["p50_ms"] for k, b in blocks.items()}
         out["c1_block"] = blocks["new"]["block"]
+    if "in_process_new_vs_old_blocks" in results:  # and in process, in the same rotating blocks
+        out["in_process_p50_ms_blocks"] = {
+            k: results["in_process_new_vs_old_blocks"][k]["p50_ms"] for k in ("new", "old")
+        }
     return out
 
 
@@ -111,6 +115,17 @@ def new_vs_old_section(results: dict) -> list[str]:
         notes.append(
             "The rows 'own window' take each path's served p50 from its own concurrency-1 loop (the first "
             "table) and the in-process p50 from the interleaved in-process pair."
+        )
+    if "in_process_p50_ms_blocks" in summ:
+        ipb, n = summ["in_process_p50_ms_blocks"], results["in_process_new_vs_old_blocks"]["new"]["block"]
+        lines[-1:-1] = [
+            f"| in-process p50 ms, blocks of {n} | {ipb['new']:.2f} | {ipb['old']:.2f} | "
+            f"{ipb['new'] / ipb['old']:.2f}x | |"
+        ]
+        notes.append(
+            f"The row 'in-process p50 ms, blocks of {n}' runs the in-process pair again, {n} consecutive "
+            "requests on one path, then the same on the other, rotating; the first row alternates the two "
+            "paths call by call in one process, so each call finds the caches last used by the other path."
         )
     if "served_c1_p50_ms_blocks" in summ:
         blk, n = summ["served_c1_p50_ms_blocks"], summ["c1_block"]

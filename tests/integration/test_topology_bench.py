@@ -47,6 +47,7 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
         "saturated_rps",
         "served_c1_p50_ms_blocks",
         "c1_block",
+        "in_process_p50_ms_blocks",
         "served_minus_in_process_p50_ms",
         "served_vs_in_process_p50_ms",
     }
@@ -58,6 +59,7 @@ def test_topology_bench_measures_topologies_and_cascade_in_one_run(tiny_run, tin
             "served_c1_p99_ms",
             "saturated_rps",
             "served_c1_p50_ms_blocks",
+            "in_process_p50_ms_blocks",
         )
     )
     # each path served and in process, interleaved call by call: the gap is the difference of the two

@@ -234,6 +234,11 @@ def test_topology_summary(folder, tmp_path):
                 "p50_ms": 0.75 + i,
                 "block": 7,
             }
+        # the in-process pair again in rotating blocks
+        results["in_process_new_vs_old_blocks"] = {
+            "new": {"p50_ms": 0.5, "n": 9, "block": 7},
+            "old": {"p50_ms": 0.75, "n": 9, "block": 7},
+        }
         # each path served and in process, interleaved call by call
         results["served_vs_in_process"] = {
             k: {"served": {"p50_ms": 3.25 + i, "n": 9}, "in_process": {"p50_ms": 1.0 + 2 * i, "n": 9}}
@@ -258,6 +263,8 @@ def test_topology_summary(folder, tmp_path):
         assert (s["served_c1_p50_ms_blocks"], s["c1_block"]) == ({"new": 0.75, "old": 1.75}, 7)
         report = (tmp_path / "results.md").read_text()
         assert "| served c1 p50 ms, blocks of 7 | 0.75 | 1.75 |" in report
+        assert s["in_process_p50_ms_blocks"] == {"new": 0.5, "old": 0.75}
+        assert "| in-process p50 ms, blocks of 7 | 0.50 | 0.75 | 0.67x | |" in report
         # each path's own concurrency-1 loop (topologies fused 1.5, numpy_beam 2.5) against its in-process p50
         local = results["in_process_new_vs_old"]
         gap_new, gap_old = 1.5 - local["new"]["p50_ms"], 2.5 - local["old"]["p50_ms"]
@@ -449,6 +456,6 @@ def test_paired_c1_sends_rotating_blocks(block, order):
         def recommend(self, request):
             sent.append(f"{self.label}{request}")
 
-    out = topology_bench.paired_c1({"a": Client("a"), "b": Client("b")}, [0, 1, 2, 3], 4, block=block)
+    out = topology_bench.paired_c1({"a": Client("a").recommend, "b": Client("b").recommend}, [0, 1, 2, 3], 4, block)
     assert sent == order
     assert out["a"]["n"] == out["b"]["n"] == 4
