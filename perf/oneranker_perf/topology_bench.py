@@ -154,15 +154,9 @@ def saturation_loop(make_call, requests: list, concurrency: int, seconds: float)
 
 
 def paired_in_process(calls: dict, requests: list, n: int) -> dict:
-    """In-process latency of several callables measured interleaved (order rotating per request)."""
-    labels = list(calls)
-    times: dict = {k: [] for k in labels}
-    for i in range(n):
-        for k in rotated(labels, i):
-            start = time.perf_counter()
-            calls[k](requests[i % len(requests)])
-            times[k].append(time.perf_counter() - start)
-    return {k: percentiles(v) for k, v in times.items()}
+    """In-process latency of several callables measured interleaved (order rotating per request):
+    `paired_c1` with blocks of one."""
+    return paired_c1(calls, requests, n, block=1)
 
 
 # requests per block when the new/old pair is measured again as back-to-back streams (paired_c1)
