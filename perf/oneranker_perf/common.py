@@ -28,7 +28,11 @@ def machine() -> str:
 
 
 def percentiles(times_s: list[float]) -> dict:
-    ms = np.asarray(times_s) * 1e3
+    """p50/p90/p99/mean in ms and the count; NaN figures for no times at all (a saturation window
+    in which nothing completed is a measurement, not a crash: its errors still get reported)."""
+    ms = np.asarray(times_s, dtype=float) * 1e3
+    if ms.size == 0:
+        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "n": 0}
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p90_ms": float(np.percentile(ms, 90)),

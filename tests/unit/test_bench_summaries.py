@@ -459,3 +459,15 @@ def test_paired_c1_sends_rotating_blocks(block, order):
     out = topology_bench.paired_c1({"a": Client("a").recommend, "b": Client("b").recommend}, [0, 1, 2, 3], 4, block)
     assert sent == order
     assert out["a"]["n"] == out["b"]["n"] == 4
+
+
+def test_percentiles_of_nothing_are_nan_not_a_crash():
+    """A saturation window in which no request completed (a slow or failing server) must still
+    return, so that the bench reports its errors instead of dying in numpy."""
+    import math
+
+    from oneranker_perf.common import percentiles
+
+    empty = percentiles([])
+    assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"))
+    assert percentiles([0.001, 0.003])["p50_ms"] == 2.0
