@@ -106,6 +106,35 @@ def level2_accuracy(kind: str, steps: int = 300) -> float:
     return float(prob.gather(1, p_test[:, 0, 0, 1:]).mean())
 
 
+@pytest.mark.parametrize("kind", DECODERS)
+def test_graph_form_equals_level_logits_on_every_valid_code(kind):
+    """The generation graph's form (per-node prefix rows tabulated once, per-user terms computed
+    once, the item side folded into the weights) gives `level_logits` at every level for every
+    prefix, on a decoder whose last level has fewer valid codes than K; a masked code stays far
+    below every valid one. Fails on a prefix term added at the wrong level, a wrong split of the
+    per-level user terms, or a fold that is not the same product."""
+    depth, codes, heads = 4, 6, 5
+    sizes = [6, 6, 6, 4]
+    decoder = make_decoder(kind, depth, codes, 4, 7, sizes, seed=3)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.normal_(0, 1.0)
+        state = decoder.state(torch.randn(2, heads, 7), heads)  # [B, H, Z]
+        consts = decoder.graph_constants()
+        terms = decoder.user_terms(state, consts)
+        gen = torch.Generator().manual_seed(0)
+        for level in range(depth):
+            prefixes = torch.randint(0, codes, (9, level), generator=gen)  # [N, level]
+            rows = None if level == 0 else decoder.prefix_rows(level, prefixes).expand(2, heads, -1, -1)
+            got = decoder.node_logits(terms[level], level, rows, consts)  # [B, H, N|1, K]
+            want = decoder.level_logits(state, level, prefixes.view(1, 1, 9, level), decoder.constants())
+            want = want.expand_as(got)
+            valid = decoder.code_valid[level]
+            torch.testing.assert_close(got[..., valid], want[..., valid], atol=1e-4, rtol=1e-5)
+            if not valid.all():
+                assert got[..., ~valid].max() < got[..., valid].min() - 1e8
+
+
 def test_only_the_conditioned_decoder_fits_a_user_by_prefix_interaction():
     conditioned, factorized = level2_accuracy("conditioned"), level2_accuracy("factorized")
     assert conditioned > 0.95, conditioned

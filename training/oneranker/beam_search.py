@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from oneranker_serving.selection import stream_matrix  # noqa: F401  (re-exported: export, benches)
@@ -35,29 +36,42 @@ NEG = -1e30
 
 
 class StreamDecoder(nn.Module):
-    """Per-stream log-probabilities of the next code given each live beam's prefix, from one of
-    the model's decoders (`oneranker.decoders`): every head scores its stream's beams in one
-    batched call (W beams x H heads), log-softmax per head, then the stream's mean over heads.
+    """Per-stream log-probabilities of every child of every live beam, from one of the model's
+    decoders (`oneranker.decoders`, in its graph form): each head scores its stream's beams,
+    log-softmax per head, then the stream's mean over its heads (one MatMul by `streams` [S, H]).
 
-    stream_log_probs(state [B, H, Z], level, prefix [B, S, w, level] int64) -> [B, S, w, K].
-    The decoder's per-weights constants (factorized: the transition tables) are computed once
-    here and become constants of the exported graph."""
+    node_rows(level, prefixes [nodes, level]) -> [nodes, R]   once per trie level, at export
+    user_terms(state [B, H, Z])                -> per level    once per call
+    stream_log_probs(terms, level, rows [B, H, w, R] | None) -> [B, S, w*K]   (w = 1 at level 0)
+
+    The decoder's per-weights tables become constants of the exported graph."""
 
     def __init__(self, decoder, streams: np.ndarray):
         super().__init__()
         self.decoder = decoder
-        constants = decoder.constants()
-        self.register_buffer("constants", constants.detach().float().clone())
+        self.codes = decoder.codes
+        with torch.no_grad():
+            consts = decoder.graph_constants()
+        self.const_names = tuple(consts)
+        for name, value in consts.items():
+            self.register_buffer(f"const_{name}", value.detach().float().clone())
         self.register_buffer("streams", torch.as_tensor(streams, dtype=torch.float32))
         self.register_buffer("head_stream", torch.as_tensor(np.asarray(streams).argmax(0), dtype=torch.int64))
 
-    def stream_log_probs(self, state, level, prefix):
-        w = prefix.shape[2]
-        # [B, H, w, level]: each head follows its stream's beams (index_select: one Gather op)
-        per_head_prefix = torch.index_select(prefix, 1, self.head_stream)
-        logits = self.decoder.level_logits(state, level, per_head_prefix, self.constants)  # [B, H, w|1, K]
-        per_head = torch.log_softmax(logits.expand(-1, -1, w, -1), dim=-1)
-        return torch.einsum("sh,bhwk->bswk", self.streams, per_head)
+    def consts(self) -> dict:
+        return {name: getattr(self, f"const_{name}") for name in self.const_names}
+
+    def node_rows(self, level: int, prefixes: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decoder.prefix_rows(level, torch.as_tensor(prefixes, dtype=torch.int64)).float().contiguous()
+
+    def user_terms(self, state) -> list:
+        return self.decoder.user_terms(state, self.consts())
+
+    def stream_log_probs(self, terms, level, rows):
+        per_head = torch.log_softmax(self.decoder.node_logits(terms[level], level, rows, self.consts()), dim=-1)
+        b = per_head.shape[0]
+        return torch.matmul(self.streams, per_head.reshape(b, per_head.shape[1], -1))
 
 
 def _per_request_cut(values: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
@@ -80,9 +94,10 @@ class TrieBeamSearch(nn.Module):
     """Beam search per stream over the trie of legal ad paths, then merge, dedupe, exclusions.
 
     trie: level l -> [nodes_l, K] child node id (last level: ad index), -1 where no child.
-    A beam is a trie node; its prefix (the codes on the path to it, what the decoder reads) is a
-    lookup in `node_prefix(level)` [nodes_l, l], so no beam index or code is carried between
-    levels (one Gather instead of the floor division, Mod and prefix re-gather per level)."""
+    A beam is a trie node. Everything its prefix (the codes on the path to it) adds to the
+    decoder is a row of `node_rows_{level}` [nodes_l, R], tabulated at export, so a level costs two
+    lookups by node id (its row, its children) and no prefix is carried between levels.
+    Positions past a request's own beam width are cut with one mask, `keep` [B, 1, W]."""
 
     def __init__(self, decoder: StreamDecoder, trie: list):
         super().__init__()
@@ -92,45 +107,50 @@ class TrieBeamSearch(nn.Module):
         for level, children in enumerate(trie):
             children = np.asarray(children)
             self.register_buffer(f"trie_{level}", torch.as_tensor(children, dtype=torch.int64))
-            if level > 0:  # the root's prefix is empty (and a zero-size buffer does not save)
-                self.register_buffer(f"prefix_{level}", torch.as_tensor(prefixes, dtype=torch.int64))
+            if level > 0:  # the root has no prefix
+                self.register_buffer(f"node_rows_{level}", decoder.node_rows(level, prefixes))
             if level + 1 < self.depth:
                 prefixes = child_prefixes(children, prefixes, len(trie[level + 1]))
 
     def trie_level(self, level: int) -> torch.Tensor:
         return getattr(self, f"trie_{level}")
 
-    def node_prefix(self, level: int) -> torch.Tensor:
-        """[nodes_level, level] codes on the path to each node of `level` (level >= 1)."""
-        return getattr(self, f"prefix_{level}")
-
     def forward(self, state, beam_width, num_candidates, exclude_idx):
         """state [B, ...] (the decoder's), beam_width [B], num_candidates [B], exclude_idx [B, E]
         -> cand_idx [B, N], cand_logp [B, N], cand_stream [B, N] (see module docstring)."""
         b = state.shape[0]
         s = self.decoder.streams.shape[0]
-        codes = self.trie_level(0).shape[1]
+        codes = self.decoder.codes
         width = beam_width.max().item()  # one TopK k per batch: the largest requested width
         torch._check(width >= 1)
-        nodes = torch.zeros(b, s, 1, dtype=torch.int64, device=state.device)
-        logp = torch.zeros(b, s, 1, dtype=torch.float32, device=state.device)
-        for level in range(self.depth):
+        terms = self.decoder.user_terms(state)
+        keep = torch.arange(width, device=state.device) < beam_width.view(-1, 1, 1)  # [B, 1, W]
+        # level 0: every stream starts at the root (node 0)
+        root = self.trie_level(0)[0]  # [K]
+        total = torch.where(root >= 0, self.decoder.stream_log_probs(terms, 0, None), NEG)  # [B, S, K]
+        k = torch.sym_min(width, codes)
+        logp, flat = torch.topk(total, k, dim=-1)  # sorted; ties: the lower flat index first
+        logp = torch.where(keep[..., :k], logp, NEG)
+        nodes = F.embedding(flat, root.unsqueeze(-1)).squeeze(-1)  # [B, S, k]
+        for level in range(1, self.depth):
             live = nodes.shape[2]
-            if level == 0:
-                prefix = torch.zeros(b, s, 1, 0, dtype=torch.int64, device=state.device)
-            else:
-                prefix = self.node_prefix(level)[nodes.clamp(min=0)]  # [B, S, w, level]
-            step = self.decoder.stream_log_probs(state, level, prefix)  # [B, S, w, K]
-            children = self.trie_level(level)[nodes.clamp(min=0)]  # [B, S, w, K]
-            # a dead beam (logp = NEG) stays at NEG: NEG + a finite log-prob rounds to NEG in float32
-            total = torch.where(children >= 0, logp.unsqueeze(-1) + step, NEG)
-            total = total.reshape(b, s, live * codes)
+            safe = nodes.clamp(min=0)  # a dead beam (-1) reads node 0; its log-prob stays NEG
+            # each head follows its stream's beams: [B, H, w] -> their prefix rows [B, H, w, R]
+            rows = F.embedding(torch.index_select(safe, 1, self.decoder.head_stream), self.node_rows(level))
+            step = self.decoder.stream_log_probs(terms, level, rows).view(b, s, live, codes)
+            children = F.embedding(safe, self.trie_level(level))  # [B, S, w, K]
+            # NEG + a finite log-prob rounds to NEG in float32, so a dead beam's children stay dead
+            total = torch.where(children >= 0, logp.unsqueeze(-1) + step, NEG).reshape(b, s, live * codes)
             k = torch.sym_min(width, live * codes)
             torch._check(k >= 1)
-            logp, flat = torch.topk(total, k, dim=-1)  # sorted; ties: the lower flat index first
-            logp = _per_request_cut(logp, beam_width)
+            logp, flat = torch.topk(total, k, dim=-1)
+            logp = torch.where(keep[..., :k], logp, NEG)
             nodes = torch.gather(children.reshape(b, s, live * codes), 2, flat)
         return self.merge(nodes, logp, num_candidates, exclude_idx)
+
+    def node_rows(self, level: int) -> torch.Tensor:
+        """[nodes_level, R]: the decoder's per-prefix row of each node of `level` (level >= 1)."""
+        return getattr(self, f"node_rows_{level}")
 
     def merge(self, ads, logp, num_candidates, exclude_idx):
         """ads, logp [B, S, W] (ad index; logp NEG where dead) -> the merged candidate set. A live

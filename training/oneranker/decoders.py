@@ -29,6 +29,17 @@ Interface used by training (teacher forcing), evaluation (every item), the in-gr
     constants()                                      -> per-weights tables (reuse across calls)
     level_logits(state [B, H, Z], level, prefix [B|1, H|1, P, level], constants) -> [B, H, P, K]
     path_log_probs(state, paths [B, P, D] | [B, H, P, D], constants) -> [B, H, P]  (-1 rows: 0)
+
+The generation graph computes level_logits in a second, equal form (`beam_search`): a beam is a
+trie node, so the prefix's whole contribution is a per-node row fixed by the weights, tabulated
+once at export; what depends on the user alone is computed once per call, before the levels.
+
+    graph_constants()                                -> {name: tensor} (buffers of the graph)
+    prefix_rows(level, prefixes [N, level])          -> [N, R]   (level >= 1; the node tables)
+    user_terms(state [B, H, Z], graph_constants)     -> per level, the user's part
+    node_logits(user_terms[level], level, rows [B, H, w, R] | None, graph_constants)
+                                                     -> [B, H, w|1, K]  (= level_logits on
+                                                        every code the level has)
 """
 
 from __future__ import annotations
@@ -85,6 +96,18 @@ class SemanticIdDecoder(nn.Module):
     def numpy_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def graph_constants(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def prefix_rows(self, level: int, prefixes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_terms(self, state: torch.Tensor, consts: dict) -> list:
+        raise NotImplementedError
+
+    def node_logits(self, terms, level: int, rows, consts: dict) -> torch.Tensor:
+        raise NotImplementedError
+
     def path_log_probs(self, state: torch.Tensor, paths: torch.Tensor, constants=None) -> torch.Tensor:
         """Teacher-forced log P(path) per head: state [B, H, Z]; paths [B, P, D] (every head
         scores every path) or [B, H, P, D] (head h scores its own paths) -> [B, H, P]. Rows
@@ -139,6 +162,24 @@ class FactorizedDecoder(SemanticIdDecoder):
         with torch.no_grad():
             return {"transitions": self.constants().float().cpu().numpy()}
 
+    def graph_constants(self):
+        return {}
+
+    def prefix_rows(self, level, prefixes):
+        """[N, K]: sum_{m<level} T[level, m, p_m], the prefix's addition to the level logits."""
+        trans = self.constants()
+        rows = trans[level, 0][prefixes[:, 0]]
+        for m in range(1, level):
+            rows = rows + trans[level, m][prefixes[:, m]]
+        return rows
+
+    def user_terms(self, state, consts):
+        """Level l's prefix-free logits [B, H, 1, K], per level (one Split)."""
+        return list(torch.split(state.unsqueeze(2), self.codes, dim=-1))
+
+    def node_logits(self, terms, level, rows, consts):
+        return terms if rows is None else terms + rows
+
 
 class ConditionedDecoder(SemanticIdDecoder):
     """Each level's query from the user vector and the prefix chosen so far (module docstring)."""
@@ -172,6 +213,40 @@ class ConditionedDecoder(SemanticIdDecoder):
         query = base + F.silu(pre) @ self.hidden_out[level]  # [B, H, P, U]
         logits = query @ item_side[level].transpose(0, 1) + self.code_bias[level]  # [B, H, P, K]
         return logits.masked_fill(~self.code_valid[level], NEG_INF)
+
+    def graph_constants(self):
+        """The item side folded into the two query terms (u W_l . item_l and O_l . item_l), every
+        level's user projections side by side (one MatMul each per call), the code mask in the bias
+        (a masked code's logit stays ~NEG_INF, so it weighs exactly 0 in the softmax)."""
+        item = self.item_side()  # [D, K, U]
+        d, k, hidden = self.depth, self.codes, self.hidden_in.shape[-1]
+        return {
+            "query_logits": torch.einsum("luv,lkv->ulk", self.level_query, item).reshape(-1, d * k),
+            "hidden_in": self.hidden_in.permute(1, 0, 2).reshape(-1, d * hidden),
+            "hidden_bias": self.hidden_bias.reshape(d * hidden),
+            "out_logits": torch.einsum("lhv,lkv->lhk", self.hidden_out, item),  # [D, Hd, K]
+            "code_bias": self.code_bias.masked_fill(~self.code_valid, NEG_INF),
+        }
+
+    def prefix_rows(self, level, prefixes):
+        """[N, Hd]: sum_{m<level} E[level, m, p_m], the prefix's addition to the hidden layer."""
+        rows = self.prefix_emb[level, 0][prefixes[:, 0]]
+        for m in range(1, level):
+            rows = rows + self.prefix_emb[level, m][prefixes[:, m]]
+        return rows
+
+    def user_terms(self, state, consts):
+        """Per level (query logits [B, H, 1, K], hidden pre-activation [B, H, 1, Hd])."""
+        hidden = self.hidden_in.shape[-1]
+        base = torch.split((state @ consts["query_logits"]).unsqueeze(2), self.codes, dim=-1)
+        pre = torch.split((state @ consts["hidden_in"] + consts["hidden_bias"]).unsqueeze(2), hidden, dim=-1)
+        return list(zip(base, pre))
+
+    def node_logits(self, terms, level, rows, consts):
+        base, pre = terms
+        if rows is not None:
+            pre = pre + rows
+        return F.silu(pre) @ consts["out_logits"][level] + base + consts["code_bias"][level]
 
     def numpy_arrays(self):
         names = ("level_query", "hidden_in", "hidden_bias", "prefix_emb", "hidden_out", "code_bias")

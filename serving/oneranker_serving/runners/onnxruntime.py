@@ -85,7 +85,8 @@ class OrtGraphRunner(_KVShape):
             io.bind_output(name, "cpu")
         io.bind_ortvalue_output("kv", kv)
         self.generation.run_with_iobinding(io)
-        return dict(zip(names, io.copy_outputs_to_cpu()[:3])), KVHandle(shape, kv)
+        # the candidates come to the host; the KV stays in its pooled OrtValue for the ranking graph
+        return {name: value.numpy() for name, value in zip(names, io.get_outputs())}, KVHandle(shape, kv)
 
     def rank(self, kv: KVHandle, hist_len, cands: dict, top_k) -> dict:
         """-> {rec_item_ids, rec_scores, rec_gen_logp, rec_source_head [B, k], rec_count [B],
