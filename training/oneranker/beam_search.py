@@ -96,7 +96,9 @@ class TrieBeamSearch(nn.Module):
     trie: level l -> [nodes_l, K] child node id (last level: ad index), -1 where no child.
     A beam is a trie node. Everything its prefix (the codes on the path to it) adds to the
     decoder is a row of `node_rows_{level}` [nodes_l, R], tabulated at export, so a level costs two
-    lookups by node id (its row, its children) and no prefix is carried between levels.
+    lookups by node id (its row, its children) and no prefix is carried between levels. The rows
+    are float32 [nodes_l, R] beside the int64 child table [nodes_l, K]; R = K (factorized) or the
+    hidden width (conditioned), so they add at most half the trie's bytes to the graph.
     Positions past a request's own beam width are cut with one mask, `keep` [B, 1, W]."""
 
     def __init__(self, decoder: StreamDecoder, trie: list):
