@@ -133,7 +133,7 @@ class TrieBeamSearch(nn.Module):
         k = torch.sym_min(width, codes)
         logp, flat = torch.topk(total, k, dim=-1)  # sorted; ties: the lower flat index first
         logp = torch.where(keep[..., :k], logp, NEG)
-        nodes = F.embedding(flat, root.unsqueeze(-1)).squeeze(-1)  # [B, S, k]
+        nodes = F.embedding(flat, root.unsqueeze(-1)).squeeze(-1)  # [B, S, k]; embedding: one Gather
         for level in range(1, self.depth):
             live = nodes.shape[2]
             safe = nodes.clamp(min=0)  # a dead beam (-1) reads node 0; its log-prob stays NEG
