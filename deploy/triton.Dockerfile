@@ -14,6 +14,12 @@ ENV ONERANKER_NGC_TAG=${NGC_TAG} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# One OpenMP / BLAS thread per Python stub: each stub is one model instance whose engine threads
+# come from its config (intra_op_threads); the same values as the local launcher's
+# (oneranker_serving.triton_install.STUB_THREAD_ENV).
+ENV OMP_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1
 
 # The Python backend stub embeds the image's python3 and imports from its site-packages.
 COPY deploy/requirements-triton.txt /tmp/requirements-triton.txt

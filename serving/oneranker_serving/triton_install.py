@@ -38,6 +38,7 @@ __all__ = [
     "prepare_backend_dir",
     "pytriton_libs_dir",
     "server_env",
+    "STUB_THREAD_ENV",
     "stub_versions",
 ]
 
@@ -148,6 +149,10 @@ def _prepend(value: str, existing: str | None) -> str:
     return value if not existing else f"{value}{os.pathsep}{existing}"
 
 
+# OpenMP (torch's CPU wheels, OpenBLAS builds that use it), OpenBLAS and MKL thread pools of a stub.
+STUB_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def server_env(root: Path | None = None) -> dict[str, str]:
     """This process's environment, set up for the tritonserver of ``root`` and its Python stubs."""
     env = dict(os.environ)
@@ -163,6 +168,10 @@ def server_env(root: Path | None = None) -> dict[str, str]:
     if libdir and ldlib and (Path(libdir) / ldlib).exists():
         ld.append(libdir)
     env["LD_LIBRARY_PATH"] = _prepend(os.pathsep.join(ld), env.get("LD_LIBRARY_PATH"))
-    env.setdefault("OMP_NUM_THREADS", "1")
+    # Every Python stub is one model instance with its engine threads set by the model config
+    # (`intra_op_threads`); an OpenMP or BLAS pool per stub on top would only oversubscribe the
+    # cores. Set, not defaulted: a caller's OMP_NUM_THREADS=2 (the benchmarks' own setting) must
+    # not reach the stubs. `TritonServer(env=...)` still overrides them.
+    env.update(STUB_THREAD_ENV)
     env.pop("PYTHONHOME", None)
     return env

@@ -1049,6 +1049,18 @@ def test_triton_image_runs_as_its_non_root_user():
     )
 
 
+def test_triton_image_gives_each_stub_the_launchers_thread_settings():
+    """The image's stubs run one OpenMP / BLAS thread each, as the local launcher's do; a thread
+    count left to the NGC image's default would let every stub spawn a pool per core."""
+    from oneranker_serving.triton_install import STUB_THREAD_ENV
+
+    env = {}
+    for instr, args in _dockerfile_instructions(ROOT / "deploy" / "triton.Dockerfile"):
+        if instr == "ENV":
+            env.update(dict(shlex.split(pair)[0].split("=", 1) for pair in args.split()))
+    assert {k: env.get(k) for k in STUB_THREAD_ENV} == STUB_THREAD_ENV
+
+
 def _least_privilege(pod: dict, c: dict) -> tuple[dict, dict]:
     """Asserts a pod spec and its container run least-privileged (non-root, RuntimeDefault
     seccomp, no escalation, no capabilities, read-only root, no service-account token);

@@ -59,3 +59,19 @@ def test_wait_ready_returns_only_once_the_metrics_endpoint_answers(tmp_path):
         if "server" in opened:
             opened["server"].shutdown()
     assert "at" in opened and returned >= opened["at"], "ready was reported before the metrics endpoint listened"
+
+
+def test_the_stubs_get_one_openmp_and_blas_thread_whatever_the_caller_exports(monkeypatch):
+    """The benchmarks export OMP_NUM_THREADS=2 for their own process; the server's stubs must
+    still run one OpenMP / BLAS thread each (their engine threads come from the model config),
+    and an explicit `env=` override still wins."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    env = TritonServer("/nonexistent").build_env()
+    assert {k: env[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")} == {
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    assert TritonServer("/nonexistent", env={"OMP_NUM_THREADS": "3"}).build_env()["OMP_NUM_THREADS"] == "3"
